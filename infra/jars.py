@@ -1,0 +1,100 @@
+"""JVM parts from Maven Central: the Kafka broker, delta-spark and spark-sql-kafka.
+
+``fetch_jars`` runs ``mvn dependency:copy-dependencies`` on the poms in ``infra/maven`` into
+``<jars_dir>/<bundle>``; a marker file records what was fetched, so a second call is a no-op.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from infra.errors import MissingDependencyError
+from infra.settings import Settings
+
+MAVEN_DIR = Path(__file__).resolve().parent / "maven"
+
+
+@dataclass(frozen=True)
+class JarBundle:
+    name: str
+    pom: Path
+    properties: dict[str, str]
+
+    @property
+    def fingerprint(self) -> str:
+        props = ",".join(f"{k}={v}" for k, v in sorted(self.properties.items()))
+        return f"{self.pom.name}:{self.pom.stat().st_mtime_ns}:{props}"
+
+
+def _installed(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        raise MissingDependencyError(
+            f"the Python package {dist!r} is not installed", hint="run `pip install -e .` in the repo"
+        ) from None
+
+
+def bundles() -> list[JarBundle]:
+    return [
+        JarBundle("kafka", MAVEN_DIR / "kafka-pom.xml", {}),
+        JarBundle(
+            "spark",
+            MAVEN_DIR / "spark-pom.xml",
+            {"delta.version": _installed("delta-spark"), "pyspark": _installed("pyspark")},
+        ),
+    ]
+
+
+def bundle_dir(settings: Settings, name: str) -> Path:
+    return settings.jars / name
+
+
+def is_fetched(settings: Settings, bundle: JarBundle) -> bool:
+    marker = bundle_dir(settings, bundle.name) / ".fetched"
+    return marker.exists() and marker.read_text() == bundle.fingerprint
+
+
+def require_jars(settings: Settings, name: str) -> Path:
+    """The folder of a fetched bundle, or a MissingDependencyError that says how to fetch it."""
+    d = bundle_dir(settings, name)
+    if not (d / ".fetched").exists() or not any(d.glob("*.jar")):
+        raise MissingDependencyError(
+            f"the {name} jars are not in {d}", hint="run `lakeloop infra fetch` (needs Maven and the network to Maven Central)"
+        )
+    return d
+
+
+def fetch_jars(settings: Settings, *, force: bool = False, quiet: bool = True) -> list[tuple[str, Path, bool]]:
+    """Fetch every bundle that is missing or stale. Returns (name, folder, fetched_now) per bundle."""
+    out: list[tuple[str, Path, bool]] = []
+    for bundle in bundles():
+        target = bundle_dir(settings, bundle.name)
+        if not force and is_fetched(settings, bundle):
+            out.append((bundle.name, target, False))
+            continue
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise MissingDependencyError("Maven (`mvn`) is not on PATH", hint="install it: apt-get install maven")
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        cmd = [mvn, "-B", "-s", str(MAVEN_DIR / "settings.xml"), "-f", str(bundle.pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={target}", "-DincludeScope=runtime"]
+        if quiet:
+            cmd.insert(1, "-q")
+        cmd += [f"-D{k}={v}" for k, v in bundle.properties.items()]
+        proc = subprocess.run(cmd, capture_output=quiet, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout or "")[-2000:] + (proc.stderr or "")[-2000:] if quiet else ""
+            raise MissingDependencyError(
+                f"mvn could not fetch the {bundle.name} jars (exit {proc.returncode}). {tail.strip()}",
+                hint="check the network to Maven Central, then run `lakeloop infra fetch --force`",
+            )
+        (target / ".fetched").write_text(bundle.fingerprint)
+        out.append((bundle.name, target, True))
+    return out

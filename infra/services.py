@@ -1,0 +1,477 @@
+"""The local platform: real services started as processes, with health checks, logs and clean shutdown.
+
+``up`` starts what is not running (Kafka in KRaft mode, the MLflow tracking server, the Dagster webserver
+and daemon), waits until each answers, and records a pid file per service under ``<home>/run``.
+``down`` stops only what those pid files name: SIGTERM to the process group, SIGKILL after a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from infra.errors import MissingDependencyError, ServiceError
+from infra.jars import require_jars
+from infra.settings import Settings
+
+INFRA_DIR = Path(__file__).resolve().parent
+REPO_ROOT = INFRA_DIR.parent
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    command: list[str]
+    port: int | None
+    url: str
+    health: Callable[[], bool]
+    marker: str  # a string that must appear in the process's command line (guards against pid reuse)
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None
+    start_timeout: float = 90.0
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    address: str
+    running: bool
+    healthy: bool
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# health checks
+# ---------------------------------------------------------------------------------------------
+def kafka_healthy(bootstrap: str, timeout: float = 3.0) -> bool:
+    """The broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def dagster_graphql_ok(url: str, timeout: float = 3.0) -> bool:
+    try:
+        r = requests.post(f"{url}/graphql", json={"query": "{ version }"}, timeout=timeout)
+        return r.status_code == 200 and "version" in r.json().get("data", {})
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the services
+# ---------------------------------------------------------------------------------------------
+def _venv_script(name: str) -> str:
+    """A console script installed beside this interpreter (the project's venv)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise MissingDependencyError(f"`{name}` is not installed", hint="run `pip install -e .` in the repo's venv")
+    return found
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise MissingDependencyError("Java is not installed", hint="install Java 17+ (apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+    return found
+
+
+def kafka_properties(settings: Settings) -> str:
+    host = settings.bind_host
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={settings.kafka_data_dir / 'data'}",
+            f"num.partitions={settings.topic_partitions}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "message.max.bytes=8388608",
+            "log.retention.hours=168",
+            "",
+        ]
+    )
+
+
+def _kafka_spec(settings: Settings) -> ServiceSpec:
+    jars = require_jars(settings, "kafka")
+    java = _java()
+    conf = settings.kafka_data_dir / "server.properties"
+    classpath = f"{jars}/*"
+
+    def prepare() -> None:
+        settings.kafka_data_dir.mkdir(parents=True, exist_ok=True)
+        conf.write_text(kafka_properties(settings))
+        if (settings.kafka_data_dir / "data" / "meta.properties").exists():
+            return
+        cluster_id = uuid.uuid4().bytes
+        import base64
+
+        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        proc = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(conf)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ServiceError(
+                f"formatting Kafka storage failed: {proc.stderr.strip()[-500:] or proc.stdout.strip()[-500:]}",
+                hint=f"remove {settings.kafka_data_dir} and run `lakeloop up` again",
+            )
+
+    return ServiceSpec(
+        name="kafka",
+        command=[
+            java,
+            f"-Xmx{settings.kafka_heap}",
+            f"-Xms{settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={INFRA_DIR / 'kafka-log4j2.properties'}",
+            f"-Dkafka.logs.dir={settings.logs_dir}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(conf),
+        ],
+        port=settings.kafka_port,
+        url=settings.bootstrap_servers,
+        health=lambda: kafka_healthy(settings.bootstrap_servers),
+        marker="kafka.Kafka",
+        prepare=prepare,
+    )
+
+
+def _mlflow_spec(settings: Settings) -> ServiceSpec:
+    store = settings.mlflow_dir
+
+    def prepare() -> None:
+        (store / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    return ServiceSpec(
+        name="mlflow",
+        command=[
+            _venv_script("mlflow"),
+            "server",
+            "--host", settings.bind_host,
+            "--port", str(settings.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"),
+            "--serve-artifacts",
+            "--workers", "1",
+        ],
+        port=settings.mlflow_port,
+        url=f"http://{settings.bind_host}:{settings.mlflow_port}",
+        health=lambda: http_ok(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
+        marker="mlflow",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        prepare=prepare,
+    )
+
+
+def write_dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME with an instance config and a workspace that loads lakeloop's Definitions."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(
+        "\n".join(
+            [
+                "telemetry:",
+                "  enabled: false",
+                "run_coordinator:",
+                "  module: dagster.core.run_coordinator",
+                "  class: QueuedRunCoordinator",
+                "  config:",
+                "    max_concurrent_runs: 2",
+                "run_monitoring:",
+                "  enabled: true",
+                "",
+            ]
+        )
+    )
+    (home / "workspace.yaml").write_text(
+        "\n".join(
+            [
+                "load_from:",
+                "  - python_module:",
+                "      module_name: orchestration.definitions",
+                "      location_name: lakeloop",
+                f"      working_directory: {REPO_ROOT}",
+                f"      executable_path: {sys.executable}",
+                "",
+            ]
+        )
+    )
+    return home
+
+
+def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
+    home = settings.dagster_home
+    env = {"DAGSTER_HOME": str(home), **settings.env()}
+    url = settings.dagster_url
+
+    def prepare() -> None:
+        write_dagster_home(settings)
+
+    web = ServiceSpec(
+        name="dagster-webserver",
+        command=[
+            _venv_script("dagster-webserver"),
+            "-h", settings.bind_host,
+            "-p", str(settings.dagster_port),
+            "-w", str(home / "workspace.yaml"),
+        ],
+        port=settings.dagster_port,
+        url=url,
+        health=lambda: dagster_graphql_ok(url),
+        marker="dagster-webserver",
+        env=env,
+        prepare=prepare,
+        start_timeout=180.0,
+    )
+    daemon = ServiceSpec(
+        name="dagster-daemon",
+        command=[_venv_script("dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
+        port=None,
+        url="(background: schedules, sensors, run queue)",
+        health=lambda: True,
+        marker="dagster-daemon",
+        env=env,
+        prepare=prepare,
+    )
+    return [web, daemon]
+
+
+def service_specs(settings: Settings) -> list[ServiceSpec]:
+    return [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings)]
+
+
+SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon")
+
+
+# ---------------------------------------------------------------------------------------------
+# pid files
+# ---------------------------------------------------------------------------------------------
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _read_pid(settings: Settings, name: str) -> dict | None:
+    p = _pid_file(settings, name)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (ValueError, OSError):
+        return {"pid": None, "marker": ""}
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.split(")")[-1].split()[0] == "Z":  # zombie: exited, not yet reaped
+        return False
+    return marker in cmdline
+
+
+# ---------------------------------------------------------------------------------------------
+# up / down / status
+# ---------------------------------------------------------------------------------------------
+Log = Callable[[str], None]
+
+
+def _spec_by_name(settings: Settings, name: str) -> ServiceSpec:
+    for s in service_specs(settings):
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen | None:
+    info = _read_pid(settings, spec.name)
+    if info is not None:
+        if _alive(info.get("pid"), spec.marker):
+            log(f"{spec.name}: already running (pid {info['pid']})")
+            return None
+        log(f"{spec.name}: removing stale pid file {_pid_file(settings, spec.name)} (pid {info.get('pid')} is gone)")
+        _pid_file(settings, spec.name).unlink(missing_ok=True)
+    if spec.port is not None and port_in_use(settings.bind_host, spec.port):
+        raise ServiceError(
+            f"{spec.name}: port {spec.port} on {settings.bind_host} is taken by another process",
+            hint=f"stop that process or choose another port (LAKELOOP_{spec.name.split('-')[0].upper()}_PORT)",
+        )
+    if spec.prepare:
+        spec.prepare()
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    logfile = open(settings.logs_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, **spec.env}
+    proc = subprocess.Popen(
+        spec.command,
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=str(REPO_ROOT),
+        start_new_session=True,
+    )
+    logfile.close()
+    _pid_file(settings, spec.name).write_text(json.dumps({"pid": proc.pid, "marker": spec.marker, "started": time.time()}))
+    log(f"{spec.name}: started (pid {proc.pid}), log {settings.logs_dir / (spec.name + '.log')}")
+    return proc
+
+
+def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -> list[ServiceStatus]:
+    """Start every service that is not running and wait until all are healthy. Idempotent."""
+    specs = [s for s in service_specs(settings) if only is None or s.name in only]
+    started: list[tuple[ServiceSpec, subprocess.Popen]] = []
+    for spec in specs:
+        proc = _start(settings, spec, log)
+        if proc is not None:
+            started.append((spec, proc))
+    for spec in specs:
+        deadline = time.monotonic() + spec.start_timeout
+        proc = next((p for s, p in started if s is spec), None)
+        while not spec.health():
+            if proc is not None and proc.poll() is not None:
+                tail = _tail(settings.logs_dir / f"{spec.name}.log")
+                raise ServiceError(
+                    f"{spec.name} exited with code {proc.returncode} while starting. Last log lines:\n{tail}",
+                    hint=f"see {settings.logs_dir / (spec.name + '.log')}",
+                )
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{spec.name} did not become healthy within {spec.start_timeout:.0f}s",
+                    hint=f"see {settings.logs_dir / (spec.name + '.log')}; `lakeloop down` then `lakeloop up` to retry",
+                )
+            time.sleep(0.5)
+        log(f"{spec.name}: healthy at {spec.url}")
+    return status(settings)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_pid(pid: int, marker: str, timeout: float) -> str:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "already gone"
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid, marker):
+            return "stopped"
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    return f"killed after {timeout:.0f}s"
+
+
+def down(settings: Settings, *, log: Log = print, timeout: float = 20.0) -> None:
+    """Stop only what ``up`` started (pid files): SIGTERM, then SIGKILL after ``timeout``."""
+    for name in reversed(SERVICE_NAMES):
+        info = _read_pid(settings, name)
+        if info is None:
+            continue
+        pid, marker = info.get("pid"), info.get("marker", "")
+        if not _alive(pid, marker):
+            log(f"{name}: not running (removed stale pid file)")
+        else:
+            log(f"{name}: {_stop_pid(pid, marker, timeout)} (pid {pid})")
+        _pid_file(settings, name).unlink(missing_ok=True)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """Each service: pid, address, running, healthy. Never starts anything."""
+    checks: dict[str, tuple[int | None, str, Callable[[], bool]]] = {
+        "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0)),
+        "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
+        "dagster-webserver": (settings.dagster_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
+        "dagster-daemon": (None, "-", lambda: True),
+    }
+    out: list[ServiceStatus] = []
+    for name in SERVICE_NAMES:
+        _, address, health = checks[name]
+        info = _read_pid(settings, name)
+        pid = info.get("pid") if info else None
+        running = bool(info) and _alive(pid, info.get("marker", ""))
+        note = ""
+        if info and not running:
+            note = "stale pid file: the process is gone (run `lakeloop up` to restart it)"
+        elif not info:
+            note = "not started by lakeloop"
+        healthy = running and health()
+        out.append(ServiceStatus(name, pid if running else None, address, running, healthy, note))
+    return out
+
+
+def status_dicts(settings: Settings) -> list[dict]:
+    return [asdict(s) for s in status(settings)]

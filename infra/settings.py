@@ -1,0 +1,151 @@
+"""One typed settings object, read once and passed down.
+
+Order of precedence: explicit overrides (CLI flags) > environment variables (``LAKELOOP_*``) >
+``lakeloop.toml`` (in the working directory, or the file named by ``LAKELOOP_CONFIG``) > defaults.
+Nothing is created or read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from infra.errors import ConfigError
+
+Engine = Literal["local", "spark"]
+
+
+class Settings(BaseSettings):
+    """Every port and path of lakeloop. See README "Configuration"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAKELOOP_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(Path(".lakeloop"), description="All local state: lake, broker data, MLflow, Dagster, logs, pids.")
+    lake_root: str | None = Field(None, description="Root URI of the Delta lake; default <home>/lake. May be s3://, abfss://.")
+    jars_dir: Path | None = Field(None, description="Where `lakeloop infra fetch` caches JVM jars; default <home>/jars.")
+    bind_host: str = Field("127.0.0.1", description="Address every local service binds to.")
+
+    kafka_port: int = Field(9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    kafka_bootstrap: str | None = Field(None, description="Bootstrap servers; default <bind_host>:<kafka_port> (the local broker).")
+    kafka_heap: str = "512m"
+    feedback_topic: str = "feedback.events"
+    predictions_topic: str = "predictions"
+    topic_partitions: int = Field(4, ge=1)
+
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    mlflow_tracking_uri: str | None = Field(None, description="Default http://<bind_host>:<mlflow_port> (the local server).")
+    registered_model_name: str = "lakeloop-reward"
+
+    dagster_port: int = Field(3000, ge=1, le=65535)
+    serve_port: int = Field(8000, ge=1, le=65535)
+
+    engine: Engine = "local"
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "2g"
+
+    max_event_bytes: int = Field(1024 * 1024, ge=1)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("LAKELOOP_CONFIG", "lakeloop.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    # ---- derived locations -------------------------------------------------------------
+    @property
+    def lake(self) -> str:
+        return self.lake_root or str(self.home / "lake")
+
+    @property
+    def jars(self) -> Path:
+        return (self.jars_dir or self.home / "jars").expanduser().absolute()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.bind_host}:{self.dagster_port}"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.bind_host}:{self.serve_port}"
+
+    def env(self) -> dict[str, str]:
+        """These settings as LAKELOOP_* variables, for child processes (services, trainers)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                out[f"LAKELOOP_{name.upper()}"] = str(value)
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; CLI flags come in as overrides. Wrong values raise ConfigError."""
+    from pydantic import ValidationError
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid lakeloop settings: {problems}",
+            hint="check LAKELOOP_* environment variables and lakeloop.toml (see README, Configuration)",
+        ) from None

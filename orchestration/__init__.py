@@ -1,0 +1,1 @@
+"""Top floor: the Dagster definitions and the `lakeloop` command line. Imported by nothing else."""

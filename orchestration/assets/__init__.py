@@ -1,0 +1,1 @@
+"""Dagster assets grouped by domain; each domain package exposes ``defs``."""

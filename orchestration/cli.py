@@ -1,0 +1,68 @@
+"""The `lakeloop` command line. Each domain registers its commands from ``orchestration.commands``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infra.errors import LakeloopError
+
+app = typer.Typer(
+    name="lakeloop",
+    help="lakeloop: a continuous learning loop on a data lakehouse (Kafka -> Delta -> Dagster -> MLflow -> Evidently).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Domains whose commands exist; a module is skipped only if it is not written yet.
+COMMAND_MODULES = ("platform", "ingest", "curation", "training", "monitoring", "demo")
+
+
+@app.callback()
+def _root(
+    home: Annotated[Path | None, typer.Option("--home", help="State folder (env LAKELOOP_HOME, default .lakeloop).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A lakeloop.toml (env LAKELOOP_CONFIG).")] = None,
+) -> None:
+    """Global options; every setting is also an env var LAKELOOP_<NAME> or a key in lakeloop.toml."""
+    if home is not None:
+        os.environ["LAKELOOP_HOME"] = str(home)
+    if config is not None:
+        if not config.exists():
+            raise LakeloopError(f"config file {config} does not exist", hint="pass an existing lakeloop.toml")
+        os.environ["LAKELOOP_CONFIG"] = str(config)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"orchestration.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"orchestration.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except LakeloopError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            typer.secho(f"  fix: {exc.hint}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

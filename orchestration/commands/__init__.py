@@ -1,0 +1,1 @@
+"""`lakeloop` sub-commands, one module per domain; each exposes ``register(app)``."""

@@ -1,0 +1,37 @@
+"""The one ``Definitions`` of lakeloop: every domain's assets, checks, jobs, sensors, and the resources.
+
+Domains live in ``orchestration.assets.<domain>`` and each exposes ``defs``; resources are chosen here,
+in one place. Nothing here does work at import time beyond building the definitions.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import dagster as dg
+
+from orchestration.assets import platform
+from orchestration.resources import LakeloopSettings
+
+DOMAINS = ("feedback", "curation", "training", "monitoring")
+
+
+def _domain_defs() -> list[dg.Definitions]:
+    out = [platform.defs]
+    for name in DOMAINS:
+        try:
+            module = importlib.import_module(f"orchestration.assets.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"orchestration.assets.{name}":
+                continue  # domain not built yet
+            raise
+        out.append(module.defs)
+    return out
+
+
+def build_definitions() -> dg.Definitions:
+    resources = {"lakeloop": LakeloopSettings()}
+    return dg.Definitions.merge(*_domain_defs(), dg.Definitions(resources=resources))
+
+
+defs = build_definitions()
