@@ -1,6 +1,6 @@
 """`lake_catalog`: the registered Delta tables and their versions, a cheap asset that proves runs work."""
+# No `from __future__ import annotations` in asset modules: Dagster reads the `context` annotation at definition time.
 
-from __future__ import annotations
 
 import dagster as dg
 
