@@ -89,6 +89,17 @@ def dagster_graphql_ok(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def dagster_daemon_ok(url: str, timeout: float = 3.0) -> bool:
+    """Every required daemon (scheduler, sensors, run queue, ...) has a fresh heartbeat, per the webserver."""
+    query = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
+    try:
+        r = requests.post(f"{url}/graphql", json={"query": query}, timeout=timeout)
+        statuses = r.json()["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return False
+    return bool(statuses) and all(s["healthy"] for s in statuses if s["required"])
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -260,6 +271,26 @@ def write_dagster_home(settings: Settings) -> Path:
     return home
 
 
+def init_dagster_instance(settings: Settings) -> None:
+    """Create or migrate the instance's SQLite storages once, before the webserver, daemon and code
+    servers open them concurrently (concurrent first creation leaves alembic with two heads)."""
+    home = settings.dagster_home
+    if (home / ".initialized").exists():
+        return
+    proc = subprocess.run(
+        [_venv_script("dagster"), "instance", "migrate"],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise ServiceError(
+            f"initializing the Dagster instance in {home} failed: {(proc.stderr or proc.stdout).strip()[-800:]}",
+            hint=f"remove {home} (run history is lost) and run `lakeloop up` again",
+        )
+    (home / ".initialized").write_text("ok\n")
+
+
 def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
     home = settings.dagster_home
     env = {"DAGSTER_HOME": str(home), **settings.env()}
@@ -267,6 +298,7 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
 
     def prepare() -> None:
         write_dagster_home(settings)
+        init_dagster_instance(settings)
 
     web = ServiceSpec(
         name="dagster-webserver",
@@ -289,7 +321,7 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
         command=[_venv_script("dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
         port=None,
         url="(background: schedules, sensors, run queue)",
-        health=lambda: True,
+        health=lambda: dagster_daemon_ok(url),
         marker="dagster-daemon",
         env=env,
         prepare=prepare,
@@ -338,13 +370,6 @@ def _alive(pid: int | None, marker: str) -> bool:
 # up / down / status
 # ---------------------------------------------------------------------------------------------
 Log = Callable[[str], None]
-
-
-def _spec_by_name(settings: Settings, name: str) -> ServiceSpec:
-    for s in service_specs(settings):
-        if s.name == name:
-            return s
-    raise KeyError(name)
 
 
 def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen | None:
@@ -455,7 +480,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0)),
         "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
         "dagster-webserver": (settings.dagster_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
-        "dagster-daemon": (None, "-", lambda: True),
+        "dagster-daemon": (None, "-", lambda: dagster_daemon_ok(settings.dagster_url)),
     }
     out: list[ServiceStatus] = []
     for name in SERVICE_NAMES:
