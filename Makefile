@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench up down status clean
+.PHONY: system-deps setup demo test test-fast bench up down status clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fix: install Python 3.11 or run make PYTHON=python3)"; exit 2; }
@@ -15,13 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@touch $(STAMP)
 
+# System packages the tests need (headless Chromium for the UI screenshot); Java and Maven are checked too.
+system-deps:
+	@command -v java >/dev/null || { echo "error: Java not found (fix: apt-get install openjdk-17-jre-headless)"; exit 2; }
+	@command -v mvn >/dev/null || { echo "error: Maven not found (fix: apt-get install maven)"; exit 2; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: could not install chromium; the UI screenshot test will fail"; \
+	  else echo "warning: chromium missing (fix: sudo apt-get install chromium)"; fi; }
+
 setup: $(STAMP)
 	$(BIN)/lakeloop infra fetch
 
 demo: setup
 	$(BIN)/lakeloop demo
 
-test: setup
+test: system-deps setup
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: setup
