@@ -7,6 +7,7 @@ and daemon), waits until each answers, and records a pid file per service under 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -170,10 +171,9 @@ def _kafka_spec(settings: Settings) -> ServiceSpec:
         conf.write_text(kafka_properties(settings))
         if (settings.kafka_data_dir / "data" / "meta.properties").exists():
             return
-        cluster_id = uuid.uuid4().bytes
-        import base64
-
-        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        cid = "-"
+        while cid.startswith("-"):  # an id starting with '-' would be read as an option by the format tool
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(conf)],
             capture_output=True,

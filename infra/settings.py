@@ -52,12 +52,23 @@ class Settings(BaseSettings):
 
     dagster_port: int = Field(3000, ge=1, le=65535)
     serve_port: int = Field(8000, ge=1, le=65535)
+    # monitoring and rollout (issue 6)
+    alert_webhooks: str = Field("", description="Comma-separated alert webhooks `json+URL`, `slack+URL`, `teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl.")
+    alert_dedup_seconds: float = Field(3600.0, ge=0, description="The same alert is sent at most once per this many seconds.")
+    drift_windows_to_alert: int = Field(3, ge=1, description="Drifted windows in a row before a drift alert (and a retraining request).")
+    canary_steps: str = Field("0.1,0.5", description="Canary traffic shares, in order, before promotion to champion.")
+    serve_poll_seconds: float = Field(5.0, gt=0, description="How often the scoring service re-reads aliases and the canary share.")
 
     engine: Engine = "local"
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
 
     max_event_bytes: int = Field(1024 * 1024, ge=1)
+    # ingestion (issue 3): flush on whichever comes first
+    ingest_group: str = Field("lakeloop-ingest", description="Kafka consumer group of the ingestors.")
+    ingest_flush_seconds: float = Field(1.0, gt=0, description="Flush a batch at most this long after its first record.")
+    ingest_flush_records: int = Field(100_000, ge=1, description="Flush a batch once it holds this many records.")
+    ingest_flush_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Flush a batch once it holds this many payload bytes.")
 
     @field_validator("home", mode="after")
     @classmethod

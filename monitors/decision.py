@@ -1,0 +1,104 @@
+"""The rollout decision: a pure function over plain values, ``decide_rollout(...) -> Promote | Hold | Rollback``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitors.canary import CanaryComparison
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """When a canary moves up, stays, or is rolled back. Defaults suit sparse feedback."""
+
+    steps: tuple[float, ...] = (0.1, 0.5)  # canary traffic shares before it becomes champion
+    min_feedback: int = 30  # labelled predictions per arm before agreement is judged
+    alpha: float = 0.05  # one-sided significance for every test
+    max_error_rate: float = 0.05  # a canary above this error rate is rolled back outright
+    min_requests: int = 50  # requests per arm before error rate / latency are judged
+    max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back
+    equivalence_feedback: int = 400  # with this many labels per arm and no significant difference ...
+    equivalence_margin: float = 0.02  # ... a canary within this agreement margin is promoted
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must be increasing shares in (0, 1), got {self.steps}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Move the canary up: to ``to_share`` of traffic, or to champion when ``to_share`` is None."""
+
+    reason: str
+    to_share: float | None
+
+    @property
+    def final(self) -> bool:
+        return self.to_share is None
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    reason: str
+
+
+Decision = Promote | Hold | Rollback
+
+
+def next_step(policy: RolloutPolicy, current_share: float) -> float | None:
+    """The next traffic share after ``current_share``; None means the next step is champion."""
+    for share in policy.steps:
+        if share > current_share + 1e-9:
+            return share
+    return None
+
+
+def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, current_share: float) -> Decision:
+    """Promote, hold or roll back the canary given one window's comparison with the champion.
+
+    Order: hard failures (errors, latency) first, then agreement with user feedback; anything without
+    enough evidence is a Hold.
+    """
+    can, champ = comparison.canary, comparison.champion
+    if can.n_requests is not None and can.n_requests >= policy.min_requests:
+        rate = can.error_rate or 0.0
+        if rate > policy.max_error_rate:
+            return Rollback(f"canary error rate {rate:.1%} above {policy.max_error_rate:.1%}")
+        if comparison.p_errors_higher is not None and comparison.p_errors_higher < policy.alpha:
+            return Rollback(f"canary errors significantly higher (p={comparison.p_errors_higher:.3g})")
+    if (
+        can.n_predictions >= policy.min_requests
+        and champ.n_predictions >= policy.min_requests
+        and can.latency_p95_ms is not None
+        and champ.latency_p95_ms
+        and can.latency_p95_ms > policy.max_latency_ratio * champ.latency_p95_ms
+    ):
+        return Rollback(
+            f"canary latency p95 {can.latency_p95_ms:.1f} ms > {policy.max_latency_ratio}x champion {champ.latency_p95_ms:.1f} ms"
+        )
+    if can.n_feedback < policy.min_feedback or champ.n_feedback < policy.min_feedback:
+        return Hold(
+            f"not enough feedback yet (canary {can.n_feedback}, champion {champ.n_feedback}, need {policy.min_feedback} each)"
+        )
+    p_worse, p_better = comparison.p_canary_worse, comparison.p_canary_better
+    if p_worse is not None and p_worse < policy.alpha:
+        return Rollback(f"canary agrees with users less: {can.agreement:.1%} vs {champ.agreement:.1%} (p={p_worse:.3g})")
+    to = next_step(policy, current_share)
+    if p_better is not None and p_better < policy.alpha:
+        return Promote(f"canary agrees with users more: {can.agreement:.1%} vs {champ.agreement:.1%} (p={p_better:.3g})", to)
+    if (
+        can.n_feedback >= policy.equivalence_feedback
+        and champ.n_feedback >= policy.equivalence_feedback
+        and can.agreement is not None
+        and champ.agreement is not None
+        and can.agreement >= champ.agreement - policy.equivalence_margin
+    ):
+        return Promote(f"canary equivalent within {policy.equivalence_margin:.0%} on {can.n_feedback} labels", to)
+    return Hold(f"inconclusive: {can.agreement:.1%} vs {champ.agreement:.1%} (p_worse={p_worse:.3g}, p_better={p_better:.3g})")

@@ -1,0 +1,130 @@
+"""Our one wrapper of the MLflow registry for monitoring: read aliases and rollout tags, load pyfunc models.
+
+Alias *changes* never happen here: they go through ``trainers.registry`` (compare-and-set + ledger).
+Tags written here are the rollout state on a model version and the canary share on the registered model.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from infra.errors import ServiceError
+from infra.settings import Settings
+
+Alias = Literal["champion", "canary", "challenger"]
+RolloutState = Literal["challenger", "canary", "champion", "rolled_back", "retired"]
+
+SHARE_TAG = "lakeloop.canary_share"  # registered-model tag the service reads
+STATE_TAG = "lakeloop.rollout_state"  # model-version tag: where the version stands
+HISTORY_TAG = "lakeloop.rollout_history"  # model-version tag: the last transitions, newest last
+
+
+@functools.cache
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@functools.cache
+def _reachable(tracking_uri: str) -> bool:
+    """Fail fast (MLflow's own client retries for minutes) when the tracking server is not there."""
+    import httpx
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=3.0).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"MLflow tracking server at {tracking_uri} is not reachable: {exc}",
+                           hint="start it with `lakeloop up`, or set LAKELOOP_MLFLOW_TRACKING_URI") from None
+    return True
+
+
+def client(settings: Settings) -> Any:
+    _reachable(settings.tracking_uri)
+    return _client(settings.tracking_uri)
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    return "RESOURCE_DOES_NOT_EXIST" in code or "INVALID_PARAMETER_VALUE" in code or "not found" in str(exc).lower()
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias (or the registered model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version_by_alias(settings.registered_model_name, alias)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise ServiceError(f"MLflow registry at {settings.tracking_uri} failed: {exc}", hint="is `lakeloop up` running?") from exc
+    return str(mv.version)
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    """Every alias of the registered model -> version (empty when the model is not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client(settings).get_registered_model(settings.registered_model_name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return {}
+        raise ServiceError(f"MLflow registry at {settings.tracking_uri} failed: {exc}", hint="is `lakeloop up` running?") from exc
+    return {k: str(v) for k, v in (rm.aliases or {}).items()}
+
+
+def canary_share(settings: Settings) -> float:
+    """The canary's share of traffic from the registered-model tag (0 when unset or not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client(settings).get_registered_model(settings.registered_model_name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return 0.0
+        raise
+    raw = (rm.tags or {}).get(SHARE_TAG)
+    try:
+        share = float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return min(max(share, 0.0), 1.0)
+
+
+def set_canary_share(settings: Settings, share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"canary share must be in [0, 1], got {share}")
+    client(settings).set_registered_model_tag(settings.registered_model_name, SHARE_TAG, f"{share:g}")
+
+
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    mv = client(settings).get_model_version(settings.registered_model_name, str(version))
+    return dict(mv.tags or {})
+
+
+def mark_version(settings: Settings, version: str, state: RolloutState, *, note: str) -> None:
+    """Record a rollout transition on the model version itself, so the MLflow UI shows the truth."""
+    c = client(settings)
+    name = settings.registered_model_name
+    history = version_tags(settings, version).get(HISTORY_TAG, "")
+    entries = [e for e in history.split(" | ") if e] + [f"{state}: {note}"]
+    c.set_model_version_tag(name, str(version), STATE_TAG, state)
+    c.set_model_version_tag(name, str(version), HISTORY_TAG, " | ".join(entries[-8:])[-4900:])
+
+
+def model_url(settings: Settings, version: str) -> str:
+    return f"{settings.tracking_uri}/#/models/{settings.registered_model_name}/versions/{version}"
+
+
+def load_pyfunc(settings: Settings, version: str) -> Any:
+    """Load a registered version (our own registry artifacts, never request input) as an MLflow pyfunc."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return mlflow.pyfunc.load_model(f"models:/{settings.registered_model_name}/{version}")

@@ -1,0 +1,253 @@
+"""The scoring service: FastAPI app scoring (prompt, response) with the `champion` and a sticky `canary`.
+
+Models are loaded from our MLflow registry by alias (never from request input). A poller re-reads the
+aliases and the canary share every ``poll_seconds`` and swaps in new versions after loading them, so
+requests keep being answered with the previous pair meanwhile. Every prediction goes to Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from infra.settings import Settings
+from monitors import model_store
+from monitors.predictions import PredictionRecord, rfc3339_now
+from monitors.routing import route
+
+log = logging.getLogger("lakeloop.serve")
+
+
+class Publisher(Protocol):
+    def publish(self, record: PredictionRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+    model: Any
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An immutable snapshot of what serves; swapped atomically by the poller."""
+
+    champion: Loaded | None = None
+    canary: Loaded | None = None
+    canary_share: float = 0.0
+
+
+@dataclass
+class Counters:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def count(self, version: str, *, error: bool) -> None:
+        with self.lock:
+            self.requests[version] += 1
+            if error:
+                self.errors[version] += 1
+
+
+class ScoreRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=200_000)
+    response: str = Field(min_length=1, max_length=200_000)
+    conversation_id: str = Field(min_length=1, max_length=256)
+    request_id: str | None = Field(None, max_length=256)
+    response_id: str | None = Field(None, max_length=256)
+
+
+class ScoreResponse(BaseModel):
+    request_id: str
+    response_id: str
+    score: float
+    model_version: str
+    alias: str
+    latency_ms: float
+
+
+def predict_score(model: Any, prompt: str, response: str) -> float:
+    """The model contract: predict(DataFrame[prompt, response]) -> column `score` in [0, 1]."""
+    out = model.predict(pd.DataFrame({"prompt": [prompt], "response": [response]}))
+    if isinstance(out, pd.DataFrame):
+        value = out["score"].iloc[0]
+    else:
+        value = np.asarray(out).reshape(-1)[0]
+    score = float(value)
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"model returned score {score} outside [0, 1]")
+    return score
+
+
+class ModelPool:
+    """Keeps the serving snapshot in step with the registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.serving = Serving()
+        self.cache: dict[str, Any] = {}
+        self.last_refresh: float | None = None
+        self.last_error: str | None = None
+
+    def _load(self, version: str | None) -> Loaded | None:
+        if version is None:
+            return None
+        if version not in self.cache:
+            log.info("loading %s version %s", self.settings.registered_model_name, version)
+            self.cache[version] = model_store.load_pyfunc(self.settings, version)
+        return Loaded(version, self.cache[version])
+
+    def refresh(self) -> Serving:
+        """Read aliases and share; load what is new; swap. On error, keep serving what we have."""
+        try:
+            aliases = model_store.aliases(self.settings)
+            champ_v, can_v = aliases.get("champion"), aliases.get("canary")
+            share = model_store.canary_share(self.settings) if can_v else 0.0
+            new = Serving(self._load(champ_v), self._load(can_v), share)
+            self.serving = new  # atomic reference swap
+            keep = {v for v in (champ_v, can_v) if v}
+            self.cache = {v: m for v, m in self.cache.items() if v in keep}
+            self.last_refresh = time.time()
+            self.last_error = None
+        except Exception as exc:  # the poller must survive registry hiccups; surfaced on /readyz and /stats
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("alias refresh failed, still serving previous models: %s", self.last_error)
+        return self.serving
+
+
+class Poller:
+    def __init__(self, pool: ModelPool, *, every: float) -> None:
+        self.pool, self.every = pool, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alias-poller", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.pool.refresh()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds: float | None = None) -> FastAPI:
+    """The app; the poller starts and stops with it. ``publisher`` None disables publishing (tests only)."""
+    from contextlib import asynccontextmanager
+
+    pool = ModelPool(settings)
+    counters = Counters()
+    poller = Poller(pool, every=poll_seconds or settings.serve_poll_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        pool.refresh()
+        poller.start()
+        try:
+            yield
+        finally:
+            poller.stop()
+            for closer in ("flush", "close"):
+                fn = getattr(publisher, closer, None)
+                if fn is not None:
+                    fn()
+
+    app = FastAPI(title="lakeloop scoring service", lifespan=lifespan)
+    app.state.pool, app.state.counters = pool, counters
+    no_champion = {
+        "error": f"no `champion` version of {settings.registered_model_name} in the MLflow registry at {settings.tracking_uri}",
+        "hint": "train and register a model, then `lakeloop promote --start` (or wait for the training job's gate)",
+    }
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        s = pool.serving
+        body = {
+            "ready": s.champion is not None,
+            "champion": s.champion.version if s.champion else None,
+            "canary": s.canary.version if s.canary else None,
+            "canary_share": s.canary_share,
+            "last_refresh": pool.last_refresh,
+            "last_error": pool.last_error,
+        }
+        if s.champion is None:
+            return JSONResponse({**body, **no_champion}, status_code=503)
+        return JSONResponse(body)
+
+    @app.get("/stats")
+    def stats() -> dict[str, Any]:
+        with counters.lock:
+            out: dict[str, Any] = {"requests": dict(counters.requests), "errors": dict(counters.errors)}
+        for attr in ("sent", "failed", "last_error"):
+            out[f"publish_{attr}"] = getattr(publisher, attr, None)
+        return out
+
+    @app.post("/score", response_model=ScoreResponse)
+    def score(req: ScoreRequest) -> Any:
+        s = pool.serving  # one snapshot for the whole request
+        if s.champion is None:
+            return JSONResponse(no_champion, status_code=503)
+        alias = route(req.conversation_id, s.canary_share, has_canary=s.canary is not None)
+        chosen = s.canary if alias == "canary" and s.canary is not None else s.champion
+        t0 = time.perf_counter()
+        try:
+            value = predict_score(chosen.model, req.prompt, req.response)
+        except Exception as exc:  # counted against that version; the champion answers instead
+            counters.count(chosen.version, error=True)
+            log.warning("version %s failed: %s", chosen.version, exc)
+            if chosen is s.champion:
+                return JSONResponse({"error": f"model version {chosen.version} failed: {exc}", "hint": "see the service log"}, status_code=500)
+            alias, chosen = "champion", s.champion
+            t0 = time.perf_counter()
+            value = predict_score(chosen.model, req.prompt, req.response)
+        latency = (time.perf_counter() - t0) * 1000.0
+        counters.count(chosen.version, error=False)
+        record = PredictionRecord(
+            request_id=req.request_id or uuid.uuid4().hex,
+            response_id=req.response_id or uuid.uuid4().hex,
+            conversation_id=req.conversation_id,
+            model_name=settings.registered_model_name,
+            model_version=chosen.version,
+            alias=alias,  # type: ignore[arg-type]
+            score=value,
+            latency_ms=latency,
+            prompt=req.prompt,
+            response=req.response,
+            served_at=rfc3339_now(),
+        )
+        if publisher is not None:
+            publisher.publish(record)
+        return ScoreResponse(
+            request_id=record.request_id, response_id=record.response_id, score=value,
+            model_version=chosen.version, alias=alias, latency_ms=latency,
+        )
+
+    return app
+
+
+def run(settings: Settings, *, host: str | None = None, port: int | None = None, poll_seconds: float | None = None) -> None:
+    """Serve until interrupted (``lakeloop serve``)."""
+    import uvicorn
+
+    from monitors.predictions import KafkaPublisher
+
+    app = create_app(settings, publisher=KafkaPublisher(settings), poll_seconds=poll_seconds)
+    uvicorn.run(app, host=host or settings.bind_host, port=port or settings.serve_port, log_level="info")

@@ -1,0 +1,74 @@
+"""`drift_report`: one window of live traffic against the champion's training set (Evidently 0.7).
+
+Thin adapter over ``monitors.drift_job.run_drift_window``: report link and verdict go to metadata, the
+numbers to monitoring/drift_metrics, the HTML to MLflow; a streak of drifted windows alerts and sets
+``retrain`` so the retraining sensor can ask for a new reward model.
+"""
+
+import dagster as dg
+
+from infra.errors import DataError
+from monitors import model_store
+from monitors.alerts import notifier_from_settings
+from monitors.drift_job import prepare_reference, run_drift_window
+from monitors.windows import current_frame, load_feedback, load_predictions, score_frame, training_reference
+from orchestration.assets.monitoring.resources import MonitoringResource, WindowConfig
+from orchestration.resources import LakeloopSettings
+
+
+@dg.asset(
+    group_name="monitoring",
+    kinds={"evidently", "delta", "mlflow"},
+    owners=["team:ml-platform"],
+    description="Drift of the last window (text descriptors, embeddings, scores, feedback) vs the champion's training set.",
+)
+def drift_report(
+    context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, monitoring: MonitoringResource,
+    config: WindowConfig,
+) -> dg.MaterializeResult:
+    settings = lakeloop.load()
+    champion = model_store.alias_version(settings, "champion")
+    if champion is None:
+        raise DataError("no champion model to monitor", hint="promote a model first (`lakeloop promote --start`)")
+    since, until = config.window(monitoring.window_minutes)
+
+    reference_raw = training_reference(settings, sample=monitoring.reference_sample)
+    model = model_store.load_pyfunc(settings, champion)
+    reference_raw["score"] = score_frame(model, reference_raw)
+    context.log.info("reference: %d training rows scored by champion v%s", len(reference_raw), champion)
+    reference = prepare_reference(reference_raw, embed_sample=monitoring.embed_sample)
+
+    preds = load_predictions(settings, since=since, until=until, source=monitoring.source)
+    fb = load_feedback(settings, since=since, until=until, source=monitoring.source)
+    current = current_frame(preds, fb)
+    context.log.info("window %s .. %s: %d predictions, %d feedback events", since, until, len(preds), len(fb))
+
+    result = run_drift_window(
+        settings, reference, current, window_start=since, window_end=until, notifier=notifier_from_settings(settings),
+        embed_sample=monitoring.embed_sample, model_version=champion, run_id=context.run_id,
+        links={"dagster_run": f"{settings.dagster_url}/runs/{context.run_id}"},
+    )
+    v = result.verdict
+    metadata: dict[str, object] = {
+        "drifted": v.drifted,
+        "groups": dg.MetadataValue.json(dict(v.groups)),
+        "summary": v.summary(),
+        "n_current": v.n_current,
+        "n_reference": v.n_reference,
+        "streak": result.streak.length,
+        "streak_action": result.streak.action,
+        "retrain": result.retrain,
+        "champion_version": champion,
+        "drift_metrics_version": result.delta_version,
+        "columns": dg.MetadataValue.md(
+            "| column | group | method | score | threshold | drifted |\n|---|---|---|---|---|---|\n"
+            + "\n".join(f"| {c.column} | {c.group} | {c.method} | {c.score:.4f} | {c.threshold:g} | {c.drifted} |" for c in v.columns)
+        ),
+    }
+    if result.report_path is not None:
+        metadata["report"] = dg.MetadataValue.url(result.report_path.as_uri())
+    if result.mlflow_run_id:
+        metadata["mlflow_run_id"] = result.mlflow_run_id
+    if result.delivery is not None:
+        metadata["alert"] = result.delivery.status
+    return dg.MaterializeResult(metadata=metadata)

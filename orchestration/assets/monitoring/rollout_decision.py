@@ -1,0 +1,49 @@
+"""`rollout_decision`: canary analysis over the last window, the pure decision, and its execution.
+
+Compares canary and champion on agreement with later user feedback (Fisher exact), error rate and latency
+p95; ``decide_rollout`` says Promote / Hold / Rollback; the rollout module moves aliases (compare-and-set,
+ledger, version tags) and the notifier alerts on rollbacks and promotions.
+"""
+
+import dagster as dg
+
+from monitors.alerts import notifier_from_settings
+from monitors.canary_job import policy_from_settings, run_canary_window
+from orchestration.assets.monitoring.resources import MonitoringResource, WindowConfig
+from orchestration.resources import LakeloopSettings
+
+
+@dg.asset(
+    group_name="monitoring",
+    kinds={"mlflow"},
+    owners=["team:ml-platform"],
+    description="Promote / Hold / Rollback of the canary from the last window of online metrics.",
+)
+def rollout_decision(
+    context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, monitoring: MonitoringResource,
+    config: WindowConfig,
+) -> dg.MaterializeResult:
+    settings = lakeloop.load()
+    since, until = config.window(monitoring.window_minutes)
+    result = run_canary_window(
+        settings, since=since, until=until, notifier=notifier_from_settings(settings), policy=policy_from_settings(settings),
+        source=monitoring.source, actor=f"dagster:{context.run_id[:8]}", apply=monitoring.apply_rollout,
+        links={"dagster_run": f"{settings.dagster_url}/runs/{context.run_id}"},
+    )
+    context.log.info("decision: %s (%s)", type(result.decision).__name__, result.decision.reason)
+    metadata: dict[str, object] = {
+        "decision": type(result.decision).__name__,
+        "reason": result.decision.reason,
+        "applied": monitoring.apply_rollout,
+        "champion_before": result.before.champion or "-",
+        "canary_before": result.before.canary or "-",
+        "canary_share_before": result.before.canary_share,
+        "champion_after": result.after.champion or "-",
+        "canary_after": result.after.canary or "-",
+        "canary_share_after": result.after.canary_share,
+    }
+    if result.comparison is not None:
+        metadata["metrics"] = dg.MetadataValue.json(result.comparison.metrics())
+    if result.delivery is not None:
+        metadata["alert"] = result.delivery.status
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,99 @@
+"""decide_rollout as a table of cases, plus the canary statistics it reads (no services)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from monitors.canary import ArmStats, analyze_window, compare_arms, feedback_verdicts
+from monitors.decision import Hold, Promote, Rollback, RolloutPolicy, decide_rollout, next_step
+
+POLICY = RolloutPolicy(steps=(0.1, 0.5), min_feedback=30, alpha=0.05, equivalence_feedback=400)
+
+
+def arms(
+    champ_fb: int, champ_agree: int, can_fb: int, can_agree: int, *,
+    can_req: int | None = None, can_err: int | None = None, champ_req: int | None = None, champ_err: int | None = None,
+    can_p95: float = 10.0, champ_p95: float = 10.0, n_pred: int = 500,
+):
+    champ = ArmStats("1", n_pred, champ_fb, champ_agree, champ_p95, champ_req, champ_err)
+    can = ArmStats("2", n_pred, can_fb, can_agree, can_p95, can_req, can_err)
+    return compare_arms(champ, can)
+
+
+CASES = [
+    # (id, comparison, current_share, expected type, expected to_share)
+    ("too-few-labels", arms(20, 18, 10, 2), 0.1, Hold, None),
+    ("too-few-canary-labels", arms(200, 180, 29, 3), 0.1, Hold, None),
+    ("clearly-worse", arms(60, 54, 40, 8), 0.1, Rollback, None),
+    ("worse-at-50pct", arms(100, 85, 100, 60), 0.5, Rollback, None),
+    ("clearly-better-step1", arms(60, 30, 40, 36), 0.1, Promote, 0.5),
+    ("clearly-better-last-step", arms(60, 30, 40, 36), 0.5, Promote, None),
+    ("inconclusive", arms(60, 45, 40, 28), 0.1, Hold, None),
+    ("equivalent-big-sample", arms(500, 400, 450, 356), 0.1, Promote, 0.5),
+    ("slightly-worse-big-sample", arms(500, 420, 450, 360), 0.1, Hold, None),
+    ("error-ceiling", arms(60, 54, 40, 36, can_req=100, can_err=9, champ_req=900, champ_err=0), 0.1, Rollback, None),
+    ("errors-below-min-requests", arms(60, 30, 40, 36, can_req=20, can_err=3, champ_req=900, champ_err=0), 0.1, Promote, 0.5),
+    ("errors-significantly-higher", arms(60, 54, 40, 36, can_req=400, can_err=12, champ_req=4000, champ_err=4), 0.1, Rollback, None),
+    ("latency-regression", arms(60, 54, 40, 36, can_p95=50.0, champ_p95=10.0), 0.1, Rollback, None),
+    ("latency-few-requests", arms(60, 30, 40, 36, can_p95=50.0, champ_p95=10.0, n_pred=10), 0.1, Promote, 0.5),
+]
+
+
+@pytest.mark.parametrize(("comparison", "share", "kind", "to_share"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide_rollout_table(comparison, share, kind, to_share) -> None:
+    decision = decide_rollout(comparison, POLICY, current_share=share)
+    assert isinstance(decision, kind), decision
+    assert decision.reason
+    if kind is Promote:
+        assert decision.to_share == to_share
+
+
+@pytest.mark.parametrize(("share", "expected"), [(0.0, 0.1), (0.1, 0.5), (0.3, 0.5), (0.5, None), (0.9, None)])
+def test_next_step(share: float, expected: float | None) -> None:
+    assert next_step(POLICY, share) == expected
+
+
+@pytest.mark.parametrize("steps", [(), (0.5, 0.1), (0.0, 0.5), (0.1, 1.0), (0.2, 0.2)])
+def test_policy_rejects_bad_steps(steps) -> None:
+    with pytest.raises(ValueError):
+        RolloutPolicy(steps=steps)
+
+
+def test_feedback_verdicts_latest_usable_event_wins() -> None:
+    fb = pd.DataFrame(
+        [
+            ("r1", "thumbs", 1.0, "2026-01-01T00:00:00Z"),
+            ("r1", "thumbs", -1.0, "2026-01-01T00:01:00Z"),  # latest: unhappy
+            ("r2", "rating", 5.0, "2026-01-01T00:00:00Z"),
+            ("r3", "rating", 3.0, "2026-01-01T00:00:00Z"),  # neutral: no verdict
+            ("r4", "correction", None, "2026-01-01T00:00:00Z"),
+            ("r5", "preference", None, "2026-01-01T00:00:00Z"),  # pairwise: no pointwise verdict
+        ],
+        columns=["response_id", "event_type", "value", "occurred_at"],
+    )
+    verdicts = feedback_verdicts(fb)
+    v = dict(zip(verdicts["response_id"], verdicts["satisfied"], strict=True))
+    assert v == {"r1": 0.0, "r2": 1.0, "r4": 0.0}
+
+
+def test_analyze_window_joins_feedback_by_response_and_version() -> None:
+    preds = pd.DataFrame(
+        {
+            "response_id": ["a", "b", "c", "d"],
+            "model_version": ["1", "1", "2", "2"],
+            "score": [0.9, 0.2, 0.9, 0.8],
+            "latency_ms": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    fb = pd.DataFrame(
+        {"response_id": ["a", "b", "c", "d"], "event_type": "thumbs", "value": [1.0, -1.0, -1.0, 1.0],
+         "occurred_at": "2026-01-01T00:00:00Z"}
+    )
+    cmp = analyze_window(preds, fb, champion_version="1", canary_version="2", counters={"2": (10, 1)})
+    assert (cmp.champion.n_feedback, cmp.champion.n_agree) == (2, 2)
+    assert (cmp.canary.n_feedback, cmp.canary.n_agree) == (2, 1)
+    assert cmp.canary.error_rate == pytest.approx(0.1)
+    assert cmp.champion.error_rate is None  # no counters: unknown, never 0
+    assert cmp.canary.latency_p95_ms == pytest.approx(3.95)
+    assert "canary_agreement" in cmp.metrics() and "champion_error_rate" not in cmp.metrics()
