@@ -1,0 +1,231 @@
+"""Ingestion benchmark: lakeloop's exactly-once ingestor vs raw kafka-python and Spark Structured Streaming.
+
+Starts its own Kafka broker (temp home, free ports), produces ~1 KB qa_feedback events, then measures on
+the same topic and broker, in this run:
+  (a) raw kafka-python consume rate (same consumer settings; the client's ceiling),
+  (b) Spark Structured Streaming (spark-sql-kafka, from_json to typed columns) into a Delta table,
+  ours: `Ingestor.run(once=True)` into bronze/feedback_events (validation, Arrow, Delta commits with offsets),
+and freshness (produce -> visible to a Delta reader) at 1k events/s with the default 1 s flush latency.
+
+    python -m bench.bench_ingest [--events 100000] [--skip-spark]
+Rows (metric, ours, peer, ratio, target) are printed and written to bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QA = Path(os.environ.get("LAKELOOP_SHARED_DATA", REPO.parent / "shared" / "data" / "qa_feedback")) / "dev_feedback.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_platform(home: Path):
+    from infra import jars, services
+    from infra.settings import load_settings
+
+    settings = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")),
+                             kafka_port=_free_port(), kafka_controller_port=_free_port(), mlflow_port=_free_port(),
+                             dagster_port=_free_port(), serve_port=_free_port())
+    jars.fetch_jars(settings)
+    services.up(settings, log=lambda m: print(f"[platform] {m}"), only=["kafka"])
+    return settings
+
+
+def produce(settings, topic: str, n: int) -> float:
+    from feedback.producer import FeedbackProducer
+    from feedback.qa_feedback import iter_events
+
+    copies = n // 3900 + 1
+    t0 = time.perf_counter()
+    with FeedbackProducer(settings, topic=topic, linger_ms=20, batch_size=1 << 20) as producer:
+        for e in iter_events(QA, copies=copies, limit=n):
+            producer.send(e)
+    return n / (time.perf_counter() - t0)
+
+
+def raw_consume(settings, topic: str, n: int) -> float:
+    """kafka-python alone: poll every record of the topic with the ingestor's consumer settings (no group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from feedback.kafka_io import consumer_config
+
+    cfg = consumer_config(settings, group=None)
+    consumer = KafkaConsumer(**cfg)
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    got, t0 = 0, None
+    while got < n:
+        for records in consumer.poll(timeout_ms=1000, max_records=cfg["max_poll_records"]).values():
+            t0 = t0 or time.perf_counter()
+            got += len(records)
+    rate = got / (time.perf_counter() - t0)
+    consumer.close()
+    return rate
+
+
+def ours(settings, topic: str) -> tuple[float, object]:
+    from feedback.batch import FlushPolicy
+    from feedback.ingestor import Ingestor
+    from feedback.streams import get_stream
+
+    s = settings.model_copy(update={"lake_root": str(settings.home / "lake-ours")})
+    stats = Ingestor(s, get_stream(s, "feedback", topic=topic), group="bench-ours", policy=FlushPolicy(),
+                     say=lambda m: print(f"  {m}")).run(once=True)
+    return stats.sustained_rate, stats
+
+
+def spark_streaming(settings, topic: str, n: int) -> float:
+    """spark-sql-kafka -> from_json (typed) -> Delta, availableNow; rate = rows / processing time of its batches."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from infra.spark import spark_session
+
+    spark = spark_session(settings, app_name="bench-ingest")
+    fields = ["event_id", "event_type", "app_id", "user_id", "conversation_id", "response_id", "model_name",
+              "model_version", "prompt", "response", "corrected_response", "response_b", "preferred", "comment"]
+    schema = T.StructType([T.StructField(f, T.StringType()) for f in fields] + [
+        T.StructField("occurred_at", T.StringType()), T.StructField("value", T.DoubleType()),
+        T.StructField("metadata", T.MapType(T.StringType(), T.StringType())), T.StructField("schema_version", T.IntegerType())])
+    src = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.bootstrap_servers)
+           .option("subscribe", topic).option("startingOffsets", "earliest").option("maxOffsetsPerTrigger", 50_000).load())
+    parsed = src.select(F.col("value").cast("string").alias("raw"), "topic", "partition", "offset", "timestamp")
+    parsed = parsed.withColumn("e", F.from_json("raw", schema)).select("e.*", "raw", "topic", "partition", "offset", "timestamp")
+    parsed = parsed.withColumn("occurred_at", F.to_timestamp("occurred_at")).withColumn("event_date", F.to_date("occurred_at"))
+    out = settings.home / "lake-spark"
+    t0 = time.perf_counter()
+    query = (parsed.writeStream.format("delta").option("checkpointLocation", str(out / "_checkpoint"))
+             .partitionBy("event_date").trigger(availableNow=True).start(str(out / "feedback_events")))
+    query.awaitTermination()
+    wall = time.perf_counter() - t0
+    progress = [p for p in query.recentProgress if p.get("numInputRows")]
+    rows = sum(p["numInputRows"] for p in progress)
+    busy_ms = sum(p["durationMs"].get("triggerExecution", 0) for p in progress)
+    spark.stop()
+    print(f"  spark: {rows:,} rows, {len(progress)} batches, {busy_ms / 1000:.1f}s processing, {wall:.1f}s wall")
+    assert rows == n, f"spark read {rows} of {n} rows"
+    return rows / (busy_ms / 1000)
+
+
+def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[float]:
+    """Seconds from send to visible in bronze/feedback_events (a reader polling every 50 ms), at ``rate``/s."""
+    from deltalake import DeltaTable
+
+    from feedback.batch import FlushPolicy
+    from feedback.ingestor import Ingestor
+    from feedback.producer import FeedbackProducer
+    from feedback.qa_feedback import iter_events
+    from feedback.streams import get_stream
+
+    s = settings.model_copy(update={"lake_root": str(settings.home / "lake-fresh"), "feedback_topic": "bench-fresh"})
+    stop = threading.Event()
+    ingestor = Ingestor(s, get_stream(s, "feedback"), group="bench-fresh", policy=FlushPolicy(latency_s=1.0),
+                        progress_every_s=5, say=lambda m: print(f"  {m}"))
+    FeedbackProducer(s).close()  # create the topic
+    worker = threading.Thread(target=ingestor.run, kwargs={"stop": stop}, daemon=True)
+    worker.start()
+    time.sleep(5)  # let it join the group
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    uri = f"{s.lake}/bronze/feedback_events"
+
+    def watch() -> None:
+        dt, version = None, -1
+        while not stop.is_set() or len(seen) < len(sent):
+            if dt is None and DeltaTable.is_deltatable(uri):
+                dt = DeltaTable(uri)
+            if dt is not None:
+                dt.update_incremental()
+                if dt.version() != version:
+                    version, now = dt.version(), time.time()
+                    for eid in dt.to_pyarrow_table(columns=["event_id"]).column(0).to_pylist():
+                        seen.setdefault(eid, now)
+            time.sleep(0.05)
+            if stop.is_set() and time.time() > deadline:
+                return
+
+    deadline = float("inf")
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    events = iter_events(QA, copies=int(rate * seconds // 3900) + 1)
+    with FeedbackProducer(s, linger_ms=0) as producer:
+        t0 = time.time()
+        for i, e in enumerate(events):
+            due = t0 + i / rate
+            if due > t0 + seconds:
+                break
+            time.sleep(max(0.0, due - time.time()))
+            sent[e["event_id"]] = time.time()
+            producer.send(e)
+    deadline = time.time() + 10
+    time.sleep(3)
+    stop.set()
+    worker.join(timeout=30)
+    watcher.join(timeout=15)
+    return [seen[k] - t for k, t in sent.items() if k in seen]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--skip-spark", action="store_true")
+    args = ap.parse_args(argv)
+    from infra import services
+
+    home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-ingest-"))
+    settings = start_platform(home)
+    try:
+        topic = "bench-ingest"
+        print(f"producing {args.events:,} events (~1.3 KB) ...")
+        print(f"  produce: {produce(settings, topic, args.events):,.0f} events/s")
+        raw = raw_consume(settings, topic, args.events)
+        print(f"raw kafka-python consume: {raw:,.0f} events/s")
+        rate, stats = ours(settings, topic)
+        assert stats.records == args.events, stats.summary_line()
+        print(f"lakeloop ingest (sustained): {rate:,.0f} events/s")
+        spark = None if args.skip_spark else spark_streaming(settings, topic, args.events)
+        if spark:
+            print(f"spark structured streaming -> delta: {spark:,.0f} events/s")
+        lat = sorted(freshness(settings))
+        p50, p95 = statistics.median(lat), lat[int(0.95 * (len(lat) - 1))]
+        print(f"freshness at 1k events/s: p50 {p50:.2f}s p95 {p95:.2f}s ({len(lat)} events)")
+        rows = [
+            {"metric": "ingest_throughput", "unit": "events/s", "ours": round(rate), "peer_name": "raw kafka-python consume",
+             "peer": round(raw), "ratio": round(rate / raw, 3), "target": ">= 25000 events/s and ratio >= 0.6"},
+            {"metric": "ingest_throughput", "unit": "events/s", "ours": round(rate),
+             "peer_name": "Spark Structured Streaming (spark-sql-kafka -> Delta)", "peer": round(spark) if spark else None,
+             "ratio": round(rate / spark, 3) if spark else None, "target": "ratio >= 2"},
+            {"metric": "freshness_p50_at_1k_eps", "unit": "s", "ours": round(p50, 3), "peer_name": None, "peer": None,
+             "ratio": None, "target": "-"},
+            {"metric": "freshness_p95_at_1k_eps", "unit": "s", "ours": round(p95, 3), "peer_name": None, "peer": None,
+             "ratio": None, "target": "<= 2.0"},
+        ]
+        print(f"\n{'metric':<28} {'ours':>10} {'peer':>10} {'ratio':>7}  peer / target")
+        for r in rows:
+            print(f"{r['metric']:<28} {r['ours']!s:>10} {r['peer']!s:>10} {r['ratio']!s:>7}  {r['peer_name'] or '-'} / {r['target']}")
+        out = REPO / "bench" / "results" / "ingest.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+        print(f"wrote {out}")
+        return rows
+    finally:
+        services.down(settings, log=lambda m: print(f"[platform] {m}"), timeout=15)
+
+
+if __name__ == "__main__":
+    main()

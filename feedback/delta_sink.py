@@ -1,0 +1,164 @@
+"""Exactly-once appends of Kafka records to one Delta table, with the offsets in the same commit.
+
+See docs/design/ingestion.md, "The offset protocol". In short: one Delta application transaction per
+(table, topic, partition) whose version is the last Kafka offset the table accounts for; before each
+commit, read the stored versions from the ``DeltaTable`` object, drop rows at or below them, and write
+through that same object so a racing writer of the same partition makes the commit fail (delta-rs'
+conflict checker) instead of doubling rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from infra.errors import CommitConflictError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+APP_PREFIX = "lakeloop-ingest"
+# Table properties that let Delta expire `txn` actions, i.e. forget our offsets.
+EXPIRING_PROPERTIES = ("delta.setTransactionRetentionDuration",)
+
+
+def app_id(table: str, topic: str, partition: int) -> str:
+    """The Delta application id that stores the offset of ``topic``/``partition`` in ``table``."""
+    return f"{APP_PREFIX}:{table}:{topic}:{partition}"
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    version: int | None  # Delta version written, None when everything was already stored
+    rows: int  # rows written
+    skipped_rows: int  # rows dropped because the table already had them
+    attempts: int
+
+
+class DeltaSink:
+    """One Delta table that Kafka records are appended to exactly once. Not thread-safe."""
+
+    def __init__(self, uri: str, schema: pa.Schema, *, table: str, partition_by: Iterable[str] = (),
+                 max_attempts: int = 6, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        self.schema = schema
+        self.table = table
+        self.partition_by = list(partition_by)
+        self.max_attempts = max_attempts
+        self.storage_options = storage_options
+        self._dt: DeltaTable | None = None
+
+    # ---- opening ------------------------------------------------------------------------------
+    def open(self) -> DeltaTable:
+        """Create the table if missing, then check its schema and properties. Idempotent."""
+        if self._dt is None:
+            self._dt = self._load_or_create()
+            self._check(self._dt)
+        return self._dt
+
+    def _load_or_create(self) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            pass
+        try:
+            return DeltaTable.create(
+                self.uri, self.schema, mode="ignore", partition_by=self.partition_by or None,
+                name=self.table.replace("/", "_"), storage_options=self.storage_options,
+            )
+        except DeltaError:  # another ingestor created it at the same moment
+            return DeltaTable(self.uri, storage_options=self.storage_options)
+
+    def _check(self, dt: DeltaTable) -> None:
+        config = dt.metadata().configuration
+        for prop in EXPIRING_PROPERTIES:
+            if config.get(prop) is not None:
+                raise ConfigError(
+                    f"{self.uri} sets {prop}={config[prop]}: Delta may expire the application transactions "
+                    "that hold the ingested Kafka offsets, and the ingestor would then ingest records twice",
+                    hint=f"remove the property (Spark SQL: ALTER TABLE delta.`{self.uri}` UNSET TBLPROPERTIES ('{prop}')) "
+                    "or ingest into a new table",
+                )
+        want = {f.name: f.type for f in Schema.from_arrow(self.schema).fields}
+        have = {f.name: f.type for f in dt.schema().fields}
+        wrong = [n for n, t in want.items() if n not in have or have[n] != t]
+        if wrong or sorted(dt.metadata().partition_columns) != sorted(self.partition_by):
+            raise DataError(
+                f"{self.uri} does not have the bronze schema of {self.table}: columns {wrong or '(ok)'} missing or of "
+                f"another type; partition columns {dt.metadata().partition_columns} (want {self.partition_by})",
+                hint="point LAKELOOP_LAKE_ROOT at a lake whose tables lakeloop created, or move the table away",
+            )
+
+    # ---- offsets ------------------------------------------------------------------------------
+    def stored_offsets(self, topic: str, partitions: Iterable[int], *, refresh: bool = True) -> dict[int, int | None]:
+        """The last offset stored per partition (None: nothing stored yet), from the Delta log."""
+        dt = self.open()
+        if refresh:
+            dt.update_incremental()
+        return {p: dt.transaction_version(app_id(self.table, topic, p)) for p in partitions}
+
+    # ---- writing ------------------------------------------------------------------------------
+    def commit(self, data: pa.Table, *, topic: str, last_offsets: Mapping[int, int],
+               metadata: Mapping[str, str] | None = None) -> CommitOutcome:
+        """Append ``data`` and set the offset of each partition in ``last_offsets``, in one commit.
+
+        Rows whose (partition, offset) the table already accounts for are dropped first; a partition with
+        no new row still gets its offset advanced. Raises CommitConflictError after ``max_attempts``.
+        """
+        dt = self.open()
+        delay = 0.05
+        last_error: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1:
+                dt = self._dt = DeltaTable(self.uri, storage_options=self.storage_options)  # re-read after a failure
+            else:
+                dt.update_incremental()
+            stored = {p: dt.transaction_version(app_id(self.table, topic, p)) for p in last_offsets}
+            todo = {p: o for p, o in last_offsets.items() if stored[p] is None or o > stored[p]}
+            if not todo:
+                return CommitOutcome(None, 0, data.num_rows, attempt)
+            keep = _unstored_rows(data, stored, todo)
+            txns = [Transaction(app_id(self.table, topic, p), o) for p, o in sorted(todo.items())]
+            props = CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
+            try:
+                write_deltalake(dt, keep, mode="append", commit_properties=props)
+            except CommitFailedError as exc:  # a racing writer of one of our partitions won; re-read and filter
+                log.info("%s: commit lost a race (%s); re-reading stored offsets", self.table, exc)
+                last_error = exc
+                continue
+            except (DeltaError, OSError) as exc:  # ambiguous: it may have landed; re-read before retrying
+                log.warning("%s: commit failed (%s); re-reading stored offsets before retry %d", self.table, exc, attempt)
+                last_error = exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            return CommitOutcome(dt.version(), keep.num_rows, data.num_rows - keep.num_rows, attempt)
+        raise CommitConflictError(
+            f"{self.table}: could not commit after {self.max_attempts} attempts: {last_error}",
+            hint="check the lake's storage; restart the ingestor (it resumes from the offsets stored in Delta)",
+        )
+
+    def version(self) -> int:
+        return self.open().version()
+
+
+def _unstored_rows(data: pa.Table, stored: Mapping[int, int | None], todo: Mapping[int, int]) -> pa.Table:
+    """Rows of partitions in ``todo`` whose offset is above the stored version."""
+    if all(stored.get(p) is None for p in todo) and set(todo) == set(stored):
+        return data
+    parts = data.column("kafka_partition")
+    offsets = data.column("kafka_offset")
+    mask = None
+    for p in todo:
+        floor = stored.get(p)
+        cond = pc.equal(parts, p)
+        if floor is not None:
+            cond = pc.and_(cond, pc.greater(offsets, floor))
+        mask = cond if mask is None else pc.or_(mask, cond)
+    return data.filter(mask)

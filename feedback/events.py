@@ -1,0 +1,125 @@
+"""Feedback event schema v1: the typed model, its JSON Schema, and validation of raw bytes.
+
+An event is a JSON object (UTF-8). Fields common to every type live on ``_EventBase``; each
+``event_type`` adds its own (``thumbs``/``rating``: ``value``; ``correction``: ``corrected_response``;
+``preference``: ``response_b`` + ``preferred``). Unknown extra fields are accepted and ignored by the
+model; the ingestor keeps them in the ``raw`` column. ``feedback/event_schema_v1.json`` is generated
+from these models (``write_json_schema``) and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+
+from feedback.validation import Invalid, Valid, validate_record
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("event_schema_v1.json")
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+EVENT_TYPES = ("thumbs", "rating", "correction", "preference")
+EventType = Literal["thumbs", "rating", "correction", "preference"]
+
+# RFC 3339 date-time with a mandatory offset, for JSON Schema validators that skip `format`.
+RFC3339 = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Timestamp = Annotated[AwareDatetime, Field(json_schema_extra={"pattern": RFC3339})]
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+    event_id: EventId = Field(description="Idempotency key chosen by the sender (1..128 chars).")
+    occurred_at: Timestamp = Field(description="When the user gave the feedback: RFC 3339 with an offset.")
+    app_id: Ident
+    user_id: Ident
+    conversation_id: Ident = Field(description="Also the Kafka message key.")
+    response_id: Ident = Field(description="The model response the feedback is about.")
+    model_name: Ident
+    model_version: Ident
+    prompt: str
+    response: str
+    comment: str | None = None
+    metadata: dict[str, str] | None = Field(None, description="Free-form string -> string map.")
+    schema_version: Literal[1] = 1
+
+
+class ThumbsEvent(_EventBase):
+    event_type: Literal["thumbs"]
+    value: Literal[-1, 1] = Field(description="-1 thumbs down, 1 thumbs up.")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        if isinstance(v, bool):  # JSON true == 1 in Python; the schema says -1 or 1
+            raise ValueError("Input should be -1 or 1, not a boolean")
+        return v
+
+
+class RatingEvent(_EventBase):
+    event_type: Literal["rating"]
+    value: float = Field(ge=1, le=5, description="Stars, 1..5.")
+
+
+class CorrectionEvent(_EventBase):
+    event_type: Literal["correction"]
+    corrected_response: str = Field(description="The response as the user corrected it.")
+
+
+class PreferenceEvent(_EventBase):
+    event_type: Literal["preference"]
+    response_b: str = Field(description="The other response shown; `response` is response a.")
+    preferred: Literal["a", "b", "tie"]
+
+
+FeedbackEvent = Annotated[
+    Union[ThumbsEvent, RatingEvent, CorrectionEvent, PreferenceEvent], Field(discriminator="event_type")
+]
+EVENT_ADAPTER: TypeAdapter[FeedbackEvent] = TypeAdapter(FeedbackEvent)
+_TAGS = frozenset(EVENT_TYPES)
+
+
+def validate_event(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Valid | Invalid:
+    """A ``Valid`` (typed event + raw text) or an ``Invalid`` (stage + reason). Never raises on bad input.
+
+    ``raw`` is normally the Kafka record value; a ``str`` is encoded as UTF-8 and a ``dict`` serialized
+    (convenient for producers that want to check before sending).
+    """
+    if isinstance(raw, dict):
+        raw = json.dumps(raw, ensure_ascii=False)
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    return validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=_TAGS)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a v1 event, generated from the models."""
+    schema = EVENT_ADAPTER.json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://lakeloop.dev/schemas/feedback-event-v1.json",
+        "title": "lakeloop feedback event v1",
+        "description": (
+            "One user feedback event on an LLM response, as published to Kafka (UTF-8 JSON, at most "
+            f"{DEFAULT_MAX_EVENT_BYTES} bytes by default; text fields must not contain U+0000). "
+            "Unknown extra fields are allowed and kept in the raw payload."
+        ),
+        **schema,
+    }
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Regenerate ``event_schema_v1.json`` from the models (run after changing them)."""
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_json_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return json.loads(path.read_text())

@@ -1,0 +1,321 @@
+"""The Kafka -> Delta ingestor: consume a stream, validate, flush batches exactly once, report progress.
+
+Offsets live in the Delta log (docs/design/ingestion.md). On every assignment the ingestor seeks each
+partition to the offset after the one stored in the target table; on revocation it flushes first.
+Kafka's committed offsets are written after each flush only so that Kafka tools show the lag.
+
+kafka-python 3 runs rebalance callbacks on its IO thread, so the batch, the owned partitions and the
+flush are guarded by one lock, and records are taken only in strict offset order per partition (a
+fetch made before a seek can neither double nor skip a record).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from feedback.batch import Batch, FlushPolicy, flush_reason
+from feedback.bronze import DEAD_LETTERS_SCHEMA
+from feedback.delta_sink import DeltaSink
+from feedback.kafka_io import ensure_topic, make_consumer, offset_bounds
+from feedback.progress import IngestStats
+from feedback.streams import DEAD_LETTERS_TABLE, Stream
+from feedback.validation import Valid
+from feedback.writer import BackgroundWriter
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_GROUP = "lakeloop-ingest"
+
+
+class Ingestor:
+    """One consumer of one stream. ``run(once=True)`` catches up with the end offsets seen at start."""
+
+    def __init__(self, settings: Settings, stream: Stream, *, group: str = DEFAULT_GROUP, instance_id: str | None = None,
+                 policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 5000,
+                 say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.group = group
+        self.instance_id = instance_id
+        self.policy = policy
+        self.progress_every_s = progress_every_s
+        self.max_poll_records = max_poll_records
+        self.say = say
+        self.target = DeltaSink(stream.target_uri(settings), stream.schema, table=stream.table, partition_by=stream.partition_by)
+        self.dead = DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE)
+        self.stats = IngestStats(stream.name, stream.topic)
+        self._lock = threading.RLock()
+        self._batch = Batch(stream.topic)
+        self._owned: set[int] = set()
+        self._next: dict[int, int | None] = {}  # next offset expected per owned partition
+        self._gap_checked: dict[int, int] = {}  # partition -> offset we seeked back to once
+        self._assigned_once = False
+        self._fatal: BaseException | None = None
+        self._consumer = None
+        self._kafka_pending: dict[int, int] = {}
+        self._seen: set[int] = set()  # every partition ever assigned, for the summary
+        self._beginnings: dict[int, int] = {}
+        self._stats_lock = threading.Lock()  # stats and Kafka offsets, updated by the writer thread
+        self._writer: BackgroundWriter | None = None
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, *, once: bool = False, stop: threading.Event | None = None, handle_signals: bool = False,
+            max_seconds: float | None = None) -> IngestStats:
+        """Consume until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), or until caught up if ``once``."""
+        stop = stop or threading.Event()
+        restore = _install_signal_handlers(stop) if handle_signals else {}
+        ensure_topic(self.settings, self.stream.topic)
+        self.target.open()
+        self.dead.open()
+        # explicit first offsets: a seek to a known offset fetches sooner than a reset to "earliest"
+        self._beginnings, ends = offset_bounds(self.settings, self.stream.topic)
+        if not once:
+            ends = {}
+        from kafka import ConsumerRebalanceListener
+
+        ingestor = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):  # noqa: D401 - kafka-python callback
+                ingestor._on_revoked([tp.partition for tp in revoked])
+
+            def on_partitions_assigned(self, assigned):
+                ingestor._on_assigned(list(assigned))
+
+        consumer = self._consumer = make_consumer(
+            self.settings, group=self.group, instance_id=self.instance_id, max_poll_records=self.max_poll_records
+        )
+        self._writer = BackgroundWriter()
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        next_progress = time.monotonic() + self.progress_every_s
+        try:
+            consumer.subscribe([self.stream.topic], listener=Listener())
+            while not stop.is_set():
+                self._raise_fatal()
+                with self._lock:
+                    wait = self.policy.latency_s - self._age() if len(self._batch) else 0.5
+                polled = consumer.poll(timeout_ms=int(max(0.01, min(wait, 0.5)) * 1000), max_records=self.max_poll_records)
+                with self._lock:
+                    if polled:
+                        for tp, records in polled.items():
+                            self._add(tp.partition, records)
+                    reason = flush_reason(self.policy, records=len(self._batch), nbytes=self._batch.nbytes, age_s=self._age())
+                    if reason:
+                        self._flush(reason)
+                self._commit_to_kafka()
+                if time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + self.progress_every_s
+                    self.say(self.stats.progress_line(self._lag(), len(self._batch)))
+                if once and self._caught_up(ends):
+                    break
+                if deadline and time.monotonic() > deadline:
+                    break
+            self._raise_fatal()
+            with self._lock:
+                self._flush("exit")
+            self._drain()
+            self._commit_to_kafka()
+        finally:
+            self._consumer = None
+            try:
+                consumer.close(autocommit=False)
+            finally:
+                writer, self._writer = self._writer, None
+                writer.close()
+                for sig, handler in restore.items():
+                    signal.signal(sig, handler)
+        self._raise_fatal()
+        self.stats.target_version = self.target.version()
+        self.stats.dead_letters_version = self.dead.version()
+        self.stats.stored_offsets = self.target.stored_offsets(self.stream.topic, sorted(set(ends) | self._seen))
+        self.say(self.stats.summary_line())
+        return self.stats
+
+    # ---- records ------------------------------------------------------------------------------
+    def _add(self, partition: int, records: list) -> None:
+        """Validate and buffer the records of one owned partition (lock held), strictly in offset order.
+
+        A record below the expected offset is a copy fetched before a seek: dropped. A record above it is
+        either a real gap (control records, compaction) or a stale fetch that skipped records: the first
+        time, seek back to the expected offset and drop the rest; if the broker answers with the same
+        gap again, it is real and the records are taken.
+        """
+        if partition not in self._owned:
+            return
+        nxt = self._next.get(partition)
+        batch, validate, row = self._batch, self.stream.validate, self.stream.row
+        for r in records:
+            offset = r.offset
+            if nxt is not None and offset != nxt:
+                if offset < nxt:
+                    continue
+                if self._gap_checked.get(partition) != nxt:
+                    self._gap_checked[partition] = nxt
+                    self._seek(partition, nxt)
+                    break
+                log.warning("%s/%d: offsets %d..%d do not exist (gap); continuing at %d", self.stream.topic, partition, nxt, offset - 1, offset)
+            nxt = offset + 1
+            if batch.opened_at is None:
+                batch.opened_at = time.monotonic()
+                if self.stats.first_record_at is None:
+                    self.stats.first_record_at = batch.opened_at
+            raw = r.value
+            result = validate(raw)
+            if type(result) is Valid:
+                batch.add_valid(partition, offset, r.timestamp, row(result.model), result.text, len(raw))
+            else:
+                batch.add_dead(partition, offset, r.timestamp, raw, result)
+        self._next[partition] = nxt
+
+    def _seek(self, partition: int, offset: int) -> None:
+        from kafka import TopicPartition
+
+        if self._consumer is not None:
+            self._consumer.seek(TopicPartition(self.stream.topic, partition), offset)
+
+    def _age(self) -> float:
+        opened = self._batch.opened_at
+        return 0.0 if opened is None else time.monotonic() - opened
+
+    def _flush(self, reason: str) -> None:
+        """Hand the batch to the writer (lock held); a new batch starts at once."""
+        batch = self._batch
+        if len(batch) == 0:
+            return
+        self._batch = Batch(self.stream.topic)
+        self.stats.records += len(batch)
+        if self._writer is None:
+            self._write(batch, reason)
+        else:
+            self._writer.submit(lambda: self._write(batch, reason))
+
+    def _write(self, batch: Batch, reason: str) -> None:
+        """Dead letters first, then the target (always: it carries the offsets). Writer thread; no self._lock."""
+        now = datetime.now(timezone.utc)
+        topic, meta = self.stream.topic, {"lakeloop.stream": self.stream.name, "lakeloop.flush": reason}
+        dead = skipped = 0
+        if batch.dead_offsets:
+            out = self.dead.commit(batch.dead_table(now), topic=topic, last_offsets=batch.dead_last_offsets(), metadata=meta)
+            dead, skipped = out.rows, out.skipped_rows
+        data = batch.valid_table(self.stream.schema, self.stream.row_columns, self.stream.time_column, now)
+        out = self.target.commit(data, topic=topic, last_offsets=batch.last_offset, metadata=meta)
+        with self._stats_lock:
+            st = self.stats
+            st.valid, st.dead, st.skipped = st.valid + out.rows, st.dead + dead, st.skipped + skipped + out.skipped_rows
+            st.flushes += 1
+            st.flush_reasons[reason] = st.flush_reasons.get(reason, 0) + 1
+            st.finished_at = time.monotonic()
+            self._kafka_pending.update({p: o + 1 for p, o in batch.last_offset.items()})
+
+    def _drain(self) -> None:
+        if self._writer is not None:
+            self._writer.drain()
+
+    # ---- rebalance callbacks (kafka-python's IO thread) -----------------------------------------
+    def _on_revoked(self, partitions: list[int]) -> None:
+        with self._lock:
+            try:
+                self._flush("rebalance")
+                self._drain()  # the new owner must find our offsets in the Delta log
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the main loop
+                self._fatal = exc
+                self._batch = Batch(self.stream.topic)
+            self._owned.difference_update(partitions)
+            for p in partitions:
+                self._next.pop(p, None)
+            with self._stats_lock:
+                for p in partitions:
+                    self._kafka_pending.pop(p, None)
+            if partitions:
+                self.stats.rebalances += 1
+
+    def _on_assigned(self, assigned: list) -> None:
+        from kafka import TopicPartition
+
+        with self._lock:
+            self._assigned_once = True
+            parts = sorted(tp.partition for tp in assigned)
+            try:
+                self._drain()
+                stored = self.target.stored_offsets(self.stream.topic, parts)
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the main loop
+                self._fatal = exc
+                return
+            for p in parts:
+                tp = TopicPartition(self.stream.topic, p)
+                if stored[p] is None and p in self._beginnings:
+                    self._consumer.seek(tp, self._beginnings[p])  # if retention moved on: auto_offset_reset=earliest
+                    self._next[p] = self._beginnings[p]
+                elif stored[p] is None:  # a partition added after start
+                    self._consumer.seek_to_beginning(tp)
+                    self._next[p] = None
+                else:
+                    self._consumer.seek(tp, stored[p] + 1)
+                    self._next[p] = stored[p] + 1
+            self._owned.update(parts)
+            self._seen.update(parts)
+        seeks = ", ".join(f"p{p}@{'start' if stored[p] is None else stored[p] + 1}" for p in parts)
+        self.say(f"[{self.stream.name}] assigned {self.stream.topic}: {seeks or '(nothing)'} (offsets from the Delta log)")
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _raise_fatal(self) -> None:
+        if self._writer is not None:
+            self._writer.raise_error()
+        if self._fatal is not None:
+            exc, self._fatal = self._fatal, None
+            raise exc
+
+    def _commit_to_kafka(self) -> None:
+        """Mirror the flushed offsets to Kafka for lag tools only; failures do not matter."""
+        with self._stats_lock:
+            pending = {p: o for p, o in self._kafka_pending.items() if p in self._owned}
+            self._kafka_pending.clear()
+        if not pending or self._consumer is None:
+            return
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        offsets = {TopicPartition(self.stream.topic, p): OffsetAndMetadata(o, "", -1) for p, o in pending.items()}
+        try:
+            self._consumer.commit_async(offsets=offsets)
+        except Exception as exc:  # noqa: BLE001 - lag display only
+            log.debug("committing offsets to Kafka failed: %s", exc)
+
+    def _lag(self) -> dict[int, int | None]:
+        out: dict[int, int | None] = {}
+        from kafka import TopicPartition
+
+        for p in sorted(self._owned):
+            try:
+                high = self._consumer.highwater(TopicPartition(self.stream.topic, p)) if self._consumer else None
+            except Exception:  # noqa: BLE001 - partition revoked meanwhile
+                high = None
+            nxt = self._next.get(p)
+            out[p] = None if high is None or nxt is None else max(0, high - nxt)
+        return out
+
+    def _caught_up(self, ends: dict[int, int]) -> bool:
+        from kafka import TopicPartition
+
+        with self._lock:
+            if not self._assigned_once:
+                return False
+            owned = {p: self._next.get(p) for p in self._owned}
+        for p, nxt in owned.items():
+            if nxt is None and self._consumer is not None:
+                nxt = self._consumer.position(TopicPartition(self.stream.topic, p))
+            if nxt is None or nxt < ends.get(p, 0):
+                return False
+        return True
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict:
+    """SIGTERM/SIGINT set ``stop``: the loop flushes what it holds and exits."""
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    return old

@@ -1,0 +1,111 @@
+"""The shared qa_feedback data (allenai/FineGrainedRLHF dev split) as a stream of v1 feedback events.
+
+Per question ``i`` (500 of them), in this order:
+- one ``thumbs`` on prediction 1: +1 if annotators marked no error span, else -1 (error types in metadata);
+- one ``correction`` of prediction 1 from ``feedback.corrected-prediction`` (when it is non-empty and differs);
+- six ``preference`` events from the 6 comparisons (1v2, 1v3, 1v4, 2v3, 2v4, 3v4): 1 -> 'a', 2 -> 'b', 0 -> 'tie'.
+
+Everything is deterministic: ids (``qaf1-<copy>-<i>-...``), timestamps (spread over ``days`` days from
+``start``, in the app's local UTC offset), app, user and model fields (from a hash of the question index).
+``copies > 1`` yields larger variants for benchmarks: copy ``k`` has its own ids and conversations and is
+shifted by ``k * days`` days. Use ``iter_events`` to stream big variants without holding them in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from infra.errors import DataError
+
+PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
+PREFERRED = {0: "tie", 1: "a", 2: "b"}
+APPS = (("qa-web", timezone.utc), ("qa-mobile", timezone(timedelta(hours=-5))), ("qa-api", timezone(timedelta(hours=5, minutes=30))))
+MODEL_NAME = "qa-longform-t5"
+DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def _h(*parts: object) -> int:
+    return xxhash.xxh64_intdigest("|".join(str(p) for p in parts).encode())
+
+
+def read_questions(path: str | Path) -> list[dict[str, Any]]:
+    """The raw qa_feedback records (a JSON list), with a clear error if the file is not that."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"qa_feedback data not found at {p}", hint="it lives in ../shared/data/qa_feedback/dev_feedback.json")
+    data = json.loads(p.read_text())
+    if not isinstance(data, list) or not data or "prediction 1" not in data[0]:
+        raise DataError(f"{p} is not the qa_feedback dev file (a JSON list of questions with predictions)")
+    return data
+
+
+def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
+                n_users: int = 200, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """v1 event dicts from the qa_feedback file; see the module docstring for how each is derived."""
+    questions = read_questions(path)
+    span = timedelta(days=days).total_seconds() / len(questions)
+    n = 0
+    for copy in range(copies):
+        for i, q in enumerate(questions):
+            for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users):
+                yield event
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+
+def load_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
+                n_users: int = 200, limit: int | None = None) -> list[dict[str, Any]]:
+    """All events of ``iter_events`` as a list (about 4,000 per copy)."""
+    return list(iter_events(path, copies=copies, days=days, start=start, n_users=n_users, limit=limit))
+
+
+def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users: int) -> Iterator[dict[str, Any]]:
+    app_id, tz = APPS[_h("app", i) % len(APPS)]
+    base = {
+        "app_id": app_id,
+        "user_id": f"user-{_h('user', copy, i) % n_users:04d}",
+        "conversation_id": f"qa-conv-{copy}-{i:03d}",
+        "model_name": MODEL_NAME,
+        "model_version": "1" if t0.toordinal() % 7 < 4 else "2",  # alternating rollouts
+        "prompt": q["question"],
+        "schema_version": 1,
+    }
+
+    def event(kind: str, suffix: str, seconds: int, **fields: Any) -> dict[str, Any]:
+        ts = (t0 + timedelta(seconds=seconds)).astimezone(tz)
+        return {
+            "event_id": f"qaf1-{copy}-{i:03d}-{suffix}",
+            "event_type": kind,
+            "occurred_at": ts.isoformat().replace("+00:00", "Z"),
+            **base,
+            **fields,
+        }
+
+    def resp(k: int) -> tuple[str, str]:
+        return f"qa-resp-{copy}-{i:03d}-p{k}", q[f"prediction {k}"]
+
+    errors = q["feedback"]["errors"]
+    rid, text = resp(1)
+    meta = {"source": "qa_feedback", "question_index": str(i), "n_errors": str(len(errors))}
+    if errors:
+        meta["error_types"] = ",".join(sorted({e["error type"] for e in errors}))
+    missing = q["feedback"].get("missing-info") or []
+    comment = "missing: " + ", ".join(sorted({m["error type"] for m in missing})) if missing else None
+    yield event("thumbs", "thumbs-p1", 30, response_id=rid, response=text, value=-1 if errors else 1,
+                comment=comment, metadata=meta)
+    corrected = q["feedback"].get("corrected-prediction") or ""
+    if corrected.strip() and corrected != text:
+        yield event("correction", "correction-p1", 95, response_id=rid, response=text, corrected_response=corrected,
+                    metadata={"source": "qa_feedback", "question_index": str(i)})
+    for j, ((a, b), pref) in enumerate(zip(PAIRS, q["preference"])):
+        rid_a, text_a = resp(a)
+        _, text_b = resp(b)
+        yield event("preference", f"pref-{a}v{b}", 150 + 20 * j, response_id=rid_a, response=text_a, response_b=text_b,
+                    preferred=PREFERRED[int(pref)], metadata={"source": "qa_feedback", "question_index": str(i), "pair": f"{a}v{b}"})

@@ -1,0 +1,80 @@
+"""Streams the ingestor knows: a Kafka topic, the bronze table it lands in, and how a record is checked.
+
+A stream = (topic, target table, validator, row builder, Arrow schema). Every stream shares the
+``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``;
+``predictions``: the scoring service's predictions topic -> ``bronze/predictions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from feedback import bronze
+from feedback.validation import Invalid, Valid
+from infra.settings import Settings
+from infra.tables import table_uri
+
+StreamName = Literal["feedback", "predictions"]
+STREAM_NAMES: tuple[StreamName, ...] = ("feedback", "predictions")
+DEAD_LETTERS_TABLE = "bronze/dead_letters"
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: StreamName
+    topic: str
+    table: str  # registered table name, e.g. bronze/feedback_events
+    schema: pa.Schema
+    partition_by: tuple[str, ...]
+    validate: Callable[[bytes | None], Valid | Invalid]
+    row: Callable[[Any], tuple]
+    row_columns: tuple[str, ...]
+    time_column: str  # event_date is the UTC date of this column
+
+    def target_uri(self, settings: Settings) -> str:
+        return table_uri(settings, self.table)
+
+    @staticmethod
+    def dead_letters_uri(settings: Settings) -> str:
+        return table_uri(settings, DEAD_LETTERS_TABLE)
+
+
+def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str | None = None) -> Stream:
+    """The stream called ``name``; ``topic`` overrides the topic from the settings."""
+    max_bytes = settings.max_event_bytes
+    if name == "feedback":
+        from feedback.events import EVENT_ADAPTER, EVENT_TYPES
+        from feedback.validation import validate_record
+
+        tags = frozenset(EVENT_TYPES)
+        return Stream(
+            name="feedback",
+            topic=topic or settings.feedback_topic,
+            table="bronze/feedback_events",
+            schema=bronze.FEEDBACK_EVENTS_SCHEMA,
+            partition_by=("event_date",),
+            validate=lambda raw: validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=tags),
+            row=bronze.feedback_row,
+            row_columns=bronze.FEEDBACK_ROW_COLUMNS,
+            time_column="occurred_at",
+        )
+    if name == "predictions":
+        from feedback.predictions import PREDICTION_ADAPTER
+        from feedback.validation import validate_record
+
+        return Stream(
+            name="predictions",
+            topic=topic or settings.predictions_topic,
+            table="bronze/predictions",
+            schema=bronze.PREDICTIONS_SCHEMA,
+            partition_by=("event_date",),
+            validate=lambda raw: validate_record(PREDICTION_ADAPTER, raw, max_bytes=max_bytes),
+            row=bronze.prediction_row,
+            row_columns=bronze.PREDICTION_ROW_COLUMNS,
+            time_column="served_at",
+        )
+    raise ValueError(f"unknown stream {name!r}; known streams: {', '.join(STREAM_NAMES)}")

@@ -1,0 +1,127 @@
+"""`lakeloop produce | ingest | lake optimize`: feedback into Kafka, Kafka into bronze Delta tables.
+
+Every flag falls back to an environment variable (LAKELOOP_<NAME>, see `infra.settings`), then a default.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from infra.errors import DataError
+from orchestration.commands.common import say, settings
+
+lake_app = typer.Typer(help="Maintenance of the Delta lake.", no_args_is_help=True)
+Stream = Literal["feedback", "predictions"]
+
+
+def produce(
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON Lines file ('-' for stdin); each line is sent as-is.")] = None,
+    qa_feedback: Annotated[Path | None, typer.Option("--qa-feedback", help="Send the shared qa_feedback data as v1 events instead.")] = None,
+    copies: Annotated[int, typer.Option(min=1, help="With --qa-feedback: how many copies (distinct ids) to send.")] = 1,
+    topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
+    stream: Annotated[Stream, typer.Option(help="Which schema --validate checks and which default topic is used.")] = "feedback",
+    validate: Annotated[bool, typer.Option("--validate", help="Check every line first; send nothing if any is invalid.")] = False,
+) -> None:
+    """Send feedback events (or prediction records) to Kafka, keyed by conversation_id; creates the topic if missing."""
+    from feedback.producer import FeedbackProducer
+
+    s = settings()
+    if (file is None) == (qa_feedback is None):
+        raise DataError("give exactly one of --file or --qa-feedback", hint="lakeloop produce --file events.jsonl")
+    if qa_feedback is not None:
+        from feedback.qa_feedback import iter_events
+
+        lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in iter_events(qa_feedback, copies=copies)]
+        source = f"{qa_feedback} x{copies}"
+    else:
+        raw = sys.stdin.buffer.read() if str(file) == "-" else _read(file)
+        lines = [ln for ln in raw.split(b"\n") if ln.strip()]
+        source = str(file)
+    if validate:
+        _validate_or_fail(lines, stream, s.max_event_bytes)
+    target = topic or (s.feedback_topic if stream == "feedback" else s.predictions_topic)
+    with FeedbackProducer(s, topic=target) as producer:
+        for i, line in enumerate(lines, 1):
+            producer.send(line.rstrip(b"\r"))
+            if i % 50_000 == 0:
+                say(f"  queued {i:,} of {len(lines):,}")
+    say(f"sent {producer.report.delivered:,} records from {source} to {target}")
+
+
+def _read(path: Path) -> bytes:
+    if not path.exists():
+        raise DataError(f"{path} does not exist", hint="pass a JSON Lines file with one event per line")
+    return path.read_bytes()
+
+
+def _validate_or_fail(lines: list[bytes], stream: Stream, max_bytes: int) -> None:
+    from feedback.events import validate_event
+    from feedback.predictions import validate_prediction
+    from feedback.validation import Invalid
+
+    check = validate_event if stream == "feedback" else validate_prediction
+    bad = [(i, r) for i, line in enumerate(lines, 1) if isinstance(r := check(line, max_bytes=max_bytes), Invalid)]
+    if bad:
+        shown = "\n".join(f"  line {i}: [{r.stage}] {r.reason}" for i, r in bad[:20])
+        raise DataError(f"{len(bad)} of {len(lines)} lines are not valid {stream} records; nothing was sent:\n{shown}",
+                        hint="fix the lines, or send without --validate to route them to bronze/dead_letters")
+    say(f"all {len(lines):,} lines are valid {stream} records")
+
+
+def ingest(
+    stream: Annotated[Stream, typer.Option(help="feedback -> bronze/feedback_events; predictions -> bronze/predictions.")] = "feedback",
+    topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group (env LAKELOOP_INGEST_GROUP).")] = None,
+    instance_id: Annotated[str | None, typer.Option(help="Static group member id: a restarted ingestor takes its partitions back at once.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Catch up with the end offsets seen at start, flush, exit 0.")] = False,
+    flush_seconds: Annotated[float | None, typer.Option(help="Flush latency (env LAKELOOP_INGEST_FLUSH_SECONDS, default 1).")] = None,
+    flush_records: Annotated[int | None, typer.Option(help="Flush at this many records (env LAKELOOP_INGEST_FLUSH_RECORDS).")] = None,
+    flush_bytes: Annotated[int | None, typer.Option(help="Flush at this many bytes (env LAKELOOP_INGEST_FLUSH_BYTES).")] = None,
+    progress_seconds: Annotated[float, typer.Option(help="Seconds between progress lines.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON at exit.")] = False,
+) -> None:
+    """Ingest a Kafka topic into its bronze Delta table exactly once (offsets in the Delta log). SIGTERM flushes and exits."""
+    from feedback.batch import FlushPolicy
+    from feedback.ingestor import Ingestor
+    from feedback.streams import get_stream
+
+    s = settings()
+    policy = FlushPolicy(
+        latency_s=flush_seconds or s.ingest_flush_seconds,
+        max_records=flush_records or s.ingest_flush_records,
+        max_bytes=flush_bytes or s.ingest_flush_bytes,
+    )
+    ingestor = Ingestor(s, get_stream(s, stream, topic=topic), group=group or s.ingest_group, instance_id=instance_id,
+                        policy=policy, progress_every_s=progress_seconds, say=_plain)
+    stats = ingestor.run(once=once, handle_signals=True)
+    if as_json:
+        typer.echo(json.dumps(stats.as_dict()))
+
+
+def _plain(msg: str) -> None:
+    """Progress lines verbatim (no console markup: '[feedback]' is text), flushed at once for log files."""
+    typer.echo(msg)
+    sys.stdout.flush()
+
+
+@lake_app.command("optimize")
+def lake_optimize(
+    table: Annotated[list[str] | None, typer.Option("--table", help="Table name(s); default: the bronze tables.")] = None,
+    retention_hours: Annotated[int, typer.Option(help="Vacuum files removed at least this long ago (>= 168).")] = 168,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what vacuum would delete; no compaction.")] = False,
+) -> None:
+    """Compact small files, checkpoint, and vacuum with a safe retention (bronze tables by default)."""
+    from feedback.maintenance import BRONZE_TABLES, optimize_tables
+
+    optimize_tables(settings(), table or BRONZE_TABLES, retention_hours=retention_hours, dry_run=dry_run, say=say)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(produce)
+    app.command()(ingest)
+    app.add_typer(lake_app, name="lake")
