@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,8 @@ def spark_session(settings: Settings, *, app_name: str = "lakeloop", extra_conf:
     except ImportError:  # pragma: no cover - pyspark is a core dependency
         raise MissingDependencyError("pyspark is not installed", hint="pip install -e .") from None
     jars = _extra_jars(settings)
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
+    # Python workers must run this interpreter (the venv, with pyarrow), not whatever `python3` is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)

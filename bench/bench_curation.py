@@ -1,0 +1,216 @@
+"""Curation benchmark: `python -m bench.bench_curation [--events N] [--spark-events N]`.
+
+In one run, on events built from the shared qa_feedback data with variations (perturbed answers and
+prompts, many users, several days):
+- whole curation (silver + training examples + preference pairs), rows/s: local engine vs Spark local[*];
+- near-duplicate stage docs/s and precision/recall/F1 vs datasketch's MinHashLSH on the same labelled set
+  (truth = exact Jaccard of word-shingle sets), same num_perm and threshold;
+- the exact stages (event_id de-duplication + exact text-hash de-duplication), rows/s;
+- a sweep of MinHash parameters (F1 and docs/s) that justifies the defaults.
+Writes bench/results/curation.json (rows: metric, ours, peer, peer_name, ratio, target, unit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DATA = Path(os.environ.get("LAKELOOP_SHARED_DATA", REPO.parent / "shared" / "data" / "qa_feedback")) / "dev_feedback.json"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_events(n_target: int, *, days: int = 4, seed: int = 0) -> list[dict]:
+    """>= n_target events: copies of the qa_feedback events with perturbed text, new ids, users and times."""
+    sys.path.insert(0, str(REPO))
+    from features.evaluation import perturb
+    from tests.curation_fixtures import qa_events
+
+    base = qa_events(DATA, days=days)
+    rng = random.Random(seed)
+    out: list[dict] = []
+    copy = 0
+    while len(out) < n_target:
+        rate = 0.0 if copy == 0 else rng.choice([0.02, 0.1, 0.3, 0.6])
+        for e in base:
+            x = dict(e)
+            if copy:
+                x["event_id"] = f"{e['event_id']}-v{copy}"
+                x["response_id"] = f"{e['response_id']}-v{copy}"
+                x["user_id"] = f"user-{rng.randrange(5000):04d}"
+                x["occurred_at"] = e["occurred_at"] + timedelta(seconds=copy * 37)
+                for col in ("response", "corrected_response", "response_b"):
+                    if x.get(col):
+                        x[col] = perturb(x[col], rng, rate=rate)
+                if rng.random() < 0.2:
+                    x["prompt"] = perturb(x["prompt"], rng, rate=0.2)
+                if rng.random() < 0.01:
+                    x["comment"] = f"mail me at user{copy}@example.com or call +1 415 555 {rng.randrange(10000):04d}"
+            out.append(x)
+        copy += 1
+    return out[:n_target]
+
+
+def run_engine(engine: str, events: list[dict], home: Path) -> tuple[float, int]:
+    from features.config import CurationConfig
+    from features.engine import STAGES, curate
+    from infra.settings import load_settings
+    from infra.tables import table_uri
+    from tests.curation_fixtures import write_bronze
+
+    shutil.rmtree(home, ignore_errors=True)
+    s = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")))
+    write_bronze(table_uri(s, "bronze/feedback_events"), events)
+    days = sorted({e["event_date"] for e in events})
+    cfg = CurationConfig(engine=engine)  # type: ignore[arg-type]
+    if engine == "spark":  # JVM start-up is not curation work: start the session before the clock
+        from features.pipeline_spark import session
+
+        session(s)
+    t0 = time.perf_counter()
+    out = 0
+    for d in days:
+        for stage in STAGES:
+            rep = curate(stage, s, d, cfg=cfg, key=b"bench-key-0123456789abcdef")
+            out += rep.rows_out if stage != "silver" else 0
+            say(f"  [{engine}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} in {rep.seconds:.1f}s")
+    return time.perf_counter() - t0, out
+
+
+def neardup(texts: list[str], truth: set, params) -> dict:
+    from features import minhash
+    from features.evaluation import precision_recall
+
+    t0 = time.perf_counter()
+    sig = minhash.signatures(texts, params)
+    i, j = minhash.near_duplicate_pairs(sig, minhash.band_keys(sig, params), params)
+    dt = time.perf_counter() - t0
+    return {"docs_per_s": len(texts) / dt, **precision_recall(set(zip(i.tolist(), j.tolist())), truth)}
+
+
+def datasketch_neardup(texts: list[str], truth: set, params) -> dict:
+    from datasketch import MinHash, MinHashLSH
+
+    from features.evaluation import precision_recall, shingles
+
+    t0 = time.perf_counter()
+    lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm)
+    mhs = []
+    pairs = set()
+    for n, t in enumerate(texts):
+        m = MinHash(num_perm=params.num_perm, seed=params.seed)
+        m.update_batch([s.encode("utf-8") for s in shingles(t, params.shingle)])
+        for other in lsh.query(m):
+            if mhs[other].jaccard(m) >= params.threshold:  # verified, like ours
+                pairs.add((other, n))
+        lsh.insert(n, m)
+        mhs.append(m)
+    dt = time.perf_counter() - t0
+    return {"docs_per_s": len(texts) / dt, **precision_recall(pairs, truth)}
+
+
+def exact_stages(events: list[dict]) -> float:
+    from features.labels import doc_text
+    from features.silver import dedup_events, keep_first
+    from features.split import text_hashes
+    from tests.curation_fixtures import to_bronze
+
+    bronze = pl.from_arrow(to_bronze(events + events[: len(events) // 20]))  # 5% redelivered event ids
+    t0 = time.perf_counter()
+    ev, _ = dedup_events(bronze)  # stage 1: event_id, earliest Kafka record survives
+    ev = ev.with_columns(text_hashes(doc_text(ev, "example")))  # stage 2: exact text, earliest survives
+    keep_first(ev, "text_hash", ["occurred_at", "event_id"])
+    return bronze.height / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000, help="events for the whole-curation runs (>= 200k for the issue)")
+    ap.add_argument("--spark-events", type=int, default=None, help="events for the Spark run (default: the same as --events)")
+    ap.add_argument("--labelled-docs", type=int, default=20_000, help="size of the labelled near-dup set")
+    ap.add_argument("--skip-spark", action="store_true")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from features.config import MinHashParams
+    from features.evaluation import labelled_corpus, true_pairs
+
+    rows: list[dict] = []
+    say(f"building {args.events:,} events from {DATA} ...")
+    events = build_events(args.events)
+    tmp = Path(tempfile.mkdtemp(prefix="lakeloop-bench-curation-"))
+    try:
+        say("exact stages ...")
+        ex = exact_stages(events)
+        rows.append({"metric": "exact stages (event_id + text hash dedup)", "ours": ex, "peer": None, "peer_name": None,
+                     "ratio": None, "target": ">= 100000", "unit": "rows/s"})
+        say(f"  exact stages: {ex:,.0f} rows/s")
+
+        say("near-duplicate labelled set ...")
+        questions = json.loads(DATA.read_text())
+        p = MinHashParams()
+        texts = labelled_corpus(questions, variants=max(args.labelled_docs - 2000, 0), rate=0.4, seed=3)
+        truth = true_pairs(texts, k=p.shingle, threshold=p.threshold)
+        ours = neardup(texts, truth, p)
+        peer = datasketch_neardup(texts, truth, p)
+        say(f"  ours: {ours}\n  datasketch: {peer}")
+        rows += [
+            {"metric": f"near-dup docs/s ({len(texts)} docs, {len(truth)} true pairs)", "ours": ours["docs_per_s"], "peer": peer["docs_per_s"],
+             "peer_name": "datasketch MinHashLSH", "ratio": ours["docs_per_s"] / peer["docs_per_s"], "target": ">= 5x", "unit": "docs/s"},
+            {"metric": "near-dup F1", "ours": ours["f1"], "peer": peer["f1"], "peer_name": "datasketch MinHashLSH",
+             "ratio": ours["f1"] - peer["f1"], "target": "ours >= peer - 0.01 (ratio = difference)", "unit": "F1"},
+            {"metric": "near-dup precision", "ours": ours["precision"], "peer": peer["precision"], "peer_name": "datasketch MinHashLSH",
+             "ratio": None, "target": None, "unit": ""},
+            {"metric": "near-dup recall", "ours": ours["recall"], "peer": peer["recall"], "peer_name": "datasketch MinHashLSH",
+             "ratio": None, "target": None, "unit": ""},
+        ]
+        say("parameter sweep (F1 at Jaccard >= 0.7, docs/s) ...")
+        for num_perm, bands, shingle in [(64, 16, 5), (128, 16, 5), (128, 32, 5), (128, 32, 3), (256, 64, 5), (256, 32, 5)]:
+            q = MinHashParams(num_perm=num_perm, bands=bands, shingle=shingle)
+            tr = truth if shingle == p.shingle else true_pairs(texts, k=shingle, threshold=q.threshold)
+            r = neardup(texts, tr, q)
+            say(f"  num_perm={num_perm} bands={bands} shingle={shingle}: F1={r['f1']:.4f} P={r['precision']:.4f} R={r['recall']:.4f} {r['docs_per_s']:,.0f} docs/s")
+            rows.append({"metric": f"sweep num_perm={num_perm} bands={bands} shingle={shingle}: F1", "ours": r["f1"], "peer": r["docs_per_s"],
+                         "peer_name": "(docs/s of this setting)", "ratio": None, "target": None, "unit": "F1"})
+
+        say(f"whole curation, local engine, {len(events):,} events ...")
+        local_s, _ = run_engine("local", events, tmp / "local")
+        local_rate = len(events) / local_s
+        say(f"  local: {local_rate:,.0f} rows/s ({local_s:.1f}s)")
+        if not args.skip_spark:
+            sev = events[: args.spark_events] if args.spark_events else events
+            say(f"whole curation, Spark engine (local[*]), {len(sev):,} events ...")
+            spark_s, _ = run_engine("spark", sev, tmp / "spark")
+            spark_rate = len(sev) / spark_s
+            say(f"  spark: {spark_rate:,.0f} rows/s ({spark_s:.1f}s)")
+            rows.append({"metric": f"whole curation ({len(events):,} events local, {len(sev):,} spark)", "ours": local_rate, "peer": spark_rate,
+                         "peer_name": "Spark local[*] engine", "ratio": local_rate / spark_rate, "target": ">= 5x", "unit": "rows/s"})
+        else:
+            rows.append({"metric": f"whole curation ({len(events):,} events)", "ours": local_rate, "peer": None, "peer_name": None,
+                         "ratio": None, "target": ">= 5x Spark", "unit": "rows/s"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "curation.json").write_text(json.dumps(rows, indent=2, default=float))
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"  ratio {r['ratio']:.3f}"
+        peer = "" if r["peer"] is None else f"  vs {r['peer_name']} {r['peer']:,.3f}"
+        say(f"{r['metric']}: {r['ours']:,.3f} {r['unit']}{peer}{ratio}  (target {r['target']})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

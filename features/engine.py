@@ -1,0 +1,27 @@
+"""One entry point for a curation step on either engine (``cfg.engine``: "local" or "spark")."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from features.config import CurationConfig
+from features.report import StageReport
+from infra.settings import Settings
+
+Stage = Literal["silver", "examples", "pairs"]
+STAGES: tuple[Stage, ...] = ("silver", "examples", "pairs")
+
+
+def curate(stage: Stage, settings: Settings, day: date, *, cfg: CurationConfig, key: bytes | None = None) -> StageReport:
+    if cfg.engine == "spark":
+        from features import pipeline_spark as engine
+    else:
+        from features import pipeline_local as engine  # type: ignore[no-redef]
+    if stage == "silver":
+        if key is None:
+            raise ValueError("the silver step needs the pseudonymization key")
+        return engine.curate_silver(settings, day, cfg=cfg, key=key)
+    if stage == "examples":
+        return engine.curate_examples(settings, day, cfg=cfg)
+    return engine.curate_pairs(settings, day, cfg=cfg)

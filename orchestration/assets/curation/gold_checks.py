@@ -1,0 +1,65 @@
+"""Asset checks of the two gold tables, in one step per table (each step loads the table once):
+schema contract, no PII, no train/eval leakage, enough rows (blocking) and the duplicate rate (warning)."""
+
+import dagster as dg
+import polars as pl
+
+from features import lake
+from features.checks import (
+    CheckOutcome,
+    duplicate_rate,
+    min_rows,
+    no_pii_left,
+    schema_contract,
+    split_leakage,
+)
+from features.labels import doc_text
+from features.pii import Redactor
+from features.schema import GOLD
+from infra.tables import table_uri
+from orchestration.assets.curation.common import checked_rows
+from orchestration.assets.curation.resources import CurationResource
+from orchestration.resources import LakeloopSettings
+
+BLOCKING = {
+    "schema_contract": "matches the contract of the team brief",
+    "no_pii": "holds no PII (scanned with the redaction detectors)",
+    "no_split_leakage": "has no prompt, or near-duplicate prompt pair, on both sides of train/eval",
+    "min_rows": "has at least `min_training_rows` rows for training",
+}
+
+
+def whole_table(lakeloop: LakeloopSettings, table: str) -> pl.DataFrame:
+    """Every row of a gold table (leakage and duplicates are properties of the whole dataset version)."""
+    df = lake.read(table_uri(lakeloop.load(), table))
+    if df is None:
+        empty = pl.from_arrow(GOLD[table][0].empty_table())
+        assert isinstance(empty, pl.DataFrame)
+        return empty
+    return df
+
+
+def _result(name: str, out: CheckOutcome, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=out.passed, description=out.description, metadata=out.metadata, severity=severity)
+
+
+def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
+    schema, _ = GOLD[table]
+    texts = tuple(c for c in ("prompt", "response", "chosen", "rejected") if c in schema.names)
+    specs = [dg.AssetCheckSpec(name, asset=asset, blocking=True, description=f"{table} {what}.") for name, what in BLOCKING.items()]
+    specs.append(dg.AssetCheckSpec("duplicate_rate", asset=asset, blocking=False,
+                                   description=f"Share of {table} rows with a near duplicate in the table (warning)."))
+
+    @dg.multi_asset_check(specs=specs, name=f"{asset}_checks")
+    def checks(context: dg.AssetCheckExecutionContext, lakeloop: LakeloopSettings, curation: CurationResource):
+        cfg = curation.config()
+        day = checked_rows(context, table_uri(lakeloop.load(), table), table)
+        full = whole_table(lakeloop, table)
+        yield _result("schema_contract", schema_contract(day, schema))
+        yield _result("no_pii", no_pii_left(day, texts, Redactor(cfg.extra_pii_patterns)))
+        yield _result("no_split_leakage", split_leakage(full, cfg.minhash))
+        yield _result("min_rows", min_rows(full.height, curation.min_training_rows))
+        yield _result("duplicate_rate", duplicate_rate(doc_text(full, kind), cfg.minhash, max_rate=curation.max_duplicate_rate),
+                      dg.AssetCheckSeverity.WARN)
+
+    return checks

@@ -1,0 +1,51 @@
+"""The curation resource: the pseudonymization key (a secret, from ``dg.EnvVar``) and the curation config."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dagster as dg
+
+from features.config import CurationConfig
+from infra.settings import Settings
+
+KEY_ENV = "LAKELOOP_PSEUDONYM_KEY"
+
+
+def dev_key_file(settings: Settings) -> Path:
+    """Local-dev default key: ``<home>/secrets/pseudonym.key``, made on first use (never for production)."""
+    return settings.home / "secrets" / "pseudonym.key"
+
+
+class CurationResource(dg.ConfigurableResource):
+    """Curation settings in a Dagster run. The key comes from ``LAKELOOP_PSEUDONYM_KEY`` (resolved at run time,
+    hidden in the UI); without it, local dev uses a random key kept in ``<home>/secrets/pseudonym.key``."""
+
+    pseudonym_key: str | None = None
+    engine: str | None = None  # "local" | "spark"; None: settings.engine (LAKELOOP_ENGINE). Checked by CurationConfig.
+    user_cap: float = 0.1
+    eval_fraction: float = 0.1
+    min_silver_rows: int = 1
+    min_training_rows: int = 10
+    max_duplicate_rate: float = 0.02
+
+    @classmethod
+    def for_deployment(cls) -> "CurationResource":
+        """With the env var set, wire it as a ``dg.EnvVar`` (value read by Dagster at run time); else the dev default."""
+        return cls(pseudonym_key=dg.EnvVar(KEY_ENV)) if KEY_ENV in os.environ else cls()
+
+    def config(self, settings: Settings | None = None) -> CurationConfig:
+        engine = self.engine or (settings.engine if settings is not None else "local")
+        return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=self.eval_fraction)
+
+    def key(self, settings: Settings) -> bytes:
+        if self.pseudonym_key:
+            return self.pseudonym_key.encode("utf-8")
+        path = dev_key_file(settings)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode("utf-8")

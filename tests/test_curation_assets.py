@@ -1,0 +1,138 @@
+"""The curation group in Dagster: definitions load, the group materializes in process with its checks and
+metadata, a failing blocking check stops downstream assets, and a launch through the webserver's GraphQL API
+(as the UI does) succeeds with the metadata in place."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from infra.tables import table_uri
+from orchestration.assets import curation
+from orchestration.assets.curation.resources import CurationResource
+from orchestration.resources import LakeloopSettings
+from tests.curation_fixtures import START, qa_events, write_bronze
+
+DAY = START.isoformat()
+CURATION_ASSETS = ["silver_feedback", "gold_training_examples", "gold_preference_pairs"]
+
+
+def _run(settings, qa_feedback_path: Path, **resource_kw):
+    write_bronze(table_uri(settings, "bronze/feedback_events"), qa_events(qa_feedback_path, n_questions=30, days=1))
+    return dg.materialize(
+        [*curation.defs.assets, *curation.defs.asset_checks], partition_key=DAY, raise_on_error=False,
+        resources={"lakeloop": LakeloopSettings(home=str(settings.home)), "curation": CurationResource(pseudonym_key="k" * 32, **resource_kw)},
+    )
+
+
+def test_definitions_load_with_the_curation_group_and_blocking_checks() -> None:
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for name in CURATION_ASSETS:
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == "curation" and node.partitions_def is not None and node.description
+    assert dg.AssetKey("bronze_feedback_events") in graph.get(dg.AssetKey("silver_feedback")).parent_keys
+    checks = {k.name: k for k in graph.asset_check_keys if k.asset_key.path[0] in CURATION_ASSETS}
+    assert {"silver_no_pii", "silver_schema_contract", "schema_contract", "no_pii", "no_split_leakage", "min_rows", "duplicate_rate"} <= set(checks)
+    assert "curation" in defs.resources
+
+
+def test_group_materializes_with_metadata_and_passing_checks(settings, qa_feedback_path) -> None:
+    result = _run(settings, qa_feedback_path)
+    assert result.success
+    mats = {e.asset_key.path[0]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert set(mats) == set(CURATION_ASSETS)
+    for meta in mats.values():
+        assert meta["dagster/row_count"].value > 0 and meta["delta_version"].value == 0
+        assert len(meta["table_content_hash"].value) == 64 and "drops_by_reason" in meta
+    assert mats["gold_preference_pairs"]["dropped_near_duplicate"].value > 0  # real near-dup predictions of qa_feedback
+    evals = result.get_asset_check_evaluations()
+    assert len(evals) == 13 and all(e.passed for e in evals), [(e.asset_check_key.name, e.description) for e in evals if not e.passed]
+
+
+def test_a_failing_blocking_check_stops_the_downstream_assets(settings, qa_feedback_path) -> None:
+    result = _run(settings, qa_feedback_path, min_silver_rows=10**6)
+    assert not result.success
+    failed = [e.asset_check_key.name for e in result.get_asset_check_evaluations() if not e.passed]
+    assert failed == ["silver_min_rows"]
+    materialized = {e.asset_key.path[0] for e in result.get_asset_materialization_events()}
+    assert materialized == {"silver_feedback"}
+    from deltalake import DeltaTable
+
+    assert not DeltaTable.is_deltatable(table_uri(settings, "gold/training_examples"))
+
+
+# ---- through the real webserver --------------------------------------------------------------------
+LAUNCH = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message } } }"""
+STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+MATS = """query($k: AssetKeyInput!) { assetOrError(assetKey: $k) { ... on Asset { assetMaterializations(limit: 1) {
+  runId partition metadataEntries { label ... on IntMetadataEntry { intValue } ... on TextMetadataEntry { text } } } } } }"""
+
+
+def _gql(url: str, query: str, variables: dict) -> dict:
+    r = requests.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    r.raise_for_status()
+    body = r.json()
+    assert not body.get("errors"), body["errors"]
+    return body["data"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_materialize_the_curation_group_through_the_webserver_graphql_api(dagster_platform, qa_feedback_path) -> None:
+    s = dagster_platform
+    write_bronze(table_uri(s, "bronze/feedback_events"), qa_events(qa_feedback_path, n_questions=25, days=1))
+    params = {
+        "selector": {"repositoryLocationName": "lakeloop", "repositoryName": "__repository__", "pipelineName": "__ASSET_JOB",
+                     "assetSelection": [{"path": [a]} for a in CURATION_ASSETS]},
+        "mode": "default", "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
+    }
+    out = _gql(s.dagster_url, LAUNCH, {"p": params})["launchPipelineExecution"]
+    assert out["__typename"] == "LaunchRunSuccess", out
+    run_id = out["run"]["runId"]
+    deadline, status = time.monotonic() + 600, "QUEUED"
+    while time.monotonic() < deadline and status not in ("SUCCESS", "FAILURE", "CANCELED"):
+        time.sleep(2)
+        status = _gql(s.dagster_url, STATUS, {"id": run_id})["runOrError"]["status"]
+    assert status == "SUCCESS", f"run {run_id} ended {status}; see {s.dagster_url}/runs/{run_id}"
+    for asset in CURATION_ASSETS:
+        mat = _gql(s.dagster_url, MATS, {"k": {"path": [asset]}})["assetOrError"]["assetMaterializations"][0]
+        meta = {e["label"]: e.get("intValue", e.get("text")) for e in mat["metadataEntries"]}
+        assert mat["runId"] == run_id and mat["partition"] == DAY
+        assert meta["rows_out"] > 0 and "table_content_hash" in meta and "delta_version" in meta, meta
+
+
+def test_pseudonym_key_from_env_var_or_a_local_dev_key_file(settings, monkeypatch) -> None:
+    from orchestration.assets.curation.resources import KEY_ENV, dev_key_file
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    dev = CurationResource.for_deployment()
+    assert dev.pseudonym_key is None
+    key = dev.key(settings)
+    assert len(key) >= 32 and dev.key(settings) == key and dev_key_file(settings).stat().st_mode & 0o077 == 0
+    monkeypatch.setenv(KEY_ENV, "s" * 32)
+    prod = CurationResource.for_deployment()
+
+    @dg.asset
+    def probe(curation: CurationResource) -> str:
+        return curation.key(settings).decode()
+
+    result = dg.materialize([probe], resources={"curation": prod})
+    assert result.output_for_node("probe") == "s" * 32  # resolved by Dagster at run time from the EnvVar
+
+
+def test_config_rejects_unknown_keys_and_bad_minhash_params() -> None:
+    from pydantic import ValidationError
+
+    from features.config import CurationConfig, MinHashParams
+
+    with pytest.raises(ValidationError):
+        CurationConfig(user_capp=0.2)
+    with pytest.raises(ValidationError, match="must divide"):
+        MinHashParams(num_perm=128, bands=30)
