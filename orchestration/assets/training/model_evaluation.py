@@ -1,0 +1,48 @@
+"""`model_evaluation`: score the trained run on the pinned eval split beside the baselines and the current
+`champion`, write the model card, and gate it. The gate is a BLOCKING asset check: when it fails,
+`registered_model` does not run and no alias moves; the failure is also an MLflow tag on the run."""
+
+import dagster as dg
+
+from orchestration.assets.training.resources import TrainingResource, latest_metadata, mlflow_run_url
+from orchestration.resources import LakeloopSettings
+from trainers.candidate import evaluate_candidate
+
+GATE = "promotion_gate"
+
+
+@dg.asset(
+    group_name="training",
+    owners=["team:ml"],
+    kinds={"mlflow", "scikitlearn"},
+    deps=["reward_model"],
+    check_specs=[dg.AssetCheckSpec(GATE, asset="model_evaluation", blocking=True,
+                                   description="Beats the baselines; not worse than champion beyond the interval; no slice regression.")],
+    description=(
+        "Pairwise accuracy, AUC, log-loss and calibration error with bootstrap 95% intervals, per slice (event type, "
+        "app, model, length), beside a response-length and a TF-IDF + logistic-regression baseline and the champion."
+    ),
+)
+def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, training: TrainingResource) -> dg.MaterializeResult:
+    settings = lakeloop.load()
+    run_id = str(latest_metadata(context, "reward_model")["run_id"])
+    out = evaluate_candidate(settings, run_id, gate=training.gate(), n_boot=training.n_boot, max_eval_clusters=training.max_eval_clusters)
+    m = out.report.metrics
+    context.log.info("run %s: %s", run_id, out.decision.summary())
+    metadata = {
+        "run_id": run_id,
+        "mlflow_run": mlflow_run_url(settings.tracking_uri, run_id),
+        "gate_passed": out.decision.passed,
+        "champion_version": out.champion_version or "none",
+        "model_card": dg.MetadataValue.md(out.model_card),
+        **{f"{k}": float(v.value) for k, v in m.items()},
+        **{f"{k}_ci": f"[{v.lo:.3f}, {v.hi:.3f}]" for k, v in m.items()},
+        **{f"baseline_{b}_{k}": float(v.value) for b, ms in out.report.baselines.items() for k, v in ms.items() if k in ("pairwise_accuracy", "auc")},
+    }
+    check = dg.AssetCheckResult(
+        check_name=GATE,
+        passed=out.decision.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"reasons": "; ".join(out.decision.reasons) or "-", "champion_version": out.champion_version or "none"},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])

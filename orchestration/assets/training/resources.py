@@ -1,0 +1,53 @@
+"""The training resource (run config, gate thresholds, retrain trigger) and the Pipes client that
+launches the trainer as its own process. ``resources()`` is what ``build_definitions()`` adds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dagster as dg
+
+from infra.errors import ConfigError
+from trainers.config import TrainConfig, load_config
+from trainers.gate import GateConfig
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """How the training group trains, evaluates and gates. ``train_config`` is JSON of TrainConfig fields."""
+
+    train_config: str = "{}"
+    gate_must_beat_baselines: bool = True
+    gate_slice_tolerance: float = 0.05
+    gate_min_slice_n: int = 30
+    n_boot: int = 1000
+    max_eval_clusters: int | None = None
+    retrain_min_new_rows: int = 500
+    actor: str = "dagster:training"
+
+    def config(self, **overrides: Any) -> TrainConfig:
+        try:
+            data = json.loads(self.train_config or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"training resource train_config is not JSON: {exc}", hint="pass a JSON object of TrainConfig fields") from None
+        return load_config(data, **overrides)
+
+    def gate(self) -> GateConfig:
+        return GateConfig(must_beat_baselines=self.gate_must_beat_baselines, slice_tolerance=self.gate_slice_tolerance,
+                          min_slice_n=self.gate_min_slice_n)
+
+
+def resources() -> dict[str, Any]:
+    return {"training": TrainingResource(), "pipes_subprocess_client": dg.PipesSubprocessClient(forward_stdio=True)}
+
+
+def latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict[str, Any]:
+    """Metadata values of the latest materialization of ``key`` (how the group hands over the run id)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        raise ConfigError(f"asset {key} has never been materialized", hint=f"materialize {key} first")
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def mlflow_run_url(tracking_uri: str, run_id: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(f"{tracking_uri.rstrip('/')}/#/runs/{run_id}")

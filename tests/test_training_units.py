@@ -1,0 +1,204 @@
+"""Unit tests of the training stages (no services): config, base model, batching, losses, metrics,
+gate and retrain decisions, checkpoint seals, registry argument checks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from infra.errors import ConfigError, DataError, MissingDependencyError
+from tests.training_fixtures import gold_frames, write_gold
+from trainers import data as D
+from trainers import evaluate as E
+from trainers.base_model import load_tokenizer, packaged_minilm_dir, resolve_base_model
+from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.config import TrainConfig, load_config
+from trainers.gate import GateConfig, decide_gate, should_retrain
+from trainers.model import reward_losses
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config({"learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config({"batch_size": 0})
+    (tmp_path / "c.json").write_text('{"lr": 0.001, "max_steps": 3}')
+    cfg = load_config(tmp_path / "c.json", seed=7)
+    assert (cfg.lr, cfg.max_steps, cfg.seed) == (0.001, 3, 7)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.json")
+
+
+def test_base_model_is_found_offline_and_missing_ones_are_explained(tmp_path: Path) -> None:
+    path = resolve_base_model("all-MiniLM-L6-v2")
+    assert path == packaged_minilm_dir().absolute() and (path / "model.safetensors").exists()
+    tok = load_tokenizer(path)
+    assert tok("hello world")["input_ids"][0] == tok.cls_token_id
+    with pytest.raises(MissingDependencyError, match="no Hugging Face checkpoint"):
+        resolve_base_model(str(tmp_path / "nope"))
+    with pytest.raises(MissingDependencyError, match="hub names are not downloaded"):
+        resolve_base_model("bert-base-uncased")
+
+
+def test_gold_fixture_follows_the_contract_and_splits_by_question(qa_feedback_path: Path) -> None:
+    ex, pr = gold_frames(qa_feedback_path, questions=60)
+    assert set(D.EXAMPLE_COLUMNS) <= set(ex.column_names) and set(D.PAIR_COLUMNS) <= set(pr.column_names)
+    exd, prd = ex.to_pandas(), pr.to_pandas()
+    assert exd["label"].between(0, 1).all() and set(prd["source"]) == {"correction", "preference"}
+    both = pd.concat([exd[["cluster_id", "split"]], prd[["cluster_id", "split"]]]).drop_duplicates()
+    assert both.groupby("cluster_id")["split"].nunique().max() == 1  # no question straddles train and eval
+
+
+def test_read_gold_time_travels_and_digests_ignore_order(tmp_path: Path, qa_feedback_path: Path) -> None:
+    lake = str(tmp_path / "lake")
+    write_gold(lake, qa_feedback_path, questions=10)
+    write_gold(lake, qa_feedback_path, questions=10, offset=10)
+    v0 = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
+    v1 = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=1)
+    assert (len(v0.frame), len(v1.frame)) == (10, 20) and v0.curation_hash and v0.curation_hash != v1.curation_hash
+    assert D.rows_digest(v0.frame, "example_id") == D.rows_digest(v0.frame.iloc[::-1], "example_id")
+    assert D.rows_digest(v0.frame, "example_id") != D.rows_digest(v1.frame, "example_id")
+    with pytest.raises(DataError, match="version 9"):
+        D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=9)
+    with pytest.raises(DataError, match="does not exist"):
+        D.read_gold(f"{lake}/gold/none", D.EXAMPLES, version=0)
+
+
+def test_length_grouped_batches_are_deterministic_complete_and_pad_little(qa_feedback_path: Path) -> None:
+    ex, pr = gold_frames(qa_feedback_path, questions=120)
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    enc = D.encode(tok, ex.to_pandas(), pr.to_pandas(), max_length=128)
+    lengths = [enc.item_length(i) for i in range(len(enc))]
+    a = D.length_grouped_batches(lengths, 16, seed=1, epoch=0)
+    assert a == D.length_grouped_batches(lengths, 16, seed=1, epoch=0) != D.length_grouped_batches(lengths, 16, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(len(enc)))
+    real = padded = 0
+    for b in a:
+        batch = D.collate(enc, b, pad_id=tok.pad_token_id, buckets=4)
+        real, padded = real + batch["real_tokens"], padded + batch["padded_tokens"]
+        assert sum(int(c["attention_mask"].sum()) for c in batch["chunks"]) == batch["real_tokens"]
+        assert sorted(int(r) for c in batch["chunks"] for r in c["rows"]) == list(range(batch["n_seqs"]))
+    assert real / padded >= 0.9
+    shards = [D.shard(a, rank=r, world=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) and not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
+
+
+def test_flip_inverts_labels_and_pairs_and_ties_are_weighted(qa_feedback_path: Path) -> None:
+    ex, pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=5))
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    plain = D.encode(tok, ex, pr, max_length=64)
+    flipped = D.encode(tok, ex, pr, max_length=64, flip=True)
+    assert [1 - t for _, _, t in plain.items] == [t for _, _, t in flipped.items]
+    with_ties = D.encode(tok, ex, pr, max_length=64, tie_weight=0.5)
+    assert sum(t == 0.5 for _, _, t in with_ties.items) == int(pr["is_tie"].sum()) > 0
+
+
+def test_losses_bce_and_bradley_terry() -> None:
+    logits = torch.tensor([2.0, 1.0, -1.0, 0.0, 0.0], requires_grad=True)
+    batch = {"point_rows": torch.tensor([0]), "point_labels": torch.tensor([1.0]),
+             "pair_a": torch.tensor([1, 3]), "pair_b": torch.tensor([2, 4]), "pair_target": torch.tensor([1.0, 0.5])}
+    out = reward_losses(logits, batch, pointwise_weight=1.0, pairwise_weight=2.0, tie_weight=0.0)
+    assert math.isclose(float(out["pointwise"]), -math.log(1 / (1 + math.exp(-2))), rel_tol=1e-5)
+    assert math.isclose(float(out["pairwise"]), -math.log(1 / (1 + math.exp(-2))), rel_tol=1e-5)  # tie weighted 0
+    assert math.isclose(float(out["loss"]), float(out["pointwise"]) + 2 * float(out["pairwise"]), rel_tol=1e-5)
+    out["loss"].backward()
+    assert logits.grad is not None and logits.grad[1] < 0 < logits.grad[2]
+
+
+@pytest.mark.parametrize(
+    ("labels", "probs", "auc", "ece"),
+    [
+        ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0, 0.15),
+        ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0, 0.85),
+        ([1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5], math.nan, 0.5),
+    ],
+)
+def test_pointwise_metrics(labels: list[int], probs: list[float], auc: float, ece: float) -> None:
+    y, p = np.array(labels, float), np.array(probs)
+    got = E.auc(y, p)
+    assert (math.isnan(got) and math.isnan(auc)) or math.isclose(got, auc)
+    assert math.isclose(E.calibration_error(y, p), ece, abs_tol=1e-9)
+
+
+def test_evaluate_reports_intervals_slices_and_baselines(qa_feedback_path: Path) -> None:
+    ex, pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=80))
+    train = (ex[ex.split == "train"], pr[pr.split == "train"])
+    evalset = (ex[ex.split == "eval"].reset_index(drop=True), pr[pr.split == "eval"].reset_index(drop=True))
+    report = E.full_report(lambda p, r: np.array([1.0 / (1 + len(x)) for x in r]), train, evalset, n_boot=100)
+    pairs = evalset[1][~evalset[1]["is_tie"]]
+    shorter = np.mean([(len(c) < len(r)) + 0.5 * (len(c) == len(r)) for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True)])
+    acc = report.metrics["pairwise_accuracy"]
+    assert math.isclose(acc.value, shorter) and acc.lo <= acc.value <= acc.hi and acc.n == len(pairs)
+    assert set(report.baselines) == {"length", "tfidf_lr"}
+    assert any(k.startswith("pairwise_accuracy|event_type=correction") for k in report.slices)
+    assert any(k.startswith("auc|length=") for k in report.slices)
+    card = E.model_card(report, name="m", lineage={"lakeloop.train_examples.version": "3"})
+    assert "tfidf_lr" in card and "Limitations" in card and "train_examples.version" in card
+
+
+M = (0.70, 0.66, 0.74)
+B = {"length": {"pairwise_accuracy": (0.55, 0.5, 0.6), "auc": (0.6, 0.5, 0.7)}}
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "slices", "champ_slices", "config", "passed", "why"),
+    [
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), True, ""),
+        ({"pairwise_accuracy": (0.5, 0.45, 0.55), "auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), False, "baseline length"),
+        ({"pairwise_accuracy": M, "auc": (0.55, 0.5, 0.6)}, None, {}, None, GateConfig(), False, "auc"),
+        ({"pairwise_accuracy": (0.5, 0.45, 0.55), "auc": (0.5, 0.4, 0.6)}, None, {}, None, GateConfig(must_beat_baselines=False), True, ""),
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": (0.72, 0.68, 0.76)}, {}, {}, GateConfig(), True, ""),
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": (0.80, 0.76, 0.84)}, {}, {}, GateConfig(), False, "champion"),
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.6, 40)}, {"auc|app_id=a": (0.7, 40)}, GateConfig(), False, "slice"),
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.6, 10)}, {"auc|app_id=a": (0.7, 10)}, GateConfig(), True, ""),
+        ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.67, 40)}, {"auc|app_id=a": (0.7, 40)}, GateConfig(), True, ""),
+        ({"auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
+        ({"pairwise_accuracy": (math.nan, math.nan, math.nan)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
+    ],
+)
+def test_gate_decisions(candidate, champion, slices, champ_slices, config, passed, why) -> None:  # noqa: ANN001
+    decision = decide_gate(candidate, champion, baselines=B, candidate_slices=slices, champion_slices=champ_slices, config=config)
+    assert decision.passed is passed
+    assert why in decision.summary()
+
+
+@pytest.mark.parametrize(
+    ("rows", "trained", "min_new", "expected"),
+    [(0, None, 10, False), (5, None, 10, True), (100, 95, 10, False), (105, 95, 10, True), (95, 95, 1, False)],
+)
+def test_should_retrain(rows: int, trained: int | None, min_new: int, expected: bool) -> None:
+    assert should_retrain(rows, trained, min_new_rows=min_new) is expected
+
+
+def test_truncated_or_corrupt_checkpoint_is_rejected(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(1000)}, "step": 3})
+    assert load_checkpoint(path)["step"] == 3
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        load_checkpoint(path)
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(DataError, match="corrupt"):
+        load_checkpoint(path)
+    path.with_suffix(".json").unlink()
+    path.write_bytes(data[:100])
+    with pytest.raises(DataError, match="truncated or unreadable"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_keep_only_the_latest(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+
+
+def test_train_config_run_key_ignores_bookkeeping() -> None:
+    from trainers.train import run_key
+
+    assert run_key(TrainConfig(log_every=1)) == run_key(TrainConfig(log_every=5, track=False))
+    assert run_key(TrainConfig(seed=1)) != run_key(TrainConfig(seed=2))

@@ -1,0 +1,90 @@
+"""Small gold tables for the training tests, built straight from the brief's data contract out of the
+real shared qa_feedback data (until curation's gold tables are used instead):
+
+- training_examples: one thumbs label per question on prediction 1 from its human error annotations:
+  thumbs up (label 1.0) when less than half of the answer's characters are marked erroneous, else 0.0.
+- preference_pairs: the 6 pairwise preferences among the 4 predictions (0 = tie, kept and flagged) and
+  the human correction of prediction 1 (corrected = chosen, original = rejected).
+- split: by a stable hash of the question (its own near-dup cluster), so a question never straddles
+  train and eval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+
+PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
+APPS = ("qa-web", "qa-mobile")
+
+
+def _h(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+
+
+def _split(question: str, eval_percent: int) -> str:
+    return "eval" if _h("split:" + question) % 100 < eval_percent else "train"
+
+
+def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0) -> tuple[pa.Table, pa.Table]:
+    records = json.loads(Path(qa_path).read_text())[offset : offset + questions if questions else None]
+    base = datetime(2026, 1, 5, tzinfo=UTC)
+    ex: list[dict] = []
+    pr: list[dict] = []
+    for qi, rec in enumerate(records, start=offset):
+        q = rec["question"]
+        cluster = f"c{_h('cluster:' + q):012x}"
+        split = _split(q, eval_percent)
+        app = APPS[_h("app:" + q) % len(APPS)]
+        at = base + timedelta(minutes=7 * qi)
+        common = {"app_id": app, "model_version": "1", "user_id": f"u{_h('user:' + q) % 40:02d}",
+                  "first_occurred_at": at, "event_date": at.date(), "cluster_id": cluster, "split": split}
+        p1 = rec["prediction 1"]
+        wrong = sum(e["end"] - e["start"] for e in rec["feedback"]["errors"])
+        ex.append({"example_id": f"ex-{qi:04d}", "response_id": f"r-{qi:04d}-1", "prompt": q, "response": p1,
+                   "label": 1.0 if wrong / max(1, len(p1)) < 0.5 else 0.0, "n_events": 1, "event_types": "thumbs",
+                   "model_name": "qa-model-1", **common})
+        corrected = rec["feedback"].get("corrected-prediction") or ""
+        if corrected and corrected != p1:
+            pr.append({"pair_id": f"pc-{qi:04d}", "prompt": q, "chosen": corrected, "rejected": p1, "is_tie": False,
+                       "source": "correction", "model_name": "qa-model-1", **common})
+        for (a, b), pref in zip(PAIRS, rec["preference"], strict=True):
+            first, second = (a, b) if pref != 2 else (b, a)
+            pr.append({"pair_id": f"pp-{qi:04d}-{a}{b}", "prompt": q, "chosen": rec[f"prediction {first}"],
+                       "rejected": rec[f"prediction {second}"], "is_tie": pref == 0, "source": "preference",
+                       "model_name": f"qa-model-{first}", **common})
+    return _table(ex), _table(pr)
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    t = pa.Table.from_pylist(rows)
+    cols = {}
+    for name in t.column_names:
+        col = t[name]
+        if name == "first_occurred_at":
+            col = col.cast(pa.timestamp("us", tz="UTC"))
+        elif name == "event_date":
+            col = col.cast(pa.date32())
+        cols[name] = col
+    return pa.table(cols)
+
+
+def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
+               mode: str = "append") -> tuple[int, int]:
+    """Write (append) both gold tables under ``lake_root``; returns their new Delta versions."""
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+    ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset)
+    out = []
+    for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
+        uri = f"{lake_root.rstrip('/')}/{name}"
+        digest = hashlib.sha256(table.to_pandas().to_csv(index=False).encode()).hexdigest()
+        write_deltalake(uri, table, mode=mode, commit_properties=CommitProperties(custom_metadata={"content_hash": digest}))
+        out.append(DeltaTable(uri).version())
+    return out[0], out[1]
+
+

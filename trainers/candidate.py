@@ -1,0 +1,101 @@
+"""The steps after training, as plain functions the Dagster assets and the CLI both call: evaluate a
+trained run against the baselines and the current ``champion``, gate it, and register it as
+``challenger`` (through the compare-and-set of ``trainers.registry``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from infra.settings import Settings
+from trainers import data as D
+from trainers import evaluate as E
+from trainers import registry as R
+from trainers import tracking as T
+from trainers.gate import GateConfig, GateDecision, decide_gate, gate_tag
+
+LINEAGE_PREFIX = "lakeloop."
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run_id: str
+    model_uri: str
+    lineage: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    candidate: Candidate
+    report: E.EvalReport
+    decision: GateDecision
+    champion_version: str | None
+    model_card: str
+
+
+def candidate_from_run(settings: Settings, run_id: str) -> Candidate:
+    tags = T.run_tags(settings, run_id)
+    if "lakeloop.model_uri" not in tags:
+        from infra.errors import DataError
+
+        raise DataError(f"MLflow run {run_id} has no logged reward model", hint="train with track=true (the default) and let the run finish")
+    lineage = {k: v for k, v in tags.items() if k.startswith(LINEAGE_PREFIX) and not k.startswith("lakeloop.gate")}
+    return Candidate(run_id, tags["lakeloop.model_uri"], lineage)
+
+
+def _split_frames(cand: Candidate, split: D.Split, *, max_questions: int | None = None) -> tuple[Any, Any]:
+    ex = D.read_gold(cand.lineage["lakeloop.train_examples.uri"], D.EXAMPLES, version=int(cand.lineage["lakeloop.train_examples.version"]))
+    pr = D.read_gold(cand.lineage["lakeloop.preference_pairs.uri"], D.PAIRS, version=int(cand.lineage["lakeloop.preference_pairs.version"]))
+    e, p = ex.split(split), pr.split(split)
+    if max_questions:
+        keep = set(sorted(set(e["cluster_id"]) | set(p["cluster_id"]))[:max_questions])
+        e, p = e[e["cluster_id"].isin(keep)], p[p["cluster_id"].isin(keep)]
+    return e.reset_index(drop=True), p.reset_index(drop=True)
+
+
+def _as_tuples(metrics: dict[str, E.Estimate]) -> dict[str, tuple[float, float, float]]:
+    return {k: (v.value, v.lo, v.hi) for k, v in metrics.items()}
+
+
+def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig = GateConfig(), n_boot: int = 1000,
+                       max_eval_clusters: int | None = None) -> EvalOutcome:
+    """Score the candidate and the champion on the candidate's pinned eval split; gate; log all to MLflow."""
+    cand = candidate_from_run(settings, run_id)
+    train, evalset = _split_frames(cand, "train"), _split_frames(cand, "eval", max_questions=max_eval_clusters)
+    report = E.full_report(R.load_scorer(cand.model_uri), train, evalset, n_boot=n_boot)
+    champ_version = R.get_alias_version(settings, "champion")
+    champ_report = None
+    if champ_version is not None:
+        mv = R.version_info(settings, champ_version)
+        pairs = evalset[1][~evalset[1]["is_tie"].astype(bool)].reset_index(drop=True)
+        champ_report = E.evaluate(R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}"), evalset[0], pairs, n_boot=n_boot)
+        T.log_run_metrics(settings, run_id, champ_report.flat(prefix="champion"))
+        T.set_run_tags(settings, run_id, {"lakeloop.gate.champion_version": champ_version, "lakeloop.gate.champion_run": mv.run_id})
+    decision = decide_gate(
+        _as_tuples(report.metrics), _as_tuples(champ_report.metrics) if champ_report else None,
+        baselines={b: _as_tuples(m) for b, m in report.baselines.items()},
+        candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None, config=gate,
+    )
+    card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage=cand.lineage, gate=decision.summary())
+    T.log_run_metrics(settings, run_id, report.flat())
+    T.set_run_tags(settings, run_id, gate_tag(decision))
+    T.log_run_text(settings, run_id, card, "model_card.md")
+    T.log_run_text(settings, run_id, json.dumps(report.to_dict(), indent=1), "evaluation/report.json")
+    return EvalOutcome(cand, report, decision, champ_version, card)
+
+
+def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: dict[str, float]) -> tuple[str, bool, R.AliasChange | None]:
+    """Register the gated run's model once (idempotent on the run) and point ``challenger`` at it."""
+    tags = T.run_tags(settings, run_id)
+    if tags.get("lakeloop.gate") != "passed":
+        from infra.errors import DataError
+
+        raise DataError(f"run {run_id} did not pass the gate ({tags.get('lakeloop.gate', 'not evaluated')})", hint="only gated runs are registered")
+    cand = candidate_from_run(settings, run_id)
+    version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"})
+    current = R.get_alias_version(settings, "challenger")
+    change = None
+    if current != version:
+        change = R.set_alias_cas(settings, "challenger", current, version, actor=actor, reason=f"gate passed for run {run_id}", metrics=metrics)
+    return version, created, change

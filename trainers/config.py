@@ -1,0 +1,88 @@
+"""The typed description of a training run. Unknown keys are rejected so a typo never silently trains
+the wrong thing; the Delta versions of the gold tables are pinned here before the run starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infra.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a run computes. Saved in every checkpoint and logged to MLflow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # what to start from
+    base_model: str = Field("all-MiniLM-L6-v2", description="'all-MiniLM-L6-v2' (the offline package) or a local HF checkpoint dir.")
+    pooling: Literal["mean", "cls"] = "mean"
+    length_feature: bool = Field(True, description="Feed log(sequence tokens) to the head beside the pooled text.")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and this many bottom encoder layers (0 = tune all).")
+    # what to read (None = resolved to the latest version by the launcher, then pinned)
+    lake_root: str | None = Field(None, description="Lake root URI; None = the settings' lake.")
+    examples_version: int | None = Field(None, ge=0, description="Delta version of gold/training_examples.")
+    pairs_version: int | None = Field(None, ge=0, description="Delta version of gold/preference_pairs.")
+    max_train_examples: int | None = Field(None, ge=1, description="Cap on pointwise rows (smoke runs).")
+    max_train_pairs: int | None = Field(None, ge=1, description="Cap on pairs (smoke runs).")
+    flip_labels: bool = Field(False, description="Invert every label/preference: a deliberately bad model for gate tests.")
+    # loss
+    pointwise_weight: float = Field(1.0, ge=0)
+    pairwise_weight: float = Field(1.0, ge=0)
+    tie_weight: float = Field(0.0, ge=0, description="Weight of ties (target 0.5) in the pairwise loss; 0 drops them.")
+    # optimisation
+    lr: float = Field(5e-5, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(16, ge=1, description="Items (examples or pairs) per micro-batch.")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(192, ge=16, le=512, description="Tokens of prompt + response; the longer one is cut first.")
+    pad_buckets: int = Field(4, ge=1, le=8, description="Encoder calls per micro-batch, sequences bucketed by length (1 under DDP).")
+    length_group_mega: int = Field(32, ge=1, description="Megabatch = this many batches, sorted by length inside.")
+    seed: int = 13
+    # hardware
+    device: Device = "auto"
+    precision: Precision = "auto"
+    compile: bool = False
+    num_threads: int | None = Field(None, ge=1)
+    # bookkeeping
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    output_dir: str | None = Field(None, description="Run folder (checkpoints, final model); default <artifacts>/training/<run_name>.")
+    run_name: str = "reward-model"
+    experiment: str = "lakeloop-reward"
+    track: bool = Field(True, description="Log to MLflow (settings.tracking_uri).")
+
+    def pinned(self) -> dict[str, Any]:
+        return {"examples_version": self.examples_version, "pairs_version": self.pairs_version}
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a JSON file or a dict plus overrides; bad keys or values raise ConfigError."""
+    data: dict[str, Any] = {}
+    if isinstance(source, dict):
+        data = dict(source)
+    elif source is not None:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"training config {path} does not exist", hint="pass a JSON file written by `lakeloop train --write-config`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"training config {path} is not valid JSON: {exc}", hint="fix the JSON syntax") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid training config: {problems}", hint="see trainers/config.py for the fields") from None

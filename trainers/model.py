@@ -1,0 +1,114 @@
+"""The reward model: a transformer encoder, pooled, plus a scalar head giving a logit; P(satisfied) is
+its sigmoid. Losses: pointwise binary cross-entropy and Bradley-Terry on preference pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from infra.errors import DataError
+
+HEAD_FILE = "reward_head.pt"
+META_FILE = "reward_model.json"
+
+
+class RewardModel(nn.Module):
+    def __init__(self, encoder: nn.Module, *, pooling: Literal["mean", "cls"] = "mean", length_feature: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.length_feature = length_feature
+        hidden = int(encoder.config.hidden_size)
+        self.dropout = nn.Dropout(0.1)
+        self.head = nn.Linear(hidden + (1 if length_feature else 0), 1)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pooled = self.dropout(pooled)
+        if self.length_feature:
+            n = attention_mask.sum(1, keepdim=True).to(pooled.dtype)
+            pooled = torch.cat([pooled, torch.log1p(n) / math.log(512.0)], dim=-1)
+        return self.head(pooled).squeeze(-1).float()
+
+
+def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weight: float, pairwise_weight: float, tie_weight: float) -> dict[str, torch.Tensor]:
+    """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected); ties target 0.5."""
+    zero = logits.sum() * 0.0
+    point = zero
+    if len(batch["point_rows"]):
+        point = F.binary_cross_entropy_with_logits(logits[batch["point_rows"]], batch["point_labels"])
+    pair = zero
+    if len(batch["pair_a"]):
+        diff = logits[batch["pair_a"]] - logits[batch["pair_b"]]
+        target = batch["pair_target"]
+        per = F.binary_cross_entropy_with_logits(diff, target, reduction="none")
+        w = torch.where(target == 0.5, torch.full_like(target, tie_weight), torch.ones_like(target))
+        pair = (per * w).sum() / w.sum().clamp(min=1e-8)
+    return {"loss": pointwise_weight * point + pairwise_weight * pair, "pointwise": point.detach(), "pairwise": pair.detach()}
+
+
+def save_reward_model(model: RewardModel, tokenizer: Any, path: Path, *, max_length: int = 256) -> Path:
+    """A self-contained folder: HF encoder + tokenizer, head weights, and how to rebuild the module."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(str(path / "encoder"))
+    tokenizer.save_pretrained(str(path / "encoder"))
+    torch.save(model.head.state_dict(), path / HEAD_FILE)
+    (path / META_FILE).write_text(json.dumps({"pooling": model.pooling, "length_feature": model.length_feature, "max_length": max_length}))
+    return path
+
+
+def load_reward_model(path: Path) -> tuple[RewardModel, Any, int]:
+    """(model in eval mode, tokenizer, max_length it was trained with)."""
+    from trainers.base_model import load_encoder, load_tokenizer
+
+    if not (path / META_FILE).exists():
+        raise DataError(f"{path} is not a saved reward model (no {META_FILE})", hint="point at a folder written by save_reward_model")
+    meta = json.loads((path / META_FILE).read_text())
+    model = RewardModel(load_encoder(path / "encoder"), pooling=meta["pooling"], length_feature=meta["length_feature"])
+    model.head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, load_tokenizer(path / "encoder"), int(meta.get("max_length", 256))
+
+
+@torch.inference_mode()
+def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str], *, max_length: int = 256, batch_size: int = 32) -> list[float]:
+    """P(satisfied) per (prompt, response), batched by length for speed; order preserved."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    enc = tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
+    order = sorted(range(len(prompts)), key=lambda i: len(enc["input_ids"][i]))
+    out = [0.0] * len(prompts)
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(enc["input_ids"][i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        types = torch.zeros_like(ids)
+        for r, i in enumerate(rows):
+            seq = enc["input_ids"][i]
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            if "token_type_ids" in enc:
+                types[r, : len(seq)] = torch.tensor(enc["token_type_ids"][i])
+        probs = torch.sigmoid(model(ids.to(device), mask.to(device), types.to(device))).cpu().tolist()
+        for i, p in zip(rows, probs, strict=True):
+            out[i] = float(p)
+    return out

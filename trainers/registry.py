@@ -1,0 +1,197 @@
+"""The MLflow model registry, and THE one module that changes aliases.
+
+MLflow's ``set_registered_model_alias`` is last-writer-wins, so every alias change here is a
+compare-and-set serialised through the promotion ledger (Delta table ``registry/promotion_ledger``):
+
+1. read the ledger at its current Delta version V (one ``DeltaTable`` object);
+2. the alias's current value is the ledger's latest entry for it (MLflow's value if the ledger has none);
+   if it differs from ``expected_version`` -> ``AliasConflictError``;
+3. append the change to the ledger through that same object with ``max_commit_retries=0``: the commit must
+   land exactly at V+1 (an atomic put-if-absent of the log file), so of racing promoters exactly one
+   commits and the rest get ``AliasConflictError``;
+4. only the winner calls MLflow, then reads the alias back and verifies it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from infra.errors import CommitConflictError, ServiceError
+from infra.settings import Settings
+from infra.tables import table_uri
+
+LEDGER = "registry/promotion_ledger"
+ALIASES = ("champion", "challenger", "canary")
+LEDGER_SCHEMA = pa.schema([
+    ("at", pa.timestamp("us", tz="UTC")), ("model_name", pa.string()), ("alias", pa.string()),
+    ("action", pa.string()), ("from_version", pa.string()), ("to_version", pa.string()),
+    ("actor", pa.string()), ("reason", pa.string()), ("metrics", pa.string()), ("ledger_read_version", pa.int64()),
+])
+
+
+class AliasConflictError(CommitConflictError):
+    """The alias is not at the expected version any more, or another promoter won the race."""
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    model_name: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    ledger_version: int
+
+
+def _client(settings: Settings) -> Any:
+    from trainers.tracking import client
+
+    return client(settings)
+
+
+def _name(settings: Settings, model_name: str | None) -> str:
+    return model_name or settings.registered_model_name
+
+
+def get_alias_version(settings: Settings, alias: str, *, model_name: str | None = None) -> str | None:
+    """The version an alias points at in MLflow, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(settings).get_model_version_by_alias(_name(settings, model_name), alias).version)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            return None
+        raise ServiceError(f"cannot read alias {alias!r}: {exc}", hint="is the MLflow server up? `lakeloop status`") from exc
+
+
+def _ledger(settings: Settings) -> Any:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    uri = table_uri(settings, LEDGER)
+    for _ in range(5):
+        try:
+            return DeltaTable(uri)
+        except TableNotFoundError:
+            try:
+                DeltaTable.create(uri, LEDGER_SCHEMA, mode="ignore", name="promotion_ledger")
+            except DeltaError:
+                time.sleep(0.05)  # another promoter created it at the same moment
+    return DeltaTable(uri)
+
+
+def ledger_entries(settings: Settings) -> Any:
+    """The whole ledger as a pandas DataFrame (oldest first)."""
+    return _ledger(settings).to_pyarrow_table().to_pandas().sort_values("at").reset_index(drop=True)
+
+
+def _ledger_current(dt: Any, model_name: str, alias: str) -> tuple[bool, str | None]:
+    import pyarrow.compute as pc
+
+    t = dt.to_pyarrow_table(columns=["at", "model_name", "alias", "to_version", "ledger_read_version"])
+    t = t.filter(pc.and_(pc.equal(t["model_name"], model_name), pc.equal(t["alias"], alias)))
+    if t.num_rows == 0:
+        return False, None
+    last = t.sort_by([("ledger_read_version", "descending")]).slice(0, 1).to_pylist()[0]
+    return True, last["to_version"]
+
+
+def _change(settings: Settings, alias: str, expected: str | None, new: str | None, *, actor: str, reason: str,
+            metrics: dict[str, float] | None, model_name: str | None) -> AliasChange:
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    if alias not in ALIASES:
+        raise ValueError(f"unknown alias {alias!r}; lakeloop uses {ALIASES}")
+    name = _name(settings, model_name)
+    expected = None if expected is None else str(expected)
+    new = None if new is None else str(new)
+    dt = _ledger(settings)
+    read_version = dt.version()
+    known, current = _ledger_current(dt, name, alias)
+    if not known:
+        current = get_alias_version(settings, alias, model_name=name)
+    if current != expected:
+        raise AliasConflictError(f"alias {name}@{alias} is at {current}, not the expected {expected}", hint="re-read the alias and decide again")
+    row = pa.Table.from_pylist([{
+        "at": datetime.now(UTC), "model_name": name, "alias": alias, "action": "set" if new else "delete",
+        "from_version": current, "to_version": new, "actor": actor, "reason": reason,
+        "metrics": json.dumps(metrics or {}, sort_keys=True, default=str), "ledger_read_version": read_version,
+    }], schema=LEDGER_SCHEMA)
+    try:
+        write_deltalake(dt, row, mode="append", commit_properties=CommitProperties(max_commit_retries=0, custom_metadata={"lakeloop.alias": f"{name}@{alias}"}))
+    except CommitFailedError:
+        raise AliasConflictError(f"another promoter changed the ledger first while moving {name}@{alias}", hint="re-read the alias and decide again") from None
+    client = _client(settings)
+    if new is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, new)
+    seen = get_alias_version(settings, alias, model_name=name)
+    if seen != new:
+        raise ServiceError(f"alias {name}@{alias} reads {seen} right after setting it to {new}: a writer bypassed trainers.registry",
+                           hint="only trainers.registry may change aliases; run reconcile_alias() to restore the ledger's value")
+    return AliasChange(name, alias, current, new, read_version + 1)
+
+
+def set_alias_cas(settings: Settings, alias: str, expected_version: str | int | None, new_version: str | int, *, actor: str,
+                  reason: str, metrics: dict[str, float] | None = None, model_name: str | None = None) -> AliasChange:
+    """Point ``alias`` at ``new_version`` if it is at ``expected_version`` now (None = unset); one ledger entry."""
+    return _change(settings, alias, None if expected_version is None else str(expected_version), str(new_version),
+                   actor=actor, reason=reason, metrics=metrics, model_name=model_name)
+
+
+def delete_alias_cas(settings: Settings, alias: str, expected_version: str | int, *, actor: str, reason: str,
+                     metrics: dict[str, float] | None = None, model_name: str | None = None) -> AliasChange:
+    """Remove ``alias`` if it is at ``expected_version`` now; one ledger entry."""
+    return _change(settings, alias, str(expected_version), None, actor=actor, reason=reason, metrics=metrics, model_name=model_name)
+
+
+def reconcile_alias(settings: Settings, alias: str, *, model_name: str | None = None) -> str | None:
+    """Make MLflow agree with the ledger's latest entry (after a promoter died between the two steps)."""
+    name = _name(settings, model_name)
+    known, value = _ledger_current(_ledger(settings), name, alias)
+    if known and get_alias_version(settings, alias, model_name=name) != value:
+        client = _client(settings)
+        client.delete_registered_model_alias(name, alias) if value is None else client.set_registered_model_alias(name, alias, value)
+    return value
+
+
+# ---- model versions -----------------------------------------------------------------------------------
+def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: dict[str, str], model_name: str | None = None) -> tuple[str, bool]:
+    """The registry version of this run's model: created once, found again on a retry. -> (version, created)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(settings)
+    name = _name(settings, model_name)
+    try:
+        client.create_registered_model(name, description="lakeloop reward model: predict(DataFrame[prompt, response]) -> score in [0,1]")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        return str(min(int(v.version) for v in existing)), False
+    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None  # an MLflow 3 LoggedModel
+    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
+    return str(mv.version), True
+
+
+def version_info(settings: Settings, version: str, *, model_name: str | None = None) -> Any:
+    return _client(settings).get_model_version(_name(settings, model_name), str(version))
+
+
+def load_scorer(model_uri: str) -> Any:
+    """A ``(prompts, responses) -> scores`` callable over a logged pyfunc (candidate or champion)."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    return lambda p, r: np.asarray(model.predict(pd.DataFrame({"prompt": p, "response": r}))["score"], dtype=float)

@@ -1,0 +1,150 @@
+"""The one wrapper around MLflow tracking: runs, params, per-step metrics, system info, the config,
+dataset inputs (Delta URI + version + content hash) and the git commit. Everything else in lakeloop
+talks to MLflow through this module or through ``trainers.registry``."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from infra.errors import ServiceError
+from infra.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def client(settings: Settings) -> Any:
+    """An MlflowClient on the settings' tracking server (also the registry)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def git_commit() -> str:
+    """The commit of the code that runs, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}+dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def system_info() -> dict[str, str]:
+    import torch
+
+    info = {
+        "sys.python": platform.python_version(),
+        "sys.platform": platform.platform(),
+        "sys.host": socket.gethostname(),
+        "sys.torch": torch.__version__,
+        "sys.cpu_threads": str(torch.get_num_threads()),
+        "sys.cuda": str(torch.cuda.is_available()),
+    }
+    if torch.cuda.is_available():
+        info["sys.gpu"] = torch.cuda.get_device_name(0)
+        info["sys.gpu_count"] = str(torch.cuda.device_count())
+    return info
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: str(value)}
+
+
+class Tracker:
+    """One MLflow run. ``run_id`` given = continue that run (a resumed training)."""
+
+    def __init__(self, settings: Settings, *, experiment: str, run_name: str, run_id: str | None = None) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self.client = client(settings)
+        try:
+            mlflow.set_experiment(experiment)
+            self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        except Exception as exc:  # mlflow raises MlflowException / requests errors
+            raise ServiceError(f"cannot reach MLflow at {settings.tracking_uri}: {exc}", hint="start it with `lakeloop up` or set LAKELOOP_MLFLOW_TRACKING_URI") from exc
+        self.run_id: str = self.run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: v for k, v in flatten("", params).items() if k not in existing}
+        if fresh:
+            self._mlflow.log_params({k: v[:6000] for k, v in fresh.items()})
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dict(self, data: dict[str, Any], path: str) -> None:
+        self._mlflow.log_dict(data, path)
+
+    def log_text(self, text: str, path: str) -> None:
+        self._mlflow.log_text(text, path)
+
+    def log_delta_input(self, *, uri: str, version: int, name: str, digest: str, context: str) -> None:
+        """An MLflow dataset input that points at a Delta table version (no data copied)."""
+        from mlflow.data.delta_dataset_source import DeltaDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        # the name carries the version too: MLflow drops delta_table_version 0 from the source JSON
+        ds = MetaDataset(DeltaDatasetSource(path=uri, delta_table_version=version), name=f"{name}@v{version}", digest=digest[:36])
+        self._mlflow.log_input(ds, context=context, tags={"lakeloop.delta_uri": uri, "lakeloop.delta_version": str(version)})
+
+    def log_model(self, python_model: Any, *, artifacts: dict[str, str], input_example: Any, output_example: Any) -> str:
+        """Log the pyfunc with signature and input example; returns its model URI."""
+        from mlflow.models import infer_signature
+
+        info = self._mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=infer_signature(input_example, output_example),
+            input_example=input_example,
+            pip_requirements=["torch", "transformers", "pandas"],
+        )
+        self.set_tags({"lakeloop.model_uri": info.model_uri})
+        return str(info.model_uri)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._mlflow.end_run(status=status)
+
+
+def run_tags(settings: Settings, run_id: str) -> dict[str, str]:
+    return dict(client(settings).get_run(run_id).data.tags)
+
+
+def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
+    """Add metrics to a finished run (evaluation happens after training)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    c = client(settings)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i : i + 500])
+
+
+def set_run_tags(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
+    c = client(settings)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def log_run_text(settings: Settings, run_id: str, text: str, path: str) -> None:
+    client(settings).log_text(run_id, text, path)

@@ -1,0 +1,326 @@
+"""The training loop and its entry point ``python -m trainers.train --config run.json``.
+
+CPU here; CUDA with bf16 autocast when present; several GPUs under ``torchrun`` (DDP). Dynamic padding,
+length-grouped batches, gradient accumulation, optional ``torch.compile``. Checkpoints carry model,
+optimizer, scheduler, step, data position, RNG states, config and data versions, so a killed run resumes
+to the same parameters. Launched by Dagster it streams logs and the result through Dagster Pipes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infra.settings import Settings, load_settings
+from infra.tables import table_uri
+from trainers import data as D
+from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainers.config import TrainConfig, load_config
+from trainers.model import RewardModel, reward_losses, save_reward_model
+
+Say = Callable[[str], None]
+FINAL = "final.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str | None
+    model_uri: str | None
+    output_dir: str
+    steps: int
+    samples_per_s: float
+    padding_efficiency: float
+    train_examples: int
+    train_pairs: int
+    examples_version: int
+    pairs_version: int
+    final_loss: float
+    resumed_from_step: int
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """Same config and pinned data -> same run folder, so a retried launch resumes instead of duplicating."""
+    body = cfg.model_dump(exclude={"output_dir", "track", "log_every", "num_threads"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pin_versions(cfg: TrainConfig, settings: Settings) -> TrainConfig:
+    """Resolve unpinned table versions to the latest ones, now, and return the pinned config."""
+    lake = cfg.lake_root or settings.lake
+    uri = lambda name: f"{lake.rstrip('/')}/{name}"  # noqa: E731
+    return cfg.model_copy(update={
+        "lake_root": lake,
+        "examples_version": cfg.examples_version if cfg.examples_version is not None else D.latest_version(uri(D.EXAMPLES)),
+        "pairs_version": cfg.pairs_version if cfg.pairs_version is not None else D.latest_version(uri(D.PAIRS)),
+    })
+
+
+def _dist() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, torch.dtype | None]:
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported()):
+        return dev, torch.bfloat16
+    return dev, None
+
+
+def _freeze(model: RewardModel, layers: int) -> None:
+    """Freeze embeddings + the bottom ``layers`` blocks: backward stops there (cheaper steps on CPU)."""
+    if layers <= 0:
+        return
+    frozen = ("embeddings.",) + tuple(f"layer.{i}." for i in range(layers))
+    for name, p in model.encoder.named_parameters():
+        if any(f in name for f in frozen):
+            p.requires_grad_(False)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train (or resume, or return the finished result of) the run this config describes."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from trainers.base_model import load_encoder, load_tokenizer, resolve_base_model
+
+    cfg = pin_versions(cfg, settings)
+    rank, local_rank, world = _dist()
+    out = Path(cfg.output_dir) if cfg.output_dir else settings.artifacts_dir / "training" / f"{cfg.run_name}-{run_key(cfg)}"
+    if (out / FINAL).exists():
+        say(f"run already finished in {out}; nothing to do")
+        return TrainResult(**json.loads((out / FINAL).read_text()))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device, amp = _device(cfg, local_rank)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    lake = cfg.lake_root or settings.lake
+    ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=cfg.examples_version or 0)
+    pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=cfg.pairs_version or 0)
+    ex_train = ex.split("train").sort_values("example_id").head(cfg.max_train_examples or None).reset_index(drop=True)
+    pr_train = pr.split("train").sort_values("pair_id").head(cfg.max_train_pairs or None).reset_index(drop=True)
+    base = resolve_base_model(cfg.base_model)
+    tokenizer = load_tokenizer(base)
+    enc = D.encode(tokenizer, ex_train, pr_train, max_length=cfg.max_length, flip=cfg.flip_labels, tie_weight=cfg.tie_weight)
+    if len(enc) == 0:
+        from infra.errors import DataError
+
+        raise DataError("no training rows in the train split of the pinned gold tables", hint="curate more feedback or pin a later version")
+    lengths = [enc.item_length(i) for i in range(len(enc))]
+    per_epoch = len(D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0, mega=cfg.length_group_mega), rank=rank, world=world))
+    total = cfg.max_steps or cfg.epochs * max(1, per_epoch // cfg.grad_accum)
+
+    model = RewardModel(load_encoder(base), pooling=cfg.pooling, length_feature=cfg.length_feature).to(device)
+    _freeze(model, cfg.freeze_layers)
+    head_params = list(model.head.parameters())
+    enc_params = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+
+    step, epoch, pos, run_id, resumed = 0, 0, 0, None, 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)
+        if state.get("run_key") != run_key(cfg):
+            from infra.errors import ConfigError
+
+            raise ConfigError(f"{out} holds a run with a different config", hint="use another output_dir or delete the old run folder")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, epoch, pos, run_id = state["step"], state["epoch"], state["batch_pos"], state.get("mlflow_run_id")
+        _set_rng(state["rng"])
+        resumed = step
+        say(f"resumed from {ckpt.name}: step {step}, epoch {epoch}, batch {pos}")
+
+    tracker = None
+    if cfg.track and rank == 0:
+        from trainers.tracking import Tracker, git_commit, system_info
+
+        tracker = Tracker(settings, experiment=cfg.experiment, run_name=cfg.run_name, run_id=run_id)
+        run_id = tracker.run_id
+        lineage = {
+            "lakeloop.train_examples.uri": ex.uri, "lakeloop.train_examples.version": ex.version,
+            "lakeloop.train_examples.curation_hash": ex.curation_hash or "none",
+            "lakeloop.train_examples.rows_digest": D.rows_digest(ex_train, "example_id"),
+            "lakeloop.preference_pairs.uri": pr.uri, "lakeloop.preference_pairs.version": pr.version,
+            "lakeloop.preference_pairs.curation_hash": pr.curation_hash or "none",
+            "lakeloop.preference_pairs.rows_digest": D.rows_digest(pr_train, "pair_id"),
+            "lakeloop.git_commit": git_commit(), "lakeloop.run_key": run_key(cfg), "lakeloop.output_dir": str(out),
+        }
+        tracker.set_tags({**lineage, **system_info()})
+        if not resumed:
+            tracker.log_params({**cfg.model_dump(), "train_examples": len(ex_train), "train_pairs": len(pr_train), "world_size": world})
+            tracker.log_dict(cfg.model_dump(), "config/train_config.json")
+            tracker.log_delta_input(uri=ex.uri, version=ex.version, name="training_examples", digest=lineage["lakeloop.train_examples.rows_digest"], context="training")
+            tracker.log_delta_input(uri=pr.uri, version=pr.version, name="preference_pairs", digest=lineage["lakeloop.preference_pairs.rows_digest"], context="training")
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    pad_id = tokenizer.pad_token_id or 0
+    buckets = 1 if world > 1 else cfg.pad_buckets  # DDP wants one forward per backward
+    say(f"training {len(ex_train)} examples + {len(pr_train)} pairs on {device}{' bf16' if amp else ''} x{world}: {total} steps, batch {cfg.batch_size}x{cfg.grad_accum}")
+
+    net.train()
+    t0, seqs_done, real_tok, pad_tok, last_loss = time.perf_counter(), 0, 0, 0, float("nan")
+    window: list[float] = []
+    while step < total:
+        batches = D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, mega=cfg.length_group_mega), rank=rank, world=world)
+        usable = len(batches) - len(batches) % cfg.grad_accum
+        if usable == 0:
+            from infra.errors import DataError
+
+            raise DataError(f"{len(batches)} batches per epoch on this rank, fewer than grad_accum={cfg.grad_accum}", hint="lower batch_size or grad_accum, or add data")
+        while pos < usable and step < total:
+            group = [D.collate(enc, b, pad_id=pad_id, pad_to_multiple=8 if device.type == "cuda" else 1, buckets=buckets) for b in batches[pos : pos + cfg.grad_accum]]
+            parts = {"pointwise": 0.0, "pairwise": 0.0, "loss": 0.0}
+            for i, batch in enumerate(group):
+                sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else net.no_sync()
+                with sync, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = D.forward_chunks(net, batch, device)
+                    tensors = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "chunks"}
+                    losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight, tie_weight=cfg.tie_weight)
+                    (losses["loss"] / len(group)).backward()
+                for k in parts:
+                    parts[k] += float(losses[k].detach()) / len(group)
+                seqs_done += batch["n_seqs"]
+                real_tok += batch["real_tokens"]
+                pad_tok += batch["padded_tokens"]
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            pos += len(group)
+            last_loss = parts["loss"]
+            window.append(last_loss)
+            elapsed = time.perf_counter() - t0
+            rate = seqs_done * world / elapsed
+            metrics = {**parts, "samples_per_s": rate, "padding_efficiency": real_tok / max(1, pad_tok), "lr": sched.get_last_lr()[0], "epoch": epoch}
+            if tracker:
+                tracker.log_metrics(metrics, step=step)
+            if on_step:
+                on_step(step, metrics)
+            if rank == 0 and (step % cfg.log_every == 0 or step == total):
+                eta = (total - step) * elapsed / max(1, step - resumed)
+                say(f"step {step}/{total} loss {sum(window) / len(window):.4f} (point {parts['pointwise']:.3f} pair {parts['pairwise']:.3f}) {rate:.1f} samples/s pad-eff {metrics['padding_efficiency']:.2f} ETA {_fmt_eta(eta)}")
+                window.clear()
+            if rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
+                save_checkpoint(out, step, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "epoch": epoch if pos < usable else epoch + 1, "batch_pos": pos if pos < usable else 0,
+                    "rng": _rng_state(), "config": cfg.model_dump(), "run_key": run_key(cfg), "data_versions": cfg.pinned(), "mlflow_run_id": run_id,
+                }, keep=cfg.keep_checkpoints)
+            if world > 1:
+                torch.distributed.barrier()
+        if pos >= usable:
+            epoch, pos = epoch + 1, 0
+            if tracker:
+                tracker.log_metrics({"epoch_loss": last_loss}, step=step)
+
+    elapsed = time.perf_counter() - t0
+    result = TrainResult(run_id, None, str(out), step, seqs_done * world / max(elapsed, 1e-9), real_tok / max(1, pad_tok),
+                         len(ex_train), len(pr_train), ex.version, pr.version, last_loss, resumed)
+    if rank == 0:
+        model.eval()
+        final_dir = save_reward_model(model, tokenizer, out / "model", max_length=cfg.max_length)
+        model_uri = None
+        if tracker:
+            model_uri = _log_model(tracker, final_dir, ex_train)
+            tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss})
+            tracker.finish()
+        result = TrainResult(**{**asdict(result), "model_uri": model_uri})
+        (out / FINAL).write_text(json.dumps(asdict(result)))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _log_model(tracker: Any, model_dir: Path, examples: Any) -> str:
+    import pandas as pd
+
+    from trainers.pyfunc import ARTIFACT_KEY, RewardPyfunc
+
+    sample = examples.head(2) if len(examples) else pd.DataFrame({"prompt": ["q"], "response": ["a"]})
+    x = pd.DataFrame({"prompt": sample["prompt"].astype(str).tolist(), "response": sample["response"].astype(str).tolist()})
+    y = pd.DataFrame({"score": [0.5] * len(x)})
+    return tracker.log_model(RewardPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)}, input_example=x, output_example=y)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI and Dagster Pipes entry point. Under Pipes, the config may come as the extra 'config'."""
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__)
+    parser.add_argument("--config", help="JSON file with a TrainConfig (unknown keys are rejected)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field (JSON value)")
+    args = parser.parse_args(argv)
+    overrides = {k: _json_or_str(v) for k, v in (s.split("=", 1) for s in args.set)}
+    settings = load_settings()
+    if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        cfg = load_config(args.config, **overrides)
+        train(cfg, settings, say=lambda m: print(m, flush=True))
+        return 0
+    with open_dagster_pipes() as pipes:
+        source = pipes.extras.get("config") or args.config
+        cfg = load_config(source, **overrides)
+
+        def say(msg: str) -> None:
+            print(msg, flush=True)
+            pipes.log.info(msg)
+
+        result = train(cfg, settings, say=say)
+        if int(os.environ.get("RANK", "0")) == 0:
+            pipes.report_asset_materialization(metadata={k: v for k, v in asdict(result).items() if v is not None})
+    return 0
+
+
+def _json_or_str(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
