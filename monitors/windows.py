@@ -78,7 +78,12 @@ def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataF
 
 
 def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:
-    """prompt, response, thumbs_down, corrected from gold/training_examples (train split), sampled."""
+    """prompt, response, thumbs_down, corrected: the responses of the training set (train split), sampled.
+
+    Pointwise examples carry their feedback flags; the chosen and rejected responses of preference pairs
+    are responses the model is trained on too (and what live traffic looks like: every answer is scored,
+    not only rated ones), with no thumbs (NaN), as unrated live responses have none.
+    """
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -91,16 +96,24 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0)
         ) from None
     df = dt.to_pandas(columns=["prompt", "response", "label", "event_types", "split"])
     df = df[df["split"] == "train"]
-    if len(df) > sample:
-        df = df.sample(sample, random_state=seed)
-    return pd.DataFrame(
-        {
-            "prompt": df["prompt"].to_numpy(),
-            "response": df["response"].to_numpy(),
-            "thumbs_down": (df["label"] < 0.5).astype(float).to_numpy(),
-            "corrected": df["event_types"].fillna("").str.contains("correction").astype(float).to_numpy(),
-        }
-    )
+    frames = [pd.DataFrame({
+        "prompt": df["prompt"].to_numpy(),
+        "response": df["response"].to_numpy(),
+        "thumbs_down": (df["label"] < 0.5).astype(float).to_numpy(),
+        "corrected": df["event_types"].fillna("").str.contains("correction").astype(float).to_numpy(),
+    })]
+    try:
+        pairs = DeltaTable(table_uri(settings, "gold/preference_pairs")).to_pandas(columns=["prompt", "chosen", "rejected", "split"])
+    except TableNotFoundError:
+        pairs = pd.DataFrame(columns=["prompt", "chosen", "rejected", "split"])
+    pairs = pairs[pairs["split"] == "train"]
+    for col in ("chosen", "rejected"):
+        frames.append(pd.DataFrame({"prompt": pairs["prompt"].to_numpy(), "response": pairs[col].to_numpy(),
+                                    "thumbs_down": np.nan, "corrected": np.nan}))
+    out = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)
+    if len(out) > sample:
+        out = out.sample(sample, random_state=seed).reset_index(drop=True)
+    return out
 
 
 def score_frame(model: Any, frame: pd.DataFrame, *, batch: int = 512) -> np.ndarray:

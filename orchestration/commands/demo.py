@@ -1,0 +1,69 @@
+"""`lakeloop demo` (the whole loop end to end) and `lakeloop simulate` (the traffic generator alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestration.commands.common import say, settings
+
+from infra.services import REPO_ROOT
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "qa_feedback" / "dev_feedback.json"
+
+
+def simulate(
+    data: Annotated[Path, typer.Option(help="The qa_feedback file to replay.")] = DEFAULT_DATA,
+    first: Annotated[int, typer.Option(help="First question (0-499).")] = 400,
+    count: Annotated[int, typer.Option(help="How many questions (4 scored answers and ~8 feedback events each).")] = 100,
+    rate: Annotated[float, typer.Option(help="App requests per second; 0 = as fast as the service answers.")] = 20.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    drift_after: Annotated[float | None, typer.Option(help="Fraction of the run after which traffic drifts (0-1); none by default.")] = None,
+    malformed_share: Annotated[float, typer.Option(help="Share of feedback events replaced by malformed payloads (0-1).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed (drift feedback, malformed picks, order).")] = 0,
+    run_id: Annotated[int, typer.Option(help="Distinguishes ids of separate runs over the same questions.")] = 1,
+    score: Annotated[bool, typer.Option("--score/--no-score", help="Score each answer through `lakeloop serve` first.")] = True,
+) -> None:
+    """Simulated app traffic: answers scored by the scoring service, then users' feedback sent to Kafka."""
+    from feedback.producer import FeedbackProducer
+    from feedback.simulate import Scorer, SimConfig, simulate as run
+
+    s = settings()
+    if not 0.0 <= malformed_share <= 1.0 or (drift_after is not None and not 0.0 <= drift_after <= 1.0):
+        raise typer.BadParameter("--malformed-share and --drift-after are fractions between 0 and 1")
+    cfg = SimConfig(first=first, count=count, rate=rate, duration_s=duration, drift_after=drift_after,
+                    malformed_share=malformed_share, seed=seed, run_id=run_id)
+    producer = FeedbackProducer(s)
+    try:
+        stats = run(data, cfg, send=producer.send, scorer=Scorer(s.serve_url) if score else None, say=say)
+        producer.flush()
+    finally:
+        producer.close()
+    say(f"simulate: {stats.summary()}")
+
+
+def demo(
+    data: Annotated[Path, typer.Option(help="The qa_feedback file to replay.")] = DEFAULT_DATA,
+    backlog: Annotated[int, typer.Option(help="Questions of feedback backlog that train the first model.")] = 400,
+    live: Annotated[int, typer.Option(help="Questions of stationary live traffic.")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    down: Annotated[bool, typer.Option("--down", help="Stop the services at the end.")] = False,
+) -> None:
+    """Run the whole loop end to end on embedded defaults with the real qa_feedback data (about 10-15 min on 2 CPUs)."""
+    from orchestration.demo import DemoConfig, render_summary, run_demo
+
+    s = settings()
+    say(f"lakeloop demo: LAKELOOP_HOME={s.home}")
+    summary = run_demo(s, DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed), say=say)
+    say(render_summary(s, summary))
+    if down:
+        from infra import services
+
+        services.down(s, log=say)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+    app.command()(simulate)
