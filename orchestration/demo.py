@@ -41,7 +41,7 @@ class DemoConfig:
     backlog_questions: int = 400  # phase 1 history (questions 0..N-1)
     live_questions: int = 40  # stationary live traffic, scored by the champion
     drift_window_questions: int = 15  # questions per drift window in phase 2
-    canary_window_questions: int = 30  # questions per canary analysis window
+    canary_window_questions: int = 70  # questions per canary analysis window (one thumbs verdict each)
     malformed_share: float = 0.01
     seed: int = 7
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 2, "max_length": 160, "batch_size": 16})
@@ -306,7 +306,10 @@ def _phase_bad_candidate(settings: Settings, cfg: DemoConfig, summary: DemoSumma
     cand = candidate_from_run(settings, run_id)
     version, _ = registry.register_version(settings, run_id=run_id, model_uri=cand.model_uri,
                                            tags={**cand.lineage, "lakeloop.gate": "failed", "lakeloop.override": "operator put it on canary"})
-    rollout.start_canary(settings, version=version, actor="operator:demo", reason="gate overridden by an operator (demo)")
+    from monitors.canary_job import policy_from_settings
+
+    rollout.start_canary(settings, version=version, policy=policy_from_settings(settings), actor="operator:demo",
+                         reason="gate overridden by an operator (demo)")
     serve.wait_for_version("canary", version)
     summary.add("11. operator override", f"v{version} put on canary at {rollout.read_status(settings).canary_share:.0%} of traffic", say)
     for w in range(cfg.max_canary_windows):

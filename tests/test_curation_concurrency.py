@@ -57,7 +57,10 @@ def test_curation_races_the_ingestor_and_optimize(kafka, qa_feedback_path, tmp_p
     from feedback.producer import FeedbackProducer
     from feedback.qa_feedback import iter_events
 
-    s = kafka
+    import uuid
+
+    # Its own lake and topic: other tests of the session share the broker and the platform's lake.
+    s = kafka.model_copy(update={"lake_root": str(tmp_path / "lake"), "feedback_topic": f"feedback-race-{uuid.uuid4().hex[:8]}"})
     events = list(iter_events(qa_feedback_path, copies=2, days=2))
     first = [e for e in events if e["event_id"].startswith("qaf1-0-")][:400]
     second = [e for e in events if e["event_id"].startswith("qaf1-1-")][:400]

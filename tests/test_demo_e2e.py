@@ -20,8 +20,8 @@ def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path)
         data_path=qa_feedback_path,
         backlog_questions=150,
         live_questions=15,
-        drift_window_questions=10,
-        canary_window_questions=30,
+        drift_window_questions=13,  # >= 50 scored answers per window, the drift check's minimum
+        canary_window_questions=70,  # ~35 verdicts per arm at 50%: the analysis needs 30
         # A few CPU minutes of training: too little to be held to beating the baselines, which the
         # training tests and bench/bench_training.py measure on their own.
         train={"epochs": 1, "max_length": 64, "batch_size": 16, "max_train_examples": 200, "max_train_pairs": 300, "freeze_layers": 4},
