@@ -58,7 +58,11 @@ def produce(settings, topic: str, n: int) -> float:
 
 
 def raw_consume(settings, topic: str, n: int) -> float:
-    """kafka-python alone: poll every record of the topic with the ingestor's consumer settings (no group)."""
+    """kafka-python alone: poll every record of the topic with the ingestor's consumer settings (no group).
+
+    Same ``consumer_config`` (fetch sizes, max_poll_records) and the same poll size as the ingestor; the
+    rate is counted from the first record, as the ingestor's sustained rate is.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     from feedback.kafka_io import consumer_config
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     settings = start_platform(home)
     try:
         topic = "bench-ingest"
+        print("load average (1/5/15 min) at the start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         print(f"producing {args.events:,} events (~1.3 KB) ...")
         print(f"  produce: {produce(settings, topic, args.events):,.0f} events/s")
         raw = raw_consume(settings, topic, args.events)
@@ -215,7 +220,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             {"metric": "freshness_p95_at_1k_eps", "unit": "s", "ours": round(p95, 3), "peer_name": None, "peer": None,
              "ratio": None, "target": "<= 2.0"},
         ]
-        print(f"\n{'metric':<28} {'ours':>10} {'peer':>10} {'ratio':>7}  peer / target")
+        load = os.getloadavg()
+        print(f"\nload average (1/5/15 min) at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+        for r in rows:
+            r["load_avg_1m"] = round(load[0], 2)
+        print(f"{'metric':<28} {'ours':>10} {'peer':>10} {'ratio':>7}  peer / target")
         for r in rows:
             print(f"{r['metric']:<28} {r['ours']!s:>10} {r['peer']!s:>10} {r['ratio']!s:>7}  {r['peer_name'] or '-'} / {r['target']}")
         out = REPO / "bench" / "results" / "ingest.json"

@@ -1,5 +1,9 @@
 """What the ingestor holds between two flushes, and when it flushes (a pure decision).
 
+A ``RawBatch`` is what the consumer loop holds: the records as received (value bytes and Kafka
+coordinates), so the loop does no per-record parsing; ``RawBatch.validated`` turns it into a ``Batch``
+where the flush runs (the writer thread or a worker process, see ``feedback/flush.py``).
+
 A ``Batch`` keeps valid rows and dead letters column-wise plus, per partition, the last offset it
 covers. ``flush_reason`` says whether the batch is due: whichever of latency, records or bytes comes
 first (kafka-delta-ingest's rule).
@@ -7,6 +11,8 @@ first (kafka-delta-ingest's rule).
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -41,6 +47,80 @@ def flush_reason(policy: FlushPolicy, *, records: int, nbytes: int, age_s: float
     if age_s >= policy.latency_s:
         return "latency"
     return None
+
+
+RowOrInvalid = Callable[[bytes | None], "tuple[tuple, str] | Invalid"]
+
+
+@dataclass
+class RawBatch:
+    """Records of one topic since the last flush, as received, in offset order per partition."""
+
+    topic: str
+    parts: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    stamps: list[int | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    last_offset: dict[int, int] = field(default_factory=dict)
+    nbytes: int = 0
+    opened_at: float | None = None  # monotonic time of the first record
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add(self, partition: int, offset: int, timestamp_ms: int | None, value: bytes | None) -> None:
+        self.parts.append(partition)
+        self.offsets.append(offset)
+        self.stamps.append(timestamp_ms)
+        self.values.append(value)
+        self.last_offset[partition] = offset
+        self.nbytes += len(value) if value else 0
+
+    def extend(self, partition: int, offsets: list[int], stamps: list[int | None], values: list[bytes | None]) -> None:
+        """A run of records of one partition, offsets ascending."""
+        if not offsets:
+            return
+        self.parts.extend([partition] * len(offsets))
+        self.offsets.extend(offsets)
+        self.stamps.extend(stamps)
+        self.values.extend(values)
+        self.last_offset[partition] = offsets[-1]
+        self.nbytes += sum(len(v) for v in values if v)
+
+    def __getstate__(self) -> dict:
+        """Pickled for the worker process as one blob plus lengths: one copy instead of an object per record."""
+        state = dict(self.__dict__)
+        values = state.pop("values")
+        state["lengths"] = array("q", [-1 if v is None else len(v) for v in values]).tobytes()
+        state["blob"] = b"".join(v for v in values if v)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        lengths, blob = array("q"), state.pop("blob")
+        lengths.frombytes(state.pop("lengths"))
+        values: list[bytes | None] = []
+        pos = 0
+        for n in lengths:
+            if n < 0:
+                values.append(None)
+            else:
+                values.append(blob[pos:pos + n])
+                pos += n
+        self.__dict__.update(state, values=values)
+
+    def validated(self, to_row: RowOrInvalid) -> Batch:
+        """Check every record with ``to_row``: valid rows and dead letters, same offsets covered."""
+        batch = Batch(self.topic, opened_at=self.opened_at)
+        add_valid, add_dead = batch.add_valid, batch.add_dead
+        for partition, offset, stamp, value in zip(self.parts, self.offsets, self.stamps, self.values):
+            result = to_row(value)
+            if type(result) is tuple:
+                row, text = result
+                add_valid(partition, offset, stamp, row, text, len(value))
+            else:
+                add_dead(partition, offset, stamp, value, result)
+        batch.last_offset = dict(self.last_offset)
+        return batch
 
 
 @dataclass

@@ -145,7 +145,10 @@ class DeltaSink:
         )
 
     def version(self) -> int:
-        return self.open().version()
+        """The table's latest version (refreshed: another process may have written it)."""
+        dt = self.open()
+        dt.update_incremental()
+        return dt.version()
 
 
 def _unstored_rows(data: pa.Table, stored: Mapping[int, int | None], todo: Mapping[int, int]) -> pa.Table:

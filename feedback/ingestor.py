@@ -6,7 +6,9 @@ Kafka's committed offsets are written after each flush only so that Kafka tools 
 
 kafka-python 3 runs rebalance callbacks on its IO thread, so the batch, the owned partitions and the
 flush are guarded by one lock, and records are taken only in strict offset order per partition (a
-fetch made before a seek can neither double nor skip a record).
+fetch made before a seek can neither double nor skip a record). The loop only buffers the records'
+bytes; validation, Arrow conversion and the commits run on the writer thread (validation and Arrow
+optionally in a worker process, ``feedback/flush.py``), overlapping with consumption.
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
-from feedback.batch import Batch, FlushPolicy, flush_reason
-from feedback.bronze import DEAD_LETTERS_SCHEMA
-from feedback.delta_sink import DeltaSink
+from feedback.batch import FlushPolicy, RawBatch, flush_reason
+from feedback.flush import Flusher, FlushMode, sinks_for
 from feedback.kafka_io import ensure_topic, make_consumer, offset_bounds
 from feedback.progress import IngestStats
-from feedback.streams import DEAD_LETTERS_TABLE, Stream
-from feedback.validation import Valid
+from feedback.streams import Stream
 from feedback.writer import BackgroundWriter
 from infra.settings import Settings
 
@@ -36,8 +35,8 @@ class Ingestor:
     """One consumer of one stream. ``run(once=True)`` catches up with the end offsets seen at start."""
 
     def __init__(self, settings: Settings, stream: Stream, *, group: str = DEFAULT_GROUP, instance_id: str | None = None,
-                 policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 5000,
-                 say: Callable[[str], None] = print) -> None:
+                 policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 10_000,
+                 flush_mode: FlushMode = "thread", say: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.stream = stream
         self.group = group
@@ -45,12 +44,12 @@ class Ingestor:
         self.policy = policy
         self.progress_every_s = progress_every_s
         self.max_poll_records = max_poll_records
+        self.flush_mode = flush_mode
         self.say = say
-        self.target = DeltaSink(stream.target_uri(settings), stream.schema, table=stream.table, partition_by=stream.partition_by)
-        self.dead = DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE)
+        self.target, self.dead = sinks_for(settings, stream)
         self.stats = IngestStats(stream.name, stream.topic)
         self._lock = threading.RLock()
-        self._batch = Batch(stream.topic)
+        self._batch = RawBatch(stream.topic)
         self._owned: set[int] = set()
         self._next: dict[int, int | None] = {}  # next offset expected per owned partition
         self._gap_checked: dict[int, int] = {}  # partition -> offset we seeked back to once
@@ -62,6 +61,7 @@ class Ingestor:
         self._beginnings: dict[int, int] = {}
         self._stats_lock = threading.Lock()  # stats and Kafka offsets, updated by the writer thread
         self._writer: BackgroundWriter | None = None
+        self._flusher: Flusher | None = None
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, *, once: bool = False, stop: threading.Event | None = None, handle_signals: bool = False,
@@ -87,19 +87,27 @@ class Ingestor:
             def on_partitions_assigned(self, assigned):
                 ingestor._on_assigned(list(assigned))
 
-        consumer = self._consumer = make_consumer(
-            self.settings, group=self.group, instance_id=self.instance_id, max_poll_records=self.max_poll_records
-        )
+        self._flusher = Flusher(self.settings, self.stream, mode=self.flush_mode)  # its worker boots meanwhile
+        try:
+            consumer = self._consumer = make_consumer(
+                self.settings, group=self.group, instance_id=self.instance_id, max_poll_records=self.max_poll_records
+            )
+        except BaseException:
+            self._flusher.close()
+            raise
         self._writer = BackgroundWriter()
         deadline = time.monotonic() + max_seconds if max_seconds else None
         next_progress = time.monotonic() + self.progress_every_s
         try:
+            self._flusher.wait_ready()
             consumer.subscribe([self.stream.topic], listener=Listener())
             while not stop.is_set():
                 self._raise_fatal()
                 with self._lock:
-                    wait = self.policy.latency_s - self._age() if len(self._batch) else 0.5
-                polled = consumer.poll(timeout_ms=int(max(0.01, min(wait, 0.5)) * 1000), max_records=self.max_poll_records)
+                    held = len(self._batch)
+                    wait = self.policy.latency_s - self._age() if held else 0.5
+                room = max(1, min(self.max_poll_records, self.policy.max_records - held))  # batches stay near max_records
+                polled = consumer.poll(timeout_ms=int(max(0.01, min(wait, 0.5)) * 1000), max_records=room)
                 with self._lock:
                     if polled:
                         for tp, records in polled.items():
@@ -126,7 +134,11 @@ class Ingestor:
                 consumer.close(autocommit=False)
             finally:
                 writer, self._writer = self._writer, None
-                writer.close()
+                try:
+                    writer.close()
+                finally:
+                    flusher, self._flusher = self._flusher, None
+                    flusher.close()
                 for sig, handler in restore.items():
                     signal.signal(sig, handler)
         self._raise_fatal()
@@ -138,17 +150,25 @@ class Ingestor:
 
     # ---- records ------------------------------------------------------------------------------
     def _add(self, partition: int, records: list) -> None:
-        """Validate and buffer the records of one owned partition (lock held), strictly in offset order.
+        """Buffer the records of one owned partition (lock held), strictly in offset order.
 
         A record below the expected offset is a copy fetched before a seek: dropped. A record above it is
         either a real gap (control records, compaction) or a stale fetch that skipped records: the first
         time, seek back to the expected offset and drop the rest; if the broker answers with the same
-        gap again, it is real and the records are taken.
+        gap again, it is real and the records are taken. The common case, a run that continues exactly
+        where the last one ended, is taken whole.
         """
-        if partition not in self._owned:
+        if partition not in self._owned or not records:
             return
         nxt = self._next.get(partition)
-        batch, validate, row = self._batch, self.stream.validate, self.stream.row
+        batch = self._batch
+        if batch.opened_at is None:
+            self._open_batch()
+        first, last = records[0].offset, records[-1].offset
+        if (nxt is None or first == nxt) and last - first == len(records) - 1:
+            batch.extend(partition, [r.offset for r in records], [r.timestamp for r in records], [r.value for r in records])
+            self._next[partition] = last + 1
+            return
         for r in records:
             offset = r.offset
             if nxt is not None and offset != nxt:
@@ -160,17 +180,15 @@ class Ingestor:
                     break
                 log.warning("%s/%d: offsets %d..%d do not exist (gap); continuing at %d", self.stream.topic, partition, nxt, offset - 1, offset)
             nxt = offset + 1
-            if batch.opened_at is None:
-                batch.opened_at = time.monotonic()
-                if self.stats.first_record_at is None:
-                    self.stats.first_record_at = batch.opened_at
-            raw = r.value
-            result = validate(raw)
-            if type(result) is Valid:
-                batch.add_valid(partition, offset, r.timestamp, row(result.model), result.text, len(raw))
-            else:
-                batch.add_dead(partition, offset, r.timestamp, raw, result)
+            batch.add(partition, offset, r.timestamp, r.value)
         self._next[partition] = nxt
+        if not len(batch):
+            batch.opened_at = None
+
+    def _open_batch(self) -> None:
+        self._batch.opened_at = time.monotonic()
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = self._batch.opened_at
 
     def _seek(self, partition: int, offset: int) -> None:
         from kafka import TopicPartition
@@ -183,34 +201,27 @@ class Ingestor:
         return 0.0 if opened is None else time.monotonic() - opened
 
     def _flush(self, reason: str) -> None:
-        """Hand the batch to the writer (lock held); a new batch starts at once."""
+        """Hand the batch to the flusher and the writer thread (lock held); a new batch starts at once."""
         batch = self._batch
         if len(batch) == 0:
             return
-        self._batch = Batch(self.stream.topic)
+        self._batch = RawBatch(self.stream.topic)
         self.stats.records += len(batch)
-        if self._writer is None:
-            self._write(batch, reason)
-        else:
-            self._writer.submit(lambda: self._write(batch, reason))
+        assert self._flusher is not None and self._writer is not None, "flush outside run()"
+        started = self._flusher.start(batch)  # the worker prepares it while the writer commits the last one
+        self._writer.submit(lambda: self._write(started, batch.last_offset, reason))
 
-    def _write(self, batch: Batch, reason: str) -> None:
-        """Dead letters first, then the target (always: it carries the offsets). Writer thread; no self._lock."""
-        now = datetime.now(timezone.utc)
-        topic, meta = self.stream.topic, {"lakeloop.stream": self.stream.name, "lakeloop.flush": reason}
-        dead = skipped = 0
-        if batch.dead_offsets:
-            out = self.dead.commit(batch.dead_table(now), topic=topic, last_offsets=batch.dead_last_offsets(), metadata=meta)
-            dead, skipped = out.rows, out.skipped_rows
-        data = batch.valid_table(self.stream.schema, self.stream.row_columns, self.stream.time_column, now)
-        out = self.target.commit(data, topic=topic, last_offsets=batch.last_offset, metadata=meta)
+    def _write(self, started: object, last_offsets: dict[int, int], reason: str) -> None:
+        """Commit a started flush (feedback.flush). Writer thread; no self._lock."""
+        assert self._flusher is not None
+        out = self._flusher.finish(started, reason)  # type: ignore[arg-type]
         with self._stats_lock:
             st = self.stats
-            st.valid, st.dead, st.skipped = st.valid + out.rows, st.dead + dead, st.skipped + skipped + out.skipped_rows
+            st.valid, st.dead, st.skipped = st.valid + out.rows, st.dead + out.dead, st.skipped + out.skipped
             st.flushes += 1
             st.flush_reasons[reason] = st.flush_reasons.get(reason, 0) + 1
             st.finished_at = time.monotonic()
-            self._kafka_pending.update({p: o + 1 for p, o in batch.last_offset.items()})
+            self._kafka_pending.update({p: o + 1 for p, o in last_offsets.items()})
 
     def _drain(self) -> None:
         if self._writer is not None:
@@ -224,7 +235,7 @@ class Ingestor:
                 self._drain()  # the new owner must find our offsets in the Delta log
             except BaseException as exc:  # noqa: BLE001 - surfaced by the main loop
                 self._fatal = exc
-                self._batch = Batch(self.stream.topic)
+                self._batch = RawBatch(self.stream.topic)
             self._owned.difference_update(partitions)
             for p in partitions:
                 self._next.pop(p, None)

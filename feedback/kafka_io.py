@@ -49,7 +49,7 @@ def ensure_topic(settings: Settings, topic: str, *, partitions: int | None = Non
 
 
 def consumer_config(settings: Settings, *, group: str | None, instance_id: str | None = None,
-                    max_poll_records: int = 5000, session_timeout_ms: int = 10_000) -> dict[str, Any]:
+                    max_poll_records: int = 10_000, session_timeout_ms: int = 10_000) -> dict[str, Any]:
     """Settings for a KafkaConsumer that never auto-commits: offsets live in Delta (see design doc)."""
     cfg: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,

@@ -1,7 +1,7 @@
 """Streams the ingestor knows: a Kafka topic, the bronze table it lands in, and how a record is checked.
 
-A stream = (topic, target table, validator, row builder, Arrow schema). Every stream shares the
-``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``;
+A stream = (topic, target table, validator, row builder, Arrow schema, optional fast path). Every
+stream shares the ``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``;
 ``predictions``: the scoring service's predictions topic -> ``bronze/predictions``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from feedback import bronze
-from feedback.validation import Invalid, Valid
+from feedback.validation import Invalid, Valid, record_row
 from infra.settings import Settings
 from infra.tables import table_uri
 
@@ -34,6 +34,12 @@ class Stream:
     row: Callable[[Any], tuple]
     row_columns: tuple[str, ...]
     time_column: str  # event_date is the UTC date of this column
+    max_bytes: int
+    fast_row: Callable[[bytes, str], tuple | None] | None = None  # answers for plainly valid records, else None
+
+    def to_row(self, raw: bytes | None) -> tuple[tuple, str] | Invalid:
+        """(row values, raw text) of a valid record, else why it is a dead letter."""
+        return record_row(raw, validate=self.validate, row=self.row, fast=self.fast_row, max_bytes=self.max_bytes)
 
     def target_uri(self, settings: Settings) -> str:
         return table_uri(settings, self.table)
@@ -48,6 +54,7 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
     max_bytes = settings.max_event_bytes
     if name == "feedback":
         from feedback.events import EVENT_ADAPTER, EVENT_TYPES
+        from feedback.fast_events import fast_feedback_row
         from feedback.validation import validate_record
 
         tags = frozenset(EVENT_TYPES)
@@ -61,6 +68,8 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             row=bronze.feedback_row,
             row_columns=bronze.FEEDBACK_ROW_COLUMNS,
             time_column="occurred_at",
+            max_bytes=max_bytes,
+            fast_row=fast_feedback_row,
         )
     if name == "predictions":
         from feedback.predictions import PREDICTION_ADAPTER
@@ -76,5 +85,6 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             row=bronze.prediction_row,
             row_columns=bronze.PREDICTION_ROW_COLUMNS,
             time_column="served_at",
+            max_bytes=max_bytes,
         )
     raise ValueError(f"unknown stream {name!r}; known streams: {', '.join(STREAM_NAMES)}")

@@ -128,3 +128,111 @@ def test_valid_variants_are_accepted(overrides: dict[str, Any]) -> None:
     result = validate_event(raw)
     assert isinstance(result, Valid), result
     assert result.text == raw.decode()  # the raw payload is kept verbatim, extra fields included
+
+
+# ---- the fast path (feedback.fast_events) agrees with the model -----------------------------------
+def _both_paths(raw: bytes):
+    """(fast-path result, model-only result) of the feedback stream's ``to_row`` for ``raw``."""
+    from feedback import bronze
+    from feedback.events import EVENT_ADAPTER, EVENT_TYPES
+    from feedback.fast_events import fast_feedback_row
+    from feedback.validation import record_row, validate_record
+
+    tags, limit = frozenset(EVENT_TYPES), 1024 * 1024
+
+    def validate(r: bytes | None):
+        return validate_record(EVENT_ADAPTER, r, max_bytes=limit, tags=tags)
+
+    def run(fast):
+        return record_row(raw, validate=validate, row=bronze.feedback_row, fast=fast, max_bytes=limit)
+
+    return run(fast_feedback_row), run(None)
+
+
+@pytest.mark.parametrize("bad", CORPUS, ids=[b.kind for b in CORPUS])
+def test_fast_path_defers_every_malformed_kind_to_the_model(bad: Bad) -> None:
+    from feedback.fast_events import fast_feedback_row
+
+    try:
+        text = bad.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text and "\x00" not in text and len(bad.raw) <= 1024 * 1024:  # what record_row checks before the fast path
+        assert fast_feedback_row(bad.raw, text) is None, bad.kind  # never says "valid" to a bad record
+    fast, model = _both_paths(bad.raw)
+    assert fast == model and isinstance(fast, Invalid)  # same stage, same reason
+
+
+_EDGE_CASES = {
+    # plainly valid: the fast path answers, and must build the model's row
+    **{f"valid_{i}": o for i, o in enumerate([
+        {}, {"value": -1}, {"event_type": "rating", "value": 4.5}, {"event_type": "rating", "value": 1},
+        {"event_type": "rating", "value": 5.0}, {"event_type": "correction", "value": None, "corrected_response": "x"},
+        {"event_type": "preference", "value": None, "response_b": "o", "preferred": "tie"},
+        {"occurred_at": "2026-01-05T10:00:00Z"}, {"occurred_at": "2026-01-05T10:00:00.123456-07:30"},
+        {"occurred_at": "2026-01-05T10:00:00.1+00:00"}, {"occurred_at": "2024-02-29T23:59:59-23:59"},
+        {"comment": "great", "metadata": {"k": "v", "ü": "✓"}, "schema_version": 1}, {"comment": None, "metadata": None},
+        {"metadata": {}}, {"prompt": "", "response": ""}, {"prompt": "ünïcödé ✓ 中文 \U0001f600"},
+        {"event_id": "e" * 128, "app_id": "a" * 256}, {"event_id": "é" * 128, "app_id": "\U0001f600" * 256},
+    ])},
+    # unusual: the fast path must defer, and the answer is the model's
+    **{f"edge_{i}": o for i, o in enumerate([
+        {"occurred_at": "2026-01-05t10:00:00Z"}, {"occurred_at": "2026-01-05 10:00:00Z"},
+        {"occurred_at": "2026-01-05T10:00:00.1234567Z"}, {"occurred_at": "2026-01-05T10:00:60Z"},
+        {"occurred_at": "2026-02-30T10:00:00Z"}, {"occurred_at": "2026-01-05T24:00:00Z"},
+        {"occurred_at": "2026-01-05T10:00:00+24:00"}, {"occurred_at": "2026-01-05T10:00:00z"},
+        {"occurred_at": "2026-01-05T10:00:00+0200"}, {"occurred_at": "2026-01-05T10:00Z"},
+        {"occurred_at": "２０２６-01-05T10:00:00Z"}, {"occurred_at": "2026-01-05T10:00:00-00:00"},
+        {"value": 1.0}, {"value": True}, {"value": -1.0}, {"event_type": "rating", "value": True},
+        {"event_type": "rating", "value": 0.999}, {"event_type": "rating", "value": 10**30},
+        {"event_type": "rating", "value": "4"}, {"schema_version": 1.0}, {"schema_version": None},
+        {"schema_version": True}, {"metadata": {"k": None}}, {"metadata": []}, {"comment": 3},
+        {"event_id": ""}, {"event_id": "e" * 129}, {"app_id": "a" * 257}, {"user_id": None}, {"event_type": 1},
+        {"event_type": "preference", "value": None, "response_b": "o", "preferred": "A"},
+        {"event_type": "preference", "value": None, "preferred": "a"},
+        {"prompt": "nul \u0000 inside"}, {"unknown": "nul \u0000 in an unknown field"},
+        {"unknown": json.loads("[" * 150 + "]" * 150)}, {"unknown": json.loads("[" * 40 + "]" * 40)},
+        {"unknown": {"kept": ["in", "raw"]}}, {"event_type": "thumbs", "corrected_response": "ignored", "preferred": "z"},
+        {"event_type": "correction", "value": "ignored", "corrected_response": ""}, {"event_id": "é" * 129},
+        {"app_id": "\U0001f600" * 257},
+    ])},
+}
+
+
+@pytest.mark.parametrize("kind", list(_EDGE_CASES))
+def test_fast_path_and_model_agree_on_edge_cases(kind: str) -> None:
+    from feedback.fast_events import fast_feedback_row
+
+    answered = 0
+    for event_type in ("thumbs", "rating"):
+        raw = dumps(valid_event(3, **{"event_type": event_type, **_EDGE_CASES[kind]}))
+        fast, model = _both_paths(raw)
+        assert fast == model, (fast, model)
+        answered += fast_feedback_row(raw, raw.decode()) is not None
+    if kind.startswith("valid"):
+        assert answered, "the fast path should answer for plainly valid events"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"event_id": "a", "event_id": "b"}', b'{"x": NaN}', b'{"x": Infinity}', b'{"x": 1e400}', b" [] ",
+    dumps(valid_event(4)).replace(b'"value": -1', b'"value": -1, "value": 1'),
+    dumps(valid_event(4)).replace(b'"value": -1', b'"value": 2, "value": -1'),
+    dumps(valid_event(4, metadata={"k": "1"})).replace(b'{"k": "1"}', b'{"k": "1", "j": "2", "k": "3"}'),
+    dumps(valid_event(4)).replace(b'"prompt": "', b'"prompt": "\\ud83d\\ude00 '),
+    dumps(valid_event(4)).replace(b'"prompt": "', b'"prompt": "\\ud800 '),
+    dumps(valid_event(4)) + b" \n\t", dumps(valid_event(4)) + b" x",
+])
+def test_fast_path_and_model_agree_on_odd_json(raw: bytes) -> None:
+    fast, model = _both_paths(raw)
+    assert fast == model, (fast, model)
+
+
+def test_fast_path_answers_for_the_real_events_with_the_models_rows(qa_feedback_path) -> None:
+    from feedback.fast_events import fast_feedback_row
+    from feedback.qa_feedback import load_events
+
+    for event in load_events(qa_feedback_path, copies=1):
+        raw = dumps(event)
+        assert fast_feedback_row(raw, raw.decode()) is not None, event["event_id"]
+        fast, model = _both_paths(raw)
+        assert fast == model
