@@ -18,12 +18,24 @@ HEAD_FILE = "reward_head.pt"
 META_FILE = "reward_model.json"
 
 
+LengthNorm = Literal["centered", "scaled512"]
+
+
+def length_value(n: torch.Tensor, norm: LengthNorm) -> torch.Tensor:
+    """The head's length input from token counts. "centered": log(1+n) - log(1+128), which spreads a typical
+    answer over about +-1 so a head trained for a few CPU steps can use it; "scaled512": the first models'
+    log(1+n)/log(512) (kept so their saved folders score the same)."""
+    return torch.log1p(n) - math.log1p(128.0) if norm == "centered" else torch.log1p(n) / math.log(512.0)
+
+
 class RewardModel(nn.Module):
-    def __init__(self, encoder: nn.Module, *, pooling: Literal["mean", "cls"] = "mean", length_feature: bool = True) -> None:
+    def __init__(self, encoder: nn.Module, *, pooling: Literal["mean", "cls"] = "mean", length_feature: bool = True,
+                 length_norm: LengthNorm = "centered") -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.length_feature = length_feature
+        self.length_norm = length_norm
         hidden = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(hidden + (1 if length_feature else 0), 1)
@@ -43,7 +55,7 @@ class RewardModel(nn.Module):
         pooled = self.dropout(pooled)
         if self.length_feature:
             n = attention_mask.sum(1, keepdim=True).to(pooled.dtype)
-            pooled = torch.cat([pooled, torch.log1p(n) / math.log(512.0)], dim=-1)
+            pooled = torch.cat([pooled, length_value(n, self.length_norm)], dim=-1)
         return self.head(pooled).squeeze(-1).float()
 
 
@@ -69,7 +81,8 @@ def save_reward_model(model: RewardModel, tokenizer: Any, path: Path, *, max_len
     model.encoder.save_pretrained(str(path / "encoder"))
     tokenizer.save_pretrained(str(path / "encoder"))
     torch.save(model.head.state_dict(), path / HEAD_FILE)
-    (path / META_FILE).write_text(json.dumps({"pooling": model.pooling, "length_feature": model.length_feature, "max_length": max_length}))
+    (path / META_FILE).write_text(json.dumps({"pooling": model.pooling, "length_feature": model.length_feature,
+                                                 "length_norm": model.length_norm, "max_length": max_length}))
     return path
 
 
@@ -80,7 +93,8 @@ def load_reward_model(path: Path) -> tuple[RewardModel, Any, int]:
     if not (path / META_FILE).exists():
         raise DataError(f"{path} is not a saved reward model (no {META_FILE})", hint="point at a folder written by save_reward_model")
     meta = json.loads((path / META_FILE).read_text())
-    model = RewardModel(load_encoder(path / "encoder"), pooling=meta["pooling"], length_feature=meta["length_feature"])
+    model = RewardModel(load_encoder(path / "encoder"), pooling=meta["pooling"], length_feature=meta["length_feature"],
+                        length_norm=meta.get("length_norm", "scaled512"))
     model.head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
     model.eval()
     return model, load_tokenizer(path / "encoder"), int(meta.get("max_length", 256))

@@ -82,6 +82,14 @@ def _device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, torch.dtyp
     return dev, None
 
 
+def _cores() -> int:
+    """Cores this process may run on (affinity/cgroup aware where the OS tells), for torch's thread pool."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _freeze(model: RewardModel, layers: int) -> None:
     """Freeze embeddings + the bottom ``layers`` blocks: backward stops there (cheaper steps on CPU)."""
     if layers <= 0:
@@ -124,9 +132,9 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     if (out / FINAL).exists():
         say(f"run already finished in {out}; nothing to do")
         return TrainResult(**json.loads((out / FINAL).read_text()))
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     device, amp = _device(cfg, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or _cores())
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -202,6 +210,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     say(f"training {len(ex_train)} examples + {len(pr_train)} pairs on {device}{' bf16' if amp else ''} x{world}: {total} steps, batch {cfg.batch_size}x{cfg.grad_accum}")
 
     net.train()
+    io_s = 0.0  # checkpoint writing: reported separately, not part of the training throughput
     t0, seqs_done, real_tok, pad_tok, last_loss = time.perf_counter(), 0, 0, 0, float("nan")
     window: list[float] = []
     while step < total:
@@ -234,7 +243,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             pos += len(group)
             last_loss = parts["loss"]
             window.append(last_loss)
-            elapsed = time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0 - io_s
             rate = seqs_done * world / elapsed
             metrics = {**parts, "samples_per_s": rate, "padding_efficiency": real_tok / max(1, pad_tok), "lr": sched.get_last_lr()[0], "epoch": epoch}
             if tracker:
@@ -246,11 +255,13 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                 say(f"step {step}/{total} loss {sum(window) / len(window):.4f} (point {parts['pointwise']:.3f} pair {parts['pairwise']:.3f}) {rate:.1f} samples/s pad-eff {metrics['padding_efficiency']:.2f} ETA {_fmt_eta(eta)}")
                 window.clear()
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
+                t_io = time.perf_counter()
                 save_checkpoint(out, step, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "step": step, "epoch": epoch if pos < usable else epoch + 1, "batch_pos": pos if pos < usable else 0,
                     "rng": _rng_state(), "config": cfg.model_dump(), "run_key": run_key(cfg), "data_versions": cfg.pinned(), "mlflow_run_id": run_id,
                 }, keep=cfg.keep_checkpoints)
+                io_s += time.perf_counter() - t_io
             if world > 1:
                 torch.distributed.barrier()
         if pos >= usable:
@@ -258,7 +269,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             if tracker:
                 tracker.log_metrics({"epoch_loss": last_loss}, step=step)
 
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - io_s
     result = TrainResult(run_id, None, str(out), step, seqs_done * world / max(elapsed, 1e-9), real_tok / max(1, pad_tok),
                          len(ex_train), len(pr_train), ex.version, pr.version, last_loss, resumed)
     if rank == 0:
