@@ -257,7 +257,7 @@ def _phase1(settings: Settings, cfg: DemoConfig, summary: DemoSummary, say: Say)
                 f"{ev.get('pairwise_accuracy_ci', '')}, AUC {ev.get('auc', float('nan')):.3f} {ev.get('auc_ci', '')}; "
                 f"passed {against}; alias challenger", say)
     status = rollout.start_canary(settings, version=version, actor=ACTOR, reason="first model: gate passed against baselines")
-    summary.decisions.append(("Promote", f"v{version} -> champion: first model, no champion to compare with; passed the gate vs baselines"))
+    summary.decisions.append(("Promote", f"v{version} -> champion: first model, no champion to compare with; passed {against}"))
     summary.add("5. rollout", f"v{status.champion} is the first champion", say)
     return version
 
