@@ -95,3 +95,8 @@ def mlflow_server(platform: Platform) -> Settings:
 @pytest.fixture(scope="session")
 def dagster_platform(platform: Platform) -> Settings:
     return platform.ensure("dagster-webserver", "dagster-daemon")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end demo runs last: it is the longest, and a failure elsewhere should show first."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_demo_e2e.py"))

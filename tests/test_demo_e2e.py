@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,10 +13,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path):
+def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path, tmp_path_factory):
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
-    settings = platform.settings
+    # Its own lake, topics and registered model: the platform is shared with the rest of the session.
+    settings = platform.settings.model_copy(update={
+        "lake_root": str(tmp_path_factory.mktemp("e2e") / "lake"), "feedback_topic": "e2e.feedback",
+        "predictions_topic": "e2e.predictions", "registered_model_name": "e2e-reward"})
     cfg = DemoConfig(
         data_path=qa_feedback_path,
         backlog_questions=150,
@@ -28,7 +32,12 @@ def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path)
         n_boot=100,
         gate_must_beat_baselines=False,
     )
-    summary = run_demo(settings, cfg, say=print)
+    saved = dict(os.environ)
+    try:
+        summary = run_demo(settings, cfg, say=print)
+    finally:  # the demo exports its settings for in-process Dagster runs; give the session its own back
+        os.environ.clear()
+        os.environ.update(saved)
     print(render_summary(settings, summary))
     return settings, summary
 
