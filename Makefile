@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: system-deps setup demo test test-fast bench up down status clean
+.PHONY: system-deps setup demo test test-fast bench up down status
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fix: install Python 3.11 or run make PYTHON=python3)"; exit 2; }
