@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import requests
 
-from feedback.qa_feedback import PAIRS, iter_events, read_questions
+from feedback.qa_feedback import iter_events, read_questions
 from infra.errors import ServiceError
 
 Phase = Literal["stationary", "drifted"]
@@ -120,8 +120,6 @@ def _drifted_feedback(events: list[dict[str, Any]], rng: random.Random) -> list[
             e["value"] = -1 if rng.random() < 0.85 else 1
         elif e["event_type"] == "preference":
             e["response_b"] = first_sentence(e["response_b"])
-        elif e["event_type"] == "correction":
-            pass
         e["response"] = first_sentence(e["response"])
         e["app_id"] = "qa-mobile-v2"
         e["metadata"] = {**(e.get("metadata") or {}), "release": "v2-short-answers", "synthetic_feedback": "true"}
@@ -202,4 +200,4 @@ def simulate(
     return stats
 
 
-__all__ = ["PAIRS", "SimConfig", "SimStats", "Scorer", "first_sentence", "malformed", "simulate"]
+__all__ = ["SimConfig", "SimStats", "Scorer", "first_sentence", "malformed", "simulate"]

@@ -14,6 +14,7 @@ Dagster instance that the UIs show.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ class ServeProcess:
 
     def __enter__(self) -> "ServeProcess":
         log = open(self.settings.logs_dir / "serve.log", "ab")  # noqa: SIM115 - handed to the child
-        env = {**__import__("os").environ, **self.settings.env()}
+        env = {**os.environ, **self.settings.env()}
         self.proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
         log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -83,7 +84,7 @@ def test_mlflow_run_register_and_alias(mlflow_server) -> None:
     assert client.get_model_version_by_alias(name, "champion").version == mv.version
     assert client.get_run(run.info.run_id).data.metrics["loss"] == pytest.approx(1 / 3)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")  # artifacts come back through the server's proxy
-    assert list(loaded.predict(__import__("pandas").DataFrame({"x": [1, 2]}))) == [0.5, 0.5]
+    assert list(loaded.predict(pd.DataFrame({"x": [1, 2]}))) == [0.5, 0.5]
 
 
 @pytest.mark.slow

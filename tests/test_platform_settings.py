@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from infra.tables import TABLES, table_status, table_uri
 
 def test_defaults_bind_loopback_and_standard_ports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    for k in list(__import__("os").environ):
+    for k in list(os.environ):
         if k.startswith("LAKELOOP_"):
             monkeypatch.delenv(k)
     s = load_settings()
