@@ -12,11 +12,17 @@ from infra.settings import load_settings
 from infra.tables import TABLES, table_status, table_uri
 
 
-def test_defaults_bind_loopback_and_standard_ports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No LAKELOOP_* from the session (the platform fixture exports its ports) and a fresh cwd."""
     monkeypatch.chdir(tmp_path)
     for k in list(os.environ):
         if k.startswith("LAKELOOP_"):
             monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def test_defaults_bind_loopback_and_standard_ports(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s = load_settings()
     assert s.home == tmp_path / ".lakeloop"
     assert s.bootstrap_servers == "127.0.0.1:9092"
@@ -36,15 +42,15 @@ def test_defaults_bind_loopback_and_standard_ports(monkeypatch: pytest.MonkeyPat
         ({"LAKELOOP_ENGINE": "spark"}, "engine", "spark"),
     ],
 )
-def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict, attr: str, expected: str) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_env_overrides(clean_env: pytest.MonkeyPatch, tmp_path: Path, env: dict, attr: str, expected: str) -> None:
+    monkeypatch = clean_env
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert getattr(load_settings(), attr) == expected
 
 
-def test_toml_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_toml_file_and_precedence(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch = clean_env
     (tmp_path / "lakeloop.toml").write_text('kafka_port = 29092\nmlflow_port = 5999\n')
     monkeypatch.setenv("LAKELOOP_MLFLOW_PORT", "6001")
     s = load_settings()
@@ -61,8 +67,8 @@ def test_toml_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         ({"LAKELOOP_ENGINE": "dask"}, "engine"),
     ],
 )
-def test_wrong_values_give_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict, needle: str) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_wrong_values_give_one_clear_error(clean_env: pytest.MonkeyPatch, tmp_path: Path, env: dict, needle: str) -> None:
+    monkeypatch = clean_env
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError) as exc:
@@ -71,8 +77,7 @@ def test_wrong_values_give_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "LAKELOOP_" in (exc.value.hint or "")
 
 
-def test_unknown_key_in_toml_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_unknown_key_in_toml_is_rejected(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "lakeloop.toml").write_text("kafka_prot = 1\n")
     with pytest.raises(ConfigError, match="kafka_prot"):
         load_settings()
