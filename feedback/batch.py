@@ -28,7 +28,7 @@ FlushReason = Literal["latency", "records", "bytes"]
 @dataclass(frozen=True)
 class FlushPolicy:
     latency_s: float = 1.0
-    max_records: int = 100_000
+    max_records: int = 25_000
     max_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -86,6 +86,26 @@ class RawBatch:
         self.values.extend(values)
         self.last_offset[partition] = offsets[-1]
         self.nbytes += sum(len(v) for v in values if v)
+
+    def without(self, taken: list[int]) -> RawBatch:
+        """The records not at the (ascending) positions ``taken``; covers the same offsets (``last_offset``)."""
+        gone = set(taken)
+        keep = [i for i in range(len(self.offsets)) if i not in gone]
+        rest = RawBatch(self.topic, opened_at=self.opened_at)
+        rest.parts = [self.parts[i] for i in keep]
+        rest.offsets = [self.offsets[i] for i in keep]
+        rest.stamps = [self.stamps[i] for i in keep]
+        rest.values = [self.values[i] for i in keep]
+        rest.nbytes = sum(len(v) for v in rest.values if v)
+        rest.last_offset = dict(self.last_offset)
+        return rest
+
+    def pick(self, positions: list[int]) -> tuple[list[int], list[int], list[int | None]]:
+        """(partitions, offsets, timestamps) of the records at ``positions``."""
+        if len(positions) == len(self.offsets):
+            return self.parts, self.offsets, self.stamps
+        return ([self.parts[i] for i in positions], [self.offsets[i] for i in positions],
+                [self.stamps[i] for i in positions])
 
     def __getstate__(self) -> dict:
         """Pickled for the worker process as one blob plus lengths: one copy instead of an object per record."""

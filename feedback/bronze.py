@@ -118,25 +118,36 @@ def _kafka_columns(topic: str, partitions: Sequence[int], offsets: Sequence[int]
     n = len(offsets)
     ts = pa.array(timestamps_ms, pa.int64())
     return {
-        "kafka_topic": pa.array([topic] * n, pa.string()),
+        "kafka_topic": pa.repeat(pa.scalar(topic, pa.string()), n),
         "kafka_partition": pa.array(partitions, pa.int32()),
         "kafka_offset": pa.array(offsets, pa.int64()),
         "kafka_timestamp": pc.multiply(ts, 1000).cast(TS),
-        "ingested_at": pa.array([ingested_at] * n, TS),
+        "ingested_at": pa.repeat(pa.scalar(ingested_at, TS), n),
     }
 
 
 def rows_table(schema: pa.Schema, row_columns: Sequence[str], time_column: str, rows: Sequence[tuple],
                texts: Sequence[str], *, topic: str, partitions: Sequence[int], offsets: Sequence[int],
                timestamps_ms: Sequence[int | None], ingested_at: datetime) -> pa.Table:
-    """Valid records -> an Arrow table of ``schema``; ``event_date`` is the UTC date of ``time_column``."""
+    """Valid records as row tuples of ``row_columns`` (timestamps in epoch microseconds) -> an Arrow table."""
     cols: dict[str, Any] = {}
     transposed = list(zip(*rows)) if rows else [()] * len(row_columns)
     for name, values in zip(row_columns, transposed):
         typ = schema.field(name).type
         cols[name] = pa.array(values, pa.int64()).cast(typ) if typ == TS else pa.array(values, typ)
-    cols["event_date"] = cols[time_column].cast(pa.date32())
     cols["raw"] = pa.array(texts, pa.string())
+    return columns_table(schema, time_column, cols, topic=topic, partitions=partitions, offsets=offsets,
+                         timestamps_ms=timestamps_ms, ingested_at=ingested_at)
+
+
+def columns_table(schema: pa.Schema, time_column: str, cols: dict[str, pa.Array], *, topic: str,
+                  partitions: Sequence[int], offsets: Sequence[int], timestamps_ms: Sequence[int | None],
+                  ingested_at: datetime) -> pa.Table:
+    """The row columns and ``raw`` of valid records -> an Arrow table of ``schema``.
+
+    Adds ``event_date`` (the UTC date of ``time_column``) and the Kafka columns.
+    """
+    cols = {**cols, "event_date": cols[time_column].cast(pa.date32())}
     cols.update(_kafka_columns(topic, partitions, offsets, timestamps_ms, ingested_at))
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 

@@ -1,33 +1,47 @@
-"""A fast path for the common case: a well-formed v1 feedback event straight to its bronze row.
+"""A fast path for the common case: a batch of well-formed v1 feedback events straight to bronze columns.
 
-``fast_feedback_row`` decodes with msgspec into per-type structs that carry the pydantic model's
-types and bounds (``feedback.events``) and checks the timestamp by hand. It may be *more* cautious
+``fast_feedback_columns`` decodes each record with msgspec into per-type structs that carry the
+pydantic model's types and bounds (``feedback.events``), then checks the timestamps and builds the
+Arrow columns for the whole batch at once (Arrow kernels, no row tuples). It may be *more* cautious
 than the model, never less: whenever anything is unusual (a wrong type, an out-of-range value, an
 unknown field, a timestamp outside the plain ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+hh:mm)`` form, an
-escaped NUL, ...) it answers ``None`` and the caller runs the model, which gives the verdict and the
-reason exactly as before. ``tests/test_feedback_corpus.py`` proves the two agree on the malformed
-corpus, on valid and edge-case variants and on the qa_feedback events.
+escaped NUL, ...) it leaves the record out, and the caller runs the model on it, which gives the
+verdict and the reason exactly as before. ``tests/test_feedback_corpus.py`` proves the two agree on
+the malformed corpus, on valid and edge-case variants and on the qa_feedback events.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from operator import attrgetter
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic_core import to_json
 
-_fromisoformat = datetime.fromisoformat
 _EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, kw_only=True):
+# gc=False: the structs hold only strings, numbers and a str->str dict, never a cycle, so the collector
+# need not track 100k of them per batch.
+class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, kw_only=True, gc=False):
     """The fields of ``feedback.events._EventBase``, same types and bounds (msgspec counts characters too)."""
 
+    # Class attributes, not fields: the columns another event type fills read None here. A field of
+    # another type in the JSON is still refused (unknown field), so the model judges it.
+    kind: ClassVar[str]
+    value: ClassVar[float | None] = None
+    corrected_response: ClassVar[str | None] = None
+    response_b: ClassVar[str | None] = None
+    preferred: ClassVar[str | None] = None
+
     event_id: _EventId
-    occurred_at: str  # checked by epoch_us_rfc3339
+    occurred_at: str  # checked for the whole batch in fast_feedback_columns
     app_id: _Ident
     user_id: _Ident
     conversation_id: _Ident
@@ -42,30 +56,38 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
 
 
 class _Thumbs(_Base, tag="thumbs"):
+    kind: ClassVar[str] = "thumbs"
     value: Literal[-1, 1]  # msgspec never takes a JSON boolean or float for an int
 
 
 class _Rating(_Base, tag="rating"):
+    kind: ClassVar[str] = "rating"
     value: Annotated[float, msgspec.Meta(ge=1, le=5)]  # JSON ints become floats, as in pydantic's strict float
 
 
 class _Correction(_Base, tag="correction"):
+    kind: ClassVar[str] = "correction"
     corrected_response: str
 
 
 class _Preference(_Base, tag="preference"):
+    kind: ClassVar[str] = "preference"
     response_b: str
     preferred: Literal["a", "b", "tie"]
 
 
 # Unknown fields are refused here (the model takes them: it alone must judge how deep they nest), and
-# so is a field of another event type (the model ignores it).
+# so is a field of another event type (the model ignores it). msgspec also refuses invalid UTF-8, raw
+# control characters (NUL included) and lone surrogates, all of which the model rejects or judges.
 _decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference]).decode
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
 
-_TS = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})", re.ASCII
-)
+# An offset of 00:00..23:59 (pydantic refuses minutes >= 60 that fromisoformat would carry into hours).
+_TS_FORM = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+_TS = re.compile(_TS_FORM, re.ASCII)
+# The same form for Arrow (RE2), minus year 0000, which Arrow parses and Python refuses.
+_TS_ARROW = f"^(?:{_TS_FORM})$"
+_TS_TYPE = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 
@@ -79,41 +101,62 @@ def epoch_us_rfc3339(value: object) -> int | None:
     if type(value) is not str or _TS.fullmatch(value) is None:
         return None
     try:
-        ts = _fromisoformat(value)
+        ts = datetime.fromisoformat(value)
     except ValueError:
         return None
     return (ts - _EPOCH) // _US
 
 
-def fast_feedback_row(raw: bytes, text: str) -> tuple | None:
-    """The row of ``bronze.FEEDBACK_ROW_COLUMNS`` for a plainly valid event, else None (ask the model).
+def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int) -> tuple[list[int], dict[str, pa.Array]]:
+    """(indices of the plainly valid records, their columns): ``bronze.FEEDBACK_ROW_COLUMNS`` plus ``raw``.
 
-    ``raw`` is already known to be non-empty, within the size limit, valid UTF-8 (``text``) and free of
-    raw NUL bytes.
+    Every record left out (empty, over ``max_bytes``, anything unusual) is for the model to judge.
     """
-    if "\\u0000" in text:
-        return None
+    decode, error = _decode, _DecodeError
+    idx: list[int] = []
+    events: list[_Base] = []
+    add_idx, add_event = idx.append, events.append
+    for i, raw in enumerate(values):
+        # an escaped NUL: the model names the field that holds it
+        if raw and len(raw) <= max_bytes and b"\\u0000" not in raw:
+            try:
+                add_event(decode(raw))
+            except error:
+                continue
+            add_idx(i)
+    if not events:
+        return [], {}
+    raws = pa.array(values if len(idx) == len(values) else [values[i] for i in idx], pa.binary())
+    stamps = pa.array([e.occurred_at for e in events], pa.string())
+    plain = pc.and_(pc.match_substring_regex(stamps, _TS_ARROW), pc.invert(pc.starts_with(stamps, "0000")))
+    if not pc.all(plain).as_py():
+        keep = plain.to_pylist()
+        idx = [i for i, k in zip(idx, keep) if k]
+        events = [e for e, k in zip(events, keep) if k]
+        raws, stamps = raws.filter(plain), stamps.filter(plain)
+        if not events:
+            return [], {}
     try:
-        e = _decode(raw)
-    except _DecodeError:
-        return None
-    occurred = epoch_us_rfc3339(e.occurred_at)
-    if occurred is None:
-        return None
-    meta = e.metadata
-    cls = type(e)
-    value = corrected = response_b = preferred = None
-    if cls is _Thumbs or cls is _Rating:
-        value = float(e.value)
-    elif cls is _Correction:
-        corrected = e.corrected_response
-    else:
-        response_b, preferred = e.response_b, e.preferred
-    return (
-        e.event_id, _TAGS[cls], occurred, e.app_id, e.user_id, e.conversation_id, e.response_id, e.model_name,
-        e.model_version, e.prompt, e.response, value, corrected, response_b, preferred, e.comment,
-        None if meta is None else to_json(meta).decode(), 1,
-    )
-
-
-_TAGS = {_Thumbs: "thumbs", _Rating: "rating", _Correction: "correction", _Preference: "preference"}
+        occurred = stamps.cast(_TS_TYPE)  # rejects impossible dates, hours, leap seconds, offsets >= 24h
+    except pa.ArrowInvalid:  # one such record spoils the cast: check each one the slow way
+        epochs = [epoch_us_rfc3339(e.occurred_at) for e in events]
+        keep = [t is not None for t in epochs]
+        idx = [i for i, k in zip(idx, keep) if k]
+        events = [e for e, k in zip(events, keep) if k]
+        raws = raws.filter(pa.array(keep))
+        occurred = pa.array([t for t in epochs if t is not None], pa.int64()).cast(_TS_TYPE)
+        if not events:
+            return [], {}
+    string = pa.string()
+    cols: dict[str, pa.Array] = {
+        name: pa.array(list(map(attrgetter(name), events)), string)
+        for name in ("event_id", "app_id", "user_id", "conversation_id", "response_id", "model_name", "model_version",
+                     "prompt", "response", "corrected_response", "response_b", "preferred", "comment")
+    }
+    cols["event_type"] = pa.array([e.kind for e in events], string)
+    cols["occurred_at"] = occurred
+    cols["value"] = pa.array([e.value for e in events], pa.float64())
+    cols["metadata"] = pa.array([None if e.metadata is None else to_json(e.metadata).decode() for e in events], string)
+    cols["schema_version"] = pa.array([1] * len(events), pa.int32())
+    cols["raw"] = raws.cast(string)  # valid UTF-8: msgspec decoded it
+    return idx, cols

@@ -1,16 +1,16 @@
 """A flush in two steps: ``prepare`` (validate, build Arrow tables; pure CPU) and ``commit_prepared``
 (the two commits of the offset protocol: dead letters first, then the target with the offsets).
 
-Where ``prepare`` runs is a choice (``FlushMode``). ``"thread"`` (default): on the ingestor's writer
-thread, sharing the GIL with the consumer loop. ``"process"``: in one spawned worker process, so that
-kafka-python's record parsing and our validation could use both cores: the loop hands over value bytes and Kafka coordinates and
-gets Arrow tables back. The worker is a pure function of its input: it holds no table and commits
-nothing, so the offset protocol runs unchanged in the ingestor's process (its writer thread, where
-delta-rs writes Parquet without the GIL). ``prepare`` of the next batch overlaps the commit of the
-last one. The worker ignores SIGINT/SIGTERM (the ingestor decides when to stop) and exits when the
-ingestor is gone. Measured on the shared, loaded 2-core machine, shipping the records and tables
-between processes and the competition for CPU cost more than the parallelism gains, so ``"thread"`` is
-the default (docs/design/ingestion.md, section 7).
+Where a flush runs is a choice (``FlushMode``). ``"thread"``: on the ingestor's writer thread, sharing
+the GIL with the consumer loop. ``"process"`` (default): in one spawned worker process, the committer,
+so that kafka-python's record parsing (the consumer loop) and validation + Parquet + commit use both
+cores: the loop hands over value bytes and Kafka coordinates (one blob) and gets the outcome back
+(row counts). The offset protocol runs unchanged, only in the worker: it reads the stored offsets
+from its own ``DeltaTable`` and commits through that same object, so a racing writer (another
+ingestor, or a restarted one while an orphaned worker finishes its last commit) makes the commit
+fail instead of doubling rows. Flushes run strictly in order (one worker, one writer thread). The
+worker ignores SIGINT/SIGTERM (the ingestor decides when to stop: it drains, then closes the pool)
+and exits when the ingestor is gone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from feedback import bronze
 from feedback.batch import RawBatch
 from feedback.bronze import DEAD_LETTERS_SCHEMA
 from feedback.delta_sink import DeltaSink
@@ -60,12 +62,31 @@ def sinks_for(settings: Settings, stream: Stream) -> tuple[DeltaSink, DeltaSink]
 
 
 def prepare(stream: Stream, raw: RawBatch) -> Prepared:
-    """Validate every record of ``raw`` and build the Arrow tables of both commits (no I/O)."""
-    batch = raw.validated(stream.to_row)
+    """Validate every record of ``raw`` and build the Arrow tables of both commits (no I/O).
+
+    The stream's batch fast path takes the plainly valid records as columns; the model judges the rest
+    (row by row). The target's rows come out in (partition, offset) order either way.
+    """
     now = datetime.now(timezone.utc)
+    fast: pa.Table | None = None
+    rest = raw
+    if stream.fast_columns is not None and len(raw):
+        taken, cols = stream.fast_columns(raw.values, stream.max_bytes)
+        if taken:
+            parts, offsets, stamps = raw.pick(taken)
+            fast = bronze.columns_table(stream.schema, stream.time_column, cols, topic=raw.topic, partitions=parts,
+                                        offsets=offsets, timestamps_ms=stamps, ingested_at=now)
+            rest = raw.without(taken)
+    batch = rest.validated(stream.to_row)
     dead = batch.dead_table(now) if batch.dead_offsets else None
     valid = batch.valid_table(stream.schema, stream.row_columns, stream.time_column, now)
-    return Prepared(valid, dead, dict(batch.last_offset), batch.dead_last_offsets())
+    if fast is not None:
+        if valid.num_rows:
+            valid = pa.concat_tables([fast, valid])
+            valid = valid.take(pc.sort_indices(valid, [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]))
+        else:
+            valid = fast
+    return Prepared(valid, dead, dict(raw.last_offset), batch.dead_last_offsets())
 
 
 def commit_prepared(stream: Stream, target: DeltaSink, dead: DeltaSink, prepared: Prepared, reason: str) -> FlushOutcome:
@@ -79,14 +100,19 @@ def commit_prepared(stream: Stream, target: DeltaSink, dead: DeltaSink, prepared
     return FlushOutcome(out.rows, dead_rows, skipped + out.skipped_rows)
 
 
-class Flusher:
-    """Prepares batches (in a worker process or inline) and commits them through its own sinks."""
+def flush(stream: Stream, target: DeltaSink, dead: DeltaSink, raw: RawBatch, reason: str) -> FlushOutcome:
+    """Prepare ``raw`` and commit it: one whole flush."""
+    return commit_prepared(stream, target, dead, prepare(stream, raw), reason)
 
-    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "thread") -> None:
+
+class Flusher:
+    """Flushes batches: in a worker process (the committer) or inline on the caller's thread."""
+
+    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "process") -> None:
         self.mode = mode
         self._stream = stream
-        self._target, self._dead = sinks_for(settings, stream)
         self._pool: ProcessPoolExecutor | None = None
+        self._target, self._dead = sinks_for(settings, stream)
         if mode == "process":
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
@@ -95,18 +121,19 @@ class Flusher:
             self._ready = self._pool.submit(_worker_ready)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Wait until the worker has booted (imports, Arrow kernels): start-up, not throughput."""
+        """Wait until the worker has booted (imports, tables opened, Arrow kernels): start-up, not throughput."""
         if self._pool is not None:
             self._ready.result(timeout=timeout_s)
 
-    def start(self, raw: RawBatch) -> Future[Prepared] | RawBatch:
-        """Begin preparing ``raw`` (queued to the worker at once); pass the result to ``finish``."""
-        return raw if self._pool is None else self._pool.submit(_worker_prepare, raw)
+    def start(self, raw: RawBatch, reason: str) -> Future[FlushOutcome] | RawBatch:
+        """Begin flushing ``raw`` (queued to the worker at once); pass the result to ``finish``."""
+        return raw if self._pool is None else self._pool.submit(_worker_flush, raw, reason)
 
-    def finish(self, started: Future[Prepared] | RawBatch, reason: str) -> FlushOutcome:
-        """Wait for the prepared batch and commit it. One caller at a time (the writer thread)."""
-        prepared = prepare(self._stream, started) if isinstance(started, RawBatch) else started.result()
-        return commit_prepared(self._stream, self._target, self._dead, prepared, reason)
+    def finish(self, started: Future[FlushOutcome] | RawBatch, reason: str) -> FlushOutcome:
+        """Wait for a started flush to be committed (inline: do it now). One caller at a time."""
+        if isinstance(started, RawBatch):
+            return flush(self._stream, self._target, self._dead, started, reason)
+        return started.result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -126,19 +153,25 @@ def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: i
     except OSError:
         pass
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="lakeloop-parent-watch", daemon=True).start()
-    _WORKER["stream"] = get_stream(settings, stream_name, topic=topic)
+    stream = get_stream(settings, stream_name, topic=topic)
+    _WORKER["stream"] = stream
+    _WORKER["sinks"] = sinks_for(settings, stream)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(0.5)
-    os._exit(0)
+    os._exit(0)  # a commit cut short here either landed whole or not at all; the next owner re-reads
 
 
 def _worker_ready() -> bool:
-    prepare(_WORKER["stream"], RawBatch(_WORKER["stream"].topic))  # warm up Arrow's compute kernels
+    stream = _WORKER["stream"]
+    for sink in _WORKER["sinks"]:
+        sink.open()
+    prepare(stream, RawBatch(stream.topic))  # warm up Arrow's compute kernels
     return True
 
 
-def _worker_prepare(raw: RawBatch) -> Prepared:
-    return prepare(_WORKER["stream"], raw)
+def _worker_flush(raw: RawBatch, reason: str) -> FlushOutcome:
+    target, dead = _WORKER["sinks"]
+    return flush(_WORKER["stream"], target, dead, raw, reason)

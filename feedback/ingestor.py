@@ -36,7 +36,7 @@ class Ingestor:
 
     def __init__(self, settings: Settings, stream: Stream, *, group: str = DEFAULT_GROUP, instance_id: str | None = None,
                  policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 10_000,
-                 flush_mode: FlushMode = "thread", say: Callable[[str], None] = print) -> None:
+                 flush_mode: FlushMode | None = None, say: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.stream = stream
         self.group = group
@@ -44,7 +44,7 @@ class Ingestor:
         self.policy = policy
         self.progress_every_s = progress_every_s
         self.max_poll_records = max_poll_records
-        self.flush_mode = flush_mode
+        self.flush_mode: FlushMode = flush_mode or settings.ingest_flush_mode
         self.say = say
         self.target, self.dead = sinks_for(settings, stream)
         self.stats = IngestStats(stream.name, stream.topic)
@@ -208,7 +208,7 @@ class Ingestor:
         self._batch = RawBatch(self.stream.topic)
         self.stats.records += len(batch)
         assert self._flusher is not None and self._writer is not None, "flush outside run()"
-        started = self._flusher.start(batch)  # the worker prepares it while the writer commits the last one
+        started = self._flusher.start(batch, reason)  # queued to the worker at once
         self._writer.submit(lambda: self._write(started, batch.last_offset, reason))
 
     def _write(self, started: object, last_offsets: dict[int, int], reason: str) -> None:

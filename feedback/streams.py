@@ -1,13 +1,13 @@
 """Streams the ingestor knows: a Kafka topic, the bronze table it lands in, and how a record is checked.
 
-A stream = (topic, target table, validator, row builder, Arrow schema, optional fast path). Every
+A stream = (topic, target table, validator, row builder, Arrow schema, optional batch fast path). Every
 stream shares the ``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``;
 ``predictions``: the scoring service's predictions topic -> ``bronze/predictions``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,11 +35,13 @@ class Stream:
     row_columns: tuple[str, ...]
     time_column: str  # event_date is the UTC date of this column
     max_bytes: int
-    fast_row: Callable[[bytes, str], tuple | None] | None = None  # answers for plainly valid records, else None
+    # Optional batch fast path: (indices of plainly valid records, their row columns + raw); the model
+    # (``to_row``) judges every record it leaves out.
+    fast_columns: Callable[[Sequence[bytes | None], int], tuple[list[int], dict[str, pa.Array]]] | None = None
 
     def to_row(self, raw: bytes | None) -> tuple[tuple, str] | Invalid:
-        """(row values, raw text) of a valid record, else why it is a dead letter."""
-        return record_row(raw, validate=self.validate, row=self.row, fast=self.fast_row, max_bytes=self.max_bytes)
+        """(row values, raw text) of a valid record, else why it is a dead letter (the model decides)."""
+        return record_row(raw, validate=self.validate, row=self.row)
 
     def target_uri(self, settings: Settings) -> str:
         return table_uri(settings, self.table)
@@ -54,7 +56,7 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
     max_bytes = settings.max_event_bytes
     if name == "feedback":
         from feedback.events import EVENT_ADAPTER, EVENT_TYPES
-        from feedback.fast_events import fast_feedback_row
+        from feedback.fast_events import fast_feedback_columns
         from feedback.validation import validate_record
 
         tags = frozenset(EVENT_TYPES)
@@ -69,7 +71,7 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             row_columns=bronze.FEEDBACK_ROW_COLUMNS,
             time_column="occurred_at",
             max_bytes=max_bytes,
-            fast_row=fast_feedback_row,
+            fast_columns=fast_feedback_columns,
         )
     if name == "predictions":
         from feedback.predictions import PREDICTION_ADAPTER

@@ -67,22 +67,9 @@ def validate_record(
     return Valid(model, text)
 
 
-def record_row(raw: bytes | None, *, validate: Callable[[bytes | None], Valid | Invalid], row: Callable[[Any], tuple],
-               fast: Callable[[bytes, str], tuple | None] | None, max_bytes: int) -> tuple[tuple, str] | Invalid:
-    """(row values, raw text) of a valid record, else its ``Invalid``: what the ingestor keeps per record.
-
-    ``fast`` (optional) may answer for plainly valid records without the model, or return None to defer
-    to ``validate`` (the model), which alone decides every rejection and its reason.
-    """
-    if fast is not None and raw and len(raw) <= max_bytes:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and "\x00" not in text:
-            values = fast(raw, text)
-            if values is not None:
-                return values, text
+def record_row(raw: bytes | None, *, validate: Callable[[bytes | None], Valid | Invalid],
+               row: Callable[[Any], tuple]) -> tuple[tuple, str] | Invalid:
+    """(row values, raw text) of a valid record, else its ``Invalid``: what the ingestor keeps per record."""
     result = validate(raw)
     if type(result) is Valid:
         return row(result.model), result.text

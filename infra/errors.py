@@ -11,6 +11,13 @@ class LakeloopError(Exception):
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
 
+    def __reduce__(self):  # keeps message and hint apart across processes (the ingestor's flush worker)
+        return _rebuild, (type(self), self.message, self.hint)
+
+
+def _rebuild(cls: type[LakeloopError], message: str, hint: str | None) -> LakeloopError:
+    return cls(message, hint=hint)
+
 
 class ConfigError(LakeloopError):
     """A setting or config file is wrong."""

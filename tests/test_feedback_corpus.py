@@ -130,37 +130,77 @@ def test_valid_variants_are_accepted(overrides: dict[str, Any]) -> None:
     assert result.text == raw.decode()  # the raw payload is kept verbatim, extra fields included
 
 
-# ---- the fast path (feedback.fast_events) agrees with the model -----------------------------------
-def _both_paths(raw: bytes):
-    """(fast-path result, model-only result) of the feedback stream's ``to_row`` for ``raw``."""
+# ---- the batch fast path (feedback.fast_events) agrees with the model ------------------------------
+_LIMIT = 1024 * 1024
+
+
+def _fast_answers(raws: list[bytes]) -> list[int]:
+    """Positions of the records the fast path takes (the rest go to the model)."""
+    from feedback.fast_events import fast_feedback_columns
+
+    return fast_feedback_columns(raws, _LIMIT)[0]
+
+
+def _prepared(raws: list[bytes]) -> list:
+    """What the ingestor's flush makes of ``raws``, per record: (row values, raw text) or ``Invalid``."""
+    from feedback import bronze
+    from feedback.batch import RawBatch
+    from feedback.flush import prepare
+    from feedback.streams import get_stream
+    from infra.settings import Settings
+
+    stream = get_stream(Settings(max_event_bytes=_LIMIT), "feedback", topic="t")
+    batch = RawBatch("t")
+    batch.extend(0, list(range(len(raws))), [0] * len(raws), list(raws))
+    out = prepare(stream, batch)
+    assert out.last_offsets == {0: len(raws) - 1}
+    found: dict[int, Any] = {}
+    for row in out.valid.to_pylist():
+        values = tuple(bronze.epoch_us(row[c]) if c == "occurred_at" else row[c] for c in bronze.FEEDBACK_ROW_COLUMNS)
+        found[row["kafka_offset"]] = (values, row["raw"])
+    for row in (out.dead.to_pylist() if out.dead is not None else []):
+        found[row["kafka_offset"]] = Invalid(row["stage"], row["reason"])
+    assert sorted(found) == list(range(len(raws)))  # every record is a row or a dead letter, once
+    assert [r["kafka_offset"] for r in out.valid.to_pylist()] == sorted(r["kafka_offset"] for r in out.valid.to_pylist())
+    return [found[i] for i in range(len(raws))]
+
+
+def _model(raw: bytes):
+    """The model's verdict alone (no fast path): (row values, raw text) or ``Invalid``."""
     from feedback import bronze
     from feedback.events import EVENT_ADAPTER, EVENT_TYPES
-    from feedback.fast_events import fast_feedback_row
     from feedback.validation import record_row, validate_record
 
-    tags, limit = frozenset(EVENT_TYPES), 1024 * 1024
+    tags = frozenset(EVENT_TYPES)
+    return record_row(raw, validate=lambda r: validate_record(EVENT_ADAPTER, r, max_bytes=_LIMIT, tags=tags),
+                      row=bronze.feedback_row)
 
-    def validate(r: bytes | None):
-        return validate_record(EVENT_ADAPTER, r, max_bytes=limit, tags=tags)
 
-    def run(fast):
-        return record_row(raw, validate=validate, row=bronze.feedback_row, fast=fast, max_bytes=limit)
-
-    return run(fast_feedback_row), run(None)
+def _both_paths(raw: bytes):
+    """(what the flush makes of ``raw``, the model's verdict alone)."""
+    return _prepared([raw])[0], _model(raw)
 
 
 @pytest.mark.parametrize("bad", CORPUS, ids=[b.kind for b in CORPUS])
 def test_fast_path_defers_every_malformed_kind_to_the_model(bad: Bad) -> None:
-    from feedback.fast_events import fast_feedback_row
-
-    try:
-        text = bad.raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text and "\x00" not in text and len(bad.raw) <= 1024 * 1024:  # what record_row checks before the fast path
-        assert fast_feedback_row(bad.raw, text) is None, bad.kind  # never says "valid" to a bad record
+    assert _fast_answers([bad.raw]) == [], bad.kind  # never says "valid" to a bad record
     fast, model = _both_paths(bad.raw)
     assert fast == model and isinstance(fast, Invalid)  # same stage, same reason
+
+
+def test_a_mixed_batch_keeps_every_record_in_offset_order() -> None:
+    """Good and bad records interleaved: the fast rows and the model's verdicts merge in offset order."""
+    good = [dumps(valid_event(i)) for i in range(40)]
+    raws = [b for pair in zip(good, [c.raw for c in CORPUS] * 2) for b in pair]
+    assert _prepared(raws) == [_model(r) for r in raws]
+
+
+def test_one_impossible_timestamp_does_not_spoil_the_batch() -> None:
+    """Arrow's batch cast fails on 30 February; the fast path then checks each timestamp itself."""
+    odd = {5: "2026-02-30T10:00:00Z", 9: "0000-01-01T00:00:00Z", 11: "2026-01-05T10:00:60Z"}
+    raws = [dumps(valid_event(i, **({"occurred_at": odd[i]} if i in odd else {}))) for i in range(20)]
+    assert _fast_answers(raws) == [i for i in range(20) if i not in odd]
+    assert _prepared(raws) == [_model(r) for r in raws]
 
 
 _EDGE_CASES = {
@@ -183,6 +223,7 @@ _EDGE_CASES = {
         {"occurred_at": "2026-01-05T10:00:00+24:00"}, {"occurred_at": "2026-01-05T10:00:00z"},
         {"occurred_at": "2026-01-05T10:00:00+0200"}, {"occurred_at": "2026-01-05T10:00Z"},
         {"occurred_at": "２０２６-01-05T10:00:00Z"}, {"occurred_at": "2026-01-05T10:00:00-00:00"},
+        {"occurred_at": "0000-01-01T00:00:00Z"}, {"occurred_at": "2026-01-05T10:00:00+00:60"},
         {"value": 1.0}, {"value": True}, {"value": -1.0}, {"event_type": "rating", "value": True},
         {"event_type": "rating", "value": 0.999}, {"event_type": "rating", "value": 10**30},
         {"event_type": "rating", "value": "4"}, {"schema_version": 1.0}, {"schema_version": None},
@@ -201,14 +242,12 @@ _EDGE_CASES = {
 
 @pytest.mark.parametrize("kind", list(_EDGE_CASES))
 def test_fast_path_and_model_agree_on_edge_cases(kind: str) -> None:
-    from feedback.fast_events import fast_feedback_row
-
     answered = 0
     for event_type in ("thumbs", "rating"):
         raw = dumps(valid_event(3, **{"event_type": event_type, **_EDGE_CASES[kind]}))
         fast, model = _both_paths(raw)
         assert fast == model, (fast, model)
-        answered += fast_feedback_row(raw, raw.decode()) is not None
+        answered += _fast_answers([raw]) == [0]
     if kind.startswith("valid"):
         assert answered, "the fast path should answer for plainly valid events"
 
@@ -228,11 +267,8 @@ def test_fast_path_and_model_agree_on_odd_json(raw: bytes) -> None:
 
 
 def test_fast_path_answers_for_the_real_events_with_the_models_rows(qa_feedback_path) -> None:
-    from feedback.fast_events import fast_feedback_row
     from feedback.qa_feedback import load_events
 
-    for event in load_events(qa_feedback_path, copies=1):
-        raw = dumps(event)
-        assert fast_feedback_row(raw, raw.decode()) is not None, event["event_id"]
-        fast, model = _both_paths(raw)
-        assert fast == model
+    raws = [dumps(event) for event in load_events(qa_feedback_path, copies=1)]
+    assert _fast_answers(raws) == list(range(len(raws)))  # one batch, every record taken
+    assert _prepared(raws) == [_model(r) for r in raws]

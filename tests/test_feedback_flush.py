@@ -1,17 +1,19 @@
-"""The two steps of a flush (feedback.flush): ``prepare`` gives the same tables in a worker process as
-inline, and ``finish`` commits them with the offsets; a RawBatch survives the trip to the worker."""
+"""A flush (feedback.flush) commits the same rows and offsets whether it runs in the worker process or
+inline; a RawBatch survives the trip to the worker; an error in the worker keeps its hint."""
 
 from __future__ import annotations
 
 import pickle
 
 import pytest
-from deltalake import DeltaTable
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
 
 from feedback.batch import RawBatch
 from feedback.delta_sink import app_id
 from feedback.flush import Flusher, prepare
-from feedback.streams import get_stream
+from feedback.streams import Stream, get_stream
+from infra.errors import DataError
 from infra.settings import Settings
 from tests.test_feedback_corpus import CORPUS, dumps, valid_event
 
@@ -34,7 +36,7 @@ def _without_ingested_at(table):
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_flusher_prepares_like_inline_and_commits_with_offsets(settings: Settings, mode: str) -> None:
+def test_flusher_commits_the_prepared_rows_with_offsets(settings: Settings, mode: str) -> None:
     stream = get_stream(settings, "feedback", topic="t")
     raw = _raw_batch()
     expected = prepare(stream, raw)
@@ -42,15 +44,26 @@ def test_flusher_prepares_like_inline_and_commits_with_offsets(settings: Setting
     flusher = Flusher(settings, stream, mode=mode)  # type: ignore[arg-type]
     try:
         flusher.wait_ready()
-        started = flusher.start(raw)
-        if mode == "process":
-            got = started.result()  # type: ignore[union-attr]
-            assert _without_ingested_at(got.valid).equals(_without_ingested_at(expected.valid))
-            assert _without_ingested_at(got.dead).equals(_without_ingested_at(expected.dead))
-        out = flusher.finish(started, "test")  # type: ignore[arg-type]
+        out = flusher.finish(flusher.start(raw, "test"), "test")
     finally:
         flusher.close()
     assert (out.rows, out.dead, out.skipped) == (50, len(CORPUS) + 1, 0)
     target = DeltaTable(stream.target_uri(settings))
-    assert target.to_pyarrow_table().num_rows == 50
+    got = target.to_pyarrow_table().sort_by("kafka_offset").select(expected.valid.column_names)
+    assert _without_ingested_at(got).equals(_without_ingested_at(expected.valid))
     assert {p: target.transaction_version(app_id(stream.table, "t", p)) for p in range(3)} == raw.last_offset
+    dead = DeltaTable(Stream.dead_letters_uri(settings)).to_pyarrow_table()
+    assert sorted(dead.column("kafka_offset").to_pylist()) == sorted(expected.dead.column("kafka_offset").to_pylist())
+
+
+def test_an_error_in_the_worker_reaches_the_caller_with_its_hint(settings: Settings) -> None:
+    """A target that is not a lakeloop table: the worker's DataError comes back whole."""
+    stream = get_stream(settings, "feedback", topic="t")
+    write_deltalake(stream.target_uri(settings), pa.table({"x": [1]}))
+    flusher = Flusher(settings, stream, mode="process")
+    try:
+        with pytest.raises(DataError) as exc:
+            flusher.wait_ready()
+    finally:
+        flusher.close()
+    assert "bronze schema" in exc.value.message and exc.value.hint and "LAKELOOP_LAKE_ROOT" in exc.value.hint

@@ -17,6 +17,7 @@ from orchestration.commands.common import say, settings
 
 lake_app = typer.Typer(help="Maintenance of the Delta lake.", no_args_is_help=True)
 Stream = Literal["feedback", "predictions"]
+FlushMode = Literal["process", "thread"]
 
 
 def produce(
@@ -82,6 +83,8 @@ def ingest(
     flush_seconds: Annotated[float | None, typer.Option(help="Flush latency (env LAKELOOP_INGEST_FLUSH_SECONDS, default 1).")] = None,
     flush_records: Annotated[int | None, typer.Option(help="Flush at this many records (env LAKELOOP_INGEST_FLUSH_RECORDS).")] = None,
     flush_bytes: Annotated[int | None, typer.Option(help="Flush at this many bytes (env LAKELOOP_INGEST_FLUSH_BYTES).")] = None,
+    flush_mode: Annotated[FlushMode | None, typer.Option(help="process: flushes in a worker process (second core); thread: in the "
+                                                         "ingestor (env LAKELOOP_INGEST_FLUSH_MODE, default process).")] = None,
     progress_seconds: Annotated[float, typer.Option(help="Seconds between progress lines.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON at exit.")] = False,
 ) -> None:
@@ -97,7 +100,7 @@ def ingest(
         max_bytes=flush_bytes or s.ingest_flush_bytes,
     )
     ingestor = Ingestor(s, get_stream(s, stream, topic=topic), group=group or s.ingest_group, instance_id=instance_id,
-                        policy=policy, progress_every_s=progress_seconds, say=_plain)
+                        policy=policy, progress_every_s=progress_seconds, flush_mode=flush_mode, say=_plain)
     stats = ingestor.run(once=once, handle_signals=True)
     if as_json:
         typer.echo(json.dumps(stats.as_dict()))
