@@ -369,7 +369,7 @@ def _lake_facts(settings: Settings) -> dict[str, Any]:
     }
 
 
-def render_summary(settings: Settings, summary: DemoSummary) -> str:
+def render_summary(settings: Settings, summary: DemoSummary, *, services_stay_up: bool = True) -> str:
     """The closing summary: what happened at each stage and where to look in the UIs."""
     lines = ["", "=" * 78, "lakeloop demo: summary", "=" * 78]
     lines += [f"  {stage:<28} {what}" for stage, what in summary.stages]
@@ -377,7 +377,7 @@ def render_summary(settings: Settings, summary: DemoSummary) -> str:
     for name, t in summary.facts.get("tables", {}).items():
         lines.append(f"  {name:<28} {t['rows']:>8} rows   v{'-' if t['version'] is None else t['version']}")
     silver = summary.facts.get("silver", {})
-    pii = {k: v for k, v in silver.items() if k.startswith("pii")}
+    pii = {k: v for k, v in silver.items() if k.startswith("pii_") and k != "pii_by_type"}  # pii_found, pii_<type>
     dups = {k: v for k, v in silver.items() if "dup" in k}
     if pii:
         lines.append("  PII redacted:  " + ", ".join(f"{k}={v}" for k, v in sorted(pii.items())))
@@ -399,5 +399,6 @@ def render_summary(settings: Settings, summary: DemoSummary) -> str:
         lines.append(f"  - {str(text).splitlines()[0][:150]}")
     lines += ["", f"Dagster UI  {settings.dagster_url}   (asset groups feedback, curation, training, monitoring; runs)",
               f"MLflow UI   {settings.tracking_uri}   (experiment lakeloop-reward; model {settings.registered_model_name} and its aliases)",
-              f"Took {summary.facts.get('elapsed_s')}s. Services are still up: `lakeloop down` stops them."]
+              f"Took {summary.facts.get('elapsed_s')}s. " + ("Services are still up: `lakeloop down` stops them."
+                                                              if services_stay_up else "Stopping the services (--down).")]
     return "\n".join(lines)

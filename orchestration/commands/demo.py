@@ -57,7 +57,7 @@ def demo(
     s = settings()
     say(f"lakeloop demo: LAKELOOP_HOME={s.home}")
     summary = run_demo(s, DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed), say=say)
-    say(render_summary(s, summary))
+    say(render_summary(s, summary, services_stay_up=not down))
     if down:
         from infra import services
 
