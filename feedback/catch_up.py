@@ -14,13 +14,19 @@ from feedback.streams import StreamName, get_stream
 from infra.settings import Settings
 
 
+# Below this many records behind, a catch-up flushes on its own thread: a worker process costs 1-2 s to
+# start, more than it saves on a small backlog.
+SMALL_BACKLOG = 20_000
+
+
 def catch_up(settings: Settings, stream: StreamName = "feedback", *, group: str | None = None, topic: str | None = None,
              policy: FlushPolicy | None = None, max_seconds: float | None = None,
              say: Callable[[str], None] = print) -> IngestStats:
     """Ingest ``stream`` until caught up with the end offsets seen at start; returns the run's counters."""
     policy = policy or FlushPolicy(settings.ingest_flush_seconds, settings.ingest_flush_records, settings.ingest_flush_bytes)
+    backlog = sum(stream_lag(settings, stream, topic=topic).values())
     ingestor = Ingestor(settings, get_stream(settings, stream, topic=topic), group=group or settings.ingest_group or DEFAULT_GROUP,
-                        policy=policy, say=say)
+                        policy=policy, flush_mode="thread" if backlog < SMALL_BACKLOG else None, say=say)
     return ingestor.run(once=True, max_seconds=max_seconds)
 
 

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -26,8 +28,9 @@ class JarBundle:
 
     @property
     def fingerprint(self) -> str:
+        """What was asked for: the pom's content (not its mtime: every clone would refetch) and the properties."""
         props = ",".join(f"{k}={v}" for k, v in sorted(self.properties.items()))
-        return f"{self.pom.name}:{self.pom.stat().st_mtime_ns}:{props}"
+        return f"{self.pom.name}:{hashlib.sha256(self.pom.read_bytes()).hexdigest()[:16]}:{props}"
 
 
 def _installed(dist: str) -> str:
@@ -80,21 +83,39 @@ def fetch_jars(settings: Settings, *, force: bool = False, quiet: bool = True) -
         mvn = shutil.which("mvn")
         if mvn is None:
             raise MissingDependencyError("Maven (`mvn`) is not on PATH", hint="install it: apt-get install maven")
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+        # Fetch beside the target and swap it in by renames: a broker or Spark session started from the
+        # old folder, or another fetch running at the same time, never sees a half-filled one.
+        staging = target.with_name(f".{bundle.name}.fetching-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         cmd = [mvn, "-B", "-s", str(MAVEN_DIR / "settings.xml"), "-f", str(bundle.pom), "dependency:copy-dependencies",
-               f"-DoutputDirectory={target}", "-DincludeScope=runtime"]
+               f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
         if quiet:
             cmd.insert(1, "-q")
         cmd += [f"-D{k}={v}" for k, v in bundle.properties.items()]
         proc = subprocess.run(cmd, capture_output=quiet, text=True)
         if proc.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
             tail = (proc.stdout or "")[-2000:] + (proc.stderr or "")[-2000:] if quiet else ""
             raise MissingDependencyError(
                 f"mvn could not fetch the {bundle.name} jars (exit {proc.returncode}). {tail.strip()}",
                 hint="check the network to Maven Central, then run `lakeloop infra fetch --force`",
             )
-        (target / ".fetched").write_text(bundle.fingerprint)
+        (staging / ".fetched").write_text(bundle.fingerprint)
+        _swap_in(staging, target)
         out.append((bundle.name, target, True))
     return out
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging`` with renames (the old folder is removed after the swap)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    try:
+        target.rename(old)
+    except FileNotFoundError:
+        pass
+    try:
+        staging.rename(target)
+    except OSError:  # another fetch put its folder there in between: same content, keep it
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
