@@ -44,12 +44,24 @@ def _featurize(raw: pd.DataFrame, projector: EmbeddingProjector | None, embed_sa
 
 
 def prepare_reference(raw: pd.DataFrame, *, embed_sample: int = 256, seed: int = 0) -> Reference:
-    """Featurize the reference once (prompt, response, score, feedback flags) and fit the projector."""
-    projector = None
-    if embed_sample > 0:
-        idx = _sample_index(len(raw), embed_sample, seed)
-        projector = EmbeddingProjector.fit(encode_texts(pair_texts(raw.iloc[idx])))
-    return Reference(_featurize(raw, projector, embed_sample, seed), projector)
+    """Featurize the reference once (prompt, response, score, feedback flags) and fit the projector.
+
+    The ``embed_sample`` rows are encoded once and split in two: the projector is fitted on one half and the
+    reference's embedding features come from the other half. Rows the projector was fitted on sit closer to
+    its centroid and spread more along its components than any new row would, a bias a stationary window
+    would show as embedding drift.
+    """
+    if embed_sample <= 0:
+        return Reference(featurize(raw), None)
+    idx = _sample_index(len(raw), embed_sample, seed)
+    if len(idx) < 6:
+        raise ValueError(f"embed_sample={embed_sample} leaves {len(idx)} reference rows to embed; need at least 6")
+    emb = encode_texts(pair_texts(raw.iloc[idx]))
+    projector = EmbeddingProjector.fit(emb[0::2])
+    held = idx[1::2]
+    # embedded (held-out) rows first, so the embedding projections line up with them
+    ordered = pd.concat([raw.iloc[held], raw.drop(raw.index[held])]).reset_index(drop=True)
+    return Reference(featurize(ordered, embeddings=emb[1::2], projector=projector), projector)
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,8 @@ def log_to_mlflow(settings: Settings, verdict: DriftVerdict, *, window_id: str, 
     exp = mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"drift {window_id}") as run:
         mlflow.set_tags({"lakeloop.kind": "drift", "lakeloop.window": window_id, "lakeloop.drifted": str(verdict.drifted)})
-        mlflow.log_metrics({f"drift_{c.column}": c.score for c in verdict.columns} | {k: v for k, v in verdict.rates.items()})
+        mlflow.log_metrics({f"drift_{c.column}": c.score for c in verdict.columns}
+                           | {f"drift_threshold_{c.column}": c.threshold for c in verdict.columns} | dict(verdict.rates))
         if report is not None:
             mlflow.log_artifact(str(report), artifact_path="drift_report")
     return run.info.run_id, f"{settings.tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"

@@ -51,22 +51,32 @@ def load_feedback(settings: Settings, *, since: datetime, until: datetime, sourc
     return _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until)
 
 
+POINTWISE = ("thumbs", "rating", "correction")  # feedback that is a verdict on one response
+
+
+def event_labels(event_type: pd.Series, value: pd.Series) -> pd.Series:
+    """The curation label of a thumbs (-1/1 -> 0/1) or rating (1..5 -> 0..1) event; NaN otherwise."""
+    v = pd.to_numeric(value, errors="coerce")
+    thumbs = (event_type == "thumbs") & v.isin([-1.0, 1.0])
+    rating = (event_type == "rating") & v.between(1.0, 5.0)
+    return pd.Series(np.where(thumbs, (v + 1.0) / 2.0, np.where(rating, (v - 1.0) / 4.0, np.nan)), index=v.index)
+
+
 def feedback_flags(feedback: pd.DataFrame) -> pd.DataFrame:
-    """Per response: thumbs_down (latest thumbs, 1/0, NaN without thumbs) and corrected (1 if any
-    correction, 0 if other feedback only)."""
+    """Per response with pointwise feedback (thumbs, rating or correction), as the reference defines them
+    (``training_reference``): thumbs_down = the mean thumbs/rating label is below 0.5 (NaN without thumbs or
+    rating), corrected = 1 if a correction, else 0. Responses with preference feedback only are left out (NaN
+    flags after the join), as preference-pair responses are in the reference."""
     if feedback.empty:
         return pd.DataFrame(columns=["response_id", "thumbs_down", "corrected"])
-    fb = feedback.assign(
-        response_id=feedback["response_id"].astype(str),
-        occurred_at=pd.to_datetime(feedback["occurred_at"], utc=True, format="ISO8601"),
-        value=pd.to_numeric(feedback["value"], errors="coerce"),
-    ).sort_values("occurred_at")
-    thumbs = fb[fb["event_type"] == "thumbs"].drop_duplicates("response_id", keep="last")
-    out = pd.DataFrame({"response_id": fb["response_id"].unique()})
-    out = out.merge(thumbs.assign(thumbs_down=(thumbs["value"] < 0).astype(float))[["response_id", "thumbs_down"]], how="left")
-    corrected = set(fb.loc[fb["event_type"] == "correction", "response_id"])
-    out["corrected"] = out["response_id"].isin(corrected).astype(float)
-    return out
+    fb = feedback.assign(response_id=feedback["response_id"].astype(str))
+    fb = fb[fb["event_type"].isin(POINTWISE)]
+    if fb.empty:
+        return pd.DataFrame(columns=["response_id", "thumbs_down", "corrected"])
+    fb = fb.assign(label=event_labels(fb["event_type"], fb["value"]), is_correction=(fb["event_type"] == "correction").astype(float))
+    per = fb.groupby("response_id", sort=False).agg(label=("label", "mean"), corrected=("is_correction", "max"))
+    thumbs_down = np.where(per["label"].notna(), (per["label"] < 0.5).astype(float), np.nan)
+    return pd.DataFrame({"response_id": per.index.to_numpy(), "thumbs_down": thumbs_down, "corrected": per["corrected"].to_numpy()})
 
 
 def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
@@ -78,11 +88,14 @@ def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataF
 
 
 def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:
-    """prompt, response, thumbs_down, corrected: the responses of the training set (train split), sampled.
+    """prompt, response, thumbs_down, corrected: the model's responses in the training set (train split), sampled.
 
-    Pointwise examples carry their feedback flags; the chosen and rejected responses of preference pairs
-    are responses the model is trained on too (and what live traffic looks like: every answer is scored,
-    not only rated ones), with no thumbs (NaN), as unrated live responses have none.
+    Feedback flags are defined, as in live windows (``feedback_flags``), for responses with pointwise feedback:
+    pointwise examples carry thumbs_down (``label < 0.5``) and corrected (1 when a correction pair rejected that
+    response); a response only corrected has corrected = 1 and no thumbs_down. The chosen and rejected
+    responses of preference pairs are responses the model is trained on too (and what live traffic looks like:
+    every answer is scored, not only rated ones), with NaN flags, as preference-only live responses have. The
+    human-written side of a correction (its chosen text) is left out: the model never serves it.
     """
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
@@ -94,23 +107,36 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0)
             "gold/training_examples does not exist, so there is no drift reference",
             hint="materialize the curation assets first (`lakeloop curate`), or pass a reference frame",
         ) from None
-    df = dt.to_pandas(columns=["prompt", "response", "label", "event_types", "split"])
+    df = dt.to_pandas(columns=["prompt", "response", "label", "split"])
     df = df[df["split"] == "train"]
-    frames = [pd.DataFrame({
-        "prompt": df["prompt"].to_numpy(),
-        "response": df["response"].to_numpy(),
-        "thumbs_down": (df["label"] < 0.5).astype(float).to_numpy(),
-        "corrected": df["event_types"].fillna("").str.contains("correction").astype(float).to_numpy(),
-    })]
     try:
-        pairs = DeltaTable(table_uri(settings, "gold/preference_pairs")).to_pandas(columns=["prompt", "chosen", "rejected", "split"])
+        pairs = DeltaTable(table_uri(settings, "gold/preference_pairs")).to_pandas(columns=["prompt", "chosen", "rejected", "source", "split"])
     except TableNotFoundError:
-        pairs = pd.DataFrame(columns=["prompt", "chosen", "rejected", "split"])
-    pairs = pairs[pairs["split"] == "train"]
-    for col in ("chosen", "rejected"):
-        frames.append(pd.DataFrame({"prompt": pairs["prompt"].to_numpy(), "response": pairs[col].to_numpy(),
-                                    "thumbs_down": np.nan, "corrected": np.nan}))
-    out = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)
+        pairs = pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "split"])
+    return reference_rows(df, pairs, sample=sample, seed=seed)
+
+
+def reference_rows(examples: pd.DataFrame, pairs: pd.DataFrame, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """The drift reference from gold rows (``examples``: prompt, response, label; ``pairs``: prompt, chosen,
+    rejected, source, split): see ``training_reference``."""
+    corrections = pairs[pairs["source"] == "correction"]
+    corrected = set(zip(corrections["prompt"], corrections["rejected"], strict=True))
+    frames = [pd.DataFrame({
+        "prompt": examples["prompt"].to_numpy(),
+        "response": examples["response"].to_numpy(),
+        "thumbs_down": (pd.to_numeric(examples["label"]) < 0.5).astype(float).to_numpy(),
+        "corrected": [float((p, r) in corrected) for p, r in zip(examples["prompt"], examples["response"], strict=True)],
+    })]
+    train = pairs[pairs["split"] == "train"] if "split" in pairs.columns else pairs
+    for col in ("rejected", "chosen"):
+        side = train if col == "rejected" else train[train["source"] != "correction"]
+        side = side.sort_values("source", key=lambda src: src != "correction", kind="stable")  # corrections win
+        frames.append(pd.DataFrame({
+            "prompt": side["prompt"].to_numpy(), "response": side[col].to_numpy(), "thumbs_down": np.nan,
+            "corrected": np.where(side["source"] == "correction", 1.0, np.nan) if col == "rejected" else np.nan,
+        }))
+    out = pd.concat(frames, ignore_index=True).dropna(subset=["prompt", "response"])
+    out = out.drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)  # pointwise rows first: they win
     if len(out) > sample:
         out = out.sample(sample, random_state=seed).reset_index(drop=True)
     return out

@@ -1,5 +1,6 @@
 """Drift: a stationary replay with a fixed seed raises no alert; a traffic switch raises one, with its
-report, within K windows. Real Evidently, real Delta table, real local HTTP receiver."""
+report, within K windows. Real Evidently, real Delta table, real local HTTP receiver. Size-aware thresholds on
+the real qa_feedback data: small stationary windows are not flagged, cut answers are; the calibration itself."""
 
 from __future__ import annotations
 
@@ -169,3 +170,253 @@ def test_drift_report_asset_end_to_end(mlflow_server: Settings, kafka: Settings,
 
     rows = DeltaTable(table_uri(s, "monitoring/drift_metrics")).to_pandas()
     assert {"emb_centroid_cos", "prompt_chars", "score"} <= set(rows["metric"])
+
+
+# ---- size-aware thresholds on the real qa_feedback data ----------------------------------------------------
+# Reference: the gold rows of 400 questions (as curation writes them: thumbs -> pointwise examples, corrections and
+# preferences -> pairs), 600 rows sampled as the demo does. Windows: 4 scored answers per held-out question joined
+# with the users' real feedback, through the same functions the drift job uses (current_frame, featurize).
+
+HELD_OUT = 100
+
+
+def fixed_scorer(frame: pd.DataFrame) -> np.ndarray:
+    """A scorer fitted on none of these questions (so scores are stationary by construction)."""
+    words = frame["response"].fillna("").str.split().str.len().to_numpy(dtype=float)
+    return 1.0 / (1.0 + np.exp(-(words - 60.0) / 25.0))
+
+
+class QaFeedback:
+    def __init__(self, path: Path) -> None:
+        from feedback.qa_feedback import load_events, read_questions
+
+        self.questions = read_questions(path)
+        ev = pd.DataFrame(load_events(path))
+        ev["q"] = ev["conversation_id"].str.rsplit("-", n=1).str[1].astype(int)
+        self.events = ev
+        perm = np.random.default_rng(42).permutation(len(self.questions))
+        self.reference_q, self.held_out = sorted(perm[HELD_OUT:].tolist()), sorted(perm[:HELD_OUT].tolist())
+
+    def gold(self, qids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        ev = self.events[self.events["q"].isin(qids)]
+        th = ev[ev["event_type"] == "thumbs"]
+        examples = pd.DataFrame({"prompt": th["prompt"], "response": th["response"], "label": (th["value"] + 1) / 2, "split": "train"})
+        pr = ev[ev["event_type"].isin(["preference", "correction"])]
+        is_c, b = pr["event_type"] == "correction", pr["preferred"] == "b"
+        pairs = pd.DataFrame({
+            "prompt": pr["prompt"],
+            "chosen": np.where(is_c, pr["corrected_response"], np.where(b, pr["response_b"], pr["response"])),
+            "rejected": np.where(is_c, pr["response"], np.where(b, pr["response"], pr["response_b"])),
+            "source": pr["event_type"], "split": "train"})
+        return examples, pairs
+
+    def reference(self, sample: int = 600) -> pd.DataFrame:
+        from monitors.windows import reference_rows
+
+        raw = reference_rows(*self.gold(self.reference_q), sample=sample, seed=0)
+        raw["score"] = fixed_scorer(raw)
+        return featurize(raw)
+
+    def window(self, qids: list[int], *, drifted: bool = False, seed: int = 0) -> pd.DataFrame:
+        """The demo's traffic: 4 answers per question, then its users' feedback; ``drifted`` is the demo's
+        release that cuts answers to their first sentence (feedback.simulate)."""
+        import random
+
+        from feedback.simulate import _drifted_feedback, first_sentence
+        from monitors.windows import current_frame
+
+        rng, preds, fb = random.Random(seed), [], []
+        for i in qids:
+            q = self.questions[i]
+            for k in range(1, 5):
+                text = q[f"prediction {k}"]
+                preds.append({"response_id": f"qa-resp-0-{i:03d}-p{k}", "prompt": q["question"], "model_version": "1",
+                              "response": first_sentence(text) if drifted else text})
+            events = self.events[self.events["q"] == i].drop(columns="q").to_dict("records")
+            fb += _drifted_feedback(events, rng) if drifted else events
+        p = pd.DataFrame(preds)
+        p["score"] = fixed_scorer(p)
+        return current_frame(p, pd.DataFrame(fb))
+
+    def sample(self, n: int, seed: int) -> list[int]:
+        return sorted(np.random.default_rng(seed).choice(self.held_out, n, replace=False).tolist())
+
+
+@pytest.fixture(scope="module")
+def qa(qa_feedback_path: Path) -> QaFeedback:
+    return QaFeedback(qa_feedback_path)
+
+
+@pytest.fixture(scope="module")
+def qa_reference(qa: QaFeedback) -> pd.DataFrame:
+    return qa.reference()
+
+
+def test_stationary_windows_of_real_feedback_are_not_flagged(qa: QaFeedback, qa_reference: pd.DataFrame) -> None:
+    verdicts = [check_drift(qa_reference, featurize(qa.window(qa.sample(40, seed)))) for seed in range(10)]
+    assert sum(v.drifted for v in verdicts) <= 1, [v.summary() for v in verdicts]
+    v = verdicts[0]
+    assert v.n_current == 160 and {c.window_clusters for c in v.columns if c.group != "feedback"} == {40}
+    assert all(c.threshold >= c.floor for c in v.columns) and any(c.threshold > c.floor for c in v.columns)
+    assert "calibrated for this window size" in v.summary() and "(40 prompts)" in v.summary()
+    # the fixed thresholds alone flag most of these windows: the false alarms this calibration removes
+    fixed = [check_drift(qa_reference, featurize(qa.window(qa.sample(40, seed))), config=DriftConfig(calibrate=False))
+             for seed in range(10)]
+    assert sum(f.drifted for f in fixed) >= 5
+
+
+def test_drifted_windows_of_cut_answers_are_flagged(qa: QaFeedback, qa_reference: pd.DataFrame, tmp_path: Path) -> None:
+    verdicts = [check_drift(qa_reference, featurize(qa.window(qa.sample(15, seed), drifted=True, seed=seed)),
+                            report_html=tmp_path / f"{seed}.html") for seed in range(10)]
+    assert all(v.groups.get("data") for v in verdicts), [v.summary() for v in verdicts]
+    for v in verdicts:
+        drifted = {c.column for c in v.columns if c.drifted}
+        assert {"response_chars", "response_words"} <= drifted, v.summary()
+    by_col = {c.column: c for c in verdicts[0].columns}
+    assert "response_chars (wasserstein" in verdicts[0].summary() and "calibrated for this window size" in verdicts[0].summary()
+    html = (tmp_path / "0.html").read_text()  # Evidently got the calibrated threshold: its report shows it
+    assert f"The drift threshold is {by_col['response_chars'].threshold:0.2f}" in html
+
+
+def test_feedback_flags_of_live_windows_match_the_reference(qa: QaFeedback, qa_reference: pd.DataFrame) -> None:
+    w = qa.window(qa.sample(40, 0))
+    p1 = w["response_id"].str.endswith("-p1")
+    # only the answer with pointwise feedback (thumbs, correction) carries flags; preference-only answers do not
+    assert w.loc[p1, ["thumbs_down", "corrected"]].notna().all().all()
+    assert w.loc[~p1, ["thumbs_down", "corrected"]].isna().all().all()
+    ref_rate, cur_rate = qa_reference["corrected"].mean(), w["corrected"].mean()
+    assert ref_rate > 0.8 and abs(ref_rate - cur_rate) < 0.1  # about every first answer was corrected, in both
+    assert qa_reference["thumbs_down"].notna().sum() == qa_reference["corrected"].notna().sum()
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([("r", "thumbs", -1.0)], {"r": (1.0, 0.0)}),
+        ([("r", "thumbs", 1.0), ("r", "correction", None)], {"r": (0.0, 1.0)}),
+        ([("r", "correction", None)], {"r": (np.nan, 1.0)}),  # corrected, no verdict on thumbs
+        ([("r", "rating", 2.0)], {"r": (1.0, 0.0)}),  # rating 1-2: unhappy, as curation labels it (< 0.5)
+        ([("r", "rating", 3.0)], {"r": (0.0, 0.0)}),  # rating 3 -> label 0.5: not thumbs-down
+        ([("r", "thumbs", -1.0), ("r", "thumbs", 1.0), ("r", "thumbs", 1.0)], {"r": (0.0, 0.0)}),  # mean label 2/3
+        ([("r", "preference", None)], {}),  # preference only: no flags (NaN after the join), like pair responses
+        ([("a", "preference", None), ("b", "thumbs", 1.0)], {"b": (0.0, 0.0)}),
+    ],
+)
+def test_feedback_flags_are_defined_for_pointwise_feedback_only(events: list, expected: dict) -> None:
+    from monitors.windows import feedback_flags
+
+    fb = pd.DataFrame([{"event_id": f"e{i}", "event_type": t, "response_id": r, "value": v,
+                        "occurred_at": f"2026-01-01T00:00:0{i}Z"} for i, (r, t, v) in enumerate(events)])
+    got = {row.response_id: (row.thumbs_down, row.corrected) for row in feedback_flags(fb).itertuples()}
+    assert got.keys() == expected.keys()
+    for rid, (td, corr) in expected.items():
+        assert (np.isnan(got[rid][0]) if np.isnan(td) else got[rid][0] == td) and got[rid][1] == corr
+
+
+def test_reference_rows_define_flags_like_live_windows() -> None:
+    from monitors.windows import reference_rows
+
+    examples = pd.DataFrame({"prompt": ["q1", "q2"], "response": ["a1", "a2"], "label": [0.0, 1.0], "split": "train"})
+    pairs = pd.DataFrame({  # (prompt, chosen, rejected, source): a1 is corrected; a3 is corrected and lost a preference
+        "prompt": ["q1", "q1", "q3", "q3"], "chosen": ["a1 fixed", "a1", "a3 fixed", "c3"], "rejected": ["a1", "b1", "a3", "a3"],
+        "source": ["correction", "preference", "preference", "correction"], "split": "train"})
+    ref = reference_rows(examples, pairs).set_index("response")
+    assert ref.loc["a1", "thumbs_down"] == 1.0 and ref.loc["a1", "corrected"] == 1.0  # rated and corrected
+    assert ref.loc["a2", "thumbs_down"] == 0.0 and ref.loc["a2", "corrected"] == 0.0
+    assert np.isnan(ref.loc["a3", "thumbs_down"]) and ref.loc["a3", "corrected"] == 1.0  # corrected (and preferred against)
+    assert ref.loc[["b1", "a3 fixed"], ["thumbs_down", "corrected"]].isna().all().all()  # preference-only responses
+    assert "a1 fixed" not in ref.index and "c3" not in ref.index  # the human-written side of a correction is never served
+    assert len(ref) == 5
+
+
+# ---- the calibration itself ---------------------------------------------------------------------------------
+def clustered(n_clusters: int, *, seed: int, method: str, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in clusters of 1-6 sharing a cluster effect (like answers to one prompt)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 7, n_clusters)
+    keys = np.repeat(rng.integers(0, 2**62, n_clusters), sizes)
+    effect = np.repeat(rng.normal(size=n_clusters), sizes)
+    x = effect + 0.5 * rng.normal(size=len(keys)) + shift
+    if method == "jensenshannon":
+        x = (x > 1.0).astype(float)
+    return x, keys
+
+
+@pytest.mark.parametrize("method", ["wasserstein", "jensenshannon"])
+@pytest.mark.parametrize("n", [20, 300])
+def test_drift_score_is_evidentlys(method: str, n: int) -> None:
+    from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
+    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
+    from evidently.legacy.core import ColumnType
+
+    from monitors.drift import drift_score
+
+    ref, _ = clustered(400, seed=1, method=method)
+    cur, _ = clustered(n, seed=2, method=method, shift=0.3)
+    evidently = (_wasserstein_distance_norm(pd.Series(ref), pd.Series(cur), ColumnType.Numerical, 0.1) if method == "wasserstein"
+                 else _jensenshannon(pd.Series(ref), pd.Series(cur), ColumnType.Categorical, 0.1))[0]
+    assert drift_score(method, ref, cur) == pytest.approx(evidently, rel=1e-9)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("method", "window_clusters", "floor", "max_false_alarms"),
+    [
+        ("wasserstein", 10, 0.1, 0.04),
+        ("wasserstein", 40, 0.1, 0.04),
+        ("wasserstein", 150, 0.1, 0.04),
+        ("jensenshannon", 15, 0.1, 0.04),
+        ("jensenshannon", 60, 0.05, 0.04),
+    ],
+)
+def test_null_threshold_keeps_false_alarms_rare_at_any_window_size(method: str, window_clusters: int, floor: float,
+                                                                     max_false_alarms: float) -> None:
+    """Fresh windows from the reference's population exceed the calibrated threshold about 1% of the time
+    (quantile 0.99), whatever their size; the same windows with rows taken as independent (no clusters) do not."""
+    from monitors.drift import drift_score, null_threshold
+
+    ref, keys = clustered(500, seed=7, method=method)
+    nt = null_threshold(ref, keys, method=method, window_clusters=window_clusters, floor=floor)  # type: ignore[arg-type]
+    naive = null_threshold(ref, np.arange(len(ref)), method=method, window_clusters=int(window_clusters * 3.5), floor=0.0)  # type: ignore[arg-type]
+    assert nt.threshold == max(floor, nt.null_quantile) and nt.window_clusters == window_clusters and nt.reference_clusters == 500
+    scores = np.array([drift_score(method, ref, clustered(window_clusters, seed=100 + i, method=method)[0])  # type: ignore[arg-type]
+                       for i in range(150)])
+    assert (scores >= nt.threshold).mean() <= max_false_alarms
+    assert (scores >= naive.threshold).mean() > 0.04  # ignoring the clusters would alarm far more often
+
+
+@pytest.mark.parametrize(
+    ("window_clusters", "floor", "expect_floor"),
+    [(5, 0.1, False), (50, 0.1, False), (5_000, 0.1, True), (50_000, 0.1, True), (50, 5.0, True)],
+)
+def test_null_threshold_shrinks_with_the_window_down_to_the_floor(window_clusters: int, floor: float, expect_floor: bool) -> None:
+    from monitors.drift import null_threshold
+
+    ref, keys = clustered(3000, seed=3, method="wasserstein")
+    nt = null_threshold(ref, keys, method="wasserstein", window_clusters=window_clusters, floor=floor)
+    smaller = null_threshold(ref, keys, method="wasserstein", window_clusters=max(1, window_clusters // 10), floor=0.0)
+    assert (nt.threshold == floor) is expect_floor
+    assert smaller.null_quantile > nt.null_quantile  # ten times fewer prompts: a wider null
+    assert nt.drawn_clusters <= window_clusters and nt.drawn_clusters * 3.5 <= 2000 * 1.5  # null windows stay small
+    again = null_threshold(ref, keys, method="wasserstein", window_clusters=window_clusters, floor=floor)
+    assert again == nt  # seeded: the same window gets the same threshold
+
+
+@pytest.mark.parametrize(("method", "window_clusters"), [("wasserstein", 5), ("wasserstein", 40), ("jensenshannon", 5), ("jensenshannon", 40)])
+def test_null_threshold_scores_each_draw_as_evidently_would(method: str, window_clusters: int) -> None:
+    """The vectorized null equals Evidently's score on the same draws: each of 20 draws is a reference of K whole
+    prompts and a window of k whole prompts, both with replacement (drawn in that order from the seeded rng)."""
+    from monitors.drift import drift_score, null_threshold
+
+    values, keys = clustered(120, seed=1, method=method)
+    codes = pd.factorize(keys)[0]
+    order, sizes = np.argsort(codes, kind="stable"), np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rng = np.random.default_rng(3)
+
+    def draw(k: int) -> list[np.ndarray]:
+        return [np.concatenate([order[starts[j]: starts[j] + sizes[j]] for j in row]) for row in rng.integers(len(sizes), size=(20, k))]
+
+    refs, wins = draw(len(sizes)), draw(window_clusters)
+    brute = [drift_score(method, values[r], values[w]) for r, w in zip(refs, wins, strict=True)]  # type: ignore[arg-type]
+    nt = null_threshold(values, codes, method=method, window_clusters=window_clusters, floor=0.0, resamples=20, seed=3)  # type: ignore[arg-type]
+    assert nt.null_quantile == pytest.approx(float(np.quantile(brute, 0.99)), rel=1e-9)
