@@ -34,10 +34,11 @@ MALFORMED_KINDS = ("not_json", "missing_field", "bad_type", "out_of_range", "bad
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One run of simulated traffic. ``first``/``count`` select questions of the qa_feedback file."""
+    """One run of simulated traffic. ``first``/``count`` (or ``questions``) select questions of the qa_feedback file."""
 
     first: int = 0
     count: int = 100
+    questions: tuple[int, ...] = ()  # explicit question indices; when given, first/count are ignored
     rate: float = 0.0  # app requests per second; 0 = as fast as the service answers
     duration_s: float | None = None  # stop after this long, whatever is left
     drift_after: float | None = None  # fraction of the run after which traffic drifts (None: never)
@@ -152,7 +153,7 @@ def simulate(
         e for e in iter_events(data_path, copies=cfg.run_id + 1, days=1, start=now.replace(hour=0, minute=0, second=0))
         if e["event_id"].startswith(f"qaf1-{cfg.run_id}-")
     )
-    order = list(range(cfg.first, stop))
+    order = [i for i in cfg.questions if 0 <= i < len(questions)] if cfg.questions else list(range(cfg.first, stop))
     rng.shuffle(order)
     stats = SimStats()
     t0 = time.monotonic()
