@@ -6,7 +6,7 @@
 2. quality (``--quality``): train on the qa_feedback gold tables (split by question) and report held-out
    pairwise accuracy and AUC with bootstrap 95% intervals beside the length and TF-IDF + LR baselines.
 
-    python -m bench.bench_training [--steps 12 --rounds 2] [--quality [--skip-throughput] [--quality-steps N --freeze-layers K ...]]
+    python -m bench.bench_training [--steps 12 --rounds 2] [--quality [--skip-throughput] [--labels any-error] [--epochs N --freeze-layers K ...]]
 
 Rows (metric, ours, peer, ratio, target) go to bench/results/training.json.
 """
@@ -93,7 +93,8 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
     loads = [_load()]
     for r in range(rounds):
         cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / f"ours{r}"), track=False, max_steps=per, batch_size=batch, max_length=max_length,
-                          checkpoint_every=10_000, log_every=per, length_feature=False, examples_version=0, pairs_version=0, seed=13 + r)
+                          checkpoint_every=10_000, log_every=per, length_feature=False, examples_version=0, pairs_version=0, seed=13 + r,
+                          freeze_layers=0, group_by_prompt=False)  # like for like: full fine-tune of random items on both sides
         ours = train(cfg, settings, say=lambda m: None)
         n = per * batch
         ours_s += n / ours.samples_per_s
@@ -132,6 +133,9 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
 
 
 def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train on the train split of all qa_feedback questions through ``trainers.train.train`` (the real
+    trainer), score the held-out split through the saved model (the path the pyfunc uses), and compare with
+    the baselines fit on the same train split. Times: training (incl. the frozen cache), evaluation."""
     from trainers import data as D
     from trainers import evaluate as E
     from trainers.config import TrainConfig
@@ -141,14 +145,19 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     settings = load_settings(home=tmp / "home")
     lake = str(tmp / "lake")
-    write_gold(lake, QA)
+    write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent)
     overrides = {k: v for k, v in {"max_steps": args.quality_steps, "epochs": args.epochs, "batch_size": args.quality_batch,
                                    "max_length": args.quality_max_length, "freeze_layers": args.freeze_layers, "lr": args.lr,
                                    "head_lr": args.head_lr, "pointwise_weight": args.pointwise_weight,
-                                   "pairwise_weight": args.pairwise_weight}.items() if v is not None}
-    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=10,
+                                   "pairwise_weight": args.pairwise_weight, "balance_pointwise": args.balance_pointwise,
+                                   "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
+                                   "head_l2": args.head_l2, "probe_steps": args.probe_steps}.items() if v is not None}
+    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=25,
                       examples_version=0, pairs_version=0, **overrides)
-    print(f"quality run: {cfg.model_dump(include=set(overrides) | {'length_feature', 'pad_buckets'})} (load {_load():.1f})", flush=True)
+    shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
+             "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps"} | set(overrides)
+    load0 = _load()
+    print(f"quality run, labels {args.labels}: {cfg.model_dump(include=shown)} (load {load0:.1f})", flush=True)
     t0 = time.perf_counter()
     result = train(cfg, settings, say=lambda m: print(m, flush=True))
     train_s = time.perf_counter() - t0
@@ -159,19 +168,25 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     report = E.full_report(lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), (ex.split("train"), pr.split("train")),
                            (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
+    loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
     fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
-    print(f"\ntrained {result.steps} steps in {train_s:.0f}s, evaluated in {eval_s:.0f}s (load {_load():.1f})")
+    ev = ex.split("eval")
+    print(f"\ntrained {result.steps} steps in {train_s:.0f}s, evaluated in {eval_s:.0f}s ({loads}); labels {args.labels}: "
+          f"{int((ev['label'] >= 0.5).sum())} of {len(ev)} eval answers positive")
     print("| metric (held-out, split by question) | reward model | length LR | TF-IDF + LR | n | beats both |\n|---|---|---|---|---|---|")
     rows = []
-    for metric in ("pairwise_accuracy", "auc"):
+    for metric in ("pairwise_accuracy", "auc", "log_loss"):
         ours = report.metrics[metric]
         bases = report.baselines
-        beats = all(ours.value > b[metric].value for b in bases.values())
+        better = (lambda a, b: a < b) if metric == "log_loss" else (lambda a, b: a > b)
+        beats = all(better(ours.value, b[metric].value) for b in bases.values())
         print(f"| {metric} | {fmt(ours)} | {fmt(bases['length'][metric])} | {fmt(bases['tfidf_lr'][metric])} | {ours.n} | {'yes' if beats else 'NO'} |")
+        if metric == "log_loss":
+            continue
         for name, base in bases.items():
             peer = base[metric]
-            rows.append({"metric": f"held-out {metric} vs {name} (ours [{ours.lo:.3f},{ours.hi:.3f}], peer [{peer.lo:.3f},{peer.hi:.3f}], n={ours.n}, "
-                                   f"train {train_s:.0f}s + eval {eval_s:.0f}s)",
+            rows.append({"metric": f"held-out {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], peer "
+                                   f"[{peer.lo:.3f},{peer.hi:.3f}], n={ours.n}, train {train_s:.0f}s + eval {eval_s:.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
     return rows
 
@@ -193,6 +208,15 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--head-lr", type=float, default=None)
     parser.add_argument("--pointwise-weight", type=float, default=None)
     parser.add_argument("--pairwise-weight", type=float, default=None)
+    parser.add_argument("--balance-pointwise", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--head-l2", type=float, default=None)
+    parser.add_argument("--quality-questions", type=int, default=None, help="first N questions only (the demo: 400)")
+    parser.add_argument("--eval-percent", type=int, default=25, help="share of questions held out (curation's default: 10)")
+    parser.add_argument("--probe-steps", type=int, default=None)
+    parser.add_argument("--cache-frozen", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--group-by-prompt", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--labels", choices=("error-share", "any-error"), default="error-share",
+                        help="thumbs rule of the gold fixture: < 50%% of chars in error spans (43%% up) or no error span (7%% up, the demo's)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args()
@@ -202,7 +226,9 @@ def main() -> list[dict[str, Any]]:
     if args.quality:
         rows += bench_quality(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if not args.skip_throughput else RESULTS.with_name("training_quality.json")
+    tag = f"_l2{args.head_l2}_probe{args.probe_steps}" if args.head_l2 is not None or args.probe_steps is not None else ""
+    tag += f"_q{args.quality_questions}_eval{args.eval_percent}" if args.quality_questions or args.eval_percent != 25 else ""
+    out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))
     for r in rows:
         print(f"{r['metric']}: ours {r['ours']:.3f} peer {r['peer']:.3f} ratio {r['ratio']:.2f} (target {r['target']})")

@@ -28,7 +28,7 @@ def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path,
         canary_window_questions=70,  # ~35 verdicts per arm at 50%: the analysis needs 30
         # A few CPU minutes of training: too little to be held to beating the baselines, which the
         # training tests and bench/bench_training.py measure on their own.
-        train={"epochs": 1, "max_length": 64, "batch_size": 16, "max_train_examples": 200, "max_train_pairs": 300, "freeze_layers": 4},
+        train={"epochs": 2, "max_length": 64, "batch_size": 16, "max_train_examples": 200, "max_train_pairs": 300},
         n_boot=100,
         gate_must_beat_baselines=False,
     )

@@ -214,9 +214,101 @@ def test_cpu_defaults_are_the_measured_ones() -> None:
 
 
 @pytest.mark.parametrize(("norm", "tokens", "expected"), [
+    ("chars", 400, 0.0), ("chars", 0, -math.log1p(400.0)), ("chars", 1600, math.log(1601 / 401)),
     ("centered", 128, 0.0), ("centered", 0, -math.log1p(128.0)), ("scaled512", 511, 1.0), ("scaled512", 0, 0.0),
 ])
 def test_length_feature_values(norm: str, tokens: int, expected: float) -> None:
     from trainers.model import length_value
 
     assert float(length_value(torch.tensor([float(tokens)]), norm)) == pytest.approx(expected)  # type: ignore[arg-type]
+
+
+def test_pos_weight_scales_the_positive_class_only() -> None:
+    logits = torch.tensor([0.0, 0.0])
+    batch = {"point_rows": torch.tensor([0, 1]), "point_labels": torch.tensor([1.0, 0.0]),
+             "pair_a": torch.tensor([], dtype=torch.long), "pair_b": torch.tensor([], dtype=torch.long), "pair_target": torch.tensor([])}
+    plain = reward_losses(logits, batch, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)
+    weighted = reward_losses(logits, batch, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0, pos_weight=3.0)
+    assert float(plain["pointwise"]) == pytest.approx(math.log(2))
+    assert float(weighted["pointwise"]) == pytest.approx((3 * math.log(2) + math.log(2)) / 2)
+
+
+def test_encode_keeps_each_distinct_text_once_and_prompt_batches_share_it(qa_feedback_path: Path) -> None:
+    ex, pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=30))
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    enc = D.encode(tok, ex, pr, max_length=64)
+    texts = set(zip(ex["prompt"], ex["response"])) | set(zip(pr["prompt"], pr["chosen"])) | set(zip(pr["prompt"], pr["rejected"]))
+    used = {s for _, sidx, _ in enc.items for s in sidx}
+    assert len(enc.input_ids) == len(used) <= len(texts) and len(enc.chars) == len(enc.input_ids)
+    assert len(enc.groups) == len(enc) and len(set(enc.groups)) == ex["prompt"].nunique()
+    lengths = [enc.item_length(i) for i in range(len(enc))]
+    batches = D.length_grouped_batches(lengths, 16, seed=3, epoch=0, groups=enc.groups)
+    assert batches == D.length_grouped_batches(lengths, 16, seed=3, epoch=0, groups=enc.groups)
+    assert sorted(i for b in batches for i in b) == list(range(len(enc)))
+    batch_of = {i: n for n, b in enumerate(batches) for i in b}
+    for g in set(enc.groups):  # a prompt's items are never split over batches
+        assert len({batch_of[i] for i in range(len(enc)) if enc.groups[i] == g}) == 1
+    for b in batches:
+        batch = D.collate(enc, b, pad_id=tok.pad_token_id)
+        distinct = {s for i in b for s in enc.items[i][1]}
+        assert batch["n_seqs"] == len(distinct) < sum(len(enc.items[i][1]) for i in b)
+        rows = batch["chunks"][0]["seq_ids"]
+        assert [float(enc.chars[s]) for s in rows] == batch["chunks"][0]["response_chars"].tolist()
+
+
+def test_cached_frozen_layers_then_top_give_the_full_encoders_logits() -> None:
+    from trainers import frozen
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    tok = load_tokenizer(base)
+    torch.manual_seed(0)
+    model = RewardModel(load_encoder(base)).eval()
+    assert frozen.supports(model.encoder)
+    prompts, responses = ["who wrote it?", "where is it?", "why?"], ["a long answer " * 6, "here", "because it is so"]
+    enc = tok(prompts, responses, truncation="longest_first", max_length=48)
+    states = frozen.bottom_states(model.encoder, enc["input_ids"], enc["token_type_ids"], layers=5, device=torch.device("cpu"))
+    assert [s.shape[0] for s in states] == [len(x) for x in enc["input_ids"]]
+    padded = tok(prompts, responses, truncation="longest_first", max_length=48, padding=True, return_tensors="pt")
+    chars = torch.tensor([float(len(r)) for r in responses])
+    with torch.no_grad():
+        full = model(padded["input_ids"], padded["attention_mask"], padded["token_type_ids"], response_chars=chars)
+        model.cached_layers = 5
+        cached = frozen.pad_states(states, [0, 1, 2], padded["input_ids"].shape[1])
+        top = model(padded["input_ids"], padded["attention_mask"], padded["token_type_ids"], response_chars=chars, cached=cached)
+    assert torch.allclose(full, top, atol=1e-5)
+
+
+def test_score_encodes_each_distinct_pair_once_and_keeps_order() -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel, score
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    model = RewardModel(load_encoder(base)).eval()
+    tok = load_tokenizer(base)
+    calls: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    p, r = ["q1", "q2", "q1", "q1"], ["a", "b", "a", "c"]
+    got = score(model, tok, p, r, max_length=32)
+    assert sum(calls) == 3 and got[0] == got[2] and len(got) == 4
+    assert got == pytest.approx(score(model, tok, p[::-1], r[::-1], max_length=32)[::-1])
+
+
+def test_linear_probe_warm_start_fits_the_head_and_l2_shrinks_text_weights(qa_feedback_path: Path) -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel
+    from trainers.train import probe_head
+
+    ex, pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=20))
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    enc = D.encode(load_tokenizer(base), ex, pr, max_length=32)
+    torch.manual_seed(0)
+    feats = torch.randn(len(enc.input_ids), 385)
+    norms = {}
+    for l2 in (0.0, 1.0):
+        model = RewardModel(load_encoder(base))
+        fit = probe_head(model, enc, feats, TrainConfig(probe_steps=200, head_l2=l2), pos_weight=None)
+        assert fit["loss"] < 0.9 * (math.log(2) * 2)  # below chance (pointwise + pairwise at 0.693 each)
+        norms[l2] = float(model.text_weight_penalty())
+    assert norms[1.0] < 0.5 * norms[0.0]

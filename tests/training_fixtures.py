@@ -2,7 +2,9 @@
 real shared qa_feedback data (until curation's gold tables are used instead):
 
 - training_examples: one thumbs label per question on prediction 1 from its human error annotations:
-  thumbs up (label 1.0) when less than half of the answer's characters are marked erroneous, else 0.0.
+  ``label_rule="error-share"`` (default): thumbs up (label 1.0) when less than half of the answer's characters
+  are marked erroneous, else 0.0 (43% up); ``"any-error"``: thumbs up only when no error span is marked (7% up),
+  the rule of ``feedback.qa_feedback`` that the demo's curated gold tables carry.
 - preference_pairs: the 6 pairwise preferences among the 4 predictions (0 = tie, kept and flagged) and
   the human correction of prediction 1 (corrected = chosen, original = rejected).
 - split: by a stable hash of the question (its own near-dup cluster), so a question never straddles
@@ -15,11 +17,13 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 
 PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
 APPS = ("qa-web", "qa-mobile")
+LabelRule = Literal["error-share", "any-error"]
 
 
 def _h(text: str) -> int:
@@ -30,7 +34,8 @@ def _split(question: str, eval_percent: int) -> str:
     return "eval" if _h("split:" + question) % 100 < eval_percent else "train"
 
 
-def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0) -> tuple[pa.Table, pa.Table]:
+def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
+                label_rule: LabelRule = "error-share") -> tuple[pa.Table, pa.Table]:
     records = json.loads(Path(qa_path).read_text())[offset : offset + questions if questions else None]
     base = datetime(2026, 1, 5, tzinfo=UTC)
     ex: list[dict] = []
@@ -46,7 +51,7 @@ def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: in
         p1 = rec["prediction 1"]
         wrong = sum(e["end"] - e["start"] for e in rec["feedback"]["errors"])
         ex.append({"example_id": f"ex-{qi:04d}", "response_id": f"r-{qi:04d}-1", "prompt": q, "response": p1,
-                   "label": 1.0 if wrong / max(1, len(p1)) < 0.5 else 0.0, "n_events": 1, "event_types": "thumbs",
+                   "label": _label(label_rule, wrong, len(p1), len(rec["feedback"]["errors"])), "n_events": 1, "event_types": "thumbs",
                    "model_name": "qa-model-1", **common})
         corrected = rec["feedback"].get("corrected-prediction") or ""
         if corrected and corrected != p1:
@@ -58,6 +63,12 @@ def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: in
                        "rejected": rec[f"prediction {second}"], "is_tie": pref == 0, "source": "preference",
                        "model_name": f"qa-model-{first}", **common})
     return _table(ex), _table(pr)
+
+
+def _label(rule: LabelRule, wrong_chars: int, chars: int, n_errors: int) -> float:
+    if rule == "any-error":
+        return 0.0 if n_errors else 1.0
+    return 1.0 if wrong_chars / max(1, chars) < 0.5 else 0.0
 
 
 def _table(rows: list[dict]) -> pa.Table:
@@ -74,11 +85,11 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
-               mode: str = "append") -> tuple[int, int]:
+               mode: str = "append", label_rule: LabelRule = "error-share") -> tuple[int, int]:
     """Write (append) both gold tables under ``lake_root``; returns their new Delta versions."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
-    ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset)
+    ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
         uri = f"{lake_root.rstrip('/')}/{name}"

@@ -26,6 +26,10 @@ class TrainConfig(BaseModel):
     length_feature: bool = Field(True, description="Feed log(sequence tokens) to the head beside the pooled text.")
     freeze_layers: int = Field(5, ge=0, description="Freeze the embeddings and this many bottom encoder layers (0 = tune all). "
                                "5 (top layer + head tuned) is the CPU default: backward stops below the top layer; GPU: 0.")
+    cache_frozen: bool = Field(True, description="Run the frozen embeddings + bottom blocks once per distinct text and train the "
+                               "top block(s) + head on the cached states (same model; an epoch then costs the top only).")
+    group_by_prompt: bool = Field(True, description="Batch a prompt's items together (its thumbs, correction, comparisons) so "
+                                  "each answer is encoded once per step; shuffling and length grouping act on prompts.")
     # what to read (None = resolved to the latest version by the launcher, then pinned)
     lake_root: str | None = Field(None, description="Lake root URI; None = the settings' lake.")
     examples_version: int | None = Field(None, ge=0, description="Delta version of gold/training_examples.")
@@ -34,15 +38,22 @@ class TrainConfig(BaseModel):
     max_train_pairs: int | None = Field(None, ge=1, description="Cap on pairs (smoke runs).")
     flip_labels: bool = Field(False, description="Invert every label/preference: a deliberately bad model for gate tests.")
     # loss
-    pointwise_weight: float = Field(2.0, ge=0, description="2 on the qa_feedback mix: points are ~1/8 of the items.")
+    pointwise_weight: float = Field(1.0, ge=0, description="1: with 2 the few hundred thumbs labels dominate the head (docs/design/training.md).")
     pairwise_weight: float = Field(1.0, ge=0)
     tie_weight: float = Field(0.0, ge=0, description="Weight of ties (target 0.5) in the pairwise loss; 0 drops them.")
+    head_l2: float = Field(0.0, ge=0, description="L2 penalty on the head's weights over the pooled text dims (not the length weight). "
+                           "0.1-0.3 with probe_steps stops the head memorizing the thumbs labels (AUC ~ length baseline) but also "
+                           "stops it ranking pairs (~0.50); 0 favours pairwise accuracy, the gate's primary metric.")
+    probe_steps: int = Field(0, ge=0, description="Linear-probe warm start: full-batch steps fitting the head alone (same losses + head_l2) "
+                             "on the frozen features of every training text before fine-tuning; 0 = random head.")
+    probe_lr: float = Field(1e-2, gt=0, description="AdamW lr of the linear-probe warm start.")
+    balance_pointwise: bool = Field(False, description="Weight positive labels by negatives/positives in the BCE (rare thumbs-ups).")
     # optimisation
     lr: float = Field(1e-4, gt=0, description="Encoder lr (tuned layers only). CPU default; GPU full fine-tune: 3e-5.")
-    head_lr: float = Field(1e-2, gt=0, description="Head lr. CPU default (few steps); GPU: 1e-3.")
+    head_lr: float = Field(1e-3, gt=0, description="Head lr (1e-2 made the head chase single batches' thumbs labels).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(2, ge=1, description="2 on qa_feedback: with the frozen cache an epoch costs the top block only.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Items (examples or pairs) per micro-batch.")
     grad_accum: int = Field(1, ge=1)

@@ -89,11 +89,15 @@ def rows_digest(frame: pd.DataFrame, id_column: str) -> str:
 # ---- tokenized items ---------------------------------------------------------------------------------
 @dataclass
 class Encoded:
-    """Sequences (token ids) and items: a point is one sequence + label, a pair two sequences + target."""
+    """Distinct sequences (token ids, response characters, prompt group) and items: a point is one sequence +
+    label, a pair two sequences + target. A text that occurs in several items (an answer compared three times,
+    and thumbed) is one sequence, tokenized -- and, with frozen layers, encoded -- once."""
 
     input_ids: list[list[int]] = field(default_factory=list)
     token_type_ids: list[list[int]] = field(default_factory=list)
+    chars: list[int] = field(default_factory=list)
     items: list[tuple[str, tuple[int, ...], float]] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # per item: index of its prompt
 
     def item_length(self, i: int) -> int:
         return max(len(self.input_ids[s]) for s in self.items[i][1])
@@ -103,41 +107,70 @@ class Encoded:
 
 
 def encode(tokenizer: Any, examples: pd.DataFrame, pairs: pd.DataFrame, *, max_length: int, flip: bool = False, tie_weight: float = 0.0) -> Encoded:
-    """Tokenize prompt/response sequences once; pairs whose texts are identical carry no signal and are skipped."""
-    prompts: list[str] = []
-    responses: list[str] = []
+    """Tokenize each distinct (prompt, response) once; pairs whose texts are identical carry no signal and are skipped."""
+    seq_of: dict[tuple[str, str], int] = {}
+    group_of: dict[str, int] = {}
     enc = Encoded()
+
+    def seq(prompt: str, response: str) -> int:
+        return seq_of.setdefault((prompt, response), len(seq_of))
+
+    def add(kind: str, prompt: str, responses: tuple[str, ...], target: float) -> None:
+        enc.items.append((kind, tuple(seq(prompt, r) for r in responses), target))
+        enc.groups.append(group_of.setdefault(prompt, len(group_of)))
+
     for row in examples.itertuples(index=False):
         label = float(row.label)
-        enc.items.append(("point", (len(prompts),), 1.0 - label if flip else label))
-        prompts.append(row.prompt)
-        responses.append(row.response)
+        add("point", row.prompt, (row.response,), 1.0 - label if flip else label)
     for row in pairs.itertuples(index=False):
         if row.chosen == row.rejected or (bool(row.is_tie) and tie_weight == 0):
             continue
-        target = 0.5 if bool(row.is_tie) else (0.0 if flip else 1.0)
-        enc.items.append(("pair", (len(prompts), len(prompts) + 1), target))
-        prompts += [row.prompt, row.prompt]
-        responses += [row.chosen, row.rejected]
-    if prompts:
-        out = tokenizer(prompts, responses, truncation="longest_first", max_length=max_length)
+        add("pair", row.prompt, (row.chosen, row.rejected), 0.5 if bool(row.is_tie) else (0.0 if flip else 1.0))
+    if seq_of:
+        texts = list(seq_of)
+        out = tokenizer([p for p, _ in texts], [r for _, r in texts], truncation="longest_first", max_length=max_length)
         enc.input_ids = out["input_ids"]
         enc.token_type_ids = out.get("token_type_ids") or [[0] * len(x) for x in enc.input_ids]
+        enc.chars = [len(r) for _, r in texts]
     return enc
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, mega: int = 32, shuffle: bool = True) -> list[list[int]]:
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, mega: int = 32, shuffle: bool = True,
+                           groups: Sequence[int] | None = None) -> list[list[int]]:
     """Batches of item indices: shuffle, cut into megabatches of ``mega`` batches, sort each by length,
-    chunk, then shuffle the batch order. Deterministic in (seed, epoch) so a resumed run sees the same order."""
-    idx = list(range(len(lengths)))
+    chunk, then shuffle the batch order. Deterministic in (seed, epoch) so a resumed run sees the same order.
+
+    With ``groups`` (the prompt of each item) the shuffled and length-sorted units are whole prompts, packed
+    into batches of about ``batch_size`` items: a prompt's thumbs, correction and comparisons then share a
+    batch, so each of its answers is encoded once per step instead of once per item (~3x fewer sequences)."""
     rng = random.Random(seed * 100_003 + epoch)
+    if groups is None:
+        units = [[i] for i in range(len(lengths))]
+    else:
+        by_group: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            by_group.setdefault(g, []).append(i)
+        units = list(by_group.values())
     if shuffle:
-        rng.shuffle(idx)
+        rng.shuffle(units)
     size = batch_size * mega
     batches: list[list[int]] = []
-    for start in range(0, len(idx), size):
-        chunk = sorted(idx[start : start + size], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    start = 0
+    while start < len(units):
+        chunk, n = [], 0
+        while start < len(units) and n < size:
+            chunk.append(units[start])
+            n += len(units[start])
+            start += 1
+        chunk.sort(key=lambda u: max(lengths[i] for i in u), reverse=True)
+        batch: list[int] = []
+        for unit in chunk:
+            batch += unit
+            if len(batch) >= batch_size:
+                batches.append(batch)
+                batch = []
+        if batch:
+            batches.append(batch)
     if shuffle:
         rng.shuffle(batches)
     return batches
@@ -157,7 +190,8 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
     so this removes most of the padding left inside a length-grouped batch."""
     import torch
 
-    seqs: list[int] = []
+    seqs: list[int] = []  # distinct sequences of the batch, in first-use order
+    row_of: dict[int, int] = {}
     point_rows: list[int] = []
     point_labels: list[float] = []
     pair_a: list[int] = []
@@ -165,14 +199,18 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
     pair_t: list[float] = []
     for i in batch:
         kind, sidx, target = enc.items[i]
-        base = len(seqs)
-        seqs += list(sidx)
+        rows_i = []
+        for s in sidx:
+            if s not in row_of:
+                row_of[s] = len(seqs)
+                seqs.append(s)
+            rows_i.append(row_of[s])
         if kind == "point":
-            point_rows.append(base)
+            point_rows.append(rows_i[0])
             point_labels.append(target)
         else:
-            pair_a.append(base)
-            pair_b.append(base + 1)
+            pair_a.append(rows_i[0])
+            pair_b.append(rows_i[1])
             pair_t.append(target)
     order = sorted(range(len(seqs)), key=lambda r: len(enc.input_ids[seqs[r]]), reverse=True)
     size = math.ceil(len(order) / max(1, buckets))
@@ -192,7 +230,9 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
             mask[r, :n] = 1
             real += n
         padded += len(rows) * width
-        chunks.append({"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "rows": torch.tensor(rows, dtype=torch.long)})
+        chunks.append({"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "rows": torch.tensor(rows, dtype=torch.long),
+                       "seq_ids": [seqs[row] for row in rows],
+                       "response_chars": torch.tensor([float(enc.chars[seqs[row]]) for row in rows], dtype=torch.float32)})
     return {
         "chunks": chunks,
         "point_rows": torch.tensor(point_rows, dtype=torch.long),
@@ -207,11 +247,19 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
     }
 
 
-def forward_chunks(net: Any, batch: dict[str, Any], device: Any) -> Any:
-    """Logits for every sequence of a collated batch, in batch order (one encoder call per chunk)."""
+def forward_chunks(net: Any, batch: dict[str, Any], device: Any, *, cache: Sequence[Any] | None = None) -> Any:
+    """Logits for every sequence of a collated batch, in batch order (one encoder call per chunk). With
+    ``cache`` (frozen bottom layers' states per sequence, see trainers.frozen) only the top blocks run."""
     import torch
 
-    parts = [(c["rows"], net(c["input_ids"].to(device), c["attention_mask"].to(device), c["token_type_ids"].to(device))) for c in batch["chunks"]]
+    from trainers.frozen import pad_states
+
+    def run(c: dict[str, Any]) -> Any:
+        cached = None if cache is None else pad_states(cache, c["seq_ids"], c["input_ids"].shape[1]).to(device)
+        return net(c["input_ids"].to(device), c["attention_mask"].to(device), c["token_type_ids"].to(device),
+                   response_chars=c["response_chars"].to(device), cached=cached)
+
+    parts = [(c["rows"], run(c)) for c in batch["chunks"]]
     logits = torch.empty(batch["n_seqs"], device=device, dtype=parts[0][1].dtype)
     for rows, out in parts:
         logits = logits.index_copy(0, rows.to(device), out)

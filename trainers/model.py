@@ -18,21 +18,25 @@ HEAD_FILE = "reward_head.pt"
 META_FILE = "reward_model.json"
 
 
-LengthNorm = Literal["centered", "scaled512"]
+LengthNorm = Literal["chars", "centered", "scaled512"]
+TYPICAL_CHARS = 400.0  # a typical qa_feedback answer
 
 
 def length_value(n: torch.Tensor, norm: LengthNorm) -> torch.Tensor:
-    """The head's length input from token counts. "centered": log(1+n) - log(1+128), which spreads a typical
-    answer over about +-1 so a head trained for a few CPU steps can use it; "scaled512": the first models'
-    log(1+n)/log(512) (kept so their saved folders score the same)."""
+    """The head's length input. "chars" (new models): ``n`` = characters of the whole response (not cut by
+    max_length), log(1+n) - log(1+400), about +-1.5 over real answers. Older saved folders use the sequence's
+    token count, which max_length caps: "centered" log(1+n) - log(1+128), "scaled512" log(1+n)/log(512)."""
+    if norm == "chars":
+        return torch.log1p(n) - math.log1p(TYPICAL_CHARS)
     return torch.log1p(n) - math.log1p(128.0) if norm == "centered" else torch.log1p(n) / math.log(512.0)
 
 
 class RewardModel(nn.Module):
     def __init__(self, encoder: nn.Module, *, pooling: Literal["mean", "cls"] = "mean", length_feature: bool = True,
-                 length_norm: LengthNorm = "centered") -> None:
+                 length_norm: LengthNorm = "chars") -> None:
         super().__init__()
         self.encoder = encoder
+        self.cached_layers = 0  # > 0 while training on cached frozen states (see trainers.frozen)
         self.pooling = pooling
         self.length_feature = length_feature
         self.length_norm = length_norm
@@ -42,29 +46,57 @@ class RewardModel(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                response_chars: torch.Tensor | None = None, cached: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits. ``response_chars``: characters of each response (the "chars" length feature);
+        ``cached``: the frozen bottom ``cached_layers`` blocks' output for these sequences (training only)."""
+        pooled = self.pooled(input_ids, attention_mask, token_type_ids, cached=cached)
+        return self.head(self.head_input(self.dropout(pooled), attention_mask, response_chars)).squeeze(-1).float()
+
+    def pooled(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               *, cached: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's pooled text vector (from the cached frozen states when given)."""
+        if cached is not None:
+            from trainers.frozen import run_layers
+
+            hidden = run_layers(self.encoder, cached, attention_mask, start=self.cached_layers)
         else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        pooled = self.dropout(pooled)
-        if self.length_feature:
+            kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def head_input(self, pooled: torch.Tensor, attention_mask: torch.Tensor, response_chars: torch.Tensor | None) -> torch.Tensor:
+        """What the linear head reads: the pooled text, plus the length feature when enabled."""
+        if not self.length_feature:
+            return pooled
+        if self.length_norm == "chars":
+            if response_chars is None:
+                raise ValueError("this reward model's length feature needs response_chars (characters of each response)")
+            n = response_chars.reshape(-1, 1).to(pooled.dtype)
+        else:
             n = attention_mask.sum(1, keepdim=True).to(pooled.dtype)
-            pooled = torch.cat([pooled, length_value(n, self.length_norm)], dim=-1)
-        return self.head(pooled).squeeze(-1).float()
+        return torch.cat([pooled, length_value(n, self.length_norm)], dim=-1)
+
+    def text_weight_penalty(self) -> torch.Tensor:
+        """Squared L2 norm of the head's weights over the pooled text (not the length weight, not the bias)."""
+        hidden = int(self.encoder.config.hidden_size)
+        return (self.head.weight[:, :hidden] ** 2).sum()
 
 
-def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weight: float, pairwise_weight: float, tie_weight: float) -> dict[str, torch.Tensor]:
-    """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected); ties target 0.5."""
+def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weight: float, pairwise_weight: float, tie_weight: float,
+                  pos_weight: float | None = None) -> dict[str, torch.Tensor]:
+    """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected); ties target 0.5.
+    ``pos_weight`` scales the positive class of the BCE (negatives per positive balances rare thumbs-ups)."""
     zero = logits.sum() * 0.0
     point = zero
     if len(batch["point_rows"]):
-        point = F.binary_cross_entropy_with_logits(logits[batch["point_rows"]], batch["point_labels"])
+        pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+        point = F.binary_cross_entropy_with_logits(logits[batch["point_rows"]], batch["point_labels"], pos_weight=pw)
     pair = zero
     if len(batch["pair_a"]):
         diff = logits[batch["pair_a"]] - logits[batch["pair_b"]]
@@ -102,13 +134,18 @@ def load_reward_model(path: Path) -> tuple[RewardModel, Any, int]:
 
 @torch.inference_mode()
 def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str], *, max_length: int = 256, batch_size: int = 32) -> list[float]:
-    """P(satisfied) per (prompt, response), batched by length for speed; order preserved."""
+    """P(satisfied) per (prompt, response), batched by length for speed; each distinct pair is scored once
+    (an eval set repeats every answer in several comparisons); order preserved."""
     if not prompts:
         return []
     device = next(model.parameters()).device
-    enc = tokenizer(list(prompts), list(responses), truncation="longest_first", max_length=max_length)
-    order = sorted(range(len(prompts)), key=lambda i: len(enc["input_ids"][i]))
-    out = [0.0] * len(prompts)
+    unique: dict[tuple[str, str], int] = {}
+    where = [unique.setdefault((p, r), len(unique)) for p, r in zip(prompts, responses, strict=True)]
+    texts = list(unique)  # each distinct (prompt, response) is scored once
+    enc = tokenizer([p for p, _ in texts], [r for _, r in texts], truncation="longest_first", max_length=max_length)
+    chars = [float(len(r)) for _, r in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+    out = [0.0] * len(texts)
     pad = tokenizer.pad_token_id or 0
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -122,7 +159,8 @@ def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: lis
             mask[r, : len(seq)] = 1
             if "token_type_ids" in enc:
                 types[r, : len(seq)] = torch.tensor(enc["token_type_ids"][i])
-        probs = torch.sigmoid(model(ids.to(device), mask.to(device), types.to(device))).cpu().tolist()
+        n_chars = torch.tensor([chars[i] for i in rows], device=device)
+        probs = torch.sigmoid(model(ids.to(device), mask.to(device), types.to(device), response_chars=n_chars)).cpu().tolist()
         for i, p in zip(rows, probs, strict=True):
             out[i] = float(p)
-    return out
+    return [out[w] for w in where]

@@ -26,6 +26,7 @@ import torch
 from infra.settings import Settings, load_settings
 from infra.tables import table_uri
 from trainers import data as D
+from trainers import frozen
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import TrainConfig, load_config
 from trainers.model import RewardModel, reward_losses, save_reward_model
@@ -100,6 +101,80 @@ def _freeze(model: RewardModel, layers: int) -> None:
             p.requires_grad_(False)
 
 
+def _pos_weight(enc: D.Encoded) -> float | None:
+    """Negatives per positive among the pointwise labels (BCE ``pos_weight`` that balances the classes)."""
+    labels = [t for kind, _, t in enc.items if kind == "point"]
+    pos = sum(labels)
+    return (len(labels) - pos) / pos if 0 < pos < len(labels) else None
+
+
+@torch.no_grad()
+def _text_features(model: RewardModel, enc: D.Encoded, cache: list[torch.Tensor] | None, device: torch.device, *, pad_id: int,
+                   batch_size: int = 64) -> torch.Tensor:
+    """The head's input for every distinct training text, from the current (frozen-mode) encoder."""
+    was = model.training
+    model.eval()
+    out = torch.empty(len(enc.input_ids), model.head.in_features)
+    order = sorted(range(len(enc.input_ids)), key=lambda i: len(enc.input_ids[i]))
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(enc.input_ids[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+            for r, i in enumerate(rows):
+                n = len(enc.input_ids[i])
+                ids[r, :n], types[r, :n], mask[r, :n] = torch.tensor(enc.input_ids[i]), torch.tensor(enc.token_type_ids[i]), 1
+            cached = None if cache is None else frozen.pad_states(cache, rows, width).to(device)
+            pooled = model.pooled(ids.to(device), mask.to(device), types.to(device), cached=cached).float()
+            chars = torch.tensor([float(enc.chars[i]) for i in rows], device=device)
+            out[torch.tensor(rows)] = model.head_input(pooled, mask.to(device), chars).cpu()
+    finally:
+        model.train(was)
+    return out
+
+
+def probe_head(model: RewardModel, enc: D.Encoded, features: torch.Tensor, cfg: TrainConfig, *, pos_weight: float | None) -> dict[str, float]:
+    """Linear-probe warm start: fit the head alone, full batch, on fixed features of every training text with
+    the run's losses + ``head_l2``. Fine-tuning then starts from a head that already ranks (LP-FT), so the
+    top block is not pushed around by a random head's gradients. Deterministic (no sampling, no dropout)."""
+    batch: dict[str, Any] = {"point_rows": [], "point_labels": [], "pair_a": [], "pair_b": [], "pair_target": []}
+    for kind, sidx, target in enc.items:
+        if kind == "point":
+            batch["point_rows"].append(sidx[0])
+            batch["point_labels"].append(target)
+        else:
+            batch["pair_a"].append(sidx[0])
+            batch["pair_b"].append(sidx[1])
+            batch["pair_target"].append(target)
+    tensors = {k: torch.tensor(v, dtype=torch.float32 if k in ("point_labels", "pair_target") else torch.long) for k, v in batch.items()}
+    head = model.head
+    device = head.weight.device
+    x = features.to(device)
+    tensors = {k: v.to(device) for k, v in tensors.items()}
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.probe_lr, weight_decay=0.0)
+    losses: dict[str, torch.Tensor] = {}
+    for _ in range(cfg.probe_steps):
+        losses = reward_losses(head(x).squeeze(-1).float(), tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
+                               tie_weight=cfg.tie_weight, pos_weight=pos_weight)
+        loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _cache_progress(say: Say) -> Callable[[int, int], None]:
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - last[0] > 15:
+            last[0] = now
+            say(f"frozen cache {done}/{total} texts")
+    return report
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -152,10 +227,13 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
 
         raise DataError("no training rows in the train split of the pinned gold tables", hint="curate more feedback or pin a later version")
     lengths = [enc.item_length(i) for i in range(len(enc))]
-    per_epoch = len(D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0, mega=cfg.length_group_mega), rank=rank, world=world))
+    groups = enc.groups if cfg.group_by_prompt else None
+    per_epoch = len(D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0, mega=cfg.length_group_mega, groups=groups),
+                            rank=rank, world=world))
     total = cfg.max_steps or cfg.epochs * max(1, per_epoch // cfg.grad_accum)
 
     model = RewardModel(load_encoder(base), pooling=cfg.pooling, length_feature=cfg.length_feature).to(device)
+    pos_weight = _pos_weight(enc) if cfg.balance_pointwise else None
     _freeze(model, cfg.freeze_layers)
     head_params = list(model.head.parameters())
     enc_params = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
@@ -200,6 +278,28 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             tracker.log_delta_input(uri=ex.uri, version=ex.version, name="training_examples", digest=lineage["lakeloop.train_examples.rows_digest"], context="training")
             tracker.log_delta_input(uri=pr.uri, version=pr.version, name="preference_pairs", digest=lineage["lakeloop.preference_pairs.rows_digest"], context="training")
 
+    cache = None
+    if cfg.cache_frozen and cfg.freeze_layers > 0 and frozen.supports(model.encoder):
+        t_cache = time.perf_counter()
+        model.cached_layers = min(cfg.freeze_layers, len(model.encoder.encoder.layer))
+        cache = frozen.bottom_states(model.encoder, enc.input_ids, enc.token_type_ids, layers=model.cached_layers, device=device,
+                                     pad_id=tokenizer.pad_token_id or 0, progress=_cache_progress(say))
+        cache_s = time.perf_counter() - t_cache
+        say(f"cached the frozen embeddings + {model.cached_layers} blocks for {len(cache)} distinct texts in {cache_s:.0f}s; "
+            f"training the top {len(model.encoder.encoder.layer) - model.cached_layers} block(s) + head on them")
+        if tracker:
+            tracker.log_metrics({"frozen_cache_s": cache_s, "distinct_texts": float(len(cache))}, step=step)
+
+    if cfg.probe_steps and not resumed:
+        t_probe = time.perf_counter()
+        feats = _text_features(model, enc, cache, device, pad_id=tokenizer.pad_token_id or 0)
+        fit = probe_head(model, enc, feats, cfg, pos_weight=pos_weight)
+        probe_s = time.perf_counter() - t_probe
+        say(f"linear-probe warm start of the head: {cfg.probe_steps} full-batch steps in {probe_s:.0f}s, "
+            f"loss {fit['loss']:.4f} (point {fit['pointwise']:.3f} pair {fit['pairwise']:.3f})")
+        if tracker:
+            tracker.log_metrics({"probe_loss": fit["loss"], "probe_pointwise": fit["pointwise"], "probe_pairwise": fit["pairwise"], "probe_s": probe_s}, step=0)
+
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -214,7 +314,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     t0, seqs_done, real_tok, pad_tok, last_loss = time.perf_counter(), 0, 0, 0, float("nan")
     window: list[float] = []
     while step < total:
-        batches = D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, mega=cfg.length_group_mega), rank=rank, world=world)
+        batches = D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, mega=cfg.length_group_mega, groups=groups),
+                          rank=rank, world=world)
         usable = len(batches) - len(batches) % cfg.grad_accum
         if usable == 0:
             from infra.errors import DataError
@@ -226,10 +327,12 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             for i, batch in enumerate(group):
                 sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else net.no_sync()
                 with sync, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = D.forward_chunks(net, batch, device)
+                    logits = D.forward_chunks(net, batch, device, cache=cache)
                     tensors = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "chunks"}
-                    losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight, tie_weight=cfg.tie_weight)
-                    (losses["loss"] / len(group)).backward()
+                    losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
+                                           tie_weight=cfg.tie_weight, pos_weight=pos_weight)
+                    total_loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty() if cfg.head_l2 else losses["loss"]
+                    (total_loss / len(group)).backward()
                 for k in parts:
                     parts[k] += float(losses[k].detach()) / len(group)
                 seqs_done += batch["n_seqs"]
