@@ -271,7 +271,8 @@ def _phase1(settings: Settings, cfg: DemoConfig, summary: DemoSummary, say: Say)
     version = str(reg["model_version"])
     ev = _metadata("model_evaluation")
     summary.facts["first_model"] = {**{k: v for k, v in ev.items() if k != "model_card"}, "version": version}
-    against = "the baselines" if cfg.gate_must_beat_baselines else "the gate without the baseline rule (shortened run)"
+    against = ("the baselines" if cfg.gate_must_beat_baselines
+               else "the gate without the baseline rule (a few CPU minutes of training; baselines shown beside)")
     summary.add("4. training + gate", f"reward model v{version}: pairwise accuracy {ev.get('pairwise_accuracy', float('nan')):.3f} "
                 f"{ev.get('pairwise_accuracy_ci', '')}, AUC {ev.get('auc', float('nan')):.3f} {ev.get('auc_ci', '')}; "
                 f"passed {against}; alias challenger", say)
