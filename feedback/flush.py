@@ -112,8 +112,10 @@ class Flusher:
         self.mode = mode
         self._stream = stream
         self._pool: ProcessPoolExecutor | None = None
-        self._target, self._dead = sinks_for(settings, stream)
-        if mode == "process":
+        self._sinks: tuple[DeltaSink, DeltaSink] | None = None  # inline mode only: the worker has its own
+        if mode == "thread":
+            self._sinks = sinks_for(settings, stream)
+        else:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                 initargs=(settings, stream.name, stream.topic, os.getpid()),
@@ -132,7 +134,8 @@ class Flusher:
     def finish(self, started: Future[FlushOutcome] | RawBatch, reason: str) -> FlushOutcome:
         """Wait for a started flush to be committed (inline: do it now). One caller at a time."""
         if isinstance(started, RawBatch):
-            return flush(self._stream, self._target, self._dead, started, reason)
+            assert self._sinks is not None
+            return flush(self._stream, *self._sinks, started, reason)
         return started.result()
 
     def close(self) -> None:
