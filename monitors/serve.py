@@ -91,6 +91,17 @@ def predict_score(model: Any, prompt: str, response: str) -> float:
     return score
 
 
+def _warm_up(model: Any, version: str, *, calls: int = 3) -> None:
+    """A few predictions before a version takes traffic, so its first requests do not carry one-off costs
+    (lazy init, first allocations) into the latency the canary analysis compares. A failure is only logged:
+    the version's real requests count it as an error."""
+    try:
+        for _ in range(calls):
+            predict_score(model, "warm-up request", "warm-up response")
+    except Exception as exc:  # noqa: BLE001 - any model error; its real requests count it
+        log.warning("warm-up of version %s failed: %s", version, exc)
+
+
 class ModelPool:
     """Keeps the serving snapshot in step with the registry."""
 
@@ -106,7 +117,9 @@ class ModelPool:
             return None
         if version not in self.cache:
             log.info("loading %s version %s", self.settings.registered_model_name, version)
-            self.cache[version] = model_store.load_pyfunc(self.settings, version)
+            model = model_store.load_pyfunc(self.settings, version)
+            _warm_up(model, version)
+            self.cache[version] = model
         return Loaded(version, self.cache[version])
 
     def refresh(self) -> Serving:
@@ -121,7 +134,7 @@ class ModelPool:
             self.cache = {v: m for v, m in self.cache.items() if v in keep}
             self.last_refresh = time.time()
             self.last_error = None
-        except Exception as exc:  # the poller must survive registry hiccups; surfaced on /readyz and /stats
+        except Exception as exc:  # noqa: BLE001 - the poller must survive registry hiccups; surfaced on /readyz and /stats
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("alias refresh failed, still serving previous models: %s", self.last_error)
         return self.serving
@@ -210,7 +223,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
         t0 = time.perf_counter()
         try:
             value = predict_score(chosen.model, req.prompt, req.response)
-        except Exception as exc:  # counted against that version; the champion answers instead
+        except Exception as exc:  # noqa: BLE001 - counted against that version; the champion answers instead
             counters.count(chosen.version, error=True)
             log.warning("version %s failed: %s", chosen.version, exc)
             if chosen is s.champion:
