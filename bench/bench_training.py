@@ -6,7 +6,7 @@
 2. quality (``--quality``): train on the qa_feedback gold tables (split by question) and report held-out
    pairwise accuracy and AUC with bootstrap 95% intervals beside the length and TF-IDF + LR baselines.
 
-    python -m bench.bench_training [--steps 12 --rounds 2] [--quality [--skip-throughput] [--labels any-error] [--epochs N --freeze-layers K ...]]
+    python -m bench.bench_training [--steps 64 --rounds 2] [--quality [--skip-throughput] [--labels any-error] [--epochs N --freeze-layers K ...]]
 
 Rows (metric, ours, peer, ratio, target) go to bench/results/training.json.
 """
@@ -132,6 +132,16 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
     ]
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields given on the command line (the rest keep TrainConfig's defaults)."""
+    return {k: v for k, v in {"max_steps": args.quality_steps, "epochs": args.epochs, "batch_size": args.quality_batch,
+                              "max_length": args.quality_max_length, "freeze_layers": args.freeze_layers, "lr": args.lr,
+                              "head_lr": args.head_lr, "pointwise_weight": args.pointwise_weight,
+                              "pairwise_weight": args.pairwise_weight, "balance_pointwise": args.balance_pointwise,
+                              "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
+                              "head_l2": args.head_l2, "probe_steps": args.probe_steps}.items() if v is not None}
+
+
 def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train on the train split of all qa_feedback questions through ``trainers.train.train`` (the real
     trainer), score the held-out split through the saved model (the path the pyfunc uses), and compare with
@@ -146,12 +156,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     settings = load_settings(home=tmp / "home")
     lake = str(tmp / "lake")
     write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent)
-    overrides = {k: v for k, v in {"max_steps": args.quality_steps, "epochs": args.epochs, "batch_size": args.quality_batch,
-                                   "max_length": args.quality_max_length, "freeze_layers": args.freeze_layers, "lr": args.lr,
-                                   "head_lr": args.head_lr, "pointwise_weight": args.pointwise_weight,
-                                   "pairwise_weight": args.pairwise_weight, "balance_pointwise": args.balance_pointwise,
-                                   "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
-                                   "head_l2": args.head_l2, "probe_steps": args.probe_steps}.items() if v is not None}
+    overrides = _overrides(args)
     cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=25,
                       examples_version=0, pairs_version=0, **overrides)
     shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
@@ -169,7 +174,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
                            (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
     loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
-    fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
+    fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     ev = ex.split("eval")
     print(f"\ntrained {result.steps} steps in {train_s:.0f}s, evaluated in {eval_s:.0f}s ({loads}); labels {args.labels}: "
           f"{int((ev['label'] >= 0.5).sum())} of {len(ev)} eval answers positive")
@@ -191,12 +196,87 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _paired_diff(fn: Any, ours: tuple[np.ndarray, ...], peer: tuple[np.ndarray, ...], *, n_boot: int, seed: int = 7) -> tuple[float, float, float]:
+    """ours - peer on the same rows, with a bootstrap 95% interval over the same resampled rows."""
+    n = len(ours[0])
+    rng = np.random.default_rng(seed)
+    draws = [fn(*(a[i] for a in ours)) - fn(*(a[i] for a in peer)) for i in rng.integers(0, n, size=(n_boot, n))]
+    draws = [d for d in draws if np.isfinite(d)]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return fn(*ours) - fn(*peer), float(lo), float(hi)
+
+
+def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """K-fold cross-validation by question: each question is held out in exactly one fold; in each fold the
+    real trainer trains on the rest and the baselines are fit on the same rows; the held-out scores of all
+    folds are pooled (every labelled answer and every pair is scored once, by a model that never saw its
+    question), and the metrics get bootstrap 95% intervals, plus paired intervals of ours - baseline."""
+    from trainers import data as D
+    from trainers import evaluate as E
+    from trainers.config import TrainConfig
+    from trainers.model import load_reward_model, score
+    from trainers.train import train
+
+    names = ("reward model", "length", "tfidf_lr")
+    pooled: dict[str, dict[str, list[np.ndarray]]] = {n: {"y": [], "p": [], "ch": [], "rj": []} for n in names}
+    times: list[float] = []
+    load0 = _load()
+    for k in range(args.folds):
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench-fold{k}-"))
+        lake = str(tmp / "lake")
+        write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, fold=(k, args.folds))
+        cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=100,
+                          examples_version=0, pairs_version=0, **_overrides(args))
+        t0 = time.perf_counter()
+        result = train(cfg, load_settings(home=tmp / "home"), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+        model, tok, ml = load_reward_model(Path(result.output_dir) / "model")
+        ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
+        pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=0)
+        ex_eval, pr_eval = ex.split("eval"), pr.split("eval")
+        pr_eval = pr_eval[~pr_eval["is_tie"].astype(bool)].reset_index(drop=True)
+        scorers = {"reward model": lambda p, r, model=model, tok=tok, ml=ml: np.array(score(model, tok, p, r, max_length=ml)),
+                   **E.fit_baselines(ex.split("train"), pr.split("train"))}
+        for name in names:
+            probs, ch, rj = E.score_eval(scorers[name], ex_eval, pr_eval)
+            for key, arr in (("y", ex_eval["label"].to_numpy(float)), ("p", probs), ("ch", ch), ("rj", rj)):
+                pooled[name][key].append(np.asarray(arr, dtype=float))
+        times.append(time.perf_counter() - t0)
+        print(f"[fold {k}] {len(ex_eval)} answers ({int((ex_eval['label'] >= 0.5).sum())} positive), {len(pr_eval)} pairs held out; "
+              f"{times[-1]:.0f}s", flush=True)
+    arr = {n: {key: np.concatenate(v) for key, v in d.items()} for n, d in pooled.items()}
+    loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
+    print(f"\n{args.folds}-fold by question, labels {args.labels}: {len(arr['length']['y'])} answers "
+          f"({int((arr['length']['y'] >= 0.5).sum())} positive), {len(arr['length']['ch'])} pairs; "
+          f"{sum(times):.0f}s in all ({loads})")
+    print("| metric (out of fold) | reward model | length LR | TF-IDF + LR | ours - length | ours - TF-IDF |\n|---|---|---|---|---|---|")
+    rows = []
+    for metric, fn, keys in (("pairwise_accuracy", E.pairwise_accuracy, ("ch", "rj")), ("auc", E.auc, ("y", "p"))):
+        est = {n: E._bootstrap(fn, tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=1) for n in names}
+        diffs = {n: _paired_diff(fn, tuple(arr["reward model"][k] for k in keys), tuple(arr[n][k] for k in keys), n_boot=args.n_boot)
+                 for n in names[1:]}
+        cell = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+        dcell = lambda d: f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+        print(f"| {metric} | {cell(est['reward model'])} | {cell(est['length'])} | {cell(est['tfidf_lr'])} | "
+              f"{dcell(diffs['length'])} | {dcell(diffs['tfidf_lr'])} |")
+        ours = est["reward model"]
+        for name in names[1:]:
+            peer, d = est[name], diffs[name]
+            rows.append({"metric": f"{args.folds}-fold out-of-fold {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], "
+                                   f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {d[0]:+.3f} [{d[1]:+.3f},{d[2]:+.3f}], n={ours.n}, "
+                                   f"{sum(times):.0f}s, {loads})",
+                         "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
+    return rows
+
+
 def main() -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=64,
+                        help="optimizer steps per side, split across the rounds (default: one epoch of the 512 sequences per round)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--questions", type=int, default=36,
+                        help="questions in the throughput data (36: 512 sequences, 32 full batches of 16, so each round is exactly one "
+                             "epoch and both sides train on the same sequences)")
     parser.add_argument("--quality", action="store_true", help="also train on all qa_feedback and compare with the baselines")
     parser.add_argument("--rounds", type=int, default=2, help="ours and HF alternate this many times (load swings hit both)")
     parser.add_argument("--quality-steps", type=int, default=None, help="max optimizer steps (default: TrainConfig's epochs)")
@@ -217,6 +297,8 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--group-by-prompt", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--labels", choices=("error-share", "any-error"), default="error-share",
                         help="thumbs rule of the gold fixture: < 50%% of chars in error spans (43%% up) or no error span (7%% up, the demo's)")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="with --quality: K-fold cross-validation by question (every question held out once) instead of one split")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args()
@@ -224,10 +306,11 @@ def main() -> list[dict[str, Any]]:
     if not args.skip_throughput:
         rows += bench_throughput(args.steps, args.batch, args.max_length, args.questions, args.rounds)
     if args.quality:
-        rows += bench_quality(args)
+        rows += bench_quality_folds(args) if args.folds > 1 else bench_quality(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tag = f"_l2{args.head_l2}_probe{args.probe_steps}" if args.head_l2 is not None or args.probe_steps is not None else ""
     tag += f"_q{args.quality_questions}_eval{args.eval_percent}" if args.quality_questions or args.eval_percent != 25 else ""
+    tag += f"_{args.folds}fold" if args.folds > 1 else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))
     for r in rows:

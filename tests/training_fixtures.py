@@ -30,12 +30,16 @@ def _h(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
 
-def _split(question: str, eval_percent: int) -> str:
+def _split(question: str, eval_percent: int, fold: tuple[int, int] | None = None) -> str:
+    """By a stable hash of the question: ``eval_percent`` of them held out, or with ``fold=(k, K)`` the k-th of
+    K disjoint folds (each question is held out in exactly one fold)."""
+    if fold is not None:
+        return "eval" if _h("split:" + question) % fold[1] == fold[0] else "train"
     return "eval" if _h("split:" + question) % 100 < eval_percent else "train"
 
 
 def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
-                label_rule: LabelRule = "error-share") -> tuple[pa.Table, pa.Table]:
+                label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None) -> tuple[pa.Table, pa.Table]:
     records = json.loads(Path(qa_path).read_text())[offset : offset + questions if questions else None]
     base = datetime(2026, 1, 5, tzinfo=UTC)
     ex: list[dict] = []
@@ -43,7 +47,7 @@ def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: in
     for qi, rec in enumerate(records, start=offset):
         q = rec["question"]
         cluster = f"c{_h('cluster:' + q):012x}"
-        split = _split(q, eval_percent)
+        split = _split(q, eval_percent, fold)
         app = APPS[_h("app:" + q) % len(APPS)]
         at = base + timedelta(minutes=7 * qi)
         common = {"app_id": app, "model_version": "1", "user_id": f"u{_h('user:' + q) % 40:02d}",
@@ -85,11 +89,12 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
-               mode: str = "append", label_rule: LabelRule = "error-share") -> tuple[int, int]:
+               mode: str = "append", label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None) -> tuple[int, int]:
     """Write (append) both gold tables under ``lake_root``; returns their new Delta versions."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
-    ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule)
+    ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule,
+                         fold=fold)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
         uri = f"{lake_root.rstrip('/')}/{name}"
