@@ -1,8 +1,12 @@
 """Training benchmark, in one run on this machine:
 
-1. throughput: our trainer (length-grouped batches, dynamic padding bucketed by length) vs a plain Hugging
-   Face ``Trainer`` (random batches, ``DataCollatorWithPadding``) with the same model (all-MiniLM-L6-v2 +
-   scalar head), the same sequences and the same batch size: samples/s and padding efficiency;
+1. throughput: our trainer (length-grouped batches, dynamic padding, each distinct text of a batch encoded
+   once, fused AdamW) vs a plain Hugging Face ``Trainer`` (random batches, ``DataCollatorWithPadding``) with
+   the same model (all-MiniLM-L6-v2 + scalar head, full fine-tuning), the same rows and the same batch size:
+   the gold tables of 36 questions flattened to 512 pointwise rows (pairs: chosen 1, rejected 0), of which
+   177 are distinct texts, because an answer is thumbed and compared several times, as in real feedback.
+   samples/s = rows per second of wall time (each round is one epoch on both sides); "encoder sequences/s"
+   counts a text once per batch for ours (one per row for HF) and isolates the padding gain;
 2. quality (``--quality``): train on the qa_feedback gold tables (split by question) and report held-out
    pairwise accuracy and AUC with bootstrap 95% intervals beside the length and TF-IDF + LR baselines.
 
@@ -88,7 +92,7 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
     dataset = [{"input_ids": i, "token_type_ids": t, "attention_mask": m, "labels": float(y)}
                for i, t, m, y in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], flat["label"], strict=True)]
     per = max(1, steps // rounds)
-    ours_s = ours_n = hf_s = hf_n = 0.0
+    ours_s = ours_n = hf_s = hf_n = ours_seq_s = 0.0
     ours_real = ours_pad = hf_real = hf_pad = 0
     loads = [_load()]
     for r in range(rounds):
@@ -97,12 +101,14 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
                           freeze_layers=0, group_by_prompt=False)  # like for like: full fine-tune of random items on both sides
         ours = train(cfg, settings, say=lambda m: None)
         n = per * batch
-        ours_s += n / ours.samples_per_s
+        ours_s += n / ours.items_per_s  # wall time of ours on these n rows
+        ours_seq_s += n / ours.samples_per_s  # the same, had each row needed its own encoder pass
         ours_n += n
         ours_real += round(ours.padding_efficiency * 10**6)
         ours_pad += 10**6
         loads.append(_load())
-        print(f"round {r + 1}/{rounds} ours: {ours.samples_per_s:.2f} samples/s, padding efficiency {ours.padding_efficiency:.3f} (load {loads[-1]:.1f})", flush=True)
+        print(f"round {r + 1}/{rounds} ours: {ours.items_per_s:.2f} samples/s ({ours.samples_per_s:.2f} encoder sequences/s), "
+              f"padding efficiency {ours.padding_efficiency:.3f} (load {loads[-1]:.1f})", flush=True)
 
         args = TrainingArguments(output_dir=str(tmp / f"hf{r}"), per_device_train_batch_size=batch, max_steps=per, learning_rate=5e-5,
                                  report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, seed=13 + r, dataloader_num_workers=0)
@@ -120,13 +126,16 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
         hf_n += n
         loads.append(_load())
         print(f"round {r + 1}/{rounds} HF Trainer: {n / dt:.2f} samples/s (load {loads[-1]:.1f})", flush=True)
-    ours_rate, hf_rate = ours_n / ours_s, hf_n / hf_s
+    ours_rate, hf_rate, ours_seq_rate = ours_n / ours_s, hf_n / hf_s, ours_n / ours_seq_s
     ours_eff, hf_eff = ours_real / ours_pad, hf_real / hf_pad
     load = f"load {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
-    print(f"ours {ours_rate:.2f} samples/s vs HF Trainer {hf_rate:.2f}: {ours_rate / hf_rate:.2f}x; padding efficiency {ours_eff:.3f} vs {hf_eff:.3f}; {load}")
+    print(f"ours {ours_rate:.2f} samples/s vs HF Trainer {hf_rate:.2f}: {ours_rate / hf_rate:.2f}x; encoder sequences/s {ours_seq_rate:.2f} vs "
+          f"{hf_rate:.2f}: {ours_seq_rate / hf_rate:.2f}x; padding efficiency {ours_eff:.3f} vs {hf_eff:.3f}; {load}")
     return [
         {"metric": f"train samples/s (CPU, MiniLM-L6, batch {batch}, max_len {max_length}, {rounds}x{per} steps each, {load})",
          "ours": ours_rate, "peer": hf_rate, "ratio": ours_rate / hf_rate, "target": ">= 1.3x"},
+        {"metric": "encoder sequences/s (a text shared by several rows counts once for ours; HF: one per row)",
+         "ours": ours_seq_rate, "peer": hf_rate, "ratio": ours_seq_rate / hf_rate, "target": "info"},
         {"metric": "padding efficiency (real/padded tokens)", "ours": ours_eff, "peer": hf_eff,
          "ratio": ours_eff / hf_eff, "target": ">= 0.9"},
     ]

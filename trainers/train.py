@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from infra.settings import Settings, load_settings
-from infra.tables import table_uri
 from trainers import data as D
 from trainers import frozen
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -41,7 +40,7 @@ class TrainResult:
     model_uri: str | None
     output_dir: str
     steps: int
-    samples_per_s: float
+    samples_per_s: float  # distinct sequences through the encoder per second (a text shared by several items counts once)
     padding_efficiency: float
     train_examples: int
     train_pairs: int
@@ -49,6 +48,7 @@ class TrainResult:
     pairs_version: int
     final_loss: float
     resumed_from_step: int
+    items_per_s: float = float("nan")  # training items (pointwise examples + pairs) consumed per second
 
 
 def run_key(cfg: TrainConfig) -> str:
@@ -60,7 +60,7 @@ def run_key(cfg: TrainConfig) -> str:
 def pin_versions(cfg: TrainConfig, settings: Settings) -> TrainConfig:
     """Resolve unpinned table versions to the latest ones, now, and return the pinned config."""
     lake = cfg.lake_root or settings.lake
-    uri = lambda name: f"{lake.rstrip('/')}/{name}"  # noqa: E731
+    uri = lambda name: f"{lake.rstrip('/')}/{name}"
     return cfg.model_copy(update={
         "lake_root": lake,
         "examples_version": cfg.examples_version if cfg.examples_version is not None else D.latest_version(uri(D.EXAMPLES)),
@@ -81,6 +81,12 @@ def _device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, torch.dtyp
     if cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported()):
         return dev, torch.bfloat16
     return dev, None
+
+
+def _fused_adamw(device: torch.device) -> bool:
+    """The fused AdamW kernel (one pass over all parameters) where torch has it: on this CPU ~22 ms per step for
+    MiniLM's 22M parameters vs ~120 ms for the default per-tensor loop (the HF ``Trainer`` uses it too)."""
+    return device.type in ("cpu", "cuda") and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
 
 
 def _cores() -> int:
@@ -237,7 +243,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     _freeze(model, cfg.freeze_layers)
     head_params = list(model.head.parameters())
     enc_params = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay,
+                            fused=_fused_adamw(device))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     step, epoch, pos, run_id, resumed = 0, 0, 0, None, 0
@@ -312,6 +319,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     net.train()
     io_s = 0.0  # checkpoint writing: reported separately, not part of the training throughput
     t0, seqs_done, real_tok, pad_tok, last_loss = time.perf_counter(), 0, 0, 0, float("nan")
+    items_done = 0
     window: list[float] = []
     while step < total:
         batches = D.shard(D.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, mega=cfg.length_group_mega, groups=groups),
@@ -336,6 +344,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                 for k in parts:
                     parts[k] += float(losses[k].detach()) / len(group)
                 seqs_done += batch["n_seqs"]
+                items_done += batch["n_items"]
                 real_tok += batch["real_tokens"]
                 pad_tok += batch["padded_tokens"]
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -374,14 +383,15 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
 
     elapsed = time.perf_counter() - t0 - io_s
     result = TrainResult(run_id, None, str(out), step, seqs_done * world / max(elapsed, 1e-9), real_tok / max(1, pad_tok),
-                         len(ex_train), len(pr_train), ex.version, pr.version, last_loss, resumed)
+                         len(ex_train), len(pr_train), ex.version, pr.version, last_loss, resumed, items_done * world / max(elapsed, 1e-9))
     if rank == 0:
         model.eval()
         final_dir = save_reward_model(model, tokenizer, out / "model", max_length=cfg.max_length)
         model_uri = None
         if tracker:
             model_uri = _log_model(tracker, final_dir, ex_train)
-            tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss})
+            tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_items_per_s": result.items_per_s,
+                                 "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss})
             tracker.finish()
         result = TrainResult(**{**asdict(result), "model_uri": model_uri})
         (out / FINAL).write_text(json.dumps(asdict(result)))
