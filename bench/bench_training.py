@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -128,6 +129,7 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
         print(f"round {r + 1}/{rounds} HF Trainer: {n / dt:.2f} samples/s (load {loads[-1]:.1f})", flush=True)
     ours_rate, hf_rate, ours_seq_rate = ours_n / ours_s, hf_n / hf_s, ours_n / ours_seq_s
     ours_eff, hf_eff = ours_real / ours_pad, hf_real / hf_pad
+    shutil.rmtree(tmp, ignore_errors=True)
     load = f"load {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
     print(f"ours {ours_rate:.2f} samples/s vs HF Trainer {hf_rate:.2f}: {ours_rate / hf_rate:.2f}x; encoder sequences/s {ours_seq_rate:.2f} vs "
           f"{hf_rate:.2f}: {ours_seq_rate / hf_rate:.2f}x; padding efficiency {ours_eff:.3f} vs {hf_eff:.3f}; {load}")
@@ -182,6 +184,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     report = E.full_report(lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), (ex.split("train"), pr.split("train")),
                            (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
+    shutil.rmtree(tmp, ignore_errors=True)
     loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
     fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     ev = ex.split("eval")
@@ -250,6 +253,7 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
             for key, arr in (("y", ex_eval["label"].to_numpy(float)), ("p", probs), ("ch", ch), ("rj", rj)):
                 pooled[name][key].append(np.asarray(arr, dtype=float))
         times.append(time.perf_counter() - t0)
+        shutil.rmtree(tmp, ignore_errors=True)  # a fold's model, checkpoints and lake: ~190 MB
         print(f"[fold {k}] {len(ex_eval)} answers ({int((ex_eval['label'] >= 0.5).sum())} positive), {len(pr_eval)} pairs held out; "
               f"{times[-1]:.0f}s", flush=True)
     arr = {n: {key: np.concatenate(v) for key, v in d.items()} for n, d in pooled.items()}
