@@ -153,38 +153,45 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "head_l2": args.head_l2, "probe_steps": args.probe_steps}.items() if v is not None}
 
 
-def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train on the train split of all qa_feedback questions through ``trainers.train.train`` (the real
-    trainer), score the held-out split through the saved model (the path the pyfunc uses), and compare with
-    the baselines fit on the same train split. Times: training (incl. the frozen cache), evaluation."""
+def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float]:
+    """Write the qa_feedback gold tables to a temporary lake (one split, or fold k of K), train with the real
+    trainer, load the saved model (the path the pyfunc uses) and delete the folder: (result, scorer, examples,
+    pairs, training seconds incl. the frozen cache)."""
     from trainers import data as D
-    from trainers import evaluate as E
     from trainers.config import TrainConfig
     from trainers.model import load_reward_model, score
     from trainers.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    settings = load_settings(home=tmp / "home")
     lake = str(tmp / "lake")
-    write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent)
-    overrides = _overrides(args)
-    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=25,
-                      examples_version=0, pairs_version=0, **overrides)
-    shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
-             "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps"} | set(overrides)
-    load0 = _load()
-    print(f"quality run, labels {args.labels}: {cfg.model_dump(include=shown)} (load {load0:.1f})", flush=True)
+    write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent, fold=fold)
+    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=25 if fold is None else 100,
+                      examples_version=0, pairs_version=0, **_overrides(args))
+    if fold is None:
+        shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
+                 "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps"} | set(_overrides(args))
+        say(f"quality run, labels {args.labels}: {cfg.model_dump(include=shown)} (load {_load():.1f})")
     t0 = time.perf_counter()
-    result = train(cfg, settings, say=lambda m: print(m, flush=True))
+    result = train(cfg, load_settings(home=tmp / "home"), say=say)
     train_s = time.perf_counter() - t0
     model, tok, ml = load_reward_model(Path(result.output_dir) / "model")
     ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
     pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=0)
+    shutil.rmtree(tmp, ignore_errors=True)  # the lake, checkpoints and saved model: ~190 MB
+    return result, lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), ex, pr, train_s
+
+
+def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train on the train split of all qa_feedback questions through ``trainers.train.train`` (the real
+    trainer), score the held-out split through the saved model (the path the pyfunc uses), and compare with
+    the baselines fit on the same train split. Times: training (incl. the frozen cache), evaluation."""
+    from trainers import evaluate as E
+
+    load0 = _load()
+    result, scorer, ex, pr, train_s = _train_on_gold(args, fold=None, say=lambda m: print(m, flush=True))
     t1 = time.perf_counter()
-    report = E.full_report(lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), (ex.split("train"), pr.split("train")),
-                           (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
+    report = E.full_report(scorer, (ex.split("train"), pr.split("train")), (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
-    shutil.rmtree(tmp, ignore_errors=True)
     loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
     fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     ev = ex.split("eval")
@@ -208,52 +215,28 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _paired_diff(fn: Any, ours: tuple[np.ndarray, ...], peer: tuple[np.ndarray, ...], *, n_boot: int, seed: int = 7) -> tuple[float, float, float]:
-    """ours - peer on the same rows, with a bootstrap 95% interval over the same resampled rows."""
-    n = len(ours[0])
-    rng = np.random.default_rng(seed)
-    draws = [fn(*(a[i] for a in ours)) - fn(*(a[i] for a in peer)) for i in rng.integers(0, n, size=(n_boot, n))]
-    draws = [d for d in draws if np.isfinite(d)]
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return fn(*ours) - fn(*peer), float(lo), float(hi)
-
-
 def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
     """K-fold cross-validation by question: each question is held out in exactly one fold; in each fold the
     real trainer trains on the rest and the baselines are fit on the same rows; the held-out scores of all
     folds are pooled (every labelled answer and every pair is scored once, by a model that never saw its
     question), and the metrics get bootstrap 95% intervals, plus paired intervals of ours - baseline."""
-    from trainers import data as D
     from trainers import evaluate as E
-    from trainers.config import TrainConfig
-    from trainers.model import load_reward_model, score
-    from trainers.train import train
 
     names = ("reward model", "length", "tfidf_lr")
     pooled: dict[str, dict[str, list[np.ndarray]]] = {n: {"y": [], "p": [], "ch": [], "rj": []} for n in names}
     times: list[float] = []
     load0 = _load()
     for k in range(args.folds):
-        tmp = Path(tempfile.mkdtemp(prefix=f"bench-fold{k}-"))
-        lake = str(tmp / "lake")
-        write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, fold=(k, args.folds))
-        cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=100,
-                          examples_version=0, pairs_version=0, **_overrides(args))
         t0 = time.perf_counter()
-        result = train(cfg, load_settings(home=tmp / "home"), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
-        model, tok, ml = load_reward_model(Path(result.output_dir) / "model")
-        ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
-        pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=0)
+        _, scorer, ex, pr, _ = _train_on_gold(args, fold=(k, args.folds), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
         ex_eval, pr_eval = ex.split("eval"), pr.split("eval")
         pr_eval = pr_eval[~pr_eval["is_tie"].astype(bool)].reset_index(drop=True)
-        scorers = {"reward model": lambda p, r, model=model, tok=tok, ml=ml: np.array(score(model, tok, p, r, max_length=ml)),
-                   **E.fit_baselines(ex.split("train"), pr.split("train"))}
+        scorers = {"reward model": scorer, **E.fit_baselines(ex.split("train"), pr.split("train"))}
         for name in names:
             probs, ch, rj = E.score_eval(scorers[name], ex_eval, pr_eval)
             for key, arr in (("y", ex_eval["label"].to_numpy(float)), ("p", probs), ("ch", ch), ("rj", rj)):
                 pooled[name][key].append(np.asarray(arr, dtype=float))
         times.append(time.perf_counter() - t0)
-        shutil.rmtree(tmp, ignore_errors=True)  # a fold's model, checkpoints and lake: ~190 MB
         print(f"[fold {k}] {len(ex_eval)} answers ({int((ex_eval['label'] >= 0.5).sum())} positive), {len(pr_eval)} pairs held out; "
               f"{times[-1]:.0f}s", flush=True)
     arr = {n: {key: np.concatenate(v) for key, v in d.items()} for n, d in pooled.items()}
@@ -264,18 +247,20 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("| metric (out of fold) | reward model | length LR | TF-IDF + LR | ours - length | ours - TF-IDF |\n|---|---|---|---|---|---|")
     rows = []
     for metric, fn, keys in (("pairwise_accuracy", E.pairwise_accuracy, ("ch", "rj")), ("auc", E.auc, ("y", "p"))):
-        est = {n: E._bootstrap(fn, tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=1) for n in names}
-        diffs = {n: _paired_diff(fn, tuple(arr["reward model"][k] for k in keys), tuple(arr[n][k] for k in keys), n_boot=args.n_boot)
-                 for n in names[1:]}
+        est = {n: E.bootstrap(fn, tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=1) for n in names}
+        ours_arrays = tuple(arr["reward model"][k] for k in keys)
+        m = len(keys)
+        paired = lambda *a, fn=fn, m=m: fn(*a[:m]) - fn(*a[m:])  # ours - peer on the same resampled rows
+        diffs = {n: E.bootstrap(paired, ours_arrays + tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=7) for n in names[1:]}
         cell = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
-        dcell = lambda d: f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+        dcell = lambda e: f"{e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"
         print(f"| {metric} | {cell(est['reward model'])} | {cell(est['length'])} | {cell(est['tfidf_lr'])} | "
               f"{dcell(diffs['length'])} | {dcell(diffs['tfidf_lr'])} |")
         ours = est["reward model"]
         for name in names[1:]:
             peer, d = est[name], diffs[name]
             rows.append({"metric": f"{args.folds}-fold out-of-fold {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], "
-                                   f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {d[0]:+.3f} [{d[1]:+.3f},{d[2]:+.3f}], n={ours.n}, "
+                                   f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {dcell(d)}, n={ours.n}, "
                                    f"{sum(times):.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
     return rows

@@ -70,7 +70,9 @@ def calibration_error(labels: np.ndarray, probs: np.ndarray, *, bins: int = 10) 
     return float(sum(abs(probs[which == b].mean() - labels[which == b].mean()) * (which == b).sum() for b in range(bins) if (which == b).any()) / len(probs))
 
 
-def _bootstrap(fn: Callable[..., float], arrays: tuple[np.ndarray, ...], *, n_boot: int, seed: int) -> Estimate:
+def bootstrap(fn: Callable[..., float], arrays: tuple[np.ndarray, ...], *, n_boot: int, seed: int) -> Estimate:
+    """``fn(*arrays)`` with a 95% interval from ``n_boot`` resamples of rows (the same rows from every array, so
+    ``fn = lambda *a: metric(*a[:k]) - metric(*a[k:])`` over two scorers' arrays gives a paired difference)."""
     n = len(arrays[0])
     value = fn(*arrays) if n else float("nan")
     if n < 2 or not math.isfinite(value):
@@ -100,10 +102,10 @@ def evaluate(scorer: Scorer, examples: pd.DataFrame, pairs: pd.DataFrame, *, n_b
     probs, ch, rj = score_eval(scorer, examples, pairs)
     y = examples["label"].to_numpy(dtype=float)
     metrics = {
-        "pairwise_accuracy": _bootstrap(pairwise_accuracy, (ch, rj), n_boot=n_boot, seed=seed),
-        "auc": _bootstrap(auc, (y, probs), n_boot=n_boot, seed=seed + 1),
-        "log_loss": _bootstrap(log_loss, (y, probs), n_boot=n_boot, seed=seed + 2),
-        "calibration_error": _bootstrap(calibration_error, (y, probs), n_boot=n_boot, seed=seed + 3),
+        "pairwise_accuracy": bootstrap(pairwise_accuracy, (ch, rj), n_boot=n_boot, seed=seed),
+        "auc": bootstrap(auc, (y, probs), n_boot=n_boot, seed=seed + 1),
+        "log_loss": bootstrap(log_loss, (y, probs), n_boot=n_boot, seed=seed + 2),
+        "calibration_error": bootstrap(calibration_error, (y, probs), n_boot=n_boot, seed=seed + 3),
     }
     slices: dict[str, tuple[float, int]] = {}
     ex = examples.assign(_p=probs, length=examples["response"].map(length_bucket), event_type=examples["event_types"])
@@ -133,7 +135,7 @@ def fit_baselines(examples: pd.DataFrame, pairs: pd.DataFrame, *, seed: int = 0)
     from sklearn.linear_model import LogisticRegression
 
     _, texts, y = _points(examples, pairs)
-    feat = lambda rs: np.log1p(np.array([len(r) for r in rs], dtype=float)).reshape(-1, 1)  # noqa: E731
+    feat = lambda rs: np.log1p(np.array([len(r) for r in rs], dtype=float)).reshape(-1, 1)
     length = LogisticRegression().fit(feat(texts), y)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True)
     tfidf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(vec.fit_transform(texts), y)
