@@ -150,7 +150,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "head_lr": args.head_lr, "pointwise_weight": args.pointwise_weight,
                               "pairwise_weight": args.pairwise_weight, "balance_pointwise": args.balance_pointwise,
                               "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
-                              "head_l2": args.head_l2, "probe_steps": args.probe_steps}.items() if v is not None}
+                              "head_l2": args.head_l2, "probe_steps": args.probe_steps,
+                              "rater_length_bias": args.rater_length_bias, "pointwise_trains_text": args.pointwise_trains_text}.items() if v is not None}
 
 
 def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float]:
@@ -169,7 +170,8 @@ def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, sa
                       examples_version=0, pairs_version=0, **_overrides(args))
     if fold is None:
         shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
-                 "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps"} | set(_overrides(args))
+                 "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps",
+                 "rater_length_bias", "pointwise_trains_text"} | set(_overrides(args))
         say(f"quality run, labels {args.labels}: {cfg.model_dump(include=shown)} (load {_load():.1f})")
     t0 = time.perf_counter()
     result = train(cfg, load_settings(home=tmp / "home"), say=say)
@@ -291,6 +293,8 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--quality-questions", type=int, default=None, help="first N questions only (the demo: 400)")
     parser.add_argument("--eval-percent", type=int, default=25, help="share of questions held out (curation's default: 10)")
     parser.add_argument("--probe-steps", type=int, default=None)
+    parser.add_argument("--rater-length-bias", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--pointwise-trains-text", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--cache-frozen", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--group-by-prompt", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--labels", choices=("error-share", "any-error"), default="error-share",
@@ -308,6 +312,8 @@ def main() -> list[dict[str, Any]]:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tag = f"_l2{args.head_l2}_probe{args.probe_steps}" if args.head_l2 is not None or args.probe_steps is not None else ""
     tag += f"_q{args.quality_questions}_eval{args.eval_percent}" if args.quality_questions or args.eval_percent != 25 else ""
+    tag += "_rlb" if args.rater_length_bias else ""
+    tag += "_split" if args.pointwise_trains_text is False else ""
     tag += f"_{args.folds}fold" if args.folds > 1 else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))

@@ -72,3 +72,24 @@ def test_kill_and_resume_ends_with_identical_parameters(tmp_path: Path, settings
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     again = train(_cfg(lake, out), settings, say=lambda m: None)  # finished: a no-op returning the same result
     assert again == resumed
+
+
+def test_resume_with_rater_bias_and_split_gradients_ends_identical(tmp_path: Path, settings: Settings, qa_feedback_path: Path) -> None:
+    """The qa_feedback recipe (docs/design/training.md): gamma is checkpointed, the warm start is not redone."""
+    lake = str(tmp_path / "lake")
+    write_gold(lake, qa_feedback_path, questions=20)
+    recipe = {"rater_length_bias": True, "pointwise_trains_text": False, "probe_steps": 20, "head_l2": 0.01}
+    ref = train(_cfg(lake, tmp_path / "ref").model_copy(update=recipe), settings, say=lambda m: None)
+    out = tmp_path / "cut"
+    train(_cfg(lake, out).model_copy(update=recipe), settings, say=lambda m: None)
+    for p in out.iterdir():  # back to the state of a run stopped after step 4
+        if p.name == FINAL or (p.name.startswith("ckpt-") and p.name > "ckpt-00000004.z"):
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+    assert latest_checkpoint(out) is not None and latest_checkpoint(out).name == "ckpt-00000004.pt"  # type: ignore[union-attr]
+    said: list[str] = []
+    resumed = train(_cfg(lake, out).model_copy(update=recipe), settings, say=said.append)
+    assert resumed.steps == ref.steps == 8 and resumed.resumed_from_step == 4
+    assert not any("warm start" in m for m in said)
+    a, b = _final_params(tmp_path / "ref"), _final_params(out)
+    assert "rater_length_bias" in a and float(a["rater_length_bias"]) != 0.0
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

@@ -163,7 +163,7 @@ B = {"length": {"pairwise_accuracy": (0.55, 0.5, 0.6), "auc": (0.6, 0.5, 0.7)}}
         ({"pairwise_accuracy": (math.nan, math.nan, math.nan)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
     ],
 )
-def test_gate_decisions(candidate, champion, slices, champ_slices, config, passed, why) -> None:  # noqa: ANN001
+def test_gate_decisions(candidate, champion, slices, champ_slices, config, passed, why) -> None:
     decision = decide_gate(candidate, champion, baselines=B, candidate_slices=slices, champion_slices=champ_slices, config=config)
     assert decision.passed is passed
     assert why in decision.summary()
@@ -312,3 +312,55 @@ def test_linear_probe_warm_start_fits_the_head_and_l2_shrinks_text_weights(qa_fe
         assert fit["loss"] < 0.9 * (math.log(2) * 2)  # below chance (pointwise + pairwise at 0.693 each)
         norms[l2] = float(model.text_weight_penalty())
     assert norms[1.0] < 0.5 * norms[0.0]
+
+
+def test_rater_length_bias_is_a_comparison_term_and_not_part_of_the_score(tmp_path: Path) -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel, load_reward_model, save_reward_model, score
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    assert RewardModel(load_encoder(base)).comparison_offset(torch.tensor([1.0]), torch.tensor([2.0])) is None
+    torch.manual_seed(0)
+    model = RewardModel(load_encoder(base), rater_length_bias=True).eval()
+    chars_a, chars_b = torch.tensor([1600.0, 400.0]), torch.tensor([400.0, 400.0])
+    offset = model.comparison_offset(chars_a, chars_b)
+    assert offset is not None and offset.abs().sum() == 0  # starts at gamma = 0
+    # the longer answer wins both comparisons, the scores tie: the gradient raises gamma (descent direction)
+    logits = torch.zeros(4)
+    batch = {"point_rows": torch.tensor([], dtype=torch.long), "point_labels": torch.tensor([]),
+             "pair_a": torch.tensor([0, 1]), "pair_b": torch.tensor([2, 3]), "pair_target": torch.tensor([1.0, 1.0])}
+    reward_losses(logits, batch, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0, pair_offset=offset)["loss"].backward()
+    assert model.rater_length_bias is not None and model.rater_length_bias.grad is not None and float(model.rater_length_bias.grad) < 0
+    with torch.no_grad():
+        model.rater_length_bias.fill_(0.5)
+    offset = model.comparison_offset(chars_a, chars_b)
+    assert offset is not None and offset.tolist() == pytest.approx([0.5 * math.log(1601 / 401), 0.0], rel=1e-5)
+    with_offset = reward_losses(logits, batch, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0, pair_offset=offset)
+    assert float(with_offset["pairwise"]) == pytest.approx((math.log1p(math.exp(-float(offset[0]))) + math.log(2)) / 2, rel=1e-5)
+    # the saved model is the score alone: same P(satisfied) as the trained module, no gamma in it
+    tok = load_tokenizer(base)
+    prompts, responses = ["when was it built?"] * 2, ["In 1889.", "It was built in 1889 for the fair, and it was the tallest then."]
+    saved, tok2, ml = load_reward_model(save_reward_model(model, tok, tmp_path / "m", max_length=64))
+    assert saved.rater_length_bias is None
+    assert score(saved, tok2, prompts, responses, max_length=ml) == pytest.approx(score(model, tok, prompts, responses, max_length=64), abs=1e-6)
+
+
+def test_split_logits_route_pointwise_labels_to_length_and_bias_and_pairs_to_text() -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel
+
+    model = RewardModel(load_encoder(resolve_base_model("all-MiniLM-L6-v2")))
+    x = torch.randn(3, model.head.in_features)
+    parts = model.split_logits(x)
+    assert parts.shape == (3, 2) and torch.allclose(parts.sum(-1), model.head(x).squeeze(-1), atol=1e-5)
+    text = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)
+    rest = torch.tensor([0.5, 0.1, -0.4], requires_grad=True)
+    point = {"point_rows": torch.tensor([0]), "point_labels": torch.tensor([1.0]),
+             "pair_a": torch.tensor([], dtype=torch.long), "pair_b": torch.tensor([], dtype=torch.long), "pair_target": torch.tensor([])}
+    reward_losses(torch.stack([text, rest], -1), point, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)["loss"].backward()
+    assert text.grad is not None and rest.grad is not None and float(text.grad.abs().sum()) == 0 and float(rest.grad[0]) < 0
+    text.grad, rest.grad = None, None
+    pair = {**point, "point_rows": torch.tensor([], dtype=torch.long), "point_labels": torch.tensor([]),
+            "pair_a": torch.tensor([1]), "pair_b": torch.tensor([2]), "pair_target": torch.tensor([1.0])}
+    reward_losses(torch.stack([text, rest], -1), pair, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)["loss"].backward()
+    assert float(rest.grad.abs().sum()) == 0 and float(text.grad[1]) < 0 < float(text.grad[2])

@@ -58,9 +58,11 @@ def _as_tuples(metrics: dict[str, E.Estimate]) -> dict[str, tuple[float, float, 
     return {k: (v.value, v.lo, v.hi) for k, v in metrics.items()}
 
 
-def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig = GateConfig(), n_boot: int = 1000,
+def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | None = None, n_boot: int = 1000,
                        max_eval_clusters: int | None = None) -> EvalOutcome:
-    """Score the candidate and the champion on the candidate's pinned eval split; gate; log all to MLflow."""
+    """Score the candidate and the champion on the candidate's pinned eval split; gate (default GateConfig());
+    log all to MLflow."""
+    gate = gate or GateConfig()
     cand = candidate_from_run(settings, run_id)
     train, evalset = _split_frames(cand, "train"), _split_frames(cand, "eval", max_questions=max_eval_clusters)
     report = E.full_report(R.load_scorer(cand.model_uri), train, evalset, n_boot=n_boot)

@@ -63,5 +63,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise DataError(f"checkpoint {path} is corrupt: its SHA-256 does not match the one recorded when written", hint=hint)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises RuntimeError/EOFError/UnpicklingError on a cut file
+    except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/zip errors on a cut file
         raise DataError(f"checkpoint {path} is truncated or unreadable ({type(exc).__name__}: {exc})", hint=hint) from None

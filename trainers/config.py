@@ -47,6 +47,14 @@ class TrainConfig(BaseModel):
     probe_steps: int = Field(0, ge=0, description="Linear-probe warm start: full-batch steps fitting the head alone (same losses + head_l2) "
                              "on the frozen features of every training text before fine-tuning; 0 = random head.")
     probe_lr: float = Field(1e-2, gt=0, description="AdamW lr of the linear-probe warm start.")
+    rater_length_bias: bool = Field(False, description="Bradley-Terry with a rater length-bias term: P(a over b) = "
+                                    "sigmoid(r(a) - r(b) + gamma * (len(a) - len(b))), gamma learned from the pairs and not part of "
+                                    "the score, so the score's length weight comes from thumbs/ratings (docs/design/training.md).")
+    pointwise_trains_text: bool = Field(True, description="False: pointwise labels fit only the score's length weight and bias (the "
+                                        "text part is detached in their loss) and the pairs train only the text part; for a few "
+                                        "hundred thumbs beside thousands of pairs, where the text memorizes the thumbs. Use with "
+                                        "rater_length_bias (the pairs' length preference then goes to gamma).")
+    rater_bias_lr: float = Field(1e-2, gt=0, description="AdamW lr of gamma (one number; the head's lr would barely move it).")
     balance_pointwise: bool = Field(False, description="Weight positive labels by negatives/positives in the BCE (rare thumbs-ups).")
     # optimisation
     lr: float = Field(1e-4, gt=0, description="Encoder lr (tuned layers only). CPU default; GPU full fine-tune: 3e-5.")

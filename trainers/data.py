@@ -240,6 +240,7 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
         "pair_a": torch.tensor(pair_a, dtype=torch.long),
         "pair_b": torch.tensor(pair_b, dtype=torch.long),
         "pair_target": torch.tensor(pair_t, dtype=torch.float32),
+        "seq_chars": torch.tensor([float(enc.chars[s]) for s in seqs], dtype=torch.float32),  # by row, like the logits
         "real_tokens": real,
         "padded_tokens": padded,
         "n_items": len(batch),
@@ -247,9 +248,10 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
     }
 
 
-def forward_chunks(net: Any, batch: dict[str, Any], device: Any, *, cache: Sequence[Any] | None = None) -> Any:
+def forward_chunks(net: Any, batch: dict[str, Any], device: Any, *, cache: Sequence[Any] | None = None, split: bool = False) -> Any:
     """Logits for every sequence of a collated batch, in batch order (one encoder call per chunk). With
-    ``cache`` (frozen bottom layers' states per sequence, see trainers.frozen) only the top blocks run."""
+    ``cache`` (frozen bottom layers' states per sequence, see trainers.frozen) only the top blocks run; with
+    ``split`` each row is the logit's (text, rest) parts (RewardModel.split_logits)."""
     import torch
 
     from trainers.frozen import pad_states
@@ -257,10 +259,10 @@ def forward_chunks(net: Any, batch: dict[str, Any], device: Any, *, cache: Seque
     def run(c: dict[str, Any]) -> Any:
         cached = None if cache is None else pad_states(cache, c["seq_ids"], c["input_ids"].shape[1]).to(device)
         return net(c["input_ids"].to(device), c["attention_mask"].to(device), c["token_type_ids"].to(device),
-                   response_chars=c["response_chars"].to(device), cached=cached)
+                   response_chars=c["response_chars"].to(device), cached=cached, split=split)
 
     parts = [(c["rows"], run(c)) for c in batch["chunks"]]
-    logits = torch.empty(batch["n_seqs"], device=device, dtype=parts[0][1].dtype)
+    logits = torch.empty((batch["n_seqs"], *parts[0][1].shape[1:]), device=device, dtype=parts[0][1].dtype)
     for rows, out in parts:
         logits = logits.index_copy(0, rows.to(device), out)
     return logits

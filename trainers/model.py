@@ -33,7 +33,7 @@ def length_value(n: torch.Tensor, norm: LengthNorm) -> torch.Tensor:
 
 class RewardModel(nn.Module):
     def __init__(self, encoder: nn.Module, *, pooling: Literal["mean", "cls"] = "mean", length_feature: bool = True,
-                 length_norm: LengthNorm = "chars") -> None:
+                 length_norm: LengthNorm = "chars", rater_length_bias: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.cached_layers = 0  # > 0 while training on cached frozen states (see trainers.frozen)
@@ -45,13 +45,27 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(hidden + (1 if length_feature else 0), 1)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        # Training only, not part of the score: how much raters comparing two answers lean toward the longer one
+        # (Bradley-Terry nuisance term, see comparison_offset). Saved models keep the head alone.
+        self.register_parameter("rater_length_bias", nn.Parameter(torch.zeros(1)) if rater_length_bias else None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                response_chars: torch.Tensor | None = None, cached: torch.Tensor | None = None) -> torch.Tensor:
+                response_chars: torch.Tensor | None = None, cached: torch.Tensor | None = None, split: bool = False) -> torch.Tensor:
         """Logits. ``response_chars``: characters of each response (the "chars" length feature);
-        ``cached``: the frozen bottom ``cached_layers`` blocks' output for these sequences (training only)."""
+        ``cached``: the frozen bottom ``cached_layers`` blocks' output for these sequences (training only);
+        ``split``: an (n, 2) tensor of the logit's two parts instead, see ``split_logits`` (training only)."""
         pooled = self.pooled(input_ids, attention_mask, token_type_ids, cached=cached)
-        return self.head(self.head_input(self.dropout(pooled), attention_mask, response_chars)).squeeze(-1).float()
+        x = self.head_input(self.dropout(pooled), attention_mask, response_chars)
+        return self.split_logits(x) if split else self.head(x).squeeze(-1).float()
+
+    def split_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(text part, rest) of the logit for head inputs ``x``: the pooled text's weights, and the length
+        weight plus bias; their sum is the logit."""
+        hidden = int(self.encoder.config.hidden_size)
+        w = self.head.weight[0]
+        text = x[:, :hidden] @ w[:hidden]
+        rest = x[:, hidden:] @ w[hidden:] + self.head.bias[0]
+        return torch.stack([text, rest], dim=-1).float()
 
     def pooled(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                *, cached: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,6 +96,17 @@ class RewardModel(nn.Module):
             n = attention_mask.sum(1, keepdim=True).to(pooled.dtype)
         return torch.cat([pooled, length_value(n, self.length_norm)], dim=-1)
 
+    def comparison_offset(self, chars_a: torch.Tensor, chars_b: torch.Tensor) -> torch.Tensor | None:
+        """The rater length-bias term of a comparison, gamma * (length(a) - length(b)), or None when disabled.
+
+        Comparisons and thumbs disagree on length (on qa_feedback the longer answer wins half the comparisons,
+        while thumbs-ups go to short answers: fewer error spans). Without this term the score's length weight
+        is a compromise fit mostly by the (far more numerous) pairs; with it, the pairs' pull toward length goes
+        to gamma and the score's own length weight is set by the absolute labels (thumbs, ratings)."""
+        if self.rater_length_bias is None:
+            return None
+        return self.rater_length_bias * (length_value(chars_a, "chars") - length_value(chars_b, "chars"))
+
     def text_weight_penalty(self) -> torch.Tensor:
         """Squared L2 norm of the head's weights over the pooled text (not the length weight, not the bias)."""
         hidden = int(self.encoder.config.hidden_size)
@@ -89,17 +114,29 @@ class RewardModel(nn.Module):
 
 
 def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weight: float, pairwise_weight: float, tie_weight: float,
-                  pos_weight: float | None = None) -> dict[str, torch.Tensor]:
-    """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected); ties target 0.5.
-    ``pos_weight`` scales the positive class of the BCE (negatives per positive balances rare thumbs-ups)."""
+                  pos_weight: float | None = None, pair_offset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected [+ pair_offset]); ties
+    target 0.5. ``pos_weight`` scales the positive class of the BCE (negatives per positive balances rare
+    thumbs-ups); ``pair_offset`` is a per-pair term of the comparison that is not the score (rater bias).
+
+    ``logits`` is (n,) or the (n, 2) parts of ``RewardModel.split_logits``: then the BCE sees the text part
+    detached (pointwise labels fit only the length weight and bias) and Bradley-Terry sees the rest detached
+    (pairs train only the text), i.e. ``TrainConfig.pointwise_trains_text = False``."""
+    if logits.dim() == 2:
+        text, rest = logits[:, 0], logits[:, 1]
+        point_logits, pair_logits = text.detach() + rest, text + rest.detach()
+    else:
+        point_logits = pair_logits = logits
     zero = logits.sum() * 0.0
     point = zero
     if len(batch["point_rows"]):
         pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
-        point = F.binary_cross_entropy_with_logits(logits[batch["point_rows"]], batch["point_labels"], pos_weight=pw)
+        point = F.binary_cross_entropy_with_logits(point_logits[batch["point_rows"]], batch["point_labels"], pos_weight=pw)
     pair = zero
     if len(batch["pair_a"]):
-        diff = logits[batch["pair_a"]] - logits[batch["pair_b"]]
+        diff = pair_logits[batch["pair_a"]] - pair_logits[batch["pair_b"]]
+        if pair_offset is not None:
+            diff = diff + pair_offset.to(diff.dtype)
         target = batch["pair_target"]
         per = F.binary_cross_entropy_with_logits(diff, target, reduction="none")
         w = torch.where(target == 0.5, torch.full_like(target, tie_weight), torch.ones_like(target))

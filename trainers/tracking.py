@@ -30,7 +30,7 @@ def git_commit() -> str:
     """The commit of the code that runs, with '+dirty' when the tree has changes; 'unknown' outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return f"{sha}+dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
         return "unknown"

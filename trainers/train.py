@@ -158,11 +158,15 @@ def probe_head(model: RewardModel, enc: D.Encoded, features: torch.Tensor, cfg: 
     device = head.weight.device
     x = features.to(device)
     tensors = {k: v.to(device) for k, v in tensors.items()}
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.probe_lr, weight_decay=0.0)
+    chars = torch.tensor([float(c) for c in enc.chars], device=device)
+    params = list(head.parameters()) + ([model.rater_length_bias] if model.rater_length_bias is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.probe_lr, weight_decay=0.0)
     losses: dict[str, torch.Tensor] = {}
     for _ in range(cfg.probe_steps):
-        losses = reward_losses(head(x).squeeze(-1).float(), tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
-                               tie_weight=cfg.tie_weight, pos_weight=pos_weight)
+        offset = model.comparison_offset(chars[tensors["pair_a"]], chars[tensors["pair_b"]])
+        logits = head(x).squeeze(-1).float() if cfg.pointwise_trains_text else model.split_logits(x)
+        losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
+                               tie_weight=cfg.tie_weight, pos_weight=pos_weight, pair_offset=offset)
         loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,13 +242,16 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                             rank=rank, world=world))
     total = cfg.max_steps or cfg.epochs * max(1, per_epoch // cfg.grad_accum)
 
-    model = RewardModel(load_encoder(base), pooling=cfg.pooling, length_feature=cfg.length_feature).to(device)
+    model = RewardModel(load_encoder(base), pooling=cfg.pooling, length_feature=cfg.length_feature,
+                        rater_length_bias=cfg.rater_length_bias).to(device)
     pos_weight = _pos_weight(enc) if cfg.balance_pointwise else None
     _freeze(model, cfg.freeze_layers)
     head_params = list(model.head.parameters())
-    enc_params = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay,
-                            fused=_fused_adamw(device))
+    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    param_groups = [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}]
+    if model.rater_length_bias is not None:
+        param_groups.append({"params": [model.rater_length_bias], "lr": cfg.rater_bias_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay, fused=_fused_adamw(device))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     step, epoch, pos, run_id, resumed = 0, 0, 0, None, 0
@@ -335,11 +342,15 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             for i, batch in enumerate(group):
                 sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else net.no_sync()
                 with sync, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = D.forward_chunks(net, batch, device, cache=cache)
+                    logits = D.forward_chunks(net, batch, device, cache=cache, split=not cfg.pointwise_trains_text)
                     tensors = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "chunks"}
+                    chars = tensors["seq_chars"]
                     losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
-                                           tie_weight=cfg.tie_weight, pos_weight=pos_weight)
+                                           tie_weight=cfg.tie_weight, pos_weight=pos_weight,
+                                           pair_offset=model.comparison_offset(chars[tensors["pair_a"]], chars[tensors["pair_b"]]))
                     total_loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty() if cfg.head_l2 else losses["loss"]
+                    if model.rater_length_bias is not None:  # used by every backward, pairs or not (DDP expects it)
+                        total_loss = total_loss + 0.0 * model.rater_length_bias.sum()
                     (total_loss / len(group)).backward()
                 for k in parts:
                     parts[k] += float(losses[k].detach()) / len(group)
@@ -388,10 +399,14 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         model.eval()
         final_dir = save_reward_model(model, tokenizer, out / "model", max_length=cfg.max_length)
         model_uri = None
+        extra = {}
+        if model.rater_length_bias is not None:
+            extra["rater_length_bias"] = float(model.rater_length_bias.detach())
+            say(f"rater length bias (comparisons only, not in the score): gamma = {extra['rater_length_bias']:+.3f} per log-length unit")
         if tracker:
             model_uri = _log_model(tracker, final_dir, ex_train)
             tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_items_per_s": result.items_per_s,
-                                 "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss})
+                                 "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss, **extra})
             tracker.finish()
         result = TrainResult(**{**asdict(result), "model_uri": model_uri})
         (out / FINAL).write_text(json.dumps(asdict(result)))
