@@ -82,9 +82,9 @@ def test_resume_with_rater_bias_and_split_gradients_ends_identical(tmp_path: Pat
     ref = train(_cfg(lake, tmp_path / "ref").model_copy(update=recipe), settings, say=lambda m: None)
     out = tmp_path / "cut"
     train(_cfg(lake, out).model_copy(update=recipe), settings, say=lambda m: None)
-    for p in out.iterdir():  # back to the state of a run stopped after step 4
-        if p.name == FINAL or (p.name.startswith("ckpt-") and p.name > "ckpt-00000004.z"):
-            p.unlink() if p.is_file() else shutil.rmtree(p)
+    for p in out.iterdir():  # back to the state of a run stopped after step 4: no final marker, no later checkpoints
+        if p.name == FINAL or (p.name.startswith("ckpt-") and int(p.name[5:13]) > 4):
+            p.unlink()
     assert latest_checkpoint(out) is not None and latest_checkpoint(out).name == "ckpt-00000004.pt"  # type: ignore[union-attr]
     said: list[str] = []
     resumed = train(_cfg(lake, out).model_copy(update=recipe), settings, say=said.append)
