@@ -77,6 +77,7 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
                       key: str, retries: int, metadata: dict[str, str] | None = None) -> WriteResult:
     """Replace the rows matching ``predicate`` with ``data`` in one commit; a no-op if they are already equal."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError
 
     new_hash = content_hash(data, key=key)
     if exists(uri):
@@ -86,11 +87,18 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
 
     def commit() -> int:
         props = CommitProperties(custom_metadata={"lakeloop.partition_hash": new_hash, **(metadata or {})}, max_commit_retries=0)
-        if exists(uri):
-            write_deltalake(DeltaTable(uri), data, mode="overwrite", predicate=predicate, partition_by=partition_by,
-                            commit_properties=props)
-        else:
-            write_deltalake(uri, data, mode="append", partition_by=partition_by, commit_properties=props)
+        if not exists(uri):
+            # mode="error", not "append": a writer that created the table since the check above must not get our
+            # rows appended next to its own (two first runs of a day racing doubled them). Losing that race sends
+            # us to the replace below; two creations committing at once fail one of them with CommitFailedError.
+            try:
+                write_deltalake(uri, data, mode="error", partition_by=partition_by, commit_properties=props)
+                return DeltaTable(uri).version()
+            except DeltaError as exc:
+                if "already exists" not in str(exc):
+                    raise
+        write_deltalake(DeltaTable(uri), data, mode="overwrite", predicate=predicate, partition_by=partition_by,
+                        commit_properties=props)
         return DeltaTable(uri).version()
 
     v, n = with_retries(commit, retries=retries, what=f"replace {predicate} in {uri}")

@@ -105,13 +105,17 @@ def _hash(df: "DataFrame", schema: pa.Schema) -> str:
     return combine(schema.names, [r[0] for r in hashes.collect()])
 
 
+def _is_conflict(text: str) -> bool:
+    return "Concurrent" in text or "DELTA_PROTOCOL_CHANGED" in text
+
+
 def _retry(op: Callable[[], None], *, retries: int, what: str) -> int:
     for attempt in range(retries + 1):
         try:
             op()
             return attempt
-        except Exception as exc:  # delta-spark raises Concurrent*Exception through py4j
-            if "Concurrent" not in type(exc).__name__ + str(exc)[:500] or attempt == retries:
+        except Exception as exc:  # delta-spark raises Concurrent*Exception (ProtocolChanged for two creations) via py4j
+            if not _is_conflict(type(exc).__name__ + str(exc)[:500]) or attempt == retries:
                 if attempt == retries:
                     raise CommitConflictError(f"{what}: lost {retries + 1} commit races", hint="re-run the partition (idempotent)") from exc
                 raise
@@ -133,10 +137,16 @@ def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: 
 
     def op() -> None:
         w = df.write.format("delta").partitionBy(*partition_by).option("userMetadata", f"lakeloop.partition_hash={new_hash}")
-        if _exists(spark, uri):
-            w.mode("overwrite").option("replaceWhere", where).save(uri)
-        else:
-            w.mode("append").save(uri)
+        if not _exists(spark, uri):
+            # "errorifexists", not "append": see features.lake.replace_partition (a table created by another
+            # writer since the check is replaced into, never appended to)
+            try:
+                w.mode("errorifexists").save(uri)
+                return
+            except Exception as exc:  # AnalysisException through py4j
+                if "DELTA_PATH_EXISTS" not in str(exc)[:500]:
+                    raise
+        w.mode("overwrite").option("replaceWhere", where).save(uri)
 
     n = _retry(op, retries=retries, what=f"replace {where} in {uri}")
     return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], False, new_hash, n

@@ -37,6 +37,29 @@ def test_commit_conflicts_are_retried_then_reported() -> None:
         lake.with_retries(lambda: (_ for _ in ()).throw(CommitFailedError("x")), retries=1, what="t")
 
 
+def test_a_table_created_by_another_writer_after_the_check_is_replaced_into_not_appended_to(tmp_path, monkeypatch) -> None:
+    """The first run of a day sees no table; another run creates it before this one commits. The late writer must
+    replace the partition, not append a second copy (the CI failure of 5302c16: silver/minhash_index doubled)."""
+    import pyarrow as pa
+
+    uri = str(tmp_path / "t")
+    rows = pa.table({"id": ["a", "b"], "event_date": [date(2026, 1, 1)] * 2})
+    kw = dict(predicate="event_date = '2026-01-01'", filters=[("event_date", "=", date(2026, 1, 1))],
+              partition_by=["event_date"], key="id", retries=3)
+    lake.replace_partition(uri, rows, **kw)  # the other writer, already committed
+    real_exists, seen = lake.exists, []
+
+    def stale_exists(u: str) -> bool:  # this writer checked before the other one committed
+        seen.append(u)
+        return False if len(seen) <= 2 else real_exists(u)
+
+    monkeypatch.setattr(lake, "exists", stale_exists)
+    res = lake.replace_partition(uri, rows, **kw)
+    monkeypatch.setattr(lake, "exists", real_exists)
+    assert not res.skipped
+    assert sorted(lake.read(uri)["id"].to_list()) == ["a", "b"]
+
+
 def _curate(s, day: date, cfg: CurationConfig, *, parallel_gold: bool = False) -> list:
     out = [local.curate_silver(s, day, cfg=cfg, key=KEY)]
     if not parallel_gold:

@@ -68,3 +68,31 @@ def test_local_and_spark_engines_write_the_same_rows(spark_settings, tmp_path, q
         assert (x.table, x.rows_out, dict(x.drops), x.partition_hash, x.content_hash) == (y.table, y.rows_out, dict(y.drops), y.partition_hash, y.content_hash)
     assert lr[0].drops["duplicate_event_id"] == 1 and sum(r.drops.get("exact_duplicate", 0) for r in lr) > 0
     assert pl.Series([r.drops.get("near_duplicate", 0) for r in lr]).sum() > 0
+
+
+@pytest.mark.slow
+def test_spark_replace_into_a_table_created_after_the_check_does_not_append(spark_settings, tmp_path, monkeypatch) -> None:
+    """The Spark twin of the local engine's creation race: the late first writer replaces, it does not append."""
+    from datetime import date
+
+    import pyarrow as pa
+
+    from features import pipeline_spark
+
+    spark = pipeline_spark.session(spark_settings)
+    schema = pa.schema([("id", pa.string()), ("event_date", pa.date32())])
+    df = spark.createDataFrame([("a", date(2026, 1, 1)), ("b", date(2026, 1, 1))], "id string, event_date date")
+    uri = str(tmp_path / "t")
+    kw = dict(where="event_date = '2026-01-01'", partition_by=["event_date"], retries=3)
+    pipeline_spark.replace_partition(spark, uri, df, schema, **kw)  # the other writer, already committed
+    real_exists, seen = pipeline_spark._exists, []
+
+    def stale_exists(s, u: str) -> bool:  # this writer checked before the other one committed
+        seen.append(u)
+        return False if len(seen) <= 2 else real_exists(s, u)
+
+    monkeypatch.setattr(pipeline_spark, "_exists", stale_exists)
+    _, skipped, _, _ = pipeline_spark.replace_partition(spark, uri, df, schema, **kw)
+    monkeypatch.setattr(pipeline_spark, "_exists", real_exists)
+    assert not skipped
+    assert sorted(r["id"] for r in spark.read.format("delta").load(uri).collect()) == ["a", "b"]
