@@ -49,10 +49,12 @@ class DemoConfig:
     # (TrainConfig.cache_frozen) and the top block + head train on the cache. Eval: every eval cluster (curation
     # holds out ~10% of the prompts; a cap would leave AUC with a handful of thumbs-ups).
     # qa_feedback has ~30 thumbs-ups beside thousands of comparisons that disagree with them on length: the thumbs
-    # fit the length prior and calibration, the pairs the text, raters' length bias is a term of the comparisons
-    # (TrainConfig.rater_length_bias / pointwise_trains_text; docs/design/training.md, "Two training options").
+    # fit the length prior and calibration, the pairs the text, raters' length bias is a term of the comparisons, and
+    # the text part's per-prompt level is pinned to 0 (TrainConfig.rater_length_bias / pointwise_trains_text /
+    # pair_center_weight; docs/design/training.md, "Two training options").
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 1, "max_length": 128, "batch_size": 16, "rater_length_bias": True,
-                                                           "pointwise_trains_text": False, "probe_steps": 300, "head_l2": 0.01})
+                                                           "pointwise_trains_text": False, "probe_steps": 300, "head_l2": 0.01,
+                                                           "pair_center_weight": 1.0})
     max_eval_clusters: int | None = None
     n_boot: int = 300
     # A few CPU minutes of training do not reliably beat the baselines here (docs/design/training.md has

@@ -78,7 +78,7 @@ def test_resume_with_rater_bias_and_split_gradients_ends_identical(tmp_path: Pat
     """The qa_feedback recipe (docs/design/training.md): gamma is checkpointed, the warm start is not redone."""
     lake = str(tmp_path / "lake")
     write_gold(lake, qa_feedback_path, questions=20)
-    recipe = {"rater_length_bias": True, "pointwise_trains_text": False, "probe_steps": 20, "head_l2": 0.01}
+    recipe = {"rater_length_bias": True, "pointwise_trains_text": False, "probe_steps": 20, "head_l2": 0.01, "pair_center_weight": 1.0}
     ref = train(_cfg(lake, tmp_path / "ref").model_copy(update=recipe), settings, say=lambda m: None)
     out = tmp_path / "cut"
     train(_cfg(lake, out).model_copy(update=recipe), settings, say=lambda m: None)

@@ -364,3 +364,21 @@ def test_split_logits_route_pointwise_labels_to_length_and_bias_and_pairs_to_tex
             "pair_a": torch.tensor([1]), "pair_b": torch.tensor([2]), "pair_target": torch.tensor([1.0])}
     reward_losses(torch.stack([text, rest], -1), pair, pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)["loss"].backward()
     assert float(rest.grad.abs().sum()) == 0 and float(text.grad[1]) < 0 < float(text.grad[2])
+
+
+def test_pair_centering_moves_only_the_text_parts_midpoint_and_leaves_bradley_terry_alone() -> None:
+    text = torch.tensor([0.0, 1.5, 0.5], requires_grad=True)
+    rest = torch.tensor([0.5, 0.1, -0.4], requires_grad=True)
+    pair = {"point_rows": torch.tensor([], dtype=torch.long), "point_labels": torch.tensor([]),
+            "pair_a": torch.tensor([1]), "pair_b": torch.tensor([2]), "pair_target": torch.tensor([1.0])}
+    kw = dict(pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)
+    plain = reward_losses(torch.stack([text, rest], -1), pair, **kw)
+    centred = reward_losses(torch.stack([text, rest], -1), pair, center_weight=2.0, **kw)
+    assert float(centred["pairwise"]) == float(plain["pairwise"]) and float(centred["center"]) == pytest.approx(1.0)  # ((1.5+0.5)/2)^2
+    assert float(centred["loss"]) == pytest.approx(float(plain["loss"]) + 2.0)
+    (centred["loss"] - plain["loss"]).backward()  # the centering term's gradient alone
+    assert float(rest.grad.abs().sum()) == 0 and float(text.grad[0]) == 0
+    assert float(text.grad[1]) == pytest.approx(float(text.grad[2])) == pytest.approx(2.0)  # same push on both: the difference stays
+    with pytest.raises(ConfigError, match="pointwise_trains_text=False"):
+        load_config({"pair_center_weight": 1.0})
+    assert load_config({"pair_center_weight": 1.0, "pointwise_trains_text": False}).pair_center_weight == 1.0

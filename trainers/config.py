@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.errors import ConfigError
 
@@ -54,6 +54,11 @@ class TrainConfig(BaseModel):
                                         "text part is detached in their loss) and the pairs train only the text part; for a few "
                                         "hundred thumbs beside thousands of pairs, where the text memorizes the thumbs. Use with "
                                         "rater_length_bias (the pairs' length preference then goes to gamma).")
+    pair_center_weight: float = Field(0.0, ge=0, description="With pointwise_trains_text=False: penalty on the squared midpoint of "
+                                      "each pair's text parts, ((t(a) + t(b)) / 2)^2. Comparisons fix the text part only up to a "
+                                      "per-prompt constant; this pins that constant to 0, so the text part does not add arbitrary "
+                                      "per-prompt levels to the score and the level comes from the thumbs (length weight and bias). "
+                                      "Bradley-Terry is unchanged by it (it sees differences only).")
     rater_bias_lr: float = Field(1e-2, gt=0, description="AdamW lr of gamma (one number; the head's lr would barely move it).")
     balance_pointwise: bool = Field(False, description="Weight positive labels by negatives/positives in the BCE (rare thumbs-ups).")
     # optimisation
@@ -85,6 +90,13 @@ class TrainConfig(BaseModel):
     run_name: str = "reward-model"
     experiment: str = "lakeloop-reward"
     track: bool = Field(True, description="Log to MLflow (settings.tracking_uri).")
+
+    @model_validator(mode="after")
+    def _center_needs_split(self) -> "TrainConfig":
+        if self.pair_center_weight > 0 and self.pointwise_trains_text:
+            raise ValueError("pair_center_weight > 0 needs pointwise_trains_text=False (it centres the text part of the split logit; "
+                             "with pointwise_trains_text=True the thumbs set the text part's level themselves)")
+        return self
 
     def pinned(self) -> dict[str, Any]:
         return {"examples_version": self.examples_version, "pairs_version": self.pairs_version}

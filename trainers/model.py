@@ -114,20 +114,25 @@ class RewardModel(nn.Module):
 
 
 def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weight: float, pairwise_weight: float, tie_weight: float,
-                  pos_weight: float | None = None, pair_offset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  pos_weight: float | None = None, pair_offset: torch.Tensor | None = None, center_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Weighted loss plus its parts. Bradley-Terry: -log sigmoid(r_chosen - r_rejected [+ pair_offset]); ties
     target 0.5. ``pos_weight`` scales the positive class of the BCE (negatives per positive balances rare
     thumbs-ups); ``pair_offset`` is a per-pair term of the comparison that is not the score (rater bias).
 
     ``logits`` is (n,) or the (n, 2) parts of ``RewardModel.split_logits``: then the BCE sees the text part
     detached (pointwise labels fit only the length weight and bias) and Bradley-Terry sees the rest detached
-    (pairs train only the text), i.e. ``TrainConfig.pointwise_trains_text = False``."""
+    (pairs train only the text), i.e. ``TrainConfig.pointwise_trains_text = False``. ``center_weight`` (split
+    logits only) adds the mean squared midpoint of each pair's text parts, ``center``: Bradley-Terry leaves the
+    text part's per-prompt level free, and this fixes it at 0."""
+    zero = logits.sum() * 0.0
+    center = zero
     if logits.dim() == 2:
         text, rest = logits[:, 0], logits[:, 1]
         point_logits, pair_logits = text.detach() + rest, text + rest.detach()
+        if center_weight and len(batch["pair_a"]):
+            center = (((text[batch["pair_a"]] + text[batch["pair_b"]]) / 2) ** 2).mean()
     else:
         point_logits = pair_logits = logits
-    zero = logits.sum() * 0.0
     point = zero
     if len(batch["point_rows"]):
         pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
@@ -141,7 +146,8 @@ def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weig
         per = F.binary_cross_entropy_with_logits(diff, target, reduction="none")
         w = torch.where(target == 0.5, torch.full_like(target, tie_weight), torch.ones_like(target))
         pair = (per * w).sum() / w.sum().clamp(min=1e-8)
-    return {"loss": pointwise_weight * point + pairwise_weight * pair, "pointwise": point.detach(), "pairwise": pair.detach()}
+    return {"loss": pointwise_weight * point + pairwise_weight * pair + center_weight * center, "pointwise": point.detach(),
+            "pairwise": pair.detach(), "center": center.detach()}
 
 
 def save_reward_model(model: RewardModel, tokenizer: Any, path: Path, *, max_length: int = 256) -> Path:

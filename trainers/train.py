@@ -140,6 +140,10 @@ def _text_features(model: RewardModel, enc: D.Encoded, cache: list[torch.Tensor]
     return out
 
 
+def _center(parts: dict[str, float]) -> str:
+    return f" center {parts['center']:.3f}" if "center" in parts else ""
+
+
 def probe_head(model: RewardModel, enc: D.Encoded, features: torch.Tensor, cfg: TrainConfig, *, pos_weight: float | None) -> dict[str, float]:
     """Linear-probe warm start: fit the head alone, full batch, on fixed features of every training text with
     the run's losses + ``head_l2``. Fine-tuning then starts from a head that already ranks (LP-FT), so the
@@ -166,7 +170,7 @@ def probe_head(model: RewardModel, enc: D.Encoded, features: torch.Tensor, cfg: 
         offset = model.comparison_offset(chars[tensors["pair_a"]], chars[tensors["pair_b"]])
         logits = head(x).squeeze(-1).float() if cfg.pointwise_trains_text else model.split_logits(x)
         losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
-                               tie_weight=cfg.tie_weight, pos_weight=pos_weight, pair_offset=offset)
+                               tie_weight=cfg.tie_weight, pos_weight=pos_weight, pair_offset=offset, center_weight=cfg.pair_center_weight)
         loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -310,7 +314,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         fit = probe_head(model, enc, feats, cfg, pos_weight=pos_weight)
         probe_s = time.perf_counter() - t_probe
         say(f"linear-probe warm start of the head: {cfg.probe_steps} full-batch steps in {probe_s:.0f}s, "
-            f"loss {fit['loss']:.4f} (point {fit['pointwise']:.3f} pair {fit['pairwise']:.3f})")
+            f"loss {fit['loss']:.4f} (point {fit['pointwise']:.3f} pair {fit['pairwise']:.3f}{_center(fit if cfg.pair_center_weight else {})})")
         if tracker:
             tracker.log_metrics({"probe_loss": fit["loss"], "probe_pointwise": fit["pointwise"], "probe_pairwise": fit["pairwise"], "probe_s": probe_s}, step=0)
 
@@ -338,7 +342,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             raise DataError(f"{len(batches)} batches per epoch on this rank, fewer than grad_accum={cfg.grad_accum}", hint="lower batch_size or grad_accum, or add data")
         while pos < usable and step < total:
             group = [D.collate(enc, b, pad_id=pad_id, pad_to_multiple=8 if device.type == "cuda" else 1, buckets=buckets) for b in batches[pos : pos + cfg.grad_accum]]
-            parts = {"pointwise": 0.0, "pairwise": 0.0, "loss": 0.0}
+            parts = {"pointwise": 0.0, "pairwise": 0.0, "loss": 0.0, **({"center": 0.0} if cfg.pair_center_weight else {})}
             for i, batch in enumerate(group):
                 sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else net.no_sync()
                 with sync, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -347,7 +351,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                     chars = tensors["seq_chars"]
                     losses = reward_losses(logits, tensors, pointwise_weight=cfg.pointwise_weight, pairwise_weight=cfg.pairwise_weight,
                                            tie_weight=cfg.tie_weight, pos_weight=pos_weight,
-                                           pair_offset=model.comparison_offset(chars[tensors["pair_a"]], chars[tensors["pair_b"]]))
+                                           pair_offset=model.comparison_offset(chars[tensors["pair_a"]], chars[tensors["pair_b"]]),
+                                           center_weight=cfg.pair_center_weight)
                     total_loss = losses["loss"] + cfg.head_l2 * model.text_weight_penalty() if cfg.head_l2 else losses["loss"]
                     if model.rater_length_bias is not None:  # used by every backward, pairs or not (DDP expects it)
                         total_loss = total_loss + 0.0 * model.rater_length_bias.sum()
@@ -375,7 +380,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                 on_step(step, metrics)
             if rank == 0 and (step % cfg.log_every == 0 or step == total):
                 eta = (total - step) * elapsed / max(1, step - resumed)
-                say(f"step {step}/{total} loss {sum(window) / len(window):.4f} (point {parts['pointwise']:.3f} pair {parts['pairwise']:.3f}) {rate:.1f} samples/s pad-eff {metrics['padding_efficiency']:.2f} ETA {_fmt_eta(eta)}")
+                say(f"step {step}/{total} loss {sum(window) / len(window):.4f} (point {parts['pointwise']:.3f} pair {parts['pairwise']:.3f}{_center(parts)}) {rate:.1f} samples/s pad-eff {metrics['padding_efficiency']:.2f} ETA {_fmt_eta(eta)}")
                 window.clear()
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
                 t_io = time.perf_counter()
