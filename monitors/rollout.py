@@ -81,6 +81,15 @@ def start_canary(
     return read_status(settings)
 
 
+def _the_canary(status: RolloutStatus, expected: str | None, *, doing: str, hint: str) -> str:
+    """The canary version to ``doing``; refuses when there is none or it is not the one the caller looked at."""
+    if status.canary is None:
+        raise DataError(f"there is no canary to {doing}", hint=hint)
+    if expected is not None and str(expected) != status.canary:
+        raise DataError(f"the canary is version {status.canary}, not {expected}", hint="re-read `lakeloop rollout status`")
+    return status.canary
+
+
 def promote(
     settings: Settings,
     *,
@@ -92,11 +101,7 @@ def promote(
     """canary -> champion (compare-and-set on both aliases); the old champion is retired, not deleted."""
     reg = _registry()
     status = read_status(settings)
-    version = status.canary
-    if version is None:
-        raise DataError("there is no canary to promote", hint="start one with `lakeloop promote --start` from the challenger")
-    if expected_canary is not None and str(expected_canary) != version:
-        raise DataError(f"the canary is version {version}, not {expected_canary}", hint="re-read `lakeloop rollout status`")
+    version = _the_canary(status, expected_canary, doing="promote", hint="start one with `lakeloop promote --start` from the challenger")
     old = status.champion
     # Drop the canary first (compare-and-set): of racing promoters only one gets past this line, and a
     # loser changes nothing. For a moment the old champion serves everything, which is always safe.
@@ -119,12 +124,7 @@ def rollback(
 ) -> RolloutStatus:
     """Canary traffic to 0 at once, then drop the canary alias; the champion is not touched."""
     reg = _registry()
-    status = read_status(settings)
-    version = status.canary
-    if version is None:
-        raise DataError("there is no canary to roll back", hint="`lakeloop rollout status` shows the aliases")
-    if expected_canary is not None and str(expected_canary) != version:
-        raise DataError(f"the canary is version {version}, not {expected_canary}", hint="re-read `lakeloop rollout status`")
+    version = _the_canary(read_status(settings), expected_canary, doing="roll back", hint="`lakeloop rollout status` shows the aliases")
     model_store.set_canary_share(settings, 0.0)
     reg.delete_alias_cas(settings, "canary", version, actor=actor, reason=f"rollback: {reason}", metrics=_metrics(metrics))
     model_store.mark_version(settings, version, "rolled_back", note=f"{actor}: {reason}")

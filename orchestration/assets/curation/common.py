@@ -54,6 +54,19 @@ def report_metadata(rep: StageReport) -> dict[str, dg.RawMetadataValue]:
     return meta
 
 
+def gold_metadata(rep: StageReport, *, retracted_key: str) -> dict[str, dg.RawMetadataValue]:
+    """``report_metadata`` plus what a gold table's reader needs: rows a backfill retracted, the dataset version
+    and how to pin it."""
+    meta = report_metadata(rep)
+    meta[retracted_key] = rep.retracted
+    meta["dataset_version"] = rep.version if rep.version is not None else -1
+    meta["how_to_pin"] = dg.MetadataValue.md(
+        f"Train on `DeltaTable({rep.uri!r}, version={rep.version})` and check that "
+        f"`features.manifest.content_hash` of its rows is `{rep.content_hash}`."
+    )
+    return meta
+
+
 def checked_rows(context: dg.AssetCheckExecutionContext, uri: str, what: str) -> pl.DataFrame:
     """Rows a check looks at: the run's day partition, or the whole table for a multi-day (range) run."""
     key = context.run.tags.get("dagster/partition")

@@ -10,7 +10,7 @@ from orchestration.assets.curation.common import (
     column_schema,
     daily,
     day_of,
-    report_metadata,
+    gold_metadata,
 )
 from orchestration.assets.curation.gold_checks import gold_checks
 from orchestration.assets.curation.resources import CurationResource
@@ -37,14 +37,7 @@ def gold_training_examples(context: dg.AssetExecutionContext, lakeloop: Lakeloop
     settings = lakeloop.load()
     rep = curate("examples", settings, day_of(context), cfg=curation.config(settings))
     context.log.info("examples %s: %d silver rows -> %d examples; drops %s", rep.day, rep.rows_in, rep.rows_out, dict(rep.drops))
-    meta = report_metadata(rep)
-    meta["examples_retracted_by_backfill"] = rep.retracted
-    meta["dataset_version"] = rep.version if rep.version is not None else -1
-    meta["how_to_pin"] = dg.MetadataValue.md(
-        f"Train on `DeltaTable({rep.uri!r}, version={rep.version})` and check that "
-        f"`features.manifest.content_hash` of its rows is `{rep.content_hash}`."
-    )
-    return dg.MaterializeResult(metadata=meta)
+    return dg.MaterializeResult(metadata=gold_metadata(rep, retracted_key="examples_retracted_by_backfill"))
 
 
 checks = [gold_checks("gold_training_examples", "gold/training_examples", "example")]
