@@ -152,7 +152,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
                               "head_l2": args.head_l2, "probe_steps": args.probe_steps,
                               "rater_length_bias": args.rater_length_bias, "pointwise_trains_text": args.pointwise_trains_text,
-                              "pair_center_weight": args.pair_center_weight}.items() if v is not None}
+                              "pair_center_weight": args.pair_center_weight, "seed": args.train_seed}.items() if v is not None}
 
 
 def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float]:
@@ -296,6 +296,7 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--probe-steps", type=int, default=None)
     parser.add_argument("--rater-length-bias", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--pointwise-trains-text", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--train-seed", type=int, default=None, help="TrainConfig.seed of the quality runs (the spread from the seed alone)")
     parser.add_argument("--pair-center-weight", type=float, default=None, help="TrainConfig.pair_center_weight (needs --no-pointwise-trains-text)")
     parser.add_argument("--cache-frozen", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--group-by-prompt", action=argparse.BooleanOptionalAction, default=None)
@@ -317,6 +318,7 @@ def main() -> list[dict[str, Any]]:
     tag += "_rlb" if args.rater_length_bias else ""
     tag += "_split" if args.pointwise_trains_text is False else ""
     tag += f"_center{args.pair_center_weight:g}" if args.pair_center_weight else ""
+    tag += f"_seed{args.train_seed}" if args.train_seed is not None else ""
     tag += f"_{args.folds}fold" if args.folds > 1 else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))
