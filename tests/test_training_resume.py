@@ -92,4 +92,9 @@ def test_resume_with_rater_bias_and_split_gradients_ends_identical(tmp_path: Pat
     assert not any("warm start" in m for m in said)
     a, b = _final_params(tmp_path / "ref"), _final_params(out)
     assert "rater_length_bias" in a and float(a["rater_length_bias"]) != 0.0
+    assert any(" center " in m for m in said)  # the centring loss is computed in the training steps...
+    uncentred = train(_cfg(lake, tmp_path / "uncentred").model_copy(update={**recipe, "pair_center_weight": 0.0}), settings, say=lambda m: None)
+    assert uncentred.steps == 8
+    c = _final_params(tmp_path / "uncentred")
+    assert not torch.equal(a["head.weight"], c["head.weight"])  # ...and it changes what they learn
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

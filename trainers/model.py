@@ -122,8 +122,8 @@ def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weig
     ``logits`` is (n,) or the (n, 2) parts of ``RewardModel.split_logits``: then the BCE sees the text part
     detached (pointwise labels fit only the length weight and bias) and Bradley-Terry sees the rest detached
     (pairs train only the text), i.e. ``TrainConfig.pointwise_trains_text = False``. ``center_weight`` (split
-    logits only) adds the mean squared midpoint of each pair's text parts, ``center``: Bradley-Terry leaves the
-    text part's per-prompt level free, and this fixes it at 0."""
+    logits only) adds the mean squared midpoint of each pair's text parts (returned as ``center`` when the
+    weight is > 0): Bradley-Terry leaves the text part's per-prompt level free, and this fixes it at 0."""
     zero = logits.sum() * 0.0
     center = zero
     if logits.dim() == 2:
@@ -146,8 +146,9 @@ def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weig
         per = F.binary_cross_entropy_with_logits(diff, target, reduction="none")
         w = torch.where(target == 0.5, torch.full_like(target, tie_weight), torch.ones_like(target))
         pair = (per * w).sum() / w.sum().clamp(min=1e-8)
-    return {"loss": pointwise_weight * point + pairwise_weight * pair + center_weight * center, "pointwise": point.detach(),
-            "pairwise": pair.detach(), "center": center.detach()}
+    out = {"loss": pointwise_weight * point + pairwise_weight * pair + center_weight * center, "pointwise": point.detach(),
+           "pairwise": pair.detach()}
+    return {**out, "center": center.detach()} if center_weight else out
 
 
 def save_reward_model(model: RewardModel, tokenizer: Any, path: Path, *, max_length: int = 256) -> Path:

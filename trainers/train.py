@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         fit = probe_head(model, enc, feats, cfg, pos_weight=pos_weight)
         probe_s = time.perf_counter() - t_probe
         say(f"linear-probe warm start of the head: {cfg.probe_steps} full-batch steps in {probe_s:.0f}s, "
-            f"loss {fit['loss']:.4f} (point {fit['pointwise']:.3f} pair {fit['pairwise']:.3f}{_center(fit if cfg.pair_center_weight else {})})")
+            f"loss {fit['loss']:.4f} (point {fit['pointwise']:.3f} pair {fit['pairwise']:.3f}{_center(fit)})")
         if tracker:
             tracker.log_metrics({"probe_loss": fit["loss"], "probe_pointwise": fit["pointwise"], "probe_pairwise": fit["pairwise"], "probe_s": probe_s}, step=0)
 
