@@ -155,13 +155,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "pair_center_weight": args.pair_center_weight, "seed": args.train_seed}.items() if v is not None}
 
 
-def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float]:
+def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float, Any]:
     """Write the qa_feedback gold tables to a temporary lake (one split, or fold k of K), train with the real
     trainer, load the saved model (the path the pyfunc uses) and delete the folder: (result, scorer, examples,
-    pairs, training seconds incl. the frozen cache)."""
+    pairs, training seconds incl. the frozen cache, parts: (prompts, responses) -> (n, 2) logit parts)."""
     from trainers import data as D
     from trainers.config import TrainConfig
-    from trainers.model import load_reward_model, score
+    from trainers.model import load_reward_model, score, score_parts
     from trainers.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
@@ -181,7 +181,8 @@ def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, sa
     ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
     pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=0)
     shutil.rmtree(tmp, ignore_errors=True)  # the lake, checkpoints and saved model: ~190 MB
-    return result, lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), ex, pr, train_s
+    return (result, lambda p, r: np.array(score(model, tok, p, r, max_length=ml)), ex, pr, train_s,
+            lambda p, r: score_parts(model, tok, p, r, max_length=ml).numpy())
 
 
 def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -191,7 +192,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     from trainers import evaluate as E
 
     load0 = _load()
-    result, scorer, ex, pr, train_s = _train_on_gold(args, fold=None, say=lambda m: print(m, flush=True))
+    result, scorer, ex, pr, train_s, _ = _train_on_gold(args, fold=None, say=lambda m: print(m, flush=True))
     t1 = time.perf_counter()
     report = E.full_report(scorer, (ex.split("train"), pr.split("train")), (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
@@ -227,13 +228,18 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     names = ("reward model", "length", "tfidf_lr")
     pooled: dict[str, dict[str, list[np.ndarray]]] = {n: {"y": [], "p": [], "ch": [], "rj": []} for n in names}
+    parts: dict[str, list[np.ndarray]] = {"y": [], "p": [], "ch": [], "rj": []}  # (n, 2) logit parts of the reward model
     times: list[float] = []
     load0 = _load()
     for k in range(args.folds):
         t0 = time.perf_counter()
-        _, scorer, ex, pr, _ = _train_on_gold(args, fold=(k, args.folds), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+        _, scorer, ex, pr, _, parts_of = _train_on_gold(args, fold=(k, args.folds), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
         ex_eval, pr_eval = ex.split("eval"), pr.split("eval")
         pr_eval = pr_eval[~pr_eval["is_tie"].astype(bool)].reset_index(drop=True)
+        parts["y"].append(ex_eval["label"].to_numpy(float))
+        parts["p"].append(parts_of(ex_eval["prompt"].tolist(), ex_eval["response"].tolist()))
+        parts["ch"].append(parts_of(pr_eval["prompt"].tolist(), pr_eval["chosen"].tolist()))
+        parts["rj"].append(parts_of(pr_eval["prompt"].tolist(), pr_eval["rejected"].tolist()))
         scorers = {"reward model": scorer, **E.fit_baselines(ex.split("train"), pr.split("train"))}
         for name in names:
             probs, ch, rj = E.score_eval(scorers[name], ex_eval, pr_eval)
@@ -266,7 +272,27 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {dcell(d)}, n={ours.n}, "
                                    f"{sum(times):.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
+    _print_parts({k: np.concatenate(v) for k, v in parts.items()}, n_boot=args.n_boot)
     return rows
+
+
+def _print_parts(parts: dict[str, np.ndarray], *, n_boot: int) -> None:
+    """Diagnosis, not a figure to pick a setting by: the reward model's out-of-fold logit split into its text part
+    (the head's weights over the pooled text) and the rest (length weight x length feature + bias), and the
+    scores text + lambda * rest. Which part ranks the answers of one prompt (pairwise) and which separates
+    answers across prompts (AUC) shows where thumbs and comparisons pull the one score apart."""
+    from trainers import evaluate as E
+
+    print("\nthe reward model's logit parts, out of fold (lambda = 1 is the model's score):")
+    print("| score | pairwise | AUC |\n|---|---|---|")
+    cell = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+    for label, lam_text, lam_rest in (("text part alone", 1.0, 0.0), ("text + 0.25 x rest", 1.0, 0.25), ("text + 0.5 x rest", 1.0, 0.5),
+                                      ("text + rest (the score)", 1.0, 1.0), ("rest alone (length weight + bias)", 0.0, 1.0)):
+        mix = lambda a, lt=lam_text, lr=lam_rest: lt * a[:, 0] + lr * a[:, 1]
+        pair = E.bootstrap(E.pairwise_accuracy, (mix(parts["ch"]), mix(parts["rj"])), n_boot=n_boot, seed=1)
+        auc = E.bootstrap(E.auc, (parts["y"], mix(parts["p"])), n_boot=n_boot, seed=1)
+        print(f"| {label} | {cell(pair)} | {cell(auc)} |")
+    print(f"std over the held-out answers: text part {parts['p'][:, 0].std():.3f}, rest {parts['p'][:, 1].std():.3f}")
 
 
 def main() -> list[dict[str, Any]]:
@@ -319,6 +345,7 @@ def main() -> list[dict[str, Any]]:
     tag += "_split" if args.pointwise_trains_text is False else ""
     tag += f"_center{args.pair_center_weight:g}" if args.pair_center_weight else ""
     tag += f"_seed{args.train_seed}" if args.train_seed is not None else ""
+    tag += f"_freeze{args.freeze_layers}" if args.freeze_layers is not None else ""
     tag += f"_{args.folds}fold" if args.folds > 1 else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))

@@ -295,6 +295,27 @@ def test_score_encodes_each_distinct_pair_once_and_keeps_order() -> None:
     assert got == pytest.approx(score(model, tok, p[::-1], r[::-1], max_length=32)[::-1])
 
 
+def test_score_parts_are_the_text_and_length_parts_of_the_scored_logit() -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel, length_value, score, score_parts
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    model = RewardModel(load_encoder(base)).eval()
+    with torch.no_grad():
+        model.head.weight[0, -1] = -0.8  # the length weight
+        model.head.bias.fill_(-1.5)
+    tok = load_tokenizer(base)
+    p, r = ["q1", "q2", "q1"], ["a short one", "a much longer answer " * 5, "a short one"]
+    parts = score_parts(model, tok, p, r, max_length=32)
+    assert parts.shape == (3, 2) and torch.equal(parts[0], parts[2])
+    # the rest is the length weight times the length feature plus the bias; the sum is the logit score() uses
+    expected_rest = -0.8 * length_value(torch.tensor([float(len(x)) for x in r]), "chars") - 1.5
+    assert torch.allclose(parts[:, 1], expected_rest, atol=1e-5)
+    assert torch.sigmoid(parts.sum(1)).tolist() == pytest.approx(score(model, tok, p, r, max_length=32), abs=1e-6)
+    assert score_parts(model, tok, [], [], max_length=32).shape == (0, 2) and score(model, tok, [], []) == []
+
+
 def test_linear_probe_warm_start_fits_the_head_and_l2_shrinks_text_weights(qa_feedback_path: Path) -> None:
     from trainers.base_model import load_encoder
     from trainers.model import RewardModel
@@ -371,7 +392,7 @@ def test_pair_centering_moves_only_the_text_parts_midpoint_and_leaves_bradley_te
     rest = torch.tensor([0.5, 0.1, -0.4], requires_grad=True)
     pair = {"point_rows": torch.tensor([], dtype=torch.long), "point_labels": torch.tensor([]),
             "pair_a": torch.tensor([1]), "pair_b": torch.tensor([2]), "pair_target": torch.tensor([1.0])}
-    kw = dict(pointwise_weight=1.0, pairwise_weight=1.0, tie_weight=0.0)
+    kw = {"pointwise_weight": 1.0, "pairwise_weight": 1.0, "tie_weight": 0.0}
     plain = reward_losses(torch.stack([text, rest], -1), pair, **kw)
     centred = reward_losses(torch.stack([text, rest], -1), pair, center_weight=2.0, **kw)
     assert float(centred["pairwise"]) == float(plain["pairwise"]) and float(centred["center"]) == pytest.approx(1.0)  # ((1.5+0.5)/2)^2

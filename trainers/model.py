@@ -180,8 +180,24 @@ def load_reward_model(path: Path) -> tuple[RewardModel, Any, int]:
 def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str], *, max_length: int = 256, batch_size: int = 32) -> list[float]:
     """P(satisfied) per (prompt, response), batched by length for speed; each distinct pair is scored once
     (an eval set repeats every answer in several comparisons); order preserved."""
+    return [float(p) for p in torch.sigmoid(_logits(model, tokenizer, prompts, responses, max_length=max_length,
+                                                          batch_size=batch_size, split=False)).tolist()]
+
+
+@torch.inference_mode()
+def score_parts(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str], *, max_length: int = 256,
+                batch_size: int = 32) -> torch.Tensor:
+    """(n, 2) logit parts per (prompt, response): the pooled text's part and the rest (length weight + bias),
+    see ``RewardModel.split_logits``; their sum is the logit ``score`` turns into a probability. For diagnosis:
+    which part ranks the answers of one prompt, which part separates prompts."""
+    return _logits(model, tokenizer, prompts, responses, max_length=max_length, batch_size=batch_size, split=True)
+
+
+def _logits(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str], *, max_length: int, batch_size: int,
+            split: bool) -> torch.Tensor:
+    """Logits ((n,) or (n, 2) parts with ``split``), each distinct (prompt, response) run once, batched by length."""
     if not prompts:
-        return []
+        return torch.zeros((0, 2) if split else (0,))
     device = next(model.parameters()).device
     unique: dict[tuple[str, str], int] = {}
     where = [unique.setdefault((p, r), len(unique)) for p, r in zip(prompts, responses, strict=True)]
@@ -189,7 +205,7 @@ def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: lis
     enc = tokenizer([p for p, _ in texts], [r for _, r in texts], truncation="longest_first", max_length=max_length)
     chars = [float(len(r)) for _, r in texts]
     order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
-    out = [0.0] * len(texts)
+    out = torch.zeros((len(texts), 2) if split else (len(texts),))
     pad = tokenizer.pad_token_id or 0
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -204,7 +220,5 @@ def score(model: RewardModel, tokenizer: Any, prompts: list[str], responses: lis
             if "token_type_ids" in enc:
                 types[r, : len(seq)] = torch.tensor(enc["token_type_ids"][i])
         n_chars = torch.tensor([chars[i] for i in rows], device=device)
-        probs = torch.sigmoid(model(ids.to(device), mask.to(device), types.to(device), response_chars=n_chars)).cpu().tolist()
-        for i, p in zip(rows, probs, strict=True):
-            out[i] = float(p)
-    return [out[w] for w in where]
+        out[torch.tensor(rows)] = model(ids.to(device), mask.to(device), types.to(device), response_chars=n_chars, split=split).float().cpu()
+    return out[torch.tensor(where)]
