@@ -143,6 +143,16 @@ def bench_throughput(steps: int, batch: int, max_length: int, questions: int, ro
     ]
 
 
+def _ci(e: Any) -> str:
+    """An estimate with its 95% interval, as the tables print it."""
+    return f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+
+
+def _dci(e: Any) -> str:
+    """A paired difference with its 95% interval."""
+    return f"{e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig fields given on the command line (the rest keep TrainConfig's defaults)."""
     return {k: v for k, v in {"max_steps": args.quality_steps, "epochs": args.epochs, "batch_size": args.quality_batch,
@@ -197,7 +207,6 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     report = E.full_report(scorer, (ex.split("train"), pr.split("train")), (ex.split("eval"), pr.split("eval")), n_boot=args.n_boot)
     eval_s = time.perf_counter() - t1
     loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
-    fmt = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     ev = ex.split("eval")
     print(f"\ntrained {result.steps} steps in {train_s:.0f}s, evaluated in {eval_s:.0f}s ({loads}); labels {args.labels}: "
           f"{int((ev['label'] >= 0.5).sum())} of {len(ev)} eval answers positive")
@@ -208,7 +217,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
         bases = report.baselines
         better = (lambda a, b: a < b) if metric == "log_loss" else (lambda a, b: a > b)
         beats = all(better(ours.value, b[metric].value) for b in bases.values())
-        print(f"| {metric} | {fmt(ours)} | {fmt(bases['length'][metric])} | {fmt(bases['tfidf_lr'][metric])} | {ours.n} | {'yes' if beats else 'NO'} |")
+        print(f"| {metric} | {_ci(ours)} | {_ci(bases['length'][metric])} | {_ci(bases['tfidf_lr'][metric])} | {ours.n} | {'yes' if beats else 'NO'} |")
         if metric == "log_loss":
             continue
         for name, base in bases.items():
@@ -223,7 +232,8 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
     """K-fold cross-validation by question: each question is held out in exactly one fold; in each fold the
     real trainer trains on the rest and the baselines are fit on the same rows; the held-out scores of all
     folds are pooled (every labelled answer and every pair is scored once, by a model that never saw its
-    question), and the metrics get bootstrap 95% intervals, plus paired intervals of ours - baseline."""
+    question), and the metrics get bootstrap 95% intervals, plus paired intervals of ours - baseline. The saved model
+    runs once over the held-out texts (``score_parts``); its probabilities are the sigmoid of the parts' sum."""
     from trainers import evaluate as E
 
     names = ("reward model", "length", "tfidf_lr")
@@ -233,16 +243,16 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
     load0 = _load()
     for k in range(args.folds):
         t0 = time.perf_counter()
-        _, scorer, ex, pr, _, parts_of = _train_on_gold(args, fold=(k, args.folds), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+        _, _, ex, pr, _, parts_of = _train_on_gold(args, fold=(k, args.folds), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
         ex_eval, pr_eval = ex.split("eval"), pr.split("eval")
         pr_eval = pr_eval[~pr_eval["is_tie"].astype(bool)].reset_index(drop=True)
-        parts["y"].append(ex_eval["label"].to_numpy(float))
-        parts["p"].append(parts_of(ex_eval["prompt"].tolist(), ex_eval["response"].tolist()))
-        parts["ch"].append(parts_of(pr_eval["prompt"].tolist(), pr_eval["chosen"].tolist()))
-        parts["rj"].append(parts_of(pr_eval["prompt"].tolist(), pr_eval["rejected"].tolist()))
-        scorers = {"reward model": scorer, **E.fit_baselines(ex.split("train"), pr.split("train"))}
+        held_out = E.score_eval(parts_of, ex_eval, pr_eval)  # one encoder pass over every held-out text
+        for key, arr in zip(("y", "p", "ch", "rj"), (ex_eval["label"].to_numpy(float), *held_out), strict=True):
+            parts[key].append(arr)
+        scorers = E.fit_baselines(ex.split("train"), pr.split("train"))
         for name in names:
-            probs, ch, rj = E.score_eval(scorers[name], ex_eval, pr_eval)
+            # the reward model's P(satisfied) = sigmoid of its summed logit parts (what score() returns, unit-tested)
+            probs, ch, rj = (_sigmoid(a.sum(1)) for a in held_out) if name == "reward model" else E.score_eval(scorers[name], ex_eval, pr_eval)
             for key, arr in (("y", ex_eval["label"].to_numpy(float)), ("p", probs), ("ch", ch), ("rj", rj)):
                 pooled[name][key].append(np.asarray(arr, dtype=float))
         times.append(time.perf_counter() - t0)
@@ -261,19 +271,21 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
         m = len(keys)
         paired = lambda *a, fn=fn, m=m: fn(*a[:m]) - fn(*a[m:])  # ours - peer on the same resampled rows
         diffs = {n: E.bootstrap(paired, ours_arrays + tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=7) for n in names[1:]}
-        cell = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
-        dcell = lambda e: f"{e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"
-        print(f"| {metric} | {cell(est['reward model'])} | {cell(est['length'])} | {cell(est['tfidf_lr'])} | "
-              f"{dcell(diffs['length'])} | {dcell(diffs['tfidf_lr'])} |")
+        print(f"| {metric} | {_ci(est['reward model'])} | {_ci(est['length'])} | {_ci(est['tfidf_lr'])} | "
+              f"{_dci(diffs['length'])} | {_dci(diffs['tfidf_lr'])} |")
         ours = est["reward model"]
         for name in names[1:]:
             peer, d = est[name], diffs[name]
             rows.append({"metric": f"{args.folds}-fold out-of-fold {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], "
-                                   f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {dcell(d)}, n={ours.n}, "
+                                   f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {_dci(d)}, n={ours.n}, "
                                    f"{sum(times):.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
     _print_parts({k: np.concatenate(v) for k, v in parts.items()}, n_boot=args.n_boot)
     return rows
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _print_parts(parts: dict[str, np.ndarray], *, n_boot: int) -> None:
@@ -285,13 +297,12 @@ def _print_parts(parts: dict[str, np.ndarray], *, n_boot: int) -> None:
 
     print("\nthe reward model's logit parts, out of fold (lambda = 1 is the model's score):")
     print("| score | pairwise | AUC |\n|---|---|---|")
-    cell = lambda e: f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     for label, lam_text, lam_rest in (("text part alone", 1.0, 0.0), ("text + 0.25 x rest", 1.0, 0.25), ("text + 0.5 x rest", 1.0, 0.5),
                                       ("text + rest (the score)", 1.0, 1.0), ("rest alone (length weight + bias)", 0.0, 1.0)):
         mix = lambda a, lt=lam_text, lr=lam_rest: lt * a[:, 0] + lr * a[:, 1]
         pair = E.bootstrap(E.pairwise_accuracy, (mix(parts["ch"]), mix(parts["rj"])), n_boot=n_boot, seed=1)
         auc = E.bootstrap(E.auc, (parts["y"], mix(parts["p"])), n_boot=n_boot, seed=1)
-        print(f"| {label} | {cell(pair)} | {cell(auc)} |")
+        print(f"| {label} | {_ci(pair)} | {_ci(auc)} |")
     print(f"std over the held-out answers: text part {parts['p'][:, 0].std():.3f}, rest {parts['p'][:, 1].std():.3f}")
 
 
