@@ -162,7 +162,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "cache_frozen": args.cache_frozen, "group_by_prompt": args.group_by_prompt,
                               "head_l2": args.head_l2, "probe_steps": args.probe_steps,
                               "rater_length_bias": args.rater_length_bias, "pointwise_trains_text": args.pointwise_trains_text,
-                              "pair_center_weight": args.pair_center_weight, "seed": args.train_seed}.items() if v is not None}
+                              "pair_center_weight": args.pair_center_weight, "seed": args.train_seed,
+                              "support_feature": args.support_feature}.items() if v is not None}
 
 
 def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float, Any]:
@@ -176,13 +177,14 @@ def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, sa
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     lake = str(tmp / "lake")
-    write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent, fold=fold)
+    write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent, fold=fold,
+               passages=args.passages)
     cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=25 if fold is None else 100,
                       examples_version=0, pairs_version=0, **_overrides(args))
     if fold is None:
         shown = {"epochs", "max_length", "freeze_layers", "lr", "head_lr", "pointwise_weight", "pairwise_weight", "balance_pointwise",
                  "cache_frozen", "group_by_prompt", "length_feature", "batch_size", "head_l2", "probe_steps",
-                 "rater_length_bias", "pointwise_trains_text"} | set(_overrides(args))
+                 "rater_length_bias", "pointwise_trains_text", "support_feature"} | set(_overrides(args))
         say(f"quality run, labels {args.labels}: {cfg.model_dump(include=shown)} (load {_load():.1f})")
     t0 = time.perf_counter()
     result = train(cfg, load_settings(home=tmp / "home"), say=say)
@@ -236,7 +238,7 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs once over the held-out texts (``score_parts``); its probabilities are the sigmoid of the parts' sum."""
     from trainers import evaluate as E
 
-    names = ("reward model", "length", "tfidf_lr")
+    names = ("reward model", "length", "tfidf_lr", "head_features_lr")
     pooled: dict[str, dict[str, list[np.ndarray]]] = {n: {"y": [], "p": [], "ch": [], "rj": []} for n in names}
     parts: dict[str, list[np.ndarray]] = {"y": [], "p": [], "ch": [], "rj": []}  # (n, 2) logit parts of the reward model
     times: list[float] = []
@@ -249,7 +251,7 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
         held_out = E.score_eval(parts_of, ex_eval, pr_eval)  # one encoder pass over every held-out text
         for key, arr in zip(("y", "p", "ch", "rj"), (ex_eval["label"].to_numpy(float), *held_out), strict=True):
             parts[key].append(arr)
-        scorers = E.fit_baselines(ex.split("train"), pr.split("train"))
+        scorers = {**E.fit_baselines(ex.split("train"), pr.split("train")), "head_features_lr": _head_features_lr(ex.split("train"), pr.split("train"))}
         for name in names:
             # the reward model's P(satisfied) = sigmoid of its summed logit parts (what score() returns, unit-tested)
             probs, ch, rj = (_sigmoid(a.sum(1)) for a in held_out) if name == "reward model" else E.score_eval(scorers[name], ex_eval, pr_eval)
@@ -265,6 +267,7 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{sum(times):.0f}s in all ({loads})")
     print("| metric (out of fold) | reward model | length LR | TF-IDF + LR | ours - length | ours - TF-IDF |\n|---|---|---|---|---|---|")
     rows = []
+    extra: list[str] = []
     for metric, fn, keys in (("pairwise_accuracy", E.pairwise_accuracy, ("ch", "rj")), ("auc", E.auc, ("y", "p"))):
         est = {n: E.bootstrap(fn, tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=1) for n in names}
         ours_arrays = tuple(arr["reward model"][k] for k in keys)
@@ -273,15 +276,37 @@ def bench_quality_folds(args: argparse.Namespace) -> list[dict[str, Any]]:
         diffs = {n: E.bootstrap(paired, ours_arrays + tuple(arr[n][k] for k in keys), n_boot=args.n_boot, seed=7) for n in names[1:]}
         print(f"| {metric} | {_ci(est['reward model'])} | {_ci(est['length'])} | {_ci(est['tfidf_lr'])} | "
               f"{_dci(diffs['length'])} | {_dci(diffs['tfidf_lr'])} |")
+        extra.append(f"| {metric} | {_ci(est['head_features_lr'])} | {_dci(diffs['head_features_lr'])} |")
         ours = est["reward model"]
-        for name in names[1:]:
+        for name in ("length", "tfidf_lr"):
             peer, d = est[name], diffs[name]
             rows.append({"metric": f"{args.folds}-fold out-of-fold {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], "
                                    f"peer [{peer.lo:.3f},{peer.hi:.3f}], ours-peer {_dci(d)}, n={ours.n}, "
                                    f"{sum(times):.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
+    print("\nthe reward model's two head features alone (log length, support by the prompt) in a logistic regression fit "
+          "like the baselines (not a baseline of the issue: what the encoder's text part adds):")
+    print("| metric (out of fold) | length + support LR | ours - it |\n|---|---|---|")
+    print("\n".join(extra))
     _print_parts({k: np.concatenate(v) for k, v in parts.items()}, n_boot=args.n_boot)
     return rows
+
+
+def _head_features_lr(examples: pd.DataFrame, pairs: pd.DataFrame) -> Any:
+    """(prompts, responses) -> P(up) of a logistic regression on the reward model's head features (log characters,
+    ``support`` by the prompt), fit on the baselines' rows: the thumbs plus each non-tie pair's chosen (1) and
+    rejected (0) answer."""
+    from sklearn.linear_model import LogisticRegression
+
+    from trainers.model import support
+
+    pairs = pairs[~pairs["is_tie"].astype(bool)]
+    prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
+    texts = examples["response"].tolist() + pairs["chosen"].tolist() + pairs["rejected"].tolist()
+    y = np.concatenate([examples["label"].to_numpy(float) >= 0.5, np.ones(len(pairs)), np.zeros(len(pairs))]).astype(int)
+    feats = lambda ps, rs: np.array([[np.log1p(len(r)), support(p, r)] for p, r in zip(ps, rs, strict=True)])
+    lr = LogisticRegression().fit(feats(prompts, texts), y)
+    return lambda ps, rs: lr.predict_proba(feats(ps, rs))[:, 1]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -290,7 +315,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _print_parts(parts: dict[str, np.ndarray], *, n_boot: int) -> None:
     """Diagnosis, not a figure to pick a setting by: the reward model's out-of-fold logit split into its text part
-    (the head's weights over the pooled text) and the rest (length weight x length feature + bias), and the
+    (the head's weights over the pooled text) and the rest (length and support weights x features + bias), and the
     scores text + lambda * rest. Which part ranks the answers of one prompt (pairwise) and which separates
     answers across prompts (AUC) shows where thumbs and comparisons pull the one score apart."""
     from trainers import evaluate as E
@@ -298,7 +323,7 @@ def _print_parts(parts: dict[str, np.ndarray], *, n_boot: int) -> None:
     print("\nthe reward model's logit parts, out of fold (lambda = 1 is the model's score):")
     print("| score | pairwise | AUC |\n|---|---|---|")
     for label, lam_text, lam_rest in (("text part alone", 1.0, 0.0), ("text + 0.25 x rest", 1.0, 0.25), ("text + 0.5 x rest", 1.0, 0.5),
-                                      ("text + rest (the score)", 1.0, 1.0), ("rest alone (length weight + bias)", 0.0, 1.0)):
+                                      ("text + rest (the score)", 1.0, 1.0), ("rest alone (length + support weights + bias)", 0.0, 1.0)):
         mix = lambda a, lt=lam_text, lr=lam_rest: lt * a[:, 0] + lr * a[:, 1]
         pair = E.bootstrap(E.pairwise_accuracy, (mix(parts["ch"]), mix(parts["rj"])), n_boot=n_boot, seed=1)
         auc = E.bootstrap(E.auc, (parts["y"], mix(parts["p"])), n_boot=n_boot, seed=1)
@@ -335,6 +360,11 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--pointwise-trains-text", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--train-seed", type=int, default=None, help="TrainConfig.seed of the quality runs (the spread from the seed alone)")
     parser.add_argument("--pair-center-weight", type=float, default=None, help="TrainConfig.pair_center_weight (needs --no-pointwise-trains-text)")
+    parser.add_argument("--support-feature", action=argparse.BooleanOptionalAction, default=None,
+                        help="TrainConfig.support_feature (default on): the response's bigram support by its prompt")
+    parser.add_argument("--passages", action=argparse.BooleanOptionalAction, default=False,
+                        help="prompts of the gold fixture carry the question's grounding passages (feedback.qa_feedback.rag_prompt), "
+                             "as a RAG app logs them; default: the question alone")
     parser.add_argument("--cache-frozen", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--group-by-prompt", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--labels", choices=("error-share", "any-error"), default="error-share",
@@ -357,6 +387,8 @@ def main() -> list[dict[str, Any]]:
     tag += f"_center{args.pair_center_weight:g}" if args.pair_center_weight else ""
     tag += f"_seed{args.train_seed}" if args.train_seed is not None else ""
     tag += f"_freeze{args.freeze_layers}" if args.freeze_layers is not None else ""
+    tag += "_passages" if args.passages else ""
+    tag += "_nosupport" if args.support_feature is False else ""
     tag += f"_{args.folds}fold" if args.folds > 1 else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))

@@ -81,7 +81,15 @@ def pair_rows(silver: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(pl.Series("pair_id", [stable_id("pair", e) for e in out["event_id"].to_list()], dtype=pl.String))
 
 
+PROMPT_WORDS_IN_DOC = 32
+
+
 def doc_text(df: pl.DataFrame, kind: str) -> pl.Series:
-    """The text near-duplicate detection sees: prompt + response (examples) or prompt + chosen + rejected (pairs)."""
-    cols = ["prompt", "response"] if kind == "example" else ["prompt", "chosen", "rejected"]
-    return df.select(pl.concat_str([pl.col(c).fill_null("") for c in cols], separator="\n").alias("t"))["t"]
+    """The text near-duplicate detection sees: the prompt's first ``PROMPT_WORDS_IN_DOC`` words (split on spaces;
+    a shorter prompt whole) + response (examples) or + chosen + rejected (pairs). A RAG prompt carries kilobytes of
+    retrieved passages that every answer to the question shares; whole, they would outweigh the answers and make a
+    question's comparisons near-duplicates of one another (qa_feedback with its passages, first 100 questions: 103
+    of 651 pairs kept instead of 511)."""
+    head = pl.col("prompt").fill_null("").str.split(" ").list.head(PROMPT_WORDS_IN_DOC).list.join(" ")
+    cols = ["response"] if kind == "example" else ["chosen", "rejected"]
+    return df.select(pl.concat_str([head, *(pl.col(c).fill_null("") for c in cols)], separator="\n").alias("t"))["t"]

@@ -45,15 +45,30 @@ def read_questions(path: str | Path) -> list[dict[str, Any]]:
     return data
 
 
+def rag_prompt(q: dict[str, Any]) -> str:
+    """The prompt a retrieval-augmented app sent its model for question ``q``: the question, then the retrieved
+    passages it was given (each passage's title and sentences), numbered."""
+    passages = q.get("passages") or []
+    lines = [f"[{k}] " + " ".join(str(s).strip() for s in p[1:]) for k, p in enumerate(passages, start=1) if len(p) > 1]
+    return q["question"] + ("\n\nPassages:\n" + "\n".join(lines) if lines else "")
+
+
+def prompt_of(q: dict[str, Any], *, passages: bool) -> str:
+    """The events' prompt: the question alone, or with ``passages`` the whole RAG prompt (``rag_prompt``)."""
+    return rag_prompt(q) if passages else q["question"]
+
+
 def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
-                n_users: int = 200, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """v1 event dicts from the qa_feedback file; see the module docstring for how each is derived."""
+                n_users: int = 200, limit: int | None = None, passages: bool = False) -> Iterator[dict[str, Any]]:
+    """v1 event dicts from the qa_feedback file; see the module docstring for how each is derived. With
+    ``passages`` the prompt is the question plus its grounding passages (``rag_prompt``, ~3 KB), as a RAG app
+    would log it; without, the question alone."""
     questions = read_questions(path)
     span = timedelta(days=days).total_seconds() / len(questions)
     n = 0
     for copy in range(copies):
         for i, q in enumerate(questions):
-            for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users):
+            for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users, passages):
                 yield event
                 n += 1
                 if limit is not None and n >= limit:
@@ -61,12 +76,12 @@ def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: date
 
 
 def load_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
-                n_users: int = 200, limit: int | None = None) -> list[dict[str, Any]]:
+                n_users: int = 200, limit: int | None = None, passages: bool = False) -> list[dict[str, Any]]:
     """All events of ``iter_events`` as a list (about 4,000 per copy)."""
-    return list(iter_events(path, copies=copies, days=days, start=start, n_users=n_users, limit=limit))
+    return list(iter_events(path, copies=copies, days=days, start=start, n_users=n_users, limit=limit, passages=passages))
 
 
-def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users: int) -> Iterator[dict[str, Any]]:
+def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users: int, passages: bool = False) -> Iterator[dict[str, Any]]:
     app_id, tz = APPS[_h("app", i) % len(APPS)]
     base = {
         "app_id": app_id,
@@ -74,7 +89,7 @@ def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users
         "conversation_id": f"qa-conv-{copy}-{i:03d}",
         "model_name": MODEL_NAME,
         "model_version": "1" if t0.toordinal() % 7 < 4 else "2",  # alternating rollouts
-        "prompt": q["question"],
+        "prompt": prompt_of(q, passages=passages),
         "schema_version": 1,
     }
 

@@ -45,6 +45,7 @@ class SimConfig:
     malformed_share: float = 0.0
     seed: int = 0
     run_id: int = 1  # distinguishes the ids of separate runs over the same questions
+    passages: bool = False  # prompts carry the question's grounding passages (feedback.qa_feedback.rag_prompt)
 
 
 @dataclass
@@ -150,7 +151,8 @@ def simulate(
     stop = min(len(questions), cfg.first + cfg.count)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     events = _by_question(
-        e for e in iter_events(data_path, copies=cfg.run_id + 1, days=1, start=now.replace(hour=0, minute=0, second=0))
+        e for e in iter_events(data_path, copies=cfg.run_id + 1, days=1, start=now.replace(hour=0, minute=0, second=0),
+                               passages=cfg.passages)
         if e["event_id"].startswith(f"qaf1-{cfg.run_id}-")
     )
     order = [i for i in cfg.questions if 0 <= i < len(questions)] if cfg.questions else list(range(cfg.first, stop))

@@ -45,6 +45,9 @@ class DemoConfig:
     canary_window_questions: int = 70  # questions per canary analysis window (one thumbs verdict each)
     malformed_share: float = 0.01
     seed: int = 7
+    # the apps log the whole RAG prompt: the question and its grounding passages (feedback.qa_feedback.rag_prompt),
+    # which the reward model's support feature reads (TrainConfig.support_feature; docs/design/training.md, "Grounding")
+    passages: bool = True
     # CPU budget: one epoch over the backlog's train split; the frozen bottom layers run once per distinct text
     # (TrainConfig.cache_frozen) and the top block + head train on the cache. Eval: every eval cluster (curation
     # holds out ~10% of the prompts; a cap would leave AUC with a handful of thumbs-ups).
@@ -202,7 +205,7 @@ def _backlog(cfg: DemoConfig) -> list[dict[str, Any]]:
     from feedback.qa_feedback import load_events
 
     keep = set(_question_order(cfg)[: cfg.backlog_questions])
-    return [e for e in load_events(cfg.data_path) if int(e["conversation_id"].rsplit("-", 1)[1]) in keep]
+    return [e for e in load_events(cfg.data_path, passages=cfg.passages) if int(e["conversation_id"].rsplit("-", 1)[1]) in keep]
 
 
 def _produce(settings: Settings, events: list[Any], cfg: DemoConfig) -> tuple[int, int]:
@@ -241,7 +244,8 @@ def _traffic(settings: Settings, cfg: DemoConfig, *, first: int, count: int, run
     try:
         questions = tuple(_question_order(cfg)[first : first + count])
         stats = simulate(cfg.data_path, SimConfig(questions=questions, drift_after=0.0 if drifted else None,
-                                                  malformed_share=cfg.malformed_share, seed=cfg.seed + run_id, run_id=run_id),
+                                                  malformed_share=cfg.malformed_share, seed=cfg.seed + run_id, run_id=run_id,
+                                                  passages=cfg.passages),
                          send=producer.send, scorer=Scorer(settings.serve_url), say=say, progress_every=0)
         producer.flush()
     finally:

@@ -82,3 +82,28 @@ def test_real_qa_feedback_near_duplicate_predictions_are_found(qa_feedback_path)
     found = set(zip(i.tolist(), j.tolist()))
     assert len(truth) > 50 and all(a // 4 == b // 4 for a, b in truth)  # real near-dups are within a question
     assert len(found & truth) / len(truth) >= 0.85
+
+
+def test_a_rag_prompts_passages_do_not_make_its_answers_near_duplicates(qa_feedback_path) -> None:
+    import polars as pl
+
+    from features.labels import PROMPT_WORDS_IN_DOC, doc_text
+    from tests.training_fixtures import gold_frames
+
+    def kept(passages: bool) -> tuple[int, int]:
+        pairs = pl.from_arrow(gold_frames(qa_feedback_path, questions=100, passages=passages)[1]).filter(~pl.col("is_tie"))
+        texts = doc_text(pairs, "pair")
+        if not passages:  # a prompt of at most PROMPT_WORDS_IN_DOC words is read whole, as before the cut
+            assert texts.to_list() == (pairs["prompt"] + "\n" + pairs["chosen"] + "\n" + pairs["rejected"]).to_list()
+        else:
+            heads = [" ".join(p.split(" ")[:PROMPT_WORDS_IN_DOC]) for p in pairs["prompt"].to_list()]
+            assert texts.to_list() == [f"{h}\n{c}\n{r}" for h, c, r in zip(heads, pairs["chosen"], pairs["rejected"], strict=True)]
+            assert all(len(h) < len(p) for h, p in zip(heads, pairs["prompt"], strict=True))
+        sig = minhash.signatures(texts, P)
+        i, j = minhash.near_duplicate_pairs(sig, minhash.band_keys(sig, P), P)
+        keep, _ = minhash.greedy_keep(len(texts), i, j, rank=np.arange(len(texts)))
+        return int(np.sum(keep)), len(texts)
+
+    (bare, n), (rag, n_rag) = kept(False), kept(True)
+    # ~3 KB of shared passages read whole left 103 of 651 comparisons; cut to the prompt's head, 456 (question alone: 511)
+    assert n == n_rag == 651 and bare == 511 and rag >= 0.85 * bare

@@ -403,3 +403,69 @@ def test_pair_centering_moves_only_the_text_parts_midpoint_and_leaves_bradley_te
     with pytest.raises(ConfigError, match="pointwise_trains_text=False"):
         load_config({"pair_center_weight": 1.0})
     assert load_config({"pair_center_weight": 1.0, "pointwise_trains_text": False}).pair_center_weight == 1.0
+
+
+def test_support_is_the_share_of_the_responses_bigrams_found_in_the_prompt() -> None:
+    from trainers.model import support
+
+    prompt = "Who built it?\n\nPassages:\n[1] The Eiffel Tower was built by Gustave Eiffel's company in 1889."
+    assert support(prompt, "The Eiffel Tower was built in 1889.") == pytest.approx(5 / 6)  # all bigrams but "built in"
+    assert support(prompt, "the eiffel TOWER was built") == 1.0  # case-insensitive words
+    assert support(prompt, "Nobody knows who made this thing.") == 0.0
+    assert support(prompt, "Eiffel") == 0.0 and support(prompt, "") == 0.0  # fewer than two words
+
+
+def test_encode_pairs_cuts_a_long_prompt_first_and_keeps_the_response_whole() -> None:
+    from trainers.model import encode_pairs
+
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    question, response = "who designed the tower?", "Gustave Eiffel's company designed and built the tower for the 1889 fair."
+    passages = " ".join(f"Passage sentence number {i} about the tower and its history." for i in range(60))
+    ids, types = encode_pairs(tok, [question + "\n\n" + passages], [response], max_length=64)
+    r_ids = tok(response, add_special_tokens=False)["input_ids"]
+    assert len(ids[0]) == 64 and ids[0][-len(r_ids) - 1 : -1] == r_ids  # [CLS] prompt... [SEP] response [SEP]
+    assert sum(types[0]) == len(r_ids) + 1 and ids[0][1:6] == tok(question, add_special_tokens=False)["input_ids"][:5]
+    # a short prompt: the same sequence as the tokenizer's own "longest_first" (the response is cut)
+    long_response = " ".join(["the tower was built in 1889 for the fair"] * 20)
+    ids2, types2 = encode_pairs(tok, [question], [long_response], max_length=64)
+    ref = tok([question], [long_response], truncation="longest_first", max_length=64)
+    assert ids2 == ref["input_ids"] and types2 == ref["token_type_ids"]
+    # a response longer than the room: the prompt keeps a quarter of it
+    ids3, _ = encode_pairs(tok, [question + "\n\n" + passages], [long_response], max_length=64)
+    assert len(ids3[0]) == 64 and ids3[0].index(tok.sep_token_id) - 1 == (64 - 3) // 4
+
+
+def test_support_feature_reaches_the_score_and_survives_save_and_load(tmp_path: Path) -> None:
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel, load_reward_model, save_reward_model, score
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    model = RewardModel(load_encoder(base), support_feature=True).eval()
+    hidden = int(model.encoder.config.hidden_size)
+    assert model.head.in_features == hidden + 2
+    with torch.no_grad():  # a head that reads support alone: 1 x (4 * (support - 0.5))
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.weight[0, hidden + 1] = 1.0
+    tok = load_tokenizer(base)
+    answer = "The tower was finished in 1889 for the fair."
+    grounded, bare = "when was it built?\n\nPassages:\n[1] The tower was finished in 1889 for the fair.", "when was it built?"
+    s = score(model, tok, [grounded, bare], [answer, answer], max_length=64)
+    assert s == pytest.approx([1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(2.0))], abs=1e-6)  # support 1 -> +2, 0 -> -2
+    saved, tok2, ml = load_reward_model(save_reward_model(model, tok, tmp_path / "m", max_length=64))
+    assert saved.support_feature and score(saved, tok2, [grounded, bare], [answer, answer], max_length=ml) == pytest.approx(s, abs=1e-6)
+    model.support_center = 0.75  # train() sets the training texts' mean support; it travels with the saved model
+    centred, _, _ = load_reward_model(save_reward_model(model, tok, tmp_path / "c", max_length=64))
+    assert centred.support_center == 0.75
+    assert score(centred, tok2, [grounded], [answer], max_length=64) == pytest.approx([1 / (1 + math.exp(-1.0))], abs=1e-6)
+    # a model saved before the feature existed (no key in its meta) loads without it
+    import json
+
+    meta = json.loads((tmp_path / "m" / "reward_model.json").read_text())
+    plain = RewardModel(load_encoder(base)).eval()
+    save_reward_model(plain, tok, tmp_path / "old", max_length=64)
+    old_meta = json.loads((tmp_path / "old" / "reward_model.json").read_text())
+    del old_meta["support_feature"], old_meta["support_center"]
+    (tmp_path / "old" / "reward_model.json").write_text(json.dumps(old_meta))
+    old, _, _ = load_reward_model(tmp_path / "old")
+    assert meta["support_feature"] and not old.support_feature and old.head.in_features == hidden + 1

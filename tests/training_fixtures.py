@@ -9,6 +9,8 @@ real shared qa_feedback data (until curation's gold tables are used instead):
   the human correction of prediction 1 (corrected = chosen, original = rejected).
 - split: by a stable hash of the question (its own near-dup cluster), so a question never straddles
   train and eval.
+- prompt: the question, or with ``passages=True`` the question plus its grounding passages
+  (``feedback.qa_feedback.rag_prompt``, what a RAG app logs).
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ def _split(question: str, eval_percent: int, fold: tuple[int, int] | None = None
 
 
 def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
-                label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None) -> tuple[pa.Table, pa.Table]:
+                label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None,
+                passages: bool = False) -> tuple[pa.Table, pa.Table]:
+    from feedback.qa_feedback import prompt_of
+
     records = json.loads(Path(qa_path).read_text())[offset : offset + questions if questions else None]
     base = datetime(2026, 1, 5, tzinfo=UTC)
     ex: list[dict] = []
     pr: list[dict] = []
     for qi, rec in enumerate(records, start=offset):
         q = rec["question"]
+        prompt = prompt_of(rec, passages=passages)
         cluster = f"c{_h('cluster:' + q):012x}"
         split = _split(q, eval_percent, fold)
         app = APPS[_h("app:" + q) % len(APPS)]
@@ -54,16 +60,16 @@ def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: in
                   "first_occurred_at": at, "event_date": at.date(), "cluster_id": cluster, "split": split}
         p1 = rec["prediction 1"]
         wrong = sum(e["end"] - e["start"] for e in rec["feedback"]["errors"])
-        ex.append({"example_id": f"ex-{qi:04d}", "response_id": f"r-{qi:04d}-1", "prompt": q, "response": p1,
+        ex.append({"example_id": f"ex-{qi:04d}", "response_id": f"r-{qi:04d}-1", "prompt": prompt, "response": p1,
                    "label": _label(label_rule, wrong, len(p1), len(rec["feedback"]["errors"])), "n_events": 1, "event_types": "thumbs",
                    "model_name": "qa-model-1", **common})
         corrected = rec["feedback"].get("corrected-prediction") or ""
         if corrected and corrected != p1:
-            pr.append({"pair_id": f"pc-{qi:04d}", "prompt": q, "chosen": corrected, "rejected": p1, "is_tie": False,
+            pr.append({"pair_id": f"pc-{qi:04d}", "prompt": prompt, "chosen": corrected, "rejected": p1, "is_tie": False,
                        "source": "correction", "model_name": "qa-model-1", **common})
         for (a, b), pref in zip(PAIRS, rec["preference"], strict=True):
             first, second = (a, b) if pref != 2 else (b, a)
-            pr.append({"pair_id": f"pp-{qi:04d}-{a}{b}", "prompt": q, "chosen": rec[f"prediction {first}"],
+            pr.append({"pair_id": f"pp-{qi:04d}-{a}{b}", "prompt": prompt, "chosen": rec[f"prediction {first}"],
                        "rejected": rec[f"prediction {second}"], "is_tie": pref == 0, "source": "preference",
                        "model_name": f"qa-model-{first}", **common})
     return _table(ex), _table(pr)
@@ -89,12 +95,13 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
-               mode: str = "append", label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None) -> tuple[int, int]:
+               mode: str = "append", label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None,
+               passages: bool = False) -> tuple[int, int]:
     """Write (append) both gold tables under ``lake_root``; returns their new Delta versions."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule,
-                         fold=fold)
+                         fold=fold, passages=passages)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
         uri = f"{lake_root.rstrip('/')}/{name}"

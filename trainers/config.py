@@ -23,7 +23,10 @@ class TrainConfig(BaseModel):
     # what to start from
     base_model: str = Field("all-MiniLM-L6-v2", description="'all-MiniLM-L6-v2' (the offline package) or a local HF checkpoint dir.")
     pooling: Literal["mean", "cls"] = "mean"
-    length_feature: bool = Field(True, description="Feed log(sequence tokens) to the head beside the pooled text.")
+    length_feature: bool = Field(True, description="Feed log(response characters) to the head beside the pooled text.")
+    support_feature: bool = Field(True, description="Feed the response's lexical support by its prompt (share of its word bigrams "
+                                  "found in the prompt, trainers.model.support) to the head: with retrieved passages in the prompt "
+                                  "it says how grounded an answer is, which the encoder cut at max_length cannot see.")
     freeze_layers: int = Field(5, ge=0, description="Freeze the embeddings and this many bottom encoder layers (0 = tune all). "
                                "5 (top layer + head tuned) is the CPU default: backward stops below the top layer; GPU: 0.")
     cache_frozen: bool = Field(True, description="Run the frozen embeddings + bottom blocks once per distinct text and train the "
@@ -70,8 +73,8 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Items (examples or pairs) per micro-batch.")
     grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(128, ge=16, le=512, description="Tokens of prompt + response; the longer one is cut first "
-                            "(128 keeps ~80% of qa_feedback pairs whole; GPU: 256).")
+    max_length: int = Field(128, ge=16, le=512, description="Tokens of prompt + response; the prompt is cut first, down to a "
+                            "quarter, then the response (128 keeps ~80% of qa_feedback answers whole; GPU: 256).")
     pad_buckets: int = Field(1, ge=1, le=8, description="Encoder calls per micro-batch, sequences bucketed by length. 1 on CPU: "
                              "length-grouped batches already pad little and each extra call costs more than the padding it saves; "
                              "2-4 can pay on a GPU with pair data (forced to 1 under DDP).")

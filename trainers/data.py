@@ -96,6 +96,7 @@ class Encoded:
     input_ids: list[list[int]] = field(default_factory=list)
     token_type_ids: list[list[int]] = field(default_factory=list)
     chars: list[int] = field(default_factory=list)
+    support: list[float] = field(default_factory=list)  # per sequence: trainers.model.support(prompt, response)
     items: list[tuple[str, tuple[int, ...], float]] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)  # per item: index of its prompt
 
@@ -107,7 +108,10 @@ class Encoded:
 
 
 def encode(tokenizer: Any, examples: pd.DataFrame, pairs: pd.DataFrame, *, max_length: int, flip: bool = False, tie_weight: float = 0.0) -> Encoded:
-    """Tokenize each distinct (prompt, response) once; pairs whose texts are identical carry no signal and are skipped."""
+    """Tokenize each distinct (prompt, response) once (``trainers.model.encode_pairs``: the prompt is cut first);
+    pairs whose texts are identical carry no signal and are skipped."""
+    from trainers.model import encode_pairs, support
+
     seq_of: dict[tuple[str, str], int] = {}
     group_of: dict[str, int] = {}
     enc = Encoded()
@@ -128,10 +132,9 @@ def encode(tokenizer: Any, examples: pd.DataFrame, pairs: pd.DataFrame, *, max_l
         add("pair", row.prompt, (row.chosen, row.rejected), 0.5 if bool(row.is_tie) else (0.0 if flip else 1.0))
     if seq_of:
         texts = list(seq_of)
-        out = tokenizer([p for p, _ in texts], [r for _, r in texts], truncation="longest_first", max_length=max_length)
-        enc.input_ids = out["input_ids"]
-        enc.token_type_ids = out.get("token_type_ids") or [[0] * len(x) for x in enc.input_ids]
+        enc.input_ids, enc.token_type_ids = encode_pairs(tokenizer, [p for p, _ in texts], [r for _, r in texts], max_length=max_length)
         enc.chars = [len(r) for _, r in texts]
+        enc.support = [support(p, r) for p, r in texts]
     return enc
 
 
@@ -232,7 +235,8 @@ def collate(enc: Encoded, batch: Sequence[int], *, pad_id: int, pad_to_multiple:
         padded += len(rows) * width
         chunks.append({"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "rows": torch.tensor(rows, dtype=torch.long),
                        "seq_ids": [seqs[row] for row in rows],
-                       "response_chars": torch.tensor([float(enc.chars[seqs[row]]) for row in rows], dtype=torch.float32)})
+                       "response_chars": torch.tensor([float(enc.chars[seqs[row]]) for row in rows], dtype=torch.float32),
+                       "response_support": torch.tensor([enc.support[seqs[row]] for row in rows], dtype=torch.float32)})
     return {
         "chunks": chunks,
         "point_rows": torch.tensor(point_rows, dtype=torch.long),
@@ -259,7 +263,8 @@ def forward_chunks(net: Any, batch: dict[str, Any], device: Any, *, cache: Seque
     def run(c: dict[str, Any]) -> Any:
         cached = None if cache is None else pad_states(cache, c["seq_ids"], c["input_ids"].shape[1]).to(device)
         return net(c["input_ids"].to(device), c["attention_mask"].to(device), c["token_type_ids"].to(device),
-                   response_chars=c["response_chars"].to(device), cached=cached, split=split)
+                   response_chars=c["response_chars"].to(device), cached=cached, split=split,
+                   response_support=c["response_support"].to(device))
 
     parts = [(c["rows"], run(c)) for c in batch["chunks"]]
     logits = torch.empty((batch["n_seqs"], *parts[0][1].shape[1:]), device=device, dtype=parts[0][1].dtype)

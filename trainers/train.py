@@ -134,7 +134,8 @@ def _text_features(model: RewardModel, enc: D.Encoded, cache: list[torch.Tensor]
             cached = None if cache is None else frozen.pad_states(cache, rows, width).to(device)
             pooled = model.pooled(ids.to(device), mask.to(device), types.to(device), cached=cached).float()
             chars = torch.tensor([float(enc.chars[i]) for i in rows], device=device)
-            out[torch.tensor(rows)] = model.head_input(pooled, mask.to(device), chars).cpu()
+            sup = torch.tensor([enc.support[i] for i in rows], device=device)
+            out[torch.tensor(rows)] = model.head_input(pooled, mask.to(device), chars, sup).cpu()
     finally:
         model.train(was)
     return out
@@ -247,7 +248,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     total = cfg.max_steps or cfg.epochs * max(1, per_epoch // cfg.grad_accum)
 
     model = RewardModel(load_encoder(base), pooling=cfg.pooling, length_feature=cfg.length_feature,
-                        rater_length_bias=cfg.rater_length_bias).to(device)
+                        support_feature=cfg.support_feature, rater_length_bias=cfg.rater_length_bias,
+                        support_center=sum(enc.support) / len(enc.support)).to(device)
     pos_weight = _pos_weight(enc) if cfg.balance_pointwise else None
     _freeze(model, cfg.freeze_layers)
     head_params = list(model.head.parameters())
