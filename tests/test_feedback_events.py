@@ -67,6 +67,19 @@ def test_qa_feedback_loader_is_deterministic_and_scales(qa_feedback_path: Path) 
     assert len({e["event_id"] for e in big}) == len(big)
 
 
+def test_qa_feedback_rag_prompts_carry_the_questions_passages(qa_feedback_path: Path) -> None:
+    raw = json.loads(qa_feedback_path.read_text())
+    plain, rag = load_events(qa_feedback_path, limit=40), load_events(qa_feedback_path, limit=40, passages=True)
+    assert [{**e, "prompt": None} for e in plain] == [{**e, "prompt": None} for e in rag]  # only the prompt differs
+    q = raw[0]
+    first = rag[0]["prompt"]
+    assert plain[0]["prompt"] == q["question"] and first.startswith(q["question"] + "\n\nPassages:\n[1] ")
+    for k, passage in enumerate(q["passages"], start=1):  # each passage numbered, its sentences in order
+        assert f"[{k}] " + " ".join(s.strip() for s in passage[1:]) in first
+    validator = jsonschema.Draft202012Validator(load_json_schema())
+    assert all(validator.is_valid(e) and isinstance(validate_event(e), Valid) for e in rag)
+
+
 # ---- bronze rows -------------------------------------------------------------------------------
 def test_feedback_rows_become_typed_utc_columns() -> None:
     raws = [

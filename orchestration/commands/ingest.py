@@ -24,6 +24,8 @@ def produce(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON Lines file ('-' for stdin); each line is sent as-is.")] = None,
     qa_feedback: Annotated[Path | None, typer.Option("--qa-feedback", help="Send the shared qa_feedback data as v1 events instead.")] = None,
     copies: Annotated[int, typer.Option(min=1, help="With --qa-feedback: how many copies (distinct ids) to send.")] = 1,
+    passages: Annotated[bool, typer.Option("--passages/--no-passages", help="With --qa-feedback: prompts carry each question's "
+                                           "grounding passages, as a RAG app logs them (the demo's way); default: the question alone.")] = False,
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     stream: Annotated[Stream, typer.Option(help="Which schema --validate checks and which default topic is used.")] = "feedback",
     validate: Annotated[bool, typer.Option("--validate", help="Check every line first; send nothing if any is invalid.")] = False,
@@ -37,7 +39,7 @@ def produce(
     if qa_feedback is not None:
         from feedback.qa_feedback import iter_events
 
-        lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in iter_events(qa_feedback, copies=copies)]
+        lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in iter_events(qa_feedback, copies=copies, passages=passages)]
         source = f"{qa_feedback} x{copies}"
     else:
         raw = sys.stdin.buffer.read() if str(file) == "-" else _read(file)
