@@ -46,7 +46,7 @@ class DemoConfig:
     malformed_share: float = 0.01
     seed: int = 7
     # the apps log the whole RAG prompt: the question and its grounding passages (feedback.qa_feedback.rag_prompt),
-    # which the reward model's support feature reads (TrainConfig.support_feature; docs/design/training.md, "Grounding")
+    # which the reward model's support feature reads (TrainConfig.support_feature; docs/design/training.md, "Quality with grounding")
     passages: bool = True
     # CPU budget: one epoch over the backlog's train split; the frozen bottom layers run once per distinct text
     # (TrainConfig.cache_frozen) and the top block + head train on the cache. Eval: every eval cluster (curation
