@@ -298,12 +298,10 @@ def _head_features_lr(examples: pd.DataFrame, pairs: pd.DataFrame) -> Any:
     rejected (0) answer."""
     from sklearn.linear_model import LogisticRegression
 
+    from trainers.evaluate import baseline_rows
     from trainers.model import support
 
-    pairs = pairs[~pairs["is_tie"].astype(bool)]
-    prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
-    texts = examples["response"].tolist() + pairs["chosen"].tolist() + pairs["rejected"].tolist()
-    y = np.concatenate([examples["label"].to_numpy(float) >= 0.5, np.ones(len(pairs)), np.zeros(len(pairs))]).astype(int)
+    prompts, texts, y = baseline_rows(examples, pairs)
     feats = lambda ps, rs: np.array([[np.log1p(len(r)), support(p, r)] for p, r in zip(ps, rs, strict=True)])
     lr = LogisticRegression().fit(feats(prompts, texts), y)
     return lambda ps, rs: lr.predict_proba(feats(ps, rs))[:, 1]

@@ -120,7 +120,7 @@ def evaluate(scorer: Scorer, examples: pd.DataFrame, pairs: pd.DataFrame, *, n_b
 
 
 # ---- baselines ----------------------------------------------------------------------------------------
-def _points(examples: pd.DataFrame, pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray]:
+def baseline_rows(examples: pd.DataFrame, pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray]:
     """Pointwise labels plus every non-tie pair as chosen=1, rejected=0 (the baselines' training set)."""
     pairs = pairs[~pairs["is_tie"].astype(bool)]
     prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
@@ -134,7 +134,7 @@ def fit_baselines(examples: pd.DataFrame, pairs: pd.DataFrame, *, seed: int = 0)
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    _, texts, y = _points(examples, pairs)
+    _, texts, y = baseline_rows(examples, pairs)
     feat = lambda rs: np.log1p(np.array([len(r) for r in rs], dtype=float)).reshape(-1, 1)
     length = LogisticRegression().fit(feat(texts), y)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True)
