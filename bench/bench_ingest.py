@@ -50,14 +50,22 @@ def start_platform(home: Path):
     return settings
 
 
+def past_events(copies: int, limit: int | None = None):
+    """qa_feedback events, ``copies`` weeks of them ending at the loader's default start: every copy in the
+    past, inside the ingestor's event-time bounds (the default layout runs forward, into the future)."""
+    from datetime import timedelta
+
+    from feedback.qa_feedback import DEFAULT_START, iter_events
+
+    return iter_events(QA, copies=copies, limit=limit, start=DEFAULT_START - timedelta(days=7 * copies))
+
+
 def produce(settings, topic: str, n: int) -> float:
     from feedback.producer import FeedbackProducer
-    from feedback.qa_feedback import iter_events
-
     copies = n // 3900 + 1
     t0 = time.perf_counter()
     with FeedbackProducer(settings, topic=topic, linger_ms=20, batch_size=1 << 20) as producer:
-        for e in iter_events(QA, copies=copies, limit=n):
+        for e in past_events(copies, limit=n):
             producer.send(e)
     return n / (time.perf_counter() - t0)
 
@@ -138,7 +146,6 @@ def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[floa
     from feedback.batch import FlushPolicy
     from feedback.ingestor import Ingestor
     from feedback.producer import FeedbackProducer
-    from feedback.qa_feedback import iter_events
     from feedback.streams import get_stream
 
     s = settings.model_copy(update={"lake_root": str(settings.home / "lake-fresh"), "feedback_topic": "bench-fresh"})
@@ -171,7 +178,7 @@ def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[floa
     deadline = float("inf")
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    events = iter_events(QA, copies=int(rate * seconds // 3900) + 1)
+    events = past_events(int(rate * seconds // 3900) + 1)
     with FeedbackProducer(s, linger_ms=0) as producer:
         t0 = time.time()
         for i, e in enumerate(events):

@@ -133,7 +133,10 @@ class RawBatch:
         batch = Batch(self.topic, opened_at=self.opened_at)
         add_valid, add_dead = batch.add_valid, batch.add_dead
         for partition, offset, stamp, value in zip(self.parts, self.offsets, self.stamps, self.values):
-            result = to_row(value)
+            try:
+                result = to_row(value)
+            except Exception as exc:  # noqa: BLE001 - to_row never raises; if it did, this record alone is dead
+                result = Invalid("validate", f"the record could not be checked: {type(exc).__name__}")
             if type(result) is tuple:
                 row, text = result
                 add_valid(partition, offset, stamp, row, text, len(value))

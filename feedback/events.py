@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
-from feedback.validation import Invalid, Valid, validate_record
+from feedback.validation import MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("event_schema_v1.json")
@@ -34,7 +34,9 @@ Timestamp = Annotated[AwareDatetime, Field(json_schema_extra={"pattern": RFC3339
 
 
 class _EventBase(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+    # maxProperties: the schema states the member limit that validation enforces on every object
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False,
+                              json_schema_extra={"maxProperties": MAX_MEMBERS})
 
     event_id: EventId = Field(description="Idempotency key chosen by the sender (1..128 chars).")
     occurred_at: Timestamp = Field(description="When the user gave the feedback: RFC 3339 with an offset.")
@@ -47,7 +49,8 @@ class _EventBase(BaseModel):
     prompt: str
     response: str
     comment: str | None = None
-    metadata: dict[str, str] | None = Field(None, description="Free-form string -> string map.")
+    metadata: dict[str, str] | None = Field(None, max_length=MAX_MEMBERS,
+                                            description=f"Free-form string -> string map (at most {MAX_MEMBERS} keys).")
     schema_version: Literal[1] = 1
 
 
@@ -86,17 +89,20 @@ EVENT_ADAPTER: TypeAdapter[FeedbackEvent] = TypeAdapter(FeedbackEvent)
 _TAGS = frozenset(EVENT_TYPES)
 
 
-def validate_event(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Valid | Invalid:
-    """A ``Valid`` (typed event + raw text) or an ``Invalid`` (stage + reason). Never raises on bad input.
+def validate_event(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                   bounds: TimeBounds | None = TimeBounds()) -> Valid | Invalid:
+    """A ``Valid`` (typed event + raw text) or an ``Invalid`` (stage + reason). Never raises.
 
     ``raw`` is normally the Kafka record value; a ``str`` is encoded as UTF-8 and a ``dict`` serialized
-    (convenient for producers that want to check before sending).
+    (convenient for producers that want to check before sending). ``bounds``: the accepted range of
+    ``occurred_at`` at the current time (the ingestor's defaults; None checks the schema alone).
     """
     if isinstance(raw, dict):
         raw = json.dumps(raw, ensure_ascii=False)
     if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    return validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=_TAGS)
+        raw = raw.encode("utf-8", errors="surrogatepass")  # a lone surrogate is the record's fault, not ours
+    return validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=_TAGS, time_field="occurred_at",
+                           bounds=bounds)
 
 
 def json_schema() -> dict[str, Any]:
@@ -109,7 +115,10 @@ def json_schema() -> dict[str, Any]:
         "description": (
             "One user feedback event on an LLM response, as published to Kafka (UTF-8 JSON, at most "
             f"{DEFAULT_MAX_EVENT_BYTES} bytes by default; text fields must not contain U+0000). "
-            "Unknown extra fields are allowed and kept in the raw payload."
+            "Unknown extra fields are allowed and kept in the raw payload. Refused although a JSON Schema "
+            "cannot say so: duplicate keys, NaN / Infinity, numbers beyond a double, more than "
+            f"{MAX_MEMBERS} members in any object, occurred_at before 2000-01-01 or more than 24 h "
+            "after ingestion (the defaults of LAKELOOP_EVENT_TIME_EARLIEST / _MAX_FUTURE_HOURS)."
         ),
         **schema,
     }

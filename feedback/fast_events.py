@@ -8,6 +8,11 @@ unknown field, a timestamp outside the plain ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+h
 escaped NUL, ...) it leaves the record out, and the caller runs the model on it, which gives the
 verdict and the reason exactly as before. ``tests/test_feedback_corpus.py`` proves the two agree on
 the malformed corpus, on valid and edge-case variants and on the qa_feedback events.
+
+Duplicate keys: msgspec, like pydantic, keeps the last value; the model refuses them. The fast path
+takes a record only when its count of ``":`` equals the number of keys it decoded (optional fields
+default to ``UNSET``, so their presence is known) and nothing could hide a key from that count (an
+escaped quote before a colon, whitespace before a colon): a duplicate key always makes the counts differ.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from typing import Annotated, ClassVar, Literal, Union
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+from msgspec import UNSET, UnsetType
 from pydantic_core import to_json
+
+from feedback.validation import MAX_MEMBERS
 
 _EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -35,6 +43,7 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
     # Class attributes, not fields: the columns another event type fills read None here. A field of
     # another type in the JSON is still refused (unknown field), so the model judges it.
     kind: ClassVar[str]
+    required_keys: ClassVar[int]  # keys every record of the type has: the fields below, plus event_type
     value: ClassVar[float | None] = None
     corrected_response: ClassVar[str | None] = None
     response_b: ClassVar[str | None] = None
@@ -50,28 +59,46 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
     model_version: _Ident
     prompt: str
     response: str
-    comment: Union[str, None] = None
-    metadata: Union[dict[str, str], None] = None
-    schema_version: Literal[1] = 1
+    # UNSET when absent: a key the record has counts, one it lacks does not (duplicate-key check)
+    comment: Union[str, None, UnsetType] = UNSET
+    metadata: Union[Annotated[dict[str, str], msgspec.Meta(max_length=MAX_MEMBERS)], None, UnsetType] = UNSET
+    schema_version: Union[Literal[1], UnsetType] = UNSET
+
+    def keys(self) -> int:
+        """How many keys the record has: its required ones, the optional ones present, metadata's."""
+        n = self.required_keys
+        if self.comment is not UNSET:
+            n += 1
+        meta = self.metadata
+        if meta is not UNSET:
+            n += 1 + (len(meta) if meta else 0)
+        return n if self.schema_version is UNSET else n + 1
+
+
+_BASE_KEYS = 11  # event_type and the 10 required fields of _Base
 
 
 class _Thumbs(_Base, tag="thumbs"):
     kind: ClassVar[str] = "thumbs"
+    required_keys: ClassVar[int] = _BASE_KEYS + 1
     value: Literal[-1, 1]  # msgspec never takes a JSON boolean or float for an int
 
 
 class _Rating(_Base, tag="rating"):
     kind: ClassVar[str] = "rating"
+    required_keys: ClassVar[int] = _BASE_KEYS + 1
     value: Annotated[float, msgspec.Meta(ge=1, le=5)]  # JSON ints become floats, as in pydantic's strict float
 
 
 class _Correction(_Base, tag="correction"):
     kind: ClassVar[str] = "correction"
+    required_keys: ClassVar[int] = _BASE_KEYS + 1
     corrected_response: str
 
 
 class _Preference(_Base, tag="preference"):
     kind: ClassVar[str] = "preference"
+    required_keys: ClassVar[int] = _BASE_KEYS + 2
     response_b: str
     preferred: Literal["a", "b", "tie"]
 
@@ -80,7 +107,6 @@ class _Preference(_Base, tag="preference"):
 # so is a field of another event type (the model ignores it). msgspec also refuses invalid UTF-8, raw
 # control characters (NUL included) and lone surrogates, all of which the model rejects or judges.
 _decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference]).decode
-_DecodeError = msgspec.DecodeError  # ValidationError is a subclass
 
 # An offset of 00:00..23:59 (pydantic refuses minutes >= 60 that fromisoformat would carry into hours).
 _TS_FORM = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
@@ -107,12 +133,14 @@ def epoch_us_rfc3339(value: object) -> int | None:
     return (ts - _EPOCH) // _US
 
 
-def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int) -> tuple[list[int], dict[str, pa.Array]]:
+def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int, *,
+                          window_us: tuple[int, int] | None = None) -> tuple[list[int], dict[str, pa.Array]]:
     """(indices of the plainly valid records, their columns): ``bronze.FEEDBACK_ROW_COLUMNS`` plus ``raw``.
 
-    Every record left out (empty, over ``max_bytes``, anything unusual) is for the model to judge.
+    Every record left out (empty, over ``max_bytes``, an ``occurred_at`` outside ``window_us``, anything
+    unusual) is for the model to judge.
     """
-    decode, error = _decode, _DecodeError
+    decode = _decode
     idx: list[int] = []
     events: list[_Base] = []
     add_idx, add_event = idx.append, events.append
@@ -120,9 +148,14 @@ def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int) -> tup
         # an escaped NUL: the model names the field that holds it
         if raw and len(raw) <= max_bytes and b"\\u0000" not in raw:
             try:
-                add_event(decode(raw))
-            except error:
+                event = decode(raw)
+            except Exception:  # noqa: BLE001 - anything (RecursionError, MemoryError, ...): the model judges it
                 continue
+            # duplicate keys: every key ends in '":' unless a colon follows whitespace or an escaped quote
+            if (raw.count(b'":') != event.keys() or b' :' in raw or b'\\":' in raw or b'\n:' in raw
+                    or b'\t:' in raw or b'\r:' in raw):
+                continue
+            add_event(event)
             add_idx(i)
     if not events:
         return [], {}
@@ -147,16 +180,28 @@ def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int) -> tup
         occurred = pa.array([t for t in epochs if t is not None], pa.int64()).cast(_TS_TYPE)
         if not events:
             return [], {}
+    if window_us is not None:  # out of bounds: the model says why
+        us = occurred.cast(pa.int64())
+        inside = pc.and_(pc.greater_equal(us, window_us[0]), pc.less_equal(us, window_us[1]))
+        if not pc.all(inside).as_py():
+            keep = inside.to_pylist()
+            idx = [i for i, k in zip(idx, keep) if k]
+            events = [e for e, k in zip(events, keep) if k]
+            raws, occurred = raws.filter(inside), occurred.filter(inside)
+            if not events:
+                return [], {}
     string = pa.string()
     cols: dict[str, pa.Array] = {
         name: pa.array(list(map(attrgetter(name), events)), string)
         for name in ("event_id", "app_id", "user_id", "conversation_id", "response_id", "model_name", "model_version",
-                     "prompt", "response", "corrected_response", "response_b", "preferred", "comment")
+                     "prompt", "response", "corrected_response", "response_b", "preferred")
     }
     cols["event_type"] = pa.array([e.kind for e in events], string)
     cols["occurred_at"] = occurred
     cols["value"] = pa.array([e.value for e in events], pa.float64())
-    cols["metadata"] = pa.array([None if e.metadata is None else to_json(e.metadata).decode() for e in events], string)
+    cols["comment"] = pa.array([None if e.comment is UNSET else e.comment for e in events], string)
+    cols["metadata"] = pa.array([None if e.metadata is None or e.metadata is UNSET else to_json(e.metadata).decode()
+                                 for e in events], string)
     cols["schema_version"] = pa.array([1] * len(events), pa.int32())
     cols["raw"] = raws.cast(string)  # valid UTF-8: msgspec decoded it
     return idx, cols

@@ -71,13 +71,13 @@ def prepare(stream: Stream, raw: RawBatch) -> Prepared:
     fast: pa.Table | None = None
     rest = raw
     if stream.fast_columns is not None and len(raw):
-        taken, cols = stream.fast_columns(raw.values, stream.max_bytes)
+        taken, cols = stream.fast_columns(raw.values, stream.max_bytes, window_us=stream.bounds.window_us(now))
         if taken:
             parts, offsets, stamps = raw.pick(taken)
             fast = bronze.columns_table(stream.schema, stream.time_column, cols, topic=raw.topic, partitions=parts,
                                         offsets=offsets, timestamps_ms=stamps, ingested_at=now)
             rest = raw.without(taken)
-    batch = rest.validated(stream.to_row)
+    batch = rest.validated(lambda value: stream.to_row(value, now))
     dead = batch.dead_table(now) if batch.dead_offsets else None
     valid = batch.valid_table(stream.schema, stream.row_columns, stream.time_column, now)
     if fast is not None:

@@ -12,14 +12,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from feedback.validation import Invalid, Valid, validate_record
+from feedback.validation import MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
 
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Alias = Literal["champion", "canary"]
 
 
 class PredictionRecord(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False,
+                              json_schema_extra={"maxProperties": MAX_MEMBERS})
 
     request_id: Ident
     response_id: Ident
@@ -37,10 +38,14 @@ class PredictionRecord(BaseModel):
 PREDICTION_ADAPTER: TypeAdapter[PredictionRecord] = TypeAdapter(PredictionRecord)
 
 
-def validate_prediction(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = 1024 * 1024) -> Valid | Invalid:
-    """A ``Valid`` (typed record + raw text) or an ``Invalid`` (stage + reason). Never raises on bad input."""
+def validate_prediction(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = 1024 * 1024,
+                        bounds: TimeBounds | None = TimeBounds()) -> Valid | Invalid:
+    """A ``Valid`` (typed record + raw text) or an ``Invalid`` (stage + reason). Never raises.
+
+    ``bounds``: the accepted range of ``served_at`` at the current time (None checks the schema alone).
+    """
     if isinstance(raw, dict):
         raw = json.dumps(raw, ensure_ascii=False)
     if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    return validate_record(PREDICTION_ADAPTER, raw, max_bytes=max_bytes)
+        raw = raw.encode("utf-8", errors="surrogatepass")
+    return validate_record(PREDICTION_ADAPTER, raw, max_bytes=max_bytes, time_field="served_at", bounds=bounds)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from feedback import bronze
-from feedback.validation import Invalid, Valid, record_row
+from feedback.validation import Invalid, TimeBounds, Valid, record_row
 from infra.settings import Settings
 from infra.tables import table_uri
 
@@ -30,18 +31,22 @@ class Stream:
     table: str  # registered table name, e.g. bronze/feedback_events
     schema: pa.Schema
     partition_by: tuple[str, ...]
-    validate: Callable[[bytes | None], Valid | Invalid]
+    validate: Callable[..., Valid | Invalid]  # (raw, now=...) -> verdict
     row: Callable[[Any], tuple]
     row_columns: tuple[str, ...]
     time_column: str  # event_date is the UTC date of this column
     max_bytes: int
+    bounds: TimeBounds = TimeBounds()  # of the time column
     # Optional batch fast path: (indices of plainly valid records, their row columns + raw); the model
     # (``to_row``) judges every record it leaves out.
-    fast_columns: Callable[[Sequence[bytes | None], int], tuple[list[int], dict[str, pa.Array]]] | None = None
+    fast_columns: Callable[..., tuple[list[int], dict[str, pa.Array]]] | None = None
 
-    def to_row(self, raw: bytes | None) -> tuple[tuple, str] | Invalid:
-        """(row values, raw text) of a valid record, else why it is a dead letter (the model decides)."""
-        return record_row(raw, validate=self.validate, row=self.row)
+    def to_row(self, raw: bytes | None, now: datetime | None = None) -> tuple[tuple, str] | Invalid:
+        """(row values, raw text) of a valid record, else why it is a dead letter (the model decides).
+
+        ``now``: the ingest time the time column is bounded by (default: the current time). Never raises.
+        """
+        return record_row(raw, validate=lambda r: self.validate(r, now=now), row=self.row)
 
     def target_uri(self, settings: Settings) -> str:
         return table_uri(settings, self.table)
@@ -51,9 +56,16 @@ class Stream:
         return table_uri(settings, DEAD_LETTERS_TABLE)
 
 
+def time_bounds(settings: Settings) -> TimeBounds:
+    """The event times the ingestor accepts (settings ``event_time_earliest`` / ``event_time_max_future_hours``)."""
+    return TimeBounds(datetime.combine(settings.event_time_earliest, time(0), timezone.utc),
+                      timedelta(hours=settings.event_time_max_future_hours))
+
+
 def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str | None = None) -> Stream:
     """The stream called ``name``; ``topic`` overrides the topic from the settings."""
     max_bytes = settings.max_event_bytes
+    bounds = time_bounds(settings)
     if name == "feedback":
         from feedback.events import EVENT_ADAPTER, EVENT_TYPES
         from feedback.fast_events import fast_feedback_columns
@@ -66,11 +78,13 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             table="bronze/feedback_events",
             schema=bronze.FEEDBACK_EVENTS_SCHEMA,
             partition_by=("event_date",),
-            validate=lambda raw: validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=tags),
+            validate=lambda raw, now=None: validate_record(EVENT_ADAPTER, raw, max_bytes=max_bytes, tags=tags,
+                                                           time_field="occurred_at", bounds=bounds, now=now),
             row=bronze.feedback_row,
             row_columns=bronze.FEEDBACK_ROW_COLUMNS,
             time_column="occurred_at",
             max_bytes=max_bytes,
+            bounds=bounds,
             fast_columns=fast_feedback_columns,
         )
     if name == "predictions":
@@ -83,10 +97,12 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             table="bronze/predictions",
             schema=bronze.PREDICTIONS_SCHEMA,
             partition_by=("event_date",),
-            validate=lambda raw: validate_record(PREDICTION_ADAPTER, raw, max_bytes=max_bytes),
+            validate=lambda raw, now=None: validate_record(PREDICTION_ADAPTER, raw, max_bytes=max_bytes,
+                                                           time_field="served_at", bounds=bounds, now=now),
             row=bronze.prediction_row,
             row_columns=bronze.PREDICTION_ROW_COLUMNS,
             time_column="served_at",
             max_bytes=max_bytes,
+            bounds=bounds,
         )
     raise ValueError(f"unknown stream {name!r}; known streams: {', '.join(STREAM_NAMES)}")

@@ -8,6 +8,7 @@ Nothing is created or read at import time.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,12 +59,17 @@ class Settings(BaseSettings):
     drift_windows_to_alert: int = Field(3, ge=1, description="Drifted windows in a row before a drift alert (and a retraining request).")
     canary_steps: str = Field("0.1,0.5", description="Canary traffic shares, in order, before promotion to champion.")
     serve_poll_seconds: float = Field(5.0, gt=0, description="How often the scoring service re-reads aliases and the canary share.")
+    serve_max_body_bytes: int = Field(1024 * 1024, ge=1, description="The scoring service answers 413 to a request body over this many bytes, without reading the rest.")
 
     engine: Engine = "local"
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
 
     max_event_bytes: int = Field(1024 * 1024, ge=1)
+    event_time_earliest: date = Field(date(2000, 1, 1), description="Events (and predictions) whose time is before this "
+                                      "date are dead letters (stage validate): no partition in year 0001.")
+    event_time_max_future_hours: float = Field(24.0, ge=0, description="Events whose time is more than this many hours "
+                                               "after the ingest time are dead letters (stage validate).")
     # ingestion (issue 3): flush on whichever comes first
     ingest_group: str = Field("lakeloop-ingest", description="Kafka consumer group of the ingestors.")
     ingest_flush_seconds: float = Field(1.0, gt=0, description="Flush a batch at most this long after its first record.")

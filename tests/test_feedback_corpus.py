@@ -1,4 +1,4 @@
-"""A corpus of malformed feedback records (>= 15 kinds) and what each must be rejected for.
+"""A corpus of malformed feedback records (>= 35 kinds) and what each must be rejected for.
 
 The corpus is also what the Kafka tests publish (tests/test_feedback_ingest.py, test_feedback_crash.py).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -49,12 +50,24 @@ class Bad:
     raw: bytes
     stage: str
     reason: str  # a fragment the reason must contain
+    schema: bool = True  # a JSON Schema can express the rule (False: it depends on the ingest time)
+
+
+def _many_keys(n: int) -> bytes:
+    """``n`` distinct 4-character keys with value 0: 9 bytes each (100k keys: 0.9 MB)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    keys = (digits[i // 46656 % 36] + digits[i // 1296 % 36] + digits[i // 36 % 36] + digits[i % 36] for i in range(n))
+    return b",".join(b'"%s":0' % k.encode() for k in keys)
 
 
 def malformed_corpus(max_bytes: int = 1024 * 1024) -> list[Bad]:
+    """The corpus; kinds whose record would not fit ``max_bytes`` are rejected at ``size`` instead."""
     e = valid_event(1)
-    deep = dumps(e)[:-1] + b', "metadata": ' + b'{"k": ' * 300 + b'"x"' + b"}" * 300 + b"}"
-    return [
+    body = dumps(e)[:-1]
+    deep = body + b', "metadata": ' + b'{"k": ' * 300 + b'"x"' + b"}" * 300 + b"}"
+    soon = datetime.now(timezone.utc) + timedelta(days=30)
+    rating = body.replace(b'"thumbs"', b'"rating"')
+    corpus = [
         Bad("not_json", b"this is not json", "decode", "not valid JSON"),
         Bad("truncated_json", dumps(e)[:40], "decode", "not valid JSON"),
         Bad("invalid_utf8", b'{"event_id": "\xff\xfe\xfa"}', "decode", "not valid UTF-8"),
@@ -86,14 +99,56 @@ def malformed_corpus(max_bytes: int = 1024 * 1024) -> list[Bad]:
         Bad("schema_version_2", dumps(valid_event(1, schema_version=2)), "validate", "schema_version"),
         Bad("nul_char_in_text", dumps(valid_event(1, prompt="a\u0000b")), "validate", "NUL character"),
         Bad("oversized", dumps(valid_event(1, prompt="x" * (max_bytes + 10))), "size", "over the limit"),
+        # nesting 5,000 deep: as the first key, inside a typed field, inside metadata (array and object)
+        Bad("deep_first_key", b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b", " + dumps(e)[1:], "decode", "nested too deeply"),
+        Bad("deep_typed_field", body.replace(b'"prompt": "question 1?"', b'"prompt": ' + b"[" * 5000 + b"]" * 5000) + b"}",
+            "decode", "nested too deeply"),
+        Bad("deep_metadata_array", body + b', "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}", "decode", "nested too deeply"),
+        Bad("deep_metadata_object", body + b', "metadata": ' + b'{"k": ' * 5000 + b"1" + b"}" * 5001, "decode",
+            "nested too deeply"),
+        # NaN / Infinity literals and numbers that overflow
+        Bad("infinity_literal", rating.replace(b'"value": 1', b'"value": Infinity') + b"}", "validate", "finite number"),
+        Bad("nan_in_unknown_field", body + b', "extra": NaN}', "decode", "NaN is not a JSON number"),
+        Bad("minus_infinity_in_metadata", body + b', "x": {"y": -Infinity}}', "decode", "-Infinity is not a JSON number"),
+        Bad("float_overflow", rating.replace(b'"value": 1', b'"value": 1e400') + b"}", "validate", "finite number"),
+        Bad("float_overflow_unknown_field", body + b', "extra": 1e400}', "decode", "overflows a double"),
+        Bad("thumbs_beyond_int64", body.replace(b'"value": 1', b'"value": %d' % 2**64) + b"}", "validate", "value"),
+        Bad("rating_beyond_int64", rating.replace(b'"value": 1', b'"value": %d' % 2**63) + b"}", "validate", "value"),
+        # duplicate keys: refused (JSON readers disagree on which one counts)
+        Bad("duplicate_key", body.replace(b'"value": 1', b'"value": 1, "value": -1') + b"}", "decode", "duplicate key 'value'"),
+        Bad("duplicate_key_same_value", body + b', "app_id": "test-app"}', "decode", "duplicate key 'app_id'"),
+        Bad("duplicate_metadata_key", body + b', "metadata": {"k": "1", "k": "2"}}', "decode", "duplicate key 'k'"),
+        # strings that cannot be UTF-8
+        Bad("lone_high_surrogate", body.replace(b'"prompt": "', b'"prompt": "\\ud800 ') + b"}", "decode", "surrogate"),
+        Bad("lone_low_surrogate", body.replace(b'"prompt": "', b'"prompt": "\\udc00') + b"}", "decode", "surrogate"),
+        Bad("surrogate_as_utf8_bytes", body.replace(b"question", b"\xed\xa0\x80") + b"}", "decode", "not valid UTF-8"),
+        Bad("overlong_utf8", body.replace(b"question", b"\xc0\xaf") + b"}", "decode", "not valid UTF-8"),
+        Bad("latin1_bytes", body.replace(b"question", "quéstion".encode("latin-1")) + b"}", "decode", "not valid UTF-8"),
+        # 100k keys under the size limit: at the top level, in metadata
+        Bad("many_keys", body + b", " + _many_keys(100_000) + b"}", "validate", "more than 256"),
+        Bad("many_metadata_keys", body + b', "metadata": {' + _many_keys(50_000).replace(b":0", b':"v"') + b"}}",
+            "validate", "metadata"),
+        # occurred_at: offsets beyond +-24 h, and times outside the bounds (year 9999 / 0001, far future / past)
+        Bad("offset_plus_24h", dumps(valid_event(1, occurred_at="2026-01-05T10:00:00+24:00")), "validate", "occurred_at"),
+        Bad("offset_minus_25h", dumps(valid_event(1, occurred_at="2026-01-05T10:00:00-25:00")), "validate", "occurred_at"),
+        Bad("year_9999", dumps(valid_event(1, occurred_at="9999-12-31T23:59:59-23:59")), "validate", "after the ingest time",
+            schema=False),
+        Bad("year_0001", dumps(valid_event(1, occurred_at="0001-01-01T00:00:00+23:59")), "validate", "before 2000-01-01",
+            schema=False),
+        Bad("next_month", dumps(valid_event(1, occurred_at=soon.isoformat())), "validate", "after the ingest time",
+            schema=False),
+        Bad("last_century", dumps(valid_event(1, occurred_at="1999-12-31T23:59:59Z")), "validate", "before 2000-01-01",
+            schema=False),
     ]
+    return [b if len(b.raw) <= max_bytes or b.stage == "size" else Bad(b.kind, b.raw, "size", "over the limit", b.schema)
+            for b in corpus]
 
 
 CORPUS = malformed_corpus()
 
 
-def test_corpus_has_at_least_15_kinds() -> None:
-    assert len({b.kind for b in CORPUS}) >= 15
+def test_corpus_has_at_least_35_kinds() -> None:
+    assert len({b.kind for b in CORPUS}) == len(CORPUS) >= 35
     assert {b.stage for b in CORPUS} == {"decode", "validate", "size"}
 
 
@@ -137,8 +192,9 @@ _LIMIT = 1024 * 1024
 def _fast_answers(raws: list[bytes]) -> list[int]:
     """Positions of the records the fast path takes (the rest go to the model)."""
     from feedback.fast_events import fast_feedback_columns
+    from feedback.validation import TimeBounds
 
-    return fast_feedback_columns(raws, _LIMIT)[0]
+    return fast_feedback_columns(raws, _LIMIT, window_us=TimeBounds().window_us(datetime.now(timezone.utc)))[0]
 
 
 def _prepared(raws: list[bytes]) -> list:
@@ -169,10 +225,11 @@ def _model(raw: bytes):
     """The model's verdict alone (no fast path): (row values, raw text) or ``Invalid``."""
     from feedback import bronze
     from feedback.events import EVENT_ADAPTER, EVENT_TYPES
-    from feedback.validation import record_row, validate_record
+    from feedback.validation import TimeBounds, record_row, validate_record
 
     tags = frozenset(EVENT_TYPES)
-    return record_row(raw, validate=lambda r: validate_record(EVENT_ADAPTER, r, max_bytes=_LIMIT, tags=tags),
+    return record_row(raw, validate=lambda r: validate_record(EVENT_ADAPTER, r, max_bytes=_LIMIT, tags=tags,
+                                                              time_field="occurred_at", bounds=TimeBounds()),
                       row=bronze.feedback_row)
 
 
