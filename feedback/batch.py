@@ -64,6 +64,10 @@ class RawBatch:
     last_offset: dict[int, int] = field(default_factory=dict)
     nbytes: int = 0
     opened_at: float | None = None  # monotonic time of the first record
+    # Per partition: the offset this batch follows (the last of the previous batch, or the stored one it
+    # was seeked from; None: nothing stored). The commit refuses a batch whose predecessor did not land.
+    after: dict[int, int | None] = field(default_factory=dict)
+    topic_fingerprint: int | None = None  # the topic's identity (feedback.offsets), stored with the offsets
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from infra.errors import CommitConflictError, ConfigError, DataError
+from infra.errors import CommitConflictError, ConfigError, DataError, OffsetError
 
 log = logging.getLogger(__name__)
 
 APP_PREFIX = "lakeloop-ingest"
+TOPIC_PREFIX = "lakeloop-topic"
 # Table properties that let Delta expire `txn` actions, i.e. forget our offsets.
 EXPIRING_PROPERTIES = ("delta.setTransactionRetentionDuration",)
 
@@ -31,6 +32,11 @@ EXPIRING_PROPERTIES = ("delta.setTransactionRetentionDuration",)
 def app_id(table: str, topic: str, partition: int) -> str:
     """The Delta application id that stores the offset of ``topic``/``partition`` in ``table``."""
     return f"{APP_PREFIX}:{table}:{topic}:{partition}"
+
+
+def topic_app_id(table: str, topic: str) -> str:
+    """The Delta application id whose version is the fingerprint of the topic the offsets belong to."""
+    return f"{TOPIC_PREFIX}:{table}:{topic}"
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,42 @@ class DeltaSink:
             dt.update_incremental()
         return {p: dt.transaction_version(app_id(self.table, topic, p)) for p in partitions}
 
+    def stored_topic(self, topic: str, *, refresh: bool = True) -> int | None:
+        """The fingerprint of the topic whose offsets are stored (``feedback.offsets``), None before the first."""
+        dt = self.open()
+        if refresh:
+            dt.update_incremental()
+        return dt.transaction_version(topic_app_id(self.table, topic))
+
+    def check_continues(self, topic: str, after: Mapping[int, int | None]) -> None:
+        """Refuse a batch that would leave a gap: for each partition, the batch follows offset ``after[p]``
+        (None: nothing stored when it was read), so the table must have stored at least that offset.
+
+        A stored offset below it means an earlier batch never committed (it failed); committing this one
+        would move the offsets past that batch's records and lose them.
+        """
+        wanted = {p: o for p, o in after.items() if o is not None}
+        if not wanted:
+            return
+        stored = self.stored_offsets(topic, wanted)
+        gaps = {p: (stored[p], o) for p, o in wanted.items() if stored[p] is None or stored[p] < o}
+        if gaps:
+            shown = ", ".join(f"p{p}: stored {s if s is not None else 'nothing'}, batch follows {o}"
+                              for p, (s, o) in sorted(gaps.items()))
+            raise OffsetError(
+                f"{self.table}: refused a batch of {topic} that does not continue the stored offsets ({shown}); "
+                "an earlier batch did not commit, so committing this one would skip its records",
+                hint="restart the ingestor: it seeks from the offsets stored in Delta and reads those records again",
+            )
+
     # ---- writing ------------------------------------------------------------------------------
     def commit(self, data: pa.Table, *, topic: str, last_offsets: Mapping[int, int],
-               metadata: Mapping[str, str] | None = None) -> CommitOutcome:
+               metadata: Mapping[str, str] | None = None, topic_fingerprint: int | None = None) -> CommitOutcome:
         """Append ``data`` and set the offset of each partition in ``last_offsets``, in one commit.
 
         Rows whose (partition, offset) the table already accounts for are dropped first; a partition with
-        no new row still gets its offset advanced. Raises CommitConflictError after ``max_attempts``.
+        no new row still gets its offset advanced. ``topic_fingerprint`` (the topic's identity) is stored
+        in the same commit. Raises CommitConflictError after ``max_attempts``.
         """
         dt = self.open()
         delay = 0.05
@@ -125,6 +160,8 @@ class DeltaSink:
                 return CommitOutcome(None, 0, data.num_rows, attempt)
             keep = _unstored_rows(data, stored, todo)
             txns = [Transaction(app_id(self.table, topic, p), o) for p, o in sorted(todo.items())]
+            if topic_fingerprint is not None:
+                txns.append(Transaction(topic_app_id(self.table, topic), topic_fingerprint))
             props = CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
             try:
                 write_deltalake(dt, keep, mode="append", commit_properties=props)
@@ -143,6 +180,20 @@ class DeltaSink:
             f"{self.table}: could not commit after {self.max_attempts} attempts: {last_error}",
             hint="check the lake's storage; restart the ingestor (it resumes from the offsets stored in Delta)",
         )
+
+    def set_offsets(self, empty: pa.Table, *, topic: str, offsets: Mapping[int, int], topic_fingerprint: int | None,
+                    metadata: Mapping[str, str] | None = None) -> int:
+        """Store ``offsets`` as given (they may move back: re-seeding) and the topic's identity, in one
+        commit without rows (``empty``). Returns the new table version."""
+        dt = self.open()
+        dt.update_incremental()
+        txns = [Transaction(app_id(self.table, topic, p), o) for p, o in sorted(offsets.items())]
+        if topic_fingerprint is not None:
+            txns.append(Transaction(topic_app_id(self.table, topic), topic_fingerprint))
+        props = CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
+        write_deltalake(dt, empty, mode="append", commit_properties=props)
+        dt.update_incremental()
+        return dt.version()
 
     def version(self) -> int:
         """The table's latest version (refreshed: another process may have written it)."""

@@ -20,8 +20,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from feedback.batch import RawBatch
 from feedback.bronze import DEAD_LETTERS_SCHEMA
 from feedback.delta_sink import DeltaSink
 from feedback.streams import DEAD_LETTERS_TABLE, Stream, get_stream
+from infra.errors import OffsetError
 from infra.settings import Settings
 
 FlushMode = Literal["process", "thread"]
@@ -53,6 +55,8 @@ class Prepared:
     dead: pa.Table | None
     last_offsets: dict[int, int]  # per partition: the last offset of the batch (target commit)
     dead_last_offsets: dict[int, int]  # per partition holding dead letters (dead_letters commit)
+    after: dict[int, int | None] = field(default_factory=dict)  # the offsets the batch follows (RawBatch.after)
+    topic_fingerprint: int | None = None
 
 
 def sinks_for(settings: Settings, stream: Stream) -> tuple[DeltaSink, DeltaSink]:
@@ -86,17 +90,22 @@ def prepare(stream: Stream, raw: RawBatch) -> Prepared:
             valid = valid.take(pc.sort_indices(valid, [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]))
         else:
             valid = fast
-    return Prepared(valid, dead, dict(raw.last_offset), batch.dead_last_offsets())
+    return Prepared(valid, dead, dict(raw.last_offset), batch.dead_last_offsets(), dict(raw.after),
+                    raw.topic_fingerprint)
 
 
 def commit_prepared(stream: Stream, target: DeltaSink, dead: DeltaSink, prepared: Prepared, reason: str) -> FlushOutcome:
-    """Dead letters first, then the target (always: it carries the offsets)."""
+    """Refuse a gap (``DeltaSink.check_continues``), then dead letters, then the target (always: it carries
+    the offsets and the topic's identity)."""
     topic, meta = stream.topic, {"lakeloop.stream": stream.name, "lakeloop.flush": reason}
+    target.check_continues(topic, prepared.after)  # before the dead letters: they too must not skip ahead
     dead_rows = skipped = 0
     if prepared.dead is not None:
-        out = dead.commit(prepared.dead, topic=topic, last_offsets=prepared.dead_last_offsets, metadata=meta)
+        out = dead.commit(prepared.dead, topic=topic, last_offsets=prepared.dead_last_offsets, metadata=meta,
+                          topic_fingerprint=prepared.topic_fingerprint)
         dead_rows, skipped = out.rows, out.skipped_rows
-    out = target.commit(prepared.valid, topic=topic, last_offsets=prepared.last_offsets, metadata=meta)
+    out = target.commit(prepared.valid, topic=topic, last_offsets=prepared.last_offsets, metadata=meta,
+                        topic_fingerprint=prepared.topic_fingerprint)
     return FlushOutcome(out.rows, dead_rows, skipped + out.skipped_rows)
 
 
@@ -106,11 +115,19 @@ def flush(stream: Stream, target: DeltaSink, dead: DeltaSink, raw: RawBatch, rea
 
 
 class Flusher:
-    """Flushes batches: in a worker process (the committer) or inline on the caller's thread."""
+    """Flushes batches: in a worker process (the committer) or inline on the caller's thread.
 
-    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "process") -> None:
+    Once a flush fails, every later one is refused (``OffsetError``) until a new Flusher starts: the
+    ingestor stops and its restart seeks from the offsets stored in Delta."""
+
+    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "process",
+                 fault: Callable[[RawBatch, str], None] | None = None) -> None:
+        """``fault``: fault injection for tests, called with each batch before it is flushed (a module-level
+        function in process mode); what it raises is that flush's failure."""
         self.mode = mode
         self._stream = stream
+        self._fault = fault
+        self._failed: str | None = None  # inline mode: the first failure (the worker keeps its own)
         self._pool: ProcessPoolExecutor | None = None
         self._sinks: tuple[DeltaSink, DeltaSink] | None = None  # inline mode only: the worker has its own
         if mode == "thread":
@@ -118,7 +135,7 @@ class Flusher:
         else:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                initargs=(settings, stream.name, stream.topic, os.getpid()),
+                initargs=(settings, stream.name, stream.topic, os.getpid(), fault),
             )
             self._ready = self._pool.submit(_worker_ready)
 
@@ -135,7 +152,16 @@ class Flusher:
         """Wait for a started flush to be committed (inline: do it now). One caller at a time."""
         if isinstance(started, RawBatch):
             assert self._sinks is not None
-            return flush(self._stream, *self._sinks, started, reason)
+            if self._failed is not None:
+                raise OffsetError(f"refused a batch of {started.topic}: an earlier flush failed ({self._failed})",
+                                  hint="restart the ingestor: it seeks from the offsets stored in Delta")
+            try:
+                if self._fault is not None:
+                    self._fault(started, reason)
+                return flush(self._stream, *self._sinks, started, reason)
+            except BaseException as exc:
+                self._failed = f"{type(exc).__name__}: {str(exc)[:200]}"
+                raise
         return started.result()
 
     def close(self) -> None:
@@ -148,7 +174,8 @@ class Flusher:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: int) -> None:
+def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: int,
+                 fault: Callable[[RawBatch, str], None] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -159,6 +186,7 @@ def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: i
     stream = get_stream(settings, stream_name, topic=topic)
     _WORKER["stream"] = stream
     _WORKER["sinks"] = sinks_for(settings, stream)
+    _WORKER["fault"] = fault
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -176,5 +204,20 @@ def _worker_ready() -> bool:
 
 
 def _worker_flush(raw: RawBatch, reason: str) -> FlushOutcome:
+    """One flush in the worker. After a failed one the worker refuses every later batch: the ingestor
+    queues batch k+1 before it knows k's fate, and k+1 must not commit offsets past k's records."""
+    failed = _WORKER.get("failed")
+    if failed is not None:
+        raise OffsetError(
+            f"refused a batch of {raw.topic}: an earlier flush failed ({failed}) and this one would skip its records",
+            hint="restart the ingestor: it seeks from the offsets stored in Delta and reads those records again",
+        )
     target, dead = _WORKER["sinks"]
-    return flush(_WORKER["stream"], target, dead, raw, reason)
+    try:
+        fault = _WORKER.get("fault")
+        if fault is not None:
+            fault(raw, reason)
+        return flush(_WORKER["stream"], target, dead, raw, reason)
+    except BaseException as exc:
+        _WORKER["failed"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from feedback.batch import FlushPolicy, RawBatch, flush_reason
 from feedback.flush import Flusher, FlushMode, sinks_for
-from feedback.kafka_io import ensure_topic, make_consumer, offset_bounds
+from feedback.kafka_io import describe_topic, make_consumer, offset_bounds
+from feedback.offsets import check_stored_offsets, topic_fingerprint
 from feedback.progress import IngestStats
 from feedback.streams import Stream
 from feedback.writer import BackgroundWriter
@@ -36,7 +37,8 @@ class Ingestor:
 
     def __init__(self, settings: Settings, stream: Stream, *, group: str = DEFAULT_GROUP, instance_id: str | None = None,
                  policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 10_000,
-                 flush_mode: FlushMode | None = None, say: Callable[[str], None] = print) -> None:
+                 flush_mode: FlushMode | None = None, say: Callable[[str], None] = print,
+                 flush_fault: Callable[[RawBatch, str], None] | None = None) -> None:
         self.settings = settings
         self.stream = stream
         self.group = group
@@ -62,6 +64,9 @@ class Ingestor:
         self._stats_lock = threading.Lock()  # stats and Kafka offsets, updated by the writer thread
         self._writer: BackgroundWriter | None = None
         self._flusher: Flusher | None = None
+        self._flush_fault = flush_fault  # fault injection for tests (feedback.flush.Flusher)
+        self._handed: dict[int, int | None] = {}  # per owned partition: the last offset handed to the flusher
+        self._fingerprint: int | None = None  # the topic's identity (feedback.offsets)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, *, once: bool = False, stop: threading.Event | None = None, handle_signals: bool = False,
@@ -69,11 +74,14 @@ class Ingestor:
         """Consume until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), or until caught up if ``once``."""
         stop = stop or threading.Event()
         restore = _install_signal_handlers(stop) if handle_signals else {}
-        ensure_topic(self.settings, self.stream.topic)
+        _, topic_id = describe_topic(self.settings, self.stream.topic)
+        self._fingerprint = topic_fingerprint(topic_id)
         self.target.open()
         self.dead.open()
         # explicit first offsets: a seek to a known offset fetches sooner than a reset to "earliest"
         self._beginnings, ends = offset_bounds(self.settings, self.stream.topic)
+        # the stored offsets must belong to this topic and lie within it: else stop and say how to re-seed
+        check_stored_offsets(self.stream, self.target, fingerprint=self._fingerprint, ends=ends)
         if not once:
             ends = {}
         from kafka import ConsumerRebalanceListener
@@ -87,7 +95,7 @@ class Ingestor:
             def on_partitions_assigned(self, assigned):
                 ingestor._on_assigned(list(assigned))
 
-        self._flusher = Flusher(self.settings, self.stream, mode=self.flush_mode)  # its worker boots meanwhile
+        self._flusher = Flusher(self.settings, self.stream, mode=self.flush_mode, fault=self._flush_fault)  # boots meanwhile
         try:
             consumer = self._consumer = make_consumer(
                 self.settings, group=self.group, instance_id=self.instance_id, max_poll_records=self.max_poll_records
@@ -207,6 +215,10 @@ class Ingestor:
             return
         self._batch = RawBatch(self.stream.topic)
         self.stats.records += len(batch)
+        # what the batch follows: the commit refuses it if that did not land (a failed earlier flush)
+        batch.after = {p: self._handed.get(p) for p in batch.last_offset}
+        batch.topic_fingerprint = self._fingerprint
+        self._handed.update(batch.last_offset)
         assert self._flusher is not None and self._writer is not None, "flush outside run()"
         started = self._flusher.start(batch, reason)  # queued to the worker at once
         self._writer.submit(lambda: self._write(started, batch.last_offset, reason))
@@ -239,6 +251,7 @@ class Ingestor:
             self._owned.difference_update(partitions)
             for p in partitions:
                 self._next.pop(p, None)
+                self._handed.pop(p, None)
             with self._stats_lock:
                 for p in partitions:
                     self._kafka_pending.pop(p, None)
@@ -259,6 +272,7 @@ class Ingestor:
                 return
             for p in parts:
                 tp = TopicPartition(self.stream.topic, p)
+                self._handed[p] = stored[p]
                 if stored[p] is None and p in self._beginnings:
                     self._consumer.seek(tp, self._beginnings[p])  # if retention moved on: auto_offset_reset=earliest
                     self._next[p] = self._beginnings[p]

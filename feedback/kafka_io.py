@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from infra.errors import ServiceError
@@ -26,6 +27,12 @@ def _admin(settings: Settings, timeout_s: float = 10.0):
 
 def ensure_topic(settings: Settings, topic: str, *, partitions: int | None = None) -> int:
     """Create ``topic`` (settings.topic_partitions partitions) if it does not exist; return its partition count."""
+    return describe_topic(settings, topic, partitions=partitions)[0]
+
+
+def describe_topic(settings: Settings, topic: str, *, partitions: int | None = None) -> tuple[int, uuid.UUID | None]:
+    """(partition count, topic id) of ``topic``, created first if missing. The id (KIP-516) changes when a
+    topic is deleted and recreated under the same name; None on brokers that do not report one."""
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -39,7 +46,9 @@ def ensure_topic(settings: Settings, topic: str, *, partitions: int | None = Non
         for _ in range(50):
             desc = admin.describe_topics([topic])
             if desc and desc[0].get("partitions"):
-                return len(desc[0]["partitions"])
+                tid = desc[0].get("topic_id")
+                tid = tid if isinstance(tid, uuid.UUID) else (uuid.UUID(str(tid)) if tid else None)
+                return len(desc[0]["partitions"]), (None if tid is None or tid.int == 0 else tid)
             time.sleep(0.1)
         raise ServiceError(f"topic {topic!r} has no partitions after creation", hint="check the broker log")
     except KafkaError as exc:

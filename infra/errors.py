@@ -37,3 +37,7 @@ class DataError(LakeloopError):
 
 class CommitConflictError(LakeloopError):
     """A Delta commit lost a race with another writer; re-read and retry."""
+
+
+class OffsetError(LakeloopError):
+    """The offsets stored in the lake do not fit the topic (a gap, a recreated topic, an offset beyond its end)."""

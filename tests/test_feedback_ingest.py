@@ -39,8 +39,8 @@ def rows(uri: str, columns: list[str]) -> list[dict]:
 
 
 def test_malformed_corpus_lands_in_dead_letters_and_a_restart_does_not_loop(kafka: Settings, tmp_path: Path) -> None:
-    s = local(kafka, tmp_path, max_event_bytes=8192)
-    corpus = malformed_corpus(8192)
+    s = local(kafka, tmp_path)  # the default 1 MiB limit: every kind reaches its own stage (100k keys fit)
+    corpus = malformed_corpus(s.max_event_bytes)
     with FeedbackProducer(s) as producer:  # valid and malformed interleaved, all on one partition
         for i, bad in enumerate(corpus):
             producer.send(dumps(valid_event(i)), key="k")

@@ -126,6 +126,25 @@ def lake_optimize(
     optimize_tables(settings(), table or BRONZE_TABLES, retention_hours=retention_hours, dry_run=dry_run, say=say)
 
 
+@lake_app.command("reseed")
+def lake_reseed(
+    stream: Annotated[Stream, typer.Option(help="Whose offsets: feedback (bronze/feedback_events) or predictions.")] = "feedback",
+    topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
+    start: Annotated[Literal["earliest", "latest"], typer.Option("--from", help="earliest: ingest everything the topic holds "
+                                                               "now; latest: only what is produced from now on.")] = "earliest",
+) -> None:
+    """Re-bind a stream's stored offsets to its topic as it is now (after the topic was deleted and recreated,
+    or the ingestor was pointed at another cluster). Stop the stream's ingestors first."""
+    from feedback.offsets import reseed
+    from feedback.streams import get_stream
+
+    s = settings()
+    st = get_stream(s, stream, topic=topic)
+    nxt = reseed(s, st, start=start)
+    shown = ", ".join(f"p{p}@{o}" for p, o in sorted(nxt.items())) or "(no partitions)"
+    say(f"re-seeded {st.table} and bronze/dead_letters for {st.topic}: the ingestor reads from {shown}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(produce)
     app.command()(ingest)
