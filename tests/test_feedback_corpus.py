@@ -317,6 +317,13 @@ def test_fast_path_and_model_agree_on_edge_cases(kind: str) -> None:
     dumps(valid_event(4)).replace(b'"prompt": "', b'"prompt": "\\ud83d\\ude00 '),
     dumps(valid_event(4)).replace(b'"prompt": "', b'"prompt": "\\ud800 '),
     dumps(valid_event(4)) + b" \n\t", dumps(valid_event(4)) + b" x",
+    # duplicate keys hidden from a plain count of '":' by whitespace before the colon, or beside escaped quotes
+    dumps(valid_event(4)).replace(b'"value": -1', b'"value": -1, "value" : 1'),
+    dumps(valid_event(4)).replace(b'"value": -1', b'"value"\n:-1, "value"\t: -1'),
+    dumps(valid_event(4, metadata={"k": "1"})).replace(b'{"k": "1"}', b'{"k": "1", "k"\r\n : "1"}'),
+    dumps(valid_event(4, prompt='say \"x\": y')).replace(b'"value": -1', b'"value": -1, "value" : -1'),
+    dumps(valid_event(4, prompt='a quote then a colon \": is text')), dumps(valid_event(4, prompt="ratio 3 : 1")),
+    dumps(valid_event(4, metadata={'k"': 'v":'})),
 ])
 def test_fast_path_and_model_agree_on_odd_json(raw: bytes) -> None:
     fast, model = _both_paths(raw)
