@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import httpx
@@ -15,7 +15,7 @@ from monitors import model_store, rollout
 from monitors.alerts import Alert, Delivery, Notifier
 from monitors.canary import CanaryComparison, analyze_window
 from monitors.decision import Decision, Hold, Promote, Rollback, RolloutPolicy, decide_rollout
-from monitors.windows import Source, load_feedback, load_predictions
+from monitors.windows import Source, load_window
 
 
 def policy_from_settings(settings: Settings, **overrides: object) -> RolloutPolicy:
@@ -42,6 +42,7 @@ class CanaryResult:
     before: rollout.RolloutStatus
     after: rollout.RolloutStatus
     delivery: Delivery | None
+    invalid_records: Mapping[str, int] = field(default_factory=dict)  # topic -> records skipped (Kafka windows)
 
 
 def analyze_and_act(
@@ -93,10 +94,11 @@ def run_canary_window(
     apply: bool = True,
     links: Mapping[str, str] | None = None,
 ) -> CanaryResult:
-    """Predictions served in [since, until) and the feedback on them up to ``feedback_until`` (default until)."""
-    preds = load_predictions(settings, since=since, until=until, source=source)
-    fb = load_feedback(settings, since=since, until=feedback_until or until, source=source)
-    return analyze_and_act(
-        settings, preds, fb, policy=policy or policy_from_settings(settings), notifier=notifier, actor=actor,
-        counters=service_counters(settings), apply=apply, links=links,
+    """Predictions served in [since, until) and the feedback on them up to ``feedback_until`` (default until).
+    Records of a Kafka window that the ingestor would reject are skipped; ``invalid_records`` counts them."""
+    window = load_window(settings, since=since, until=until, feedback_until=feedback_until, source=source)
+    result = analyze_and_act(
+        settings, window.predictions, window.feedback, policy=policy or policy_from_settings(settings), notifier=notifier,
+        actor=actor, counters=service_counters(settings), apply=apply, links=links,
     )
+    return replace(result, invalid_records=dict(window.invalid))

@@ -2,7 +2,12 @@
 
 Models are loaded from our MLflow registry by alias (never from request input). A poller re-reads the
 aliases and the canary share every ``poll_seconds`` and swaps in new versions after loading them, so
-requests keep being answered with the previous pair meanwhile. Every prediction goes to Kafka.
+requests keep being answered with the previous pair meanwhile. Every prediction goes to Kafka, and a score
+is returned only once Kafka has it: a publish failure is a 503 and is not counted as served.
+
+Refused without harm (``monitors.serve_limits``): a body over ``serve_max_body_bytes`` (413, the rest is
+never read), a request that does not fit ``ScoreRequest`` (422 with field locations and messages, never the
+values sent), a prediction record over ``max_event_bytes`` (413: the ingestor would dead-letter it).
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from infra.settings import Settings
 from monitors import model_store
-from monitors.predictions import PredictionRecord, rfc3339_now
+from monitors.predictions import PredictionRecord, PublishError, rfc3339_now
 from monitors.routing import route
+from monitors.serve_limits import BodyLimit, invalid_request
 
 log = logging.getLogger("lakeloop.serve")
 
 
 class Publisher(Protocol):
-    def publish(self, record: PredictionRecord) -> None: ...
+    def publish(self, record: PredictionRecord) -> None:
+        """Return once Kafka has ``record``; raise ``PublishError`` when it did not take it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,23 @@ class ScoreRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=200_000)
     response: str = Field(min_length=1, max_length=200_000)
     conversation_id: str = Field(min_length=1, max_length=256)
-    request_id: str | None = Field(None, max_length=256)
+    request_id: str | None = Field(None, max_length=256)  # generated when absent or empty
     response_id: str | None = Field(None, max_length=256)
+
+    @field_validator("prompt", "response", "conversation_id", "request_id", "response_id")
+    @classmethod
+    def _publishable(cls, v: str | None) -> str | None:
+        """Text the prediction record can carry: the ingestor dead-letters U+0000, and a lone surrogate
+        (JSON ``"\\ud800"``) has no UTF-8 form at all."""
+        if v is None:
+            return v
+        if "\x00" in v:
+            raise ValueError("must not contain the NUL character (U+0000)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (a lone surrogate code point is not)") from None
+        return v
 
 
 class ScoreResponse(BaseModel):
@@ -180,18 +204,22 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
                     fn()
 
     app = FastAPI(title="lakeloop scoring service", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.serve_max_body_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.state.pool, app.state.counters = pool, counters
     no_champion = {
         "error": f"no `champion` version of {settings.registered_model_name} in the MLflow registry at {settings.tracking_uri}",
         "hint": "train and register a model, then `lakeloop promote --start` (or wait for the training job's gate)",
     }
 
+    # /healthz, /readyz and /stats never block: async, they answer even while every worker thread of /score
+    # waits on Kafka
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         s = pool.serving
         body = {
             "ready": s.champion is not None,
@@ -206,7 +234,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
         return JSONResponse(body)
 
     @app.get("/stats")
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:
         with counters.lock:
             out: dict[str, Any] = {"requests": dict(counters.requests), "errors": dict(counters.errors)}
         for attr in ("sent", "failed", "last_error"):
@@ -232,7 +260,6 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
             t0 = time.perf_counter()
             value = predict_score(chosen.model, req.prompt, req.response)
         latency = (time.perf_counter() - t0) * 1000.0
-        counters.count(chosen.version, error=False)
         record = PredictionRecord(
             request_id=req.request_id or uuid.uuid4().hex,
             response_id=req.response_id or uuid.uuid4().hex,
@@ -246,8 +273,20 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
             response=req.response,
             served_at=rfc3339_now(),
         )
+        size = len(record.to_json())
+        if size > settings.max_event_bytes:
+            return JSONResponse({
+                "error": f"the prediction record would be {size} bytes, over the limit of {settings.max_event_bytes} (max_event_bytes)",
+                "hint": "send a shorter prompt and response",
+            }, status_code=413)
         if publisher is not None:
-            publisher.publish(record)
+            try:
+                publisher.publish(record)
+            except PublishError as exc:  # not served: no score without its record, and no count against the version
+                log.warning("prediction %s not recorded: %s", record.request_id, exc.message)
+                return JSONResponse({"error": f"prediction not recorded: {exc.message}", "hint": exc.hint}, status_code=503,
+                                    headers={"Retry-After": "1"})
+        counters.count(chosen.version, error=False)
         return ScoreResponse(
             request_id=record.request_id, response_id=record.response_id, score=value,
             model_version=chosen.version, alias=alias, latency_ms=latency,

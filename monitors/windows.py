@@ -1,24 +1,30 @@
 """Windows of traffic for drift and canary analysis: predictions joined with the feedback that followed.
 
 Sources: "lake" reads bronze/predictions and bronze/feedback_events (durable, what the ingestor landed);
-"kafka" reads the predictions and feedback topics by timestamp (fresh, before the lake catches up).
+"kafka" reads the predictions and feedback topics by timestamp (fresh, before the lake catches up), and
+checks each record with the ingestor's validator: what the ingestor would dead-letter is skipped and counted.
 The reference for drift is the champion's training set (gold/training_examples) scored by the champion.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from feedback.streams import StreamName, get_stream
 from infra.errors import DataError
 from infra.settings import Settings
 from infra.tables import table_uri
-from monitors.predictions import predictions_frame, read_topic
+from monitors.predictions import COLUMNS, TopicRead, Validator, predictions_frame, read_topic
 
 Source = Literal["lake", "kafka"]
+log = logging.getLogger("lakeloop.monitors.windows")
 FEEDBACK_COLUMNS = ["event_id", "event_type", "response_id", "value", "occurred_at"]
 
 
@@ -36,19 +42,74 @@ def _lake_rows(settings: Settings, name: str, columns: list[str], time_col: str,
     return df[(ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))].reset_index(drop=True)
 
 
-def load_predictions(settings: Settings, *, since: datetime, until: datetime, source: Source = "lake") -> pd.DataFrame:
-    if source == "kafka":
-        return predictions_frame(read_topic(settings, settings.predictions_topic, since=since, until=until))
-    from monitors.predictions import COLUMNS
+def _read_kafka(settings: Settings, topic: str, validate: Validator, since: datetime, until: datetime) -> TopicRead:
+    read = read_topic(settings, topic, since=since, until=until, validate=validate)
+    if read.invalid:
+        log.warning("%s: %d invalid records skipped (%s); first: %s", topic, read.invalid,
+                    ", ".join(f"{k}: {v}" for k, v in sorted(read.invalid_by_stage.items())), read.first_invalid)
+    return read
 
-    return predictions_frame(_lake_rows(settings, "bronze/predictions", list(COLUMNS), "served_at", since, until).to_dict("records"))
+
+def _validator(settings: Settings, stream: StreamName) -> Validator:
+    """The ingestor's own check of a record of ``stream`` (``validate_prediction`` / ``validate_event`` with the
+    size and time limits of the settings), so a Kafka window keeps exactly what the lake would."""
+    return get_stream(settings, stream).validate
+
+
+def _predictions(settings: Settings, since: datetime, until: datetime, source: Source) -> tuple[pd.DataFrame, int]:
+    if source == "kafka":
+        read = _read_kafka(settings, settings.predictions_topic, _validator(settings, "predictions"), since, until)
+        return predictions_frame(read.records), read.invalid
+    rows = _lake_rows(settings, "bronze/predictions", list(COLUMNS), "served_at", since, until)
+    return predictions_frame(rows.to_dict("records")), 0
+
+
+def _feedback(settings: Settings, since: datetime, until: datetime, source: Source) -> tuple[pd.DataFrame, int]:
+    if source == "kafka":
+        read = _read_kafka(settings, settings.feedback_topic, _validator(settings, "feedback"), since, until)
+        return pd.DataFrame.from_records(read.records, columns=FEEDBACK_COLUMNS), read.invalid
+    return _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until), 0
+
+
+def load_predictions(settings: Settings, *, since: datetime, until: datetime, source: Source = "lake") -> pd.DataFrame:
+    """Predictions served in [since, until). From Kafka, records the ingestor would reject are skipped and
+    logged; ``load_window`` also returns their count."""
+    return _predictions(settings, since, until, source)[0]
 
 
 def load_feedback(settings: Settings, *, since: datetime, until: datetime, source: Source = "lake") -> pd.DataFrame:
-    if source == "kafka":
-        rows: list[dict[str, Any]] = read_topic(settings, settings.feedback_topic, since=since, until=until)
-        return pd.DataFrame.from_records(rows, columns=FEEDBACK_COLUMNS)
-    return _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until)
+    """Feedback events of [since, until) (``FEEDBACK_COLUMNS``); invalid Kafka records as in ``load_predictions``."""
+    return _feedback(settings, since, until, source)[0]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Predictions and the feedback on them, with the records skipped as invalid, per topic.
+
+    The lake holds only what the ingestor validated, so a lake window skips nothing; a Kafka window applies
+    the ingestor's validators (``validate_prediction``, ``validate_event``) and skips what they reject.
+    """
+
+    predictions: pd.DataFrame
+    feedback: pd.DataFrame
+    invalid: Mapping[str, int]  # topic -> records skipped
+
+    @property
+    def invalid_total(self) -> int:
+        return sum(self.invalid.values())
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{topic}: {n}" for topic, n in self.invalid.items())
+        return f"{len(self.predictions)} predictions, {len(self.feedback)} feedback events, {self.invalid_total} invalid records skipped ({counts})"
+
+
+def load_window(
+    settings: Settings, *, since: datetime, until: datetime, feedback_until: datetime | None = None, source: Source = "lake",
+) -> Window:
+    """Predictions served in [since, until) and feedback up to ``feedback_until`` (default ``until``)."""
+    preds, bad_preds = _predictions(settings, since, until, source)
+    fb, bad_fb = _feedback(settings, since, feedback_until or until, source)
+    return Window(preds, fb, {settings.predictions_topic: bad_preds, settings.feedback_topic: bad_fb})
 
 
 POINTWISE = ("thumbs", "rating", "correction")  # feedback that is a verdict on one response

@@ -164,8 +164,11 @@ def wait_for(url: str, pred, timeout: float = 30.0) -> dict:
 
 
 def drive_window(s: Any, url: str, *, seed: int, n: int = 300) -> list[dict]:
-    """n real requests; every simulated user then gives a thumb matching their real satisfaction (5% noise)."""
+    """n real requests; every simulated user then gives a thumb matching their real satisfaction (5% noise).
+    The thumbs are whole v1 events (``feedback.events``), as the ingestor and the Kafka windows accept them."""
     from kafka import KafkaProducer
+
+    from feedback.events import validate_event
 
     traffic = make_pairs(n, seed=seed)
     out = []
@@ -173,14 +176,20 @@ def drive_window(s: Any, url: str, *, seed: int, n: int = 300) -> list[dict]:
         for i, row in traffic.iterrows():
             r = client.post(f"{url}/score", json={"prompt": row.prompt, "response": row.response, "conversation_id": f"c{seed}-{i}"})
             assert r.status_code == 200, r.text
-            out.append({**r.json(), "satisfied": row.satisfied})
+            out.append({**r.json(), "satisfied": row.satisfied, "prompt": row.prompt, "response": row.response,
+                        "conversation_id": f"c{seed}-{i}"})
     producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
     noise = pd.Series(range(n)).apply(lambda i: (i * 7919 + seed) % 20 == 0)
     for res, flip in zip(out, noise, strict=True):
         happy = bool(res["satisfied"]) != bool(flip)
-        event = {"event_id": uuid.uuid4().hex, "event_type": "thumbs", "response_id": res["response_id"],
-                 "value": 1.0 if happy else -1.0, "occurred_at": datetime.now(timezone.utc).isoformat()}
-        producer.send(s.feedback_topic, json.dumps(event).encode())
+        event = {"event_id": uuid.uuid4().hex, "event_type": "thumbs", "value": 1 if happy else -1,
+                 "occurred_at": datetime.now(timezone.utc).isoformat(), "app_id": "monitoring-tests",
+                 "user_id": f"user-{res['conversation_id']}", "conversation_id": res["conversation_id"],
+                 "response_id": res["response_id"], "model_name": s.registered_model_name,
+                 "model_version": res["model_version"], "prompt": res["prompt"], "response": res["response"]}
+        verdict = validate_event(event)
+        assert type(verdict).__name__ == "Valid", verdict
+        producer.send(s.feedback_topic, json.dumps(event).encode(), key=res["conversation_id"].encode())
     producer.flush()
     producer.close()
     return out
