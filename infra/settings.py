@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     drift_windows_to_alert: int = Field(3, ge=1, description="Drifted windows in a row before a drift alert (and a retraining request).")
     canary_steps: str = Field("0.1,0.5", description="Canary traffic shares, in order, before promotion to champion.")
     serve_poll_seconds: float = Field(5.0, gt=0, description="How often the scoring service re-reads aliases and the canary share.")
+    serve_publish_timeout_s: float = Field(2.0, gt=0, description="The scoring service answers 503 when Kafka has not acknowledged a prediction within this many seconds.")
     serve_max_body_bytes: int = Field(1024 * 1024, ge=1, description="The scoring service answers 413 to a request body over this many bytes, without reading the rest.")
 
     engine: Engine = "local"

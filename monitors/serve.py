@@ -301,5 +301,6 @@ def run(settings: Settings, *, host: str | None = None, port: int | None = None,
 
     from monitors.predictions import KafkaPublisher
 
-    app = create_app(settings, publisher=KafkaPublisher(settings), poll_seconds=poll_seconds)
+    app = create_app(settings, publisher=KafkaPublisher(settings, ack_timeout_s=settings.serve_publish_timeout_s),
+                     poll_seconds=poll_seconds)
     uvicorn.run(app, host=host or settings.bind_host, port=port or settings.serve_port, log_level="info")

@@ -132,7 +132,7 @@ def drift(
     from monitors import model_store
     from monitors.alerts import notifier_from_settings
     from monitors.drift_job import prepare_reference, run_drift_window
-    from monitors.windows import current_frame, load_feedback, load_predictions, score_frame, training_reference
+    from monitors.windows import current_frame, load_window, score_frame, training_reference
 
     if source not in ("lake", "kafka"):
         raise typer.BadParameter("source must be lake or kafka")
@@ -147,8 +147,9 @@ def drift(
     ref_raw["score"] = score_frame(model_store.load_pyfunc(s, champion), ref_raw)
     reference = prepare_reference(ref_raw, embed_sample=embed_sample)
     say("window: reading predictions and feedback ...")
-    cur = current_frame(load_predictions(s, since=since, until=until, source=source),  # type: ignore[arg-type]
-                        load_feedback(s, since=since, until=until, source=source))  # type: ignore[arg-type]
+    window = load_window(s, since=since, until=until, source=source)  # type: ignore[arg-type]
+    say(f"window: {window.summary()}")
+    cur = current_frame(window.predictions, window.feedback)
     result = run_drift_window(s, reference, cur, window_start=since, window_end=until, notifier=notifier_from_settings(s),
                               embed_sample=embed_sample, model_version=champion)
     say(result.verdict.summary())

@@ -11,7 +11,7 @@ from infra.errors import DataError
 from monitors import model_store
 from monitors.alerts import notifier_from_settings
 from monitors.drift_job import prepare_reference, run_drift_window
-from monitors.windows import current_frame, load_feedback, load_predictions, score_frame, training_reference
+from monitors.windows import current_frame, load_window, score_frame, training_reference
 from orchestration.assets.monitoring.resources import MonitoringResource, WindowConfig
 from orchestration.resources import LakeloopSettings
 
@@ -38,10 +38,9 @@ def drift_report(
     context.log.info("reference: %d training rows scored by champion v%s", len(reference_raw), champion)
     reference = prepare_reference(reference_raw, embed_sample=monitoring.embed_sample)
 
-    preds = load_predictions(settings, since=since, until=until, source=monitoring.source)
-    fb = load_feedback(settings, since=since, until=until, source=monitoring.source)
-    current = current_frame(preds, fb)
-    context.log.info("window %s .. %s: %d predictions, %d feedback events", since, until, len(preds), len(fb))
+    window = load_window(settings, since=since, until=until, source=monitoring.source)
+    current = current_frame(window.predictions, window.feedback)
+    context.log.info("window %s .. %s: %s", since, until, window.summary())
 
     result = run_drift_window(
         settings, reference, current, window_start=since, window_end=until, notifier=notifier_from_settings(settings),
@@ -59,6 +58,7 @@ def drift_report(
         "streak_action": result.streak.action,
         "retrain": result.retrain,
         "champion_version": champion,
+        "invalid_records_skipped": window.invalid_total,  # Kafka windows: records the ingestor would reject
         "drift_metrics_version": result.delta_version,
         "columns": dg.MetadataValue.md(
             "| column | group | method | score | threshold | drifted |\n|---|---|---|---|---|---|\n"

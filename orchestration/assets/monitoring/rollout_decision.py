@@ -41,6 +41,7 @@ def rollout_decision(
         "champion_after": result.after.champion or "-",
         "canary_after": result.after.canary or "-",
         "canary_share_after": result.after.canary_share,
+        "invalid_records_skipped": sum(result.invalid_records.values()),  # Kafka windows: what the ingestor would reject
     }
     if result.comparison is not None:
         metadata["metrics"] = dg.MetadataValue.json(result.comparison.metrics())
