@@ -93,15 +93,17 @@ class RawBatch:
 
     def without(self, taken: list[int]) -> RawBatch:
         """The records not at the (ascending) positions ``taken``; covers the same offsets (``last_offset``)."""
+        rest = RawBatch(self.topic, opened_at=self.opened_at)
+        rest.last_offset = dict(self.last_offset)
+        if len(taken) == len(self.offsets):  # the common case: the fast path took every record
+            return rest
         gone = set(taken)
         keep = [i for i in range(len(self.offsets)) if i not in gone]
-        rest = RawBatch(self.topic, opened_at=self.opened_at)
         rest.parts = [self.parts[i] for i in keep]
         rest.offsets = [self.offsets[i] for i in keep]
         rest.stamps = [self.stamps[i] for i in keep]
         rest.values = [self.values[i] for i in keep]
         rest.nbytes = sum(len(v) for v in rest.values if v)
-        rest.last_offset = dict(self.last_offset)
         return rest
 
     def pick(self, positions: list[int]) -> tuple[list[int], list[int], list[int | None]]:

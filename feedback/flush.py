@@ -115,38 +115,54 @@ def flush(stream: Stream, target: DeltaSink, dead: DeltaSink, raw: RawBatch, rea
 
 
 class Flusher:
-    """Flushes batches: in a worker process (the committer) or inline on the caller's thread.
+    """Flushes batches: in worker processes (the committers) or inline on the caller's thread.
 
-    Once a flush fails, every later one is refused (``OffsetError``) until a new Flusher starts: the
-    ingestor stops and its restart seeks from the offsets stored in Delta."""
+    Process mode runs ``workers`` single-process pools. Batch n goes to worker n mod ``workers``: the
+    workers prepare (validate, build Arrow tables) in parallel and commit strictly in batch order, each
+    waiting for its turn (a shared counter of the last committed batch). Once a flush fails, every later
+    one is refused (``OffsetError``) until a new Flusher starts: the ingestor stops and its restart seeks
+    from the offsets stored in Delta. (The commit's gap check would refuse an out-of-order batch anyway.)"""
 
-    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "process",
+    def __init__(self, settings: Settings, stream: Stream, *, mode: FlushMode = "process", workers: int = 1,
                  fault: Callable[[RawBatch, str], None] | None = None) -> None:
         """``fault``: fault injection for tests, called with each batch before it is flushed (a module-level
         function in process mode); what it raises is that flush's failure."""
+        if workers < 1:
+            raise ValueError(f"a flusher needs at least one worker, got {workers}")
         self.mode = mode
         self._stream = stream
         self._fault = fault
-        self._failed: str | None = None  # inline mode: the first failure (the worker keeps its own)
-        self._pool: ProcessPoolExecutor | None = None
-        self._sinks: tuple[DeltaSink, DeltaSink] | None = None  # inline mode only: the worker has its own
+        self._failed: str | None = None  # inline mode: the first failure (the workers share their own flag)
+        self._pools: list[ProcessPoolExecutor] = []
+        self._seq = 0
+        self._sinks: tuple[DeltaSink, DeltaSink] | None = None  # inline mode only: the workers have their own
         if mode == "thread":
             self._sinks = sinks_for(settings, stream)
-        else:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                initargs=(settings, stream.name, stream.topic, os.getpid(), fault),
-            )
-            self._ready = self._pool.submit(_worker_ready)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        # the turn: the sequence number of the last committed batch, and whether a flush failed
+        self._turn = ctx.Condition()
+        self._committed = ctx.Value("q", -1, lock=False)
+        self._broken = ctx.Value("b", 0, lock=False)
+        for _ in range(workers):
+            self._pools.append(ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_worker_init,
+                initargs=(settings, stream.name, stream.topic, os.getpid(), fault,
+                          (self._turn, self._committed, self._broken)),
+            ))
+        self._ready = [pool.submit(_worker_ready) for pool in self._pools]
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Wait until the worker has booted (imports, tables opened, Arrow kernels): start-up, not throughput."""
-        if self._pool is not None:
-            self._ready.result(timeout=timeout_s)
+        """Wait until the workers have booted (imports, tables opened, Arrow kernels): start-up, not throughput."""
+        for ready in getattr(self, "_ready", []):
+            ready.result(timeout=timeout_s)
 
     def start(self, raw: RawBatch, reason: str) -> Future[FlushOutcome] | RawBatch:
-        """Begin flushing ``raw`` (queued to the worker at once); pass the result to ``finish``."""
-        return raw if self._pool is None else self._pool.submit(_worker_flush, raw, reason)
+        """Begin flushing ``raw`` (queued to a worker at once); pass the result to ``finish``, in order."""
+        if not self._pools:
+            return raw
+        seq, self._seq = self._seq, self._seq + 1
+        return self._pools[seq % len(self._pools)].submit(_worker_flush, raw, reason, seq)
 
     def finish(self, started: Future[FlushOutcome] | RawBatch, reason: str) -> FlushOutcome:
         """Wait for a started flush to be committed (inline: do it now). One caller at a time."""
@@ -165,9 +181,13 @@ class Flusher:
         return started.result()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._pools:
+            with self._turn:  # a worker waiting for the turn of a batch that will never commit: let it go
+                self._broken.value = 1
+                self._turn.notify_all()
+            for pool in self._pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._pools = []
 
 
 # ---- the worker process -------------------------------------------------------------------------
@@ -175,7 +195,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: int,
-                 fault: Callable[[RawBatch, str], None] | None = None) -> None:
+                 fault: Callable[[RawBatch, str], None] | None, turn: tuple[Any, Any, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -187,6 +207,8 @@ def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: i
     _WORKER["stream"] = stream
     _WORKER["sinks"] = sinks_for(settings, stream)
     _WORKER["fault"] = fault
+    _WORKER["turn"], _WORKER["committed"], _WORKER["broken"] = turn
+    _WORKER["parent"] = parent_pid
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -203,21 +225,41 @@ def _worker_ready() -> bool:
     return True
 
 
-def _worker_flush(raw: RawBatch, reason: str) -> FlushOutcome:
-    """One flush in the worker. After a failed one the worker refuses every later batch: the ingestor
+def _worker_flush(raw: RawBatch, reason: str, seq: int) -> FlushOutcome:
+    """Flush batch ``seq`` in a worker: prepare at once (in parallel with the other workers), then commit
+    when batch ``seq - 1`` has committed. After a failed flush every later batch is refused: the ingestor
     queues batch k+1 before it knows k's fate, and k+1 must not commit offsets past k's records."""
-    failed = _WORKER.get("failed")
-    if failed is not None:
-        raise OffsetError(
-            f"refused a batch of {raw.topic}: an earlier flush failed ({failed}) and this one would skip its records",
-            hint="restart the ingestor: it seeks from the offsets stored in Delta and reads those records again",
-        )
+    turn, committed, broken = _WORKER["turn"], _WORKER["committed"], _WORKER["broken"]
     target, dead = _WORKER["sinks"]
+    stream = _WORKER["stream"]
     try:
+        if broken.value:
+            raise _refused(raw)
         fault = _WORKER.get("fault")
         if fault is not None:
             fault(raw, reason)
-        return flush(_WORKER["stream"], target, dead, raw, reason)
-    except BaseException as exc:
-        _WORKER["failed"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        prepared = prepare(stream, raw)
+        with turn:
+            while committed.value != seq - 1 and not broken.value:
+                turn.wait(0.5)
+                if os.getppid() != _WORKER["parent"]:
+                    os._exit(0)
+            if broken.value:
+                raise _refused(raw)
+        out = commit_prepared(stream, target, dead, prepared, reason)
+    except BaseException:
+        with turn:
+            broken.value = 1
+            turn.notify_all()
         raise
+    with turn:
+        committed.value = seq
+        turn.notify_all()
+    return out
+
+
+def _refused(raw: RawBatch) -> OffsetError:
+    return OffsetError(
+        f"refused a batch of {raw.topic}: an earlier flush failed, and this one would skip its records",
+        hint="restart the ingestor: it seeks from the offsets stored in Delta and reads those records again",
+    )

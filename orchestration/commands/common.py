@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from rich.console import Console
 
@@ -13,9 +14,10 @@ err_console = Console(stderr=True, highlight=False)
 
 
 @functools.cache
-def settings() -> Settings:
-    """The settings of this CLI invocation (env vars and lakeloop.toml; global flags set env first)."""
-    return load_settings()
+def settings(**flags: Any) -> Settings:
+    """The settings of this CLI invocation: command flags (``None``: not given), then env vars and
+    lakeloop.toml (global flags set env first)."""
+    return load_settings(**flags)
 
 
 def say(msg: str) -> None:

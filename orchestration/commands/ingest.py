@@ -87,6 +87,8 @@ def ingest(
     flush_bytes: Annotated[int | None, typer.Option(help="Flush at this many bytes (env LAKELOOP_INGEST_FLUSH_BYTES).")] = None,
     flush_mode: Annotated[FlushMode | None, typer.Option(help="process: flushes in a worker process (second core); thread: in the "
                                                          "ingestor (env LAKELOOP_INGEST_FLUSH_MODE, default process).")] = None,
+    flush_workers: Annotated[int | None, typer.Option(min=1, help="process mode: worker processes that prepare batches in "
+                                                      "parallel and commit in order (env LAKELOOP_INGEST_FLUSH_WORKERS, default 2).")] = None,
     progress_seconds: Annotated[float, typer.Option(help="Seconds between progress lines.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON at exit.")] = False,
 ) -> None:
@@ -95,7 +97,7 @@ def ingest(
     from feedback.ingestor import Ingestor
     from feedback.streams import get_stream
 
-    s = settings()
+    s = settings(ingest_flush_workers=flush_workers)
     policy = FlushPolicy(
         latency_s=flush_seconds or s.ingest_flush_seconds,
         max_records=flush_records or s.ingest_flush_records,
