@@ -25,6 +25,7 @@ import pyarrow as pa
 from infra.errors import CommitConflictError, ServiceError
 from infra.settings import Settings
 from infra.tables import table_uri
+from trainers.tracking import needs_mlflow, single_attempt, unreachable_error
 
 LEDGER = "registry/promotion_ledger"
 ALIASES = ("champion", "challenger", "canary")
@@ -67,6 +68,9 @@ def get_alias_version(settings: Settings, alias: str, *, model_name: str | None 
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
             return None
+        down = unreachable_error(settings, f"reading alias {alias!r}", exc)
+        if down is not None:
+            raise down from exc
         raise ServiceError(f"cannot read alias {alias!r}: {exc}", hint="is the MLflow server up? `lakeloop status`") from exc
 
 
@@ -102,6 +106,7 @@ def _ledger_current(dt: Any, model_name: str, alias: str) -> tuple[bool, str | N
     return True, last["to_version"]
 
 
+@needs_mlflow("moving an alias")
 def _change(settings: Settings, alias: str, expected: str | None, new: str | None, *, actor: str, reason: str,
             metrics: dict[str, float] | None, model_name: str | None) -> AliasChange:
     from deltalake import CommitProperties, write_deltalake
@@ -153,6 +158,7 @@ def delete_alias_cas(settings: Settings, alias: str, expected_version: str | int
     return _change(settings, alias, str(expected_version), None, actor=actor, reason=reason, metrics=metrics, model_name=model_name)
 
 
+@needs_mlflow("reconciling an alias with the ledger")
 def reconcile_alias(settings: Settings, alias: str, *, model_name: str | None = None) -> str | None:
     """Make MLflow agree with the ledger's latest entry (after a promoter died between the two steps)."""
     name = _name(settings, model_name)
@@ -164,8 +170,14 @@ def reconcile_alias(settings: Settings, alias: str, *, model_name: str | None = 
 
 
 # ---- model versions -----------------------------------------------------------------------------------
+@needs_mlflow("registering a model version")
 def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: dict[str, str], model_name: str | None = None) -> tuple[str, bool]:
-    """The registry version of this run's model: created once, found again on a retry. -> (version, created)."""
+    """The registry version of this run's model: created once, found again on a retry. -> (version, created).
+
+    Idempotent on the run: a version whose ``run_id`` is this run is returned, not made again. The create is sent
+    once (``single_attempt``): MLflow's client would resend it when the answer is lost, and the server would make
+    a second version; after a failed create, a version that landed anyway is looked up and returned."""
+    import requests
     from mlflow.exceptions import MlflowException
 
     client = _client(settings)
@@ -175,14 +187,27 @@ def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: d
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    existing = _run_versions(client, name, run_id)
     if existing:
-        return str(min(int(v.version) for v in existing)), False
+        return existing[0], False
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None  # an MLflow 3 LoggedModel
-    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
+    try:
+        with single_attempt():
+            mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
+    except (MlflowException, requests.RequestException):
+        landed = _run_versions(client, name, run_id)  # the server may have made it and lost only the answer
+        if landed:
+            return landed[0], True
+        raise
     return str(mv.version), True
 
 
+def _run_versions(client: Any, name: str, run_id: str) -> list[str]:
+    """The versions of ``name`` made from ``run_id``, lowest first."""
+    return [str(v) for v in sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"))]
+
+
+@needs_mlflow("reading a model version")
 def version_info(settings: Settings, version: str, *, model_name: str | None = None) -> Any:
     return _client(settings).get_model_version(_name(settings, model_name), str(version))
 

@@ -4,26 +4,115 @@ talks to MLflow through this module or through ``trainers.registry``."""
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import socket
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from infra.errors import ServiceError
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# MLflow's client retries every request 7 times with exponential backoff (about 4 minutes) and waits up to 120 s
+# for each answer, so a stopped server looked like a hang. lakeloop's server is local: fail within ~10 s instead
+# (retries at 1, 2, 4 s). An MLFLOW_HTTP_REQUEST_* variable set in the environment still wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_RETRIES_LOCK = threading.Lock()
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 def client(settings: Settings) -> Any:
-    """An MlflowClient on the settings' tracking server (also the registry)."""
+    """An MlflowClient on the settings' tracking server (also the registry), with bounded HTTP retries."""
     import mlflow
     from mlflow import MlflowClient
 
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)  # read by MLflow at each request
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def server_answers(tracking_uri: str, timeout: float = 3.0) -> bool:
+    """The MLflow server at ``tracking_uri`` answers its health check (True for non-HTTP stores: nothing to probe)."""
+    import requests
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def unreachable_error(settings: Settings, doing: str, exc: BaseException) -> ServiceError | None:
+    """A ServiceError naming the server when ``exc`` came from MLflow being down (probed now), else None."""
+    if server_answers(settings.tracking_uri):
+        return None
+    return ServiceError(
+        f"MLflow at {settings.tracking_uri} is not reachable while {doing} ({type(exc).__name__})",
+        hint="start it with `lakeloop up` (`lakeloop status` shows what is down) or point LAKELOOP_MLFLOW_TRACKING_URI at a "
+        "running server, then run the step again: registration is idempotent",
+    )
+
+
+@contextmanager
+def reachable(settings: Settings, doing: str) -> Iterator[None]:
+    """MLflow errors inside become a ServiceError naming the server when it does not answer; other errors pass."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as exc:
+        err = unreachable_error(settings, doing, exc)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def needs_mlflow(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function whose first argument is the Settings: ``reachable(settings, doing)`` around its body."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            settings = args[0]
+            if not isinstance(settings, Settings):
+                raise TypeError(f"{fn.__name__}: @needs_mlflow wants the Settings as the first argument, got {type(settings).__name__}")
+            with reachable(settings, doing):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+@contextmanager
+def single_attempt() -> Iterator[None]:
+    """MLflow requests inside are sent once: no client retries. For creates: MLflow's client resends a POST whose
+    answer was lost, and the server then creates a second object; the caller looks up what landed instead.
+    (MLflow reads the retry count from the environment per request, so this holds a process-wide lock.)"""
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    with _RETRIES_LOCK:
+        before = os.environ.get(key)
+        os.environ[key] = "0"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
 
 
 def git_commit() -> str:
@@ -69,6 +158,7 @@ class Tracker:
         import mlflow
 
         self._mlflow = mlflow
+        self._settings = settings
         self.client = client(settings)
         try:
             mlflow.set_experiment(experiment)
@@ -108,25 +198,28 @@ class Tracker:
         """Log the pyfunc with signature and input example; returns its model URI."""
         from mlflow.models import infer_signature
 
-        info = self._mlflow.pyfunc.log_model(
-            name="model",
-            python_model=python_model,
-            artifacts=artifacts,
-            signature=infer_signature(input_example, output_example),
-            input_example=input_example,
-            pip_requirements=["torch", "transformers", "pandas"],
-        )
-        self.set_tags({"lakeloop.model_uri": info.model_uri})
+        with reachable(self._settings, f"logging the model of run {self.run_id}"):
+            info = self._mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                artifacts=artifacts,
+                signature=infer_signature(input_example, output_example),
+                input_example=input_example,
+                pip_requirements=["torch", "transformers", "pandas"],
+            )
+            self.set_tags({"lakeloop.model_uri": info.model_uri})
         return str(info.model_uri)
 
     def finish(self, status: str = "FINISHED") -> None:
         self._mlflow.end_run(status=status)
 
 
+@needs_mlflow("reading a run's tags")
 def run_tags(settings: Settings, run_id: str) -> dict[str, str]:
     return dict(client(settings).get_run(run_id).data.tags)
 
 
+@needs_mlflow("logging a run's metrics")
 def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
     """Add metrics to a finished run (evaluation happens after training)."""
     import time
@@ -140,11 +233,13 @@ def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float], 
         c.log_batch(run_id, metrics=items[i : i + 500])
 
 
+@needs_mlflow("tagging a run")
 def set_run_tags(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
     c = client(settings)
     for k, v in tags.items():
         c.set_tag(run_id, k, str(v))
 
 
+@needs_mlflow("logging a run's text artifact")
 def log_run_text(settings: Settings, run_id: str, text: str, path: str) -> None:
     client(settings).log_text(run_id, text, path)
