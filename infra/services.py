@@ -251,6 +251,12 @@ def write_dagster_home(settings: Settings) -> Path:
                 "    max_concurrent_runs: 2",
                 "run_monitoring:",
                 "  enabled: true",
+                # a run whose worker died (fail_orphaned_runs, run monitoring's start timeout) is re-executed from
+                # its failed step once; a run that failed in an asset or a check is not retried
+                "run_retries:",
+                "  enabled: true",
+                "  max_retries: 1",
+                "  retry_on_asset_or_op_failure: false",
                 "",
             ]
         )
@@ -291,6 +297,68 @@ def init_dagster_instance(settings: Settings) -> None:
     (home / ".initialized").write_text("ok\n")
 
 
+RUN_WORKER_STARTED = "Started process for run (pid: "  # Dagster's engine event when a run worker is up
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the live process ``pid`` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None if
+    there is no such process or it is a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _started_at(pid: int) -> float | None:
+    """When the live process ``pid`` started (epoch seconds), or None."""
+    ticks = _start_ticks(pid)
+    if ticks is None:
+        return None
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def fail_orphaned_runs(settings: Settings, *, log: Log = print) -> list[str]:
+    """Mark failed the runs the instance holds as in flight whose run worker process is gone; returns their ids.
+
+    With Dagster's default run launcher a run worker is a child of the daemon's code server, in the daemon's process
+    group. When that group dies at once (SIGKILL to the group, an OOM kill of the service, a host reboot) its runs
+    stay STARTED for ever and keep their run-queue slots: run monitoring cannot see it (the default launcher has no
+    worker health check). Marked failed (reason UNEXPECTED_TERMINATION), they are re-executed from the failed step
+    by the daemon's run retries (dagster.yaml). Left alone: a run whose worker lives (only the daemon died: its code
+    server finishes the run), and a run with no worker pid recorded (in-process `lakeloop materialize`, or not
+    started yet, which run monitoring's start timeout covers). Call it before the daemon starts."""
+    import dagster as dg
+    from dagster._core.events import DagsterEventType, JobFailureData, RunFailureReason
+
+    in_flight = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    failed: list[str] = []
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=in_flight)):
+            records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+            started = [(r.event_log_entry.timestamp, r.event_log_entry.dagster_event.message or "") for r in records
+                       if r.event_log_entry.dagster_event and (r.event_log_entry.dagster_event.message or "").startswith(RUN_WORKER_STARTED)]
+            if not started:
+                continue
+            at, message = started[-1]
+            pid = int(message[len(RUN_WORKER_STARTED):].split(")", 1)[0])
+            began = _started_at(pid)
+            if began is not None and began <= at + 1.0:  # a later start time: the pid was reused
+                continue
+            message = (f"Run worker (pid {pid}) is gone: it died with the Dagster daemon's process group. "
+                       "Marked failed by `lakeloop up` so that run retries re-execute it.")
+            instance.report_run_failed(run, message, JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))
+            log(f"dagster-daemon: run {run.run_id} ({run.tags.get('dagster/partition', 'unpartitioned')}) lost its worker (pid {pid}); "
+                "marked failed, run retries re-execute it")
+            failed.append(run.run_id)
+    return failed
+
+
 def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
     home = settings.dagster_home
     env = {"DAGSTER_HOME": str(home), **settings.env()}
@@ -316,6 +384,11 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
         prepare=prepare,
         start_timeout=180.0,
     )
+
+    def prepare_daemon() -> None:
+        prepare()
+        fail_orphaned_runs(settings)
+
     daemon = ServiceSpec(
         name="dagster-daemon",
         command=[_venv_script("dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
@@ -324,7 +397,7 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
         health=lambda: dagster_daemon_ok(url),
         marker="dagster-daemon",
         env=env,
-        prepare=prepare,
+        prepare=prepare_daemon,
     )
     return [web, daemon]
 
@@ -353,7 +426,11 @@ def _read_pid(settings: Settings, name: str) -> dict | None:
         return {"pid": None, "marker": ""}
 
 
-def _alive(pid: int | None, marker: str) -> bool:
+def _alive(pid: int | None, marker: str, started: list | None = None) -> bool:
+    """``pid`` is the process a pid file names: alive, its command line holds ``marker``, and, when the pid file
+    recorded it, ``started`` = [boot id, start ticks] is still the process's. After a reboot or a crash the pid may
+    belong to another process, even one whose command line holds the marker (a `tail -f` of the service's log):
+    its boot or its start time differs."""
     if not pid:
         return False
     try:
@@ -363,7 +440,14 @@ def _alive(pid: int | None, marker: str) -> bool:
         return False
     if stat.split(")")[-1].split()[0] == "Z":  # zombie: exited, not yet reaped
         return False
+    if started is not None and list(started) != [_boot_id(), _start_ticks(pid)]:
+        return False
     return marker in cmdline
+
+
+def _alive_info(info: dict, marker: str | None = None) -> bool:
+    """The process of a pid file's record (see ``_alive``)."""
+    return _alive(info.get("pid"), info.get("marker", "") if marker is None else marker, info.get("proc_start"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +459,7 @@ Log = Callable[[str], None]
 def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen | None:
     info = _read_pid(settings, spec.name)
     if info is not None:
-        if _alive(info.get("pid"), spec.marker):
+        if _alive_info(info, spec.marker):
             log(f"{spec.name}: already running (pid {info['pid']})")
             return None
         log(f"{spec.name}: removing stale pid file {_pid_file(settings, spec.name)} (pid {info.get('pid')} is gone)")
@@ -401,7 +485,8 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
         start_new_session=True,
     )
     logfile.close()
-    _pid_file(settings, spec.name).write_text(json.dumps({"pid": proc.pid, "marker": spec.marker, "started": time.time()}))
+    record = {"pid": proc.pid, "marker": spec.marker, "started": time.time(), "proc_start": [_boot_id(), _start_ticks(proc.pid)]}
+    _pid_file(settings, spec.name).write_text(json.dumps(record))
     log(f"{spec.name}: started (pid {proc.pid}), log {settings.logs_dir / (spec.name + '.log')}")
     return proc
 
@@ -441,7 +526,7 @@ def _tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
-def _stop_pid(pid: int, marker: str, timeout: float) -> str:
+def _stop_pid(pid: int, marker: str, timeout: float, started: list | None = None) -> str:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -450,7 +535,7 @@ def _stop_pid(pid: int, marker: str, timeout: float) -> str:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid, marker):
+        if not _alive(pid, marker, started):
             return "stopped"
         time.sleep(0.2)
     try:
@@ -467,10 +552,10 @@ def down(settings: Settings, *, log: Log = print, timeout: float = 20.0) -> None
         if info is None:
             continue
         pid, marker = info.get("pid"), info.get("marker", "")
-        if not _alive(pid, marker):
+        if not _alive_info(info):
             log(f"{name}: not running (removed stale pid file)")
         else:
-            log(f"{name}: {_stop_pid(pid, marker, timeout)} (pid {pid})")
+            log(f"{name}: {_stop_pid(pid, marker, timeout, info.get('proc_start'))} (pid {pid})")
         _pid_file(settings, name).unlink(missing_ok=True)
 
 
@@ -487,7 +572,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         _, address, health = checks[name]
         info = _read_pid(settings, name)
         pid = info.get("pid") if info else None
-        running = bool(info) and _alive(pid, info.get("marker", ""))
+        running = bool(info) and _alive_info(info)
         note = ""
         if info and not running:
             note = "stale pid file: the process is gone (run `lakeloop up` to restart it)"
