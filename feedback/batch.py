@@ -28,7 +28,7 @@ FlushReason = Literal["latency", "records", "bytes"]
 @dataclass(frozen=True)
 class FlushPolicy:
     latency_s: float = 1.0
-    max_records: int = 25_000
+    max_records: int = 12_500
     max_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:

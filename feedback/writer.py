@@ -16,8 +16,8 @@ Job = Callable[[], None]
 
 
 class BackgroundWriter:
-    def __init__(self, name: str = "lakeloop-writer") -> None:
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=1)
+    def __init__(self, name: str = "lakeloop-writer", *, max_waiting: int = 1) -> None:
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # ingestion (issue 3): flush on whichever comes first
     ingest_group: str = Field("lakeloop-ingest", description="Kafka consumer group of the ingestors.")
     ingest_flush_seconds: float = Field(1.0, gt=0, description="Flush a batch at most this long after its first record.")
-    ingest_flush_records: int = Field(25_000, ge=1, description="Flush a batch once it holds this many records.")
+    ingest_flush_records: int = Field(12_500, ge=1, description="Flush a batch once it holds this many records.")
     ingest_flush_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Flush a batch once it holds this many payload bytes.")
     ingest_flush_workers: int = Field(2, ge=1, le=64, description="Process mode: worker processes that prepare batches "
                                       "in parallel (each commits in batch order).")
