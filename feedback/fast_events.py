@@ -135,6 +135,13 @@ def epoch_us_rfc3339(value: object) -> int | None:
     return (ts - _EPOCH) // _US
 
 
+def _kept(mask: pa.Array, idx: list[int], events: list[_Base], *arrays: pa.Array) -> tuple:
+    """(idx, events, *arrays) without the records where ``mask`` is false."""
+    keep = mask.to_pylist()
+    return ([i for i, k in zip(idx, keep) if k], [e for e, k in zip(events, keep) if k],
+            *(a.filter(mask) for a in arrays))
+
+
 def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int, *,
                           window_us: tuple[int, int] | None = None) -> tuple[list[int], dict[str, pa.Array]]:
     """(indices of the plainly valid records, their columns): ``bronze.FEEDBACK_ROW_COLUMNS`` plus ``raw``.
@@ -165,20 +172,14 @@ def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int, *,
     stamps = pa.array([e.occurred_at for e in events], pa.string())
     plain = pc.and_(pc.match_substring_regex(stamps, _TS_ARROW), pc.invert(pc.starts_with(stamps, "0000")))
     if not pc.all(plain).as_py():
-        keep = plain.to_pylist()
-        idx = [i for i, k in zip(idx, keep) if k]
-        events = [e for e, k in zip(events, keep) if k]
-        raws, stamps = raws.filter(plain), stamps.filter(plain)
+        idx, events, raws, stamps = _kept(plain, idx, events, raws, stamps)
         if not events:
             return [], {}
     try:
         occurred = stamps.cast(_TS_TYPE)  # rejects impossible dates, hours, leap seconds, offsets >= 24h
     except pa.ArrowInvalid:  # one such record spoils the cast: check each one the slow way
         epochs = [epoch_us_rfc3339(e.occurred_at) for e in events]
-        keep = [t is not None for t in epochs]
-        idx = [i for i, k in zip(idx, keep) if k]
-        events = [e for e, k in zip(events, keep) if k]
-        raws = raws.filter(pa.array(keep))
+        idx, events, raws = _kept(pa.array([t is not None for t in epochs]), idx, events, raws)
         occurred = pa.array([t for t in epochs if t is not None], pa.int64()).cast(_TS_TYPE)
         if not events:
             return [], {}
@@ -186,10 +187,7 @@ def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int, *,
         us = occurred.cast(pa.int64())
         inside = pc.and_(pc.greater_equal(us, window_us[0]), pc.less_equal(us, window_us[1]))
         if not pc.all(inside).as_py():
-            keep = inside.to_pylist()
-            idx = [i for i, k in zip(idx, keep) if k]
-            events = [e for e, k in zip(events, keep) if k]
-            raws, occurred = raws.filter(inside), occurred.filter(inside)
+            idx, events, raws, occurred = _kept(inside, idx, events, raws, occurred)
             if not events:
                 return [], {}
     string = pa.string()
