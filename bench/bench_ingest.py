@@ -51,13 +51,10 @@ def start_platform(home: Path):
 
 
 def past_events(copies: int, limit: int | None = None):
-    """qa_feedback events, ``copies`` weeks of them ending at the loader's default start: every copy in the
-    past, inside the ingestor's event-time bounds (the default layout runs forward, into the future)."""
-    from datetime import timedelta
+    """qa_feedback events, ``copies`` weeks of them, every one in the past (inside the ingestor's bounds)."""
+    from feedback.qa_feedback import iter_events, past_start
 
-    from feedback.qa_feedback import DEFAULT_START, iter_events
-
-    return iter_events(QA, copies=copies, limit=limit, start=DEFAULT_START - timedelta(days=7 * copies))
+    return iter_events(QA, copies=copies, limit=limit, start=past_start(copies))
 
 
 def produce(settings, topic: str, n: int) -> float:

@@ -30,6 +30,13 @@ MODEL_NAME = "qa-longform-t5"
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
 
+def past_start(copies: int, *, days: int = 7) -> datetime:
+    """A ``start`` for ``copies`` copies whose last one covers the days the first copy covers by default:
+    every copy in the past. (Copies run forward from ``start``; the ingestor dead-letters events timed
+    more than ``event_time_max_future_hours`` ahead, so 50 weekly copies from the default would not land.)"""
+    return DEFAULT_START - timedelta(days=days * (copies - 1))
+
+
 def _h(*parts: object) -> int:
     return xxhash.xxh64_intdigest("|".join(str(p) for p in parts).encode())
 

@@ -174,3 +174,17 @@ def test_flush_policy_rejects_nonsense() -> None:
 )
 def test_lag(end: dict, stored: dict, want: dict) -> None:
     assert lag(end, stored) == want
+
+
+def test_many_copies_of_the_qa_feedback_events_lie_in_the_past(qa_feedback_path: Path) -> None:
+    """`produce --qa-feedback --copies N` and the benchmark: the last copy covers the default week, so no copy
+    is timed beyond the ingestor's bound (copies run forward from their start)."""
+    from datetime import timedelta
+
+    from feedback.qa_feedback import DEFAULT_START, iter_events, past_start
+
+    assert past_start(1) == DEFAULT_START and past_start(60) + timedelta(days=7 * 59) == DEFAULT_START
+    first_of_last_copy = next(e for e in iter_events(qa_feedback_path, copies=3, start=past_start(3))
+                              if e["event_id"].startswith("qaf1-2-"))
+    assert isinstance(validate_event(first_of_last_copy), Valid)
+    assert datetime.fromisoformat(first_of_last_copy["occurred_at"]) < datetime.now(timezone.utc)

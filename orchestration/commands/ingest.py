@@ -37,9 +37,10 @@ def produce(
     if (file is None) == (qa_feedback is None):
         raise DataError("give exactly one of --file or --qa-feedback", hint="lakeloop produce --file events.jsonl")
     if qa_feedback is not None:
-        from feedback.qa_feedback import iter_events
+        from feedback.qa_feedback import iter_events, past_start
 
-        lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in iter_events(qa_feedback, copies=copies, passages=passages)]
+        events = iter_events(qa_feedback, copies=copies, passages=passages, start=past_start(copies))  # all in the past
+        lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in events]
         source = f"{qa_feedback} x{copies}"
     else:
         raw = sys.stdin.buffer.read() if str(file) == "-" else _read(file)
