@@ -28,10 +28,12 @@ from feedback.offsets import check_stored_offsets, topic_fingerprint
 from feedback.progress import IngestStats
 from feedback.streams import Stream
 from feedback.writer import BackgroundWriter
+from infra.errors import ServiceError
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_GROUP = "lakeloop-ingest"
+BROKER_WAIT_ONCE_S = 60.0  # a catch-up run (--once, the Dagster assets) gives up on a broker gone this long
 
 
 class Ingestor:
@@ -69,6 +71,7 @@ class Ingestor:
         self._flush_fault = flush_fault  # fault injection for tests (feedback.flush.Flusher)
         self._handed: dict[int, int | None] = {}  # per owned partition: the last offset handed to the flusher
         self._fingerprint: int | None = None  # the topic's identity (feedback.offsets)
+        self._broker_down_since: float | None = None  # monotonic time the broker became unreachable
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, *, once: bool = False, stop: threading.Event | None = None, handle_signals: bool = False,
@@ -124,7 +127,7 @@ class Ingestor:
                     held = len(self._batch)
                     wait = self.policy.latency_s - self._age() if held else 0.5
                 room = max(1, min(self.max_poll_records, self.policy.max_records - held))  # batches stay near max_records
-                polled = consumer.poll(timeout_ms=int(max(0.01, min(wait, 0.5)) * 1000), max_records=room)
+                polled = self._poll(consumer, timeout_ms=int(max(0.01, min(wait, 0.5)) * 1000), max_records=room, once=once)
                 with self._lock:
                     if polled:
                         for tp, records in polled.items():
@@ -164,6 +167,41 @@ class Ingestor:
         self.stats.stored_offsets = self.target.stored_offsets(self.stream.topic, sorted(set(ends) | self._seen))
         self.say(self.stats.summary_line())
         return self.stats
+
+    def _poll(self, consumer, *, timeout_ms: int, max_records: int, once: bool) -> dict:
+        """``consumer.poll``, riding out a broker that is down or restarting.
+
+        kafka-python raises a retriable error (connection refused, coordinator not available, timeouts) from
+        ``poll`` while the broker is gone; the ingestor waits with backoff and resumes where the Delta log
+        says when it is back (the group rebalances; nothing is lost or doubled). Batches already held are
+        flushed meanwhile. With ``once`` (a catch-up run) it gives up after ``BROKER_WAIT_ONCE_S``.
+        """
+        from kafka.errors import KafkaError
+
+        try:
+            polled = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
+            now = time.monotonic()
+            if self._broker_down_since is None:
+                self._broker_down_since = now
+                self.say(f"[{self.stream.name}] Kafka at {self.settings.bootstrap_servers} is unreachable "
+                         f"({type(exc).__name__}); waiting for it, the lake keeps what was flushed")
+            down = now - self._broker_down_since
+            if once and down > BROKER_WAIT_ONCE_S:
+                raise ServiceError(f"Kafka at {self.settings.bootstrap_servers} has been unreachable for {down:.0f} s "
+                                   f"({type(exc).__name__}: {exc})",
+                                   hint="start the broker (`lakeloop up`) or check LAKELOOP_KAFKA_BOOTSTRAP; "
+                                   "a later run resumes from the offsets in the Delta log") from None
+            time.sleep(min(2.0, 0.2 * 2 ** min(5, int(down))))
+            return {}
+        if self._broker_down_since is not None and polled:
+            # records are the proof: between errors a poll also returns nothing while the broker is still down
+            self.say(f"[{self.stream.name}] Kafka is back (first error {time.monotonic() - self._broker_down_since:.0f} s "
+                     "ago); resuming from the offsets in the Delta log")
+            self._broker_down_since = None
+        return polled
 
     # ---- records ------------------------------------------------------------------------------
     def _add(self, partition: int, records: list) -> None:
