@@ -6,6 +6,7 @@ Every flag falls back to an environment variable (LAKELOOP_<NAME>, see `infra.se
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -99,6 +100,8 @@ def ingest(
     from feedback.streams import get_stream
 
     s = settings(ingest_flush_workers=flush_workers)
+    # kafka-python logs every failed reconnect with a traceback while a broker is down; the ingestor says it once
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     policy = FlushPolicy(
         latency_s=flush_seconds or s.ingest_flush_seconds,
         max_records=flush_records or s.ingest_flush_records,
