@@ -13,7 +13,6 @@ from feedback.progress import IngestStats
 from feedback.streams import StreamName, get_stream
 from infra.settings import Settings
 
-
 # Below this many records behind, a catch-up flushes on its own thread: a worker process costs 1-2 s to
 # start, more than it saves on a small backlog.
 SMALL_BACKLOG = 20_000

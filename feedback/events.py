@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
-from feedback.validation import MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
+from feedback.validation import DEFAULT_BOUNDS, MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("event_schema_v1.json")
@@ -90,7 +90,7 @@ _TAGS = frozenset(EVENT_TYPES)
 
 
 def validate_event(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                   bounds: TimeBounds | None = TimeBounds()) -> Valid | Invalid:
+                   bounds: TimeBounds | None = DEFAULT_BOUNDS) -> Valid | Invalid:
     """A ``Valid`` (typed event + raw text) or an ``Invalid`` (stage + reason). Never raises.
 
     ``raw`` is normally the Kafka record value; a ``str`` is encoded as UTF-8 and a ``dict`` serialized

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from operator import attrgetter
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from typing import Annotated, ClassVar, Literal, Union
 
 import msgspec

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from feedback.validation import MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
+from feedback.validation import DEFAULT_BOUNDS, MAX_MEMBERS, Invalid, TimeBounds, Valid, validate_record
 
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Alias = Literal["champion", "canary"]
@@ -39,7 +39,7 @@ PREDICTION_ADAPTER: TypeAdapter[PredictionRecord] = TypeAdapter(PredictionRecord
 
 
 def validate_prediction(raw: bytes | str | dict[str, Any] | None, *, max_bytes: int = 1024 * 1024,
-                        bounds: TimeBounds | None = TimeBounds()) -> Valid | Invalid:
+                        bounds: TimeBounds | None = DEFAULT_BOUNDS) -> Valid | Invalid:
     """A ``Valid`` (typed record + raw text) or an ``Invalid`` (stage + reason). Never raises.
 
     ``bounds``: the accepted range of ``served_at`` at the current time (None checks the schema alone).

@@ -7,7 +7,7 @@ stream shares the ``bronze/dead_letters`` table. ``feedback``: the feedback topi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Literal
@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from feedback import bronze
-from feedback.validation import Invalid, TimeBounds, Valid, record_row
+from feedback.validation import DEFAULT_BOUNDS, Invalid, TimeBounds, Valid, record_row
 from infra.settings import Settings
 from infra.tables import table_uri
 
@@ -36,7 +36,7 @@ class Stream:
     row_columns: tuple[str, ...]
     time_column: str  # event_date is the UTC date of this column
     max_bytes: int
-    bounds: TimeBounds = TimeBounds()  # of the time column
+    bounds: TimeBounds = DEFAULT_BOUNDS  # of the time column
     # Optional batch fast path: (indices of plainly valid records, their row columns + raw); the model
     # (``to_row``) judges every record it leaves out.
     fast_columns: Callable[..., tuple[list[int], dict[str, pa.Array]]] | None = None

@@ -85,6 +85,9 @@ class TimeBounds:
         return None
 
 
+DEFAULT_BOUNDS = TimeBounds()  # the settings' defaults
+
+
 def validate_record(
     adapter: TypeAdapter[M], raw: bytes | None, *, max_bytes: int, tags: frozenset[str] = frozenset(),
     time_field: str | None = None, bounds: TimeBounds | None = None, now: datetime | None = None,
