@@ -167,10 +167,7 @@ class DeltaSink:
             if not todo:
                 return CommitOutcome(None, 0, data.num_rows, attempt)
             keep = _unstored_rows(data, stored, todo)
-            txns = [Transaction(app_id(self.table, topic, p), o) for p, o in sorted(todo.items())]
-            if topic_fingerprint is not None:
-                txns.append(Transaction(topic_app_id(self.table, topic), topic_fingerprint))
-            props = CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
+            props = self._commit_properties(topic, todo, topic_fingerprint, metadata)
             try:
                 write_deltalake(dt, keep, mode="append", commit_properties=props, writer_properties=_writer_properties(keep.schema))
             except CommitFailedError as exc:  # a racing writer of one of our partitions won; re-read and filter
@@ -195,13 +192,18 @@ class DeltaSink:
         commit without rows (``empty``). Returns the new table version."""
         dt = self.open()
         dt.update_incremental()
+        write_deltalake(dt, empty, mode="append",
+                        commit_properties=self._commit_properties(topic, offsets, topic_fingerprint, metadata))
+        dt.update_incremental()
+        return dt.version()
+
+    def _commit_properties(self, topic: str, offsets: Mapping[int, int], topic_fingerprint: int | None,
+                           metadata: Mapping[str, str] | None) -> CommitProperties:
+        """The commit's application transactions: one offset per partition, and the topic's identity."""
         txns = [Transaction(app_id(self.table, topic, p), o) for p, o in sorted(offsets.items())]
         if topic_fingerprint is not None:
             txns.append(Transaction(topic_app_id(self.table, topic), topic_fingerprint))
-        props = CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
-        write_deltalake(dt, empty, mode="append", commit_properties=props)
-        dt.update_incremental()
-        return dt.version()
+        return CommitProperties(app_transactions=txns, custom_metadata={"lakeloop.topic": topic, **(metadata or {})})
 
     def version(self) -> int:
         """The table's latest version (refreshed: another process may have written it)."""

@@ -41,8 +41,7 @@ class Ingestor:
 
     def __init__(self, settings: Settings, stream: Stream, *, group: str = DEFAULT_GROUP, instance_id: str | None = None,
                  policy: FlushPolicy = FlushPolicy(), progress_every_s: float = 5.0, max_poll_records: int = 10_000,
-                 flush_mode: FlushMode | None = None, say: Callable[[str], None] = print,
-                 flush_fault: Callable[[RawBatch, str], None] | None = None) -> None:
+                 flush_mode: FlushMode | None = None, say: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.stream = stream
         self.group = group
@@ -68,7 +67,6 @@ class Ingestor:
         self._stats_lock = threading.Lock()  # stats and Kafka offsets, updated by the writer thread
         self._writer: BackgroundWriter | None = None
         self._flusher: Flusher | None = None
-        self._flush_fault = flush_fault  # fault injection for tests (feedback.flush.Flusher)
         self._handed: dict[int, int | None] = {}  # per owned partition: the last offset handed to the flusher
         self._fingerprint: int | None = None  # the topic's identity (feedback.offsets)
         self._broker_down_since: float | None = None  # monotonic time the broker became unreachable
@@ -105,7 +103,7 @@ class Ingestor:
                 ingestor._on_assigned(list(assigned))
 
         self._flusher = Flusher(self.settings, self.stream, mode=self.flush_mode,  # its workers boot meanwhile
-                                workers=self.settings.ingest_flush_workers, fault=self._flush_fault)
+                                workers=self.settings.ingest_flush_workers)
         try:
             consumer = self._consumer = make_consumer(
                 self.settings, group=self.group, instance_id=self.instance_id, max_poll_records=self.max_poll_records
