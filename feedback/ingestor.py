@@ -112,7 +112,7 @@ class Ingestor:
             self._flusher.close()
             raise
         # two batches waiting per worker: the consumer runs ahead while a worker waits for its turn to commit
-        # (measured on 2 cores: 1 waiting -> 51-54k/s, 2 per worker -> 58-60k/s)
+        # (measured on 2 cores, two workers: 1 waiting per worker -> 51-54k/s, 2 per worker -> 58-60k/s)
         self._writer = BackgroundWriter(max_waiting=2 * self.settings.ingest_flush_workers if self.flush_mode == "process" else 1)
         deadline = time.monotonic() + max_seconds if max_seconds else None
         next_progress = time.monotonic() + self.progress_every_s
