@@ -82,6 +82,30 @@ class Settings(BaseSettings):
         "process", description="Where flushes (validation, Parquet, commit) run: a worker process beside the consumer "
         "(uses a second core), or a thread of the ingestor (one core, no worker start-up).")
 
+    # ---- autopilot: the loop closes by itself (docs/DESIGN.md, "Autopilot") ------------------
+    autopilot: bool = Field(True, description="on: `lakeloop up` runs the ingestors and every sensor/schedule of the loop "
+                            "(curation on arrival, retraining, canary, promotion, alerts); off: nothing moves by itself. "
+                            "Flip a running instance with `lakeloop autopilot on|off`.")
+    autopilot_tick_seconds: int = Field(30, ge=5, description="How often the autopilot sensors look (minimum interval).")
+    curation_min_new_rows: int = Field(500, ge=1, description="Curate an event day at once when this many new bronze rows "
+                                       "arrived for it ...")
+    curation_debounce_minutes: float = Field(2.0, ge=0, description="... else at most every this many minutes per day "
+                                             "while it has new rows.")
+    retrain_min_new_rows: int = Field(500, ge=1, description="Retrain when the gold tables grew by this many rows beyond the "
+                                      "champion's (or last training's) pinned versions.")
+    retrain_cooldown_minutes: float = Field(30.0, ge=0, description="At most one retraining per this many minutes (a drift "
+                                            "alert does not wait), and never twice on the same gold versions.")
+    canary_window_minutes: float = Field(10.0, gt=0, description="Canary analysis runs once per this many minutes while a "
+                                         "canary is in flight.")
+    drift_window_minutes: float = Field(60.0, gt=0, description="Each drift check looks at this many minutes of traffic.")
+
+    @field_validator("autopilot", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("on", "off"):
+            return v.strip().lower() == "on"
+        return v
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:

@@ -38,7 +38,7 @@ def qa_feedback_path() -> Path:
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     """Settings on a fresh temporary home; no services."""
-    return load_settings(home=tmp_path / "home", jars_dir=_jars_dir())
+    return load_settings(home=tmp_path / "home", jars_dir=_jars_dir(), autopilot=False)
 
 
 class Platform:
@@ -53,6 +53,7 @@ class Platform:
             mlflow_port=free_port(),
             dagster_port=free_port(),
             serve_port=free_port(),
+            autopilot=False,  # tests drive each step; the autopilot tests start their own platform with it on
         )
         self.started: set[str] = set()
 
