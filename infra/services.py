@@ -249,6 +249,12 @@ def write_dagster_home(settings: Settings) -> Path:
                 "  class: QueuedRunCoordinator",
                 "  config:",
                 "    max_concurrent_runs: 2",
+                # one curation run at a time (two days at once race on the dedup index), one training at a time
+                "    tag_concurrency_limits:",
+                "      - key: lakeloop/curation",
+                "        limit: 1",
+                "      - key: lakeloop/training",
+                "        limit: 1",
                 "run_monitoring:",
                 "  enabled: true",
                 # a run whose worker died (fail_orphaned_runs, run monitoring's start timeout) is re-executed from
