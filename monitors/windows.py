@@ -3,7 +3,8 @@
 Sources: "lake" reads bronze/predictions and bronze/feedback_events (durable, what the ingestor landed);
 "kafka" reads the predictions and feedback topics by timestamp (fresh, before the lake catches up), and
 checks each record with the ingestor's validator: what the ingestor would dead-letter is skipped and counted.
-The reference for drift is the champion's training set (gold/training_examples) scored by the champion.
+The reference for drift is the champion's training set (the gold tables at the Delta versions it was trained on)
+scored by the champion.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feedback.streams import StreamName, get_stream
 from infra.errors import DataError
@@ -148,8 +150,13 @@ def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataF
     return df.merge(flags, on="response_id", how="left")
 
 
-def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:
+def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0, version: str | None = None) -> pd.DataFrame:
     """prompt, response, thumbs_down, corrected: the model's responses in the training set (train split), sampled.
+
+    With ``version`` (a registered model version, e.g. the champion's), the gold tables are read at the Delta
+    versions that version was trained on (``model_store.training_pins``: its lineage tags, else its run's
+    params); a table whose version is not recorded, or cannot be read any more (vacuumed, or the recorded
+    table is gone), is read at its latest version, with a logged warning. Without ``version``: the latest.
 
     Feedback flags are defined, as in live windows (``feedback_flags``), for responses with pointwise feedback:
     pointwise examples carry thumbs_down (``label < 0.5``) and corrected (1 when a correction pair rejected that
@@ -158,23 +165,42 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0)
     every answer is scored, not only rated ones), with NaN flags, as preference-only live responses have. The
     human-written side of a correction (its chosen text) is left out: the model never serves it.
     """
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from monitors import model_store
 
-    try:
-        dt = DeltaTable(table_uri(settings, "gold/training_examples"))
-    except TableNotFoundError:
+    pins = model_store.training_pins(settings, version) if version is not None else {}
+    df = _gold(settings, "gold/training_examples", ["prompt", "response", "label", "split"], pins.get("gold/training_examples"), version)
+    if df is None:
         raise DataError(
             "gold/training_examples does not exist, so there is no drift reference",
             hint="materialize the curation assets first (`lakeloop curate`), or pass a reference frame",
-        ) from None
-    df = dt.to_pandas(columns=["prompt", "response", "label", "split"])
+        )
     df = df[df["split"] == "train"]
-    try:
-        pairs = DeltaTable(table_uri(settings, "gold/preference_pairs")).to_pandas(columns=["prompt", "chosen", "rejected", "source", "split"])
-    except TableNotFoundError:
-        pairs = pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "split"])
+    pair_cols = ["prompt", "chosen", "rejected", "source", "split"]
+    pairs = _gold(settings, "gold/preference_pairs", pair_cols, pins.get("gold/preference_pairs"), version)
+    if pairs is None:
+        pairs = pd.DataFrame(columns=pair_cols)
     return reference_rows(df, pairs, sample=sample, seed=seed)
+
+
+def _gold(settings: Settings, name: str, columns: list[str], pin: Any, model_version: str | None) -> pd.DataFrame | None:
+    """``name`` at the pinned Delta version, else (with a warning when a model version was asked for) the latest;
+    None when the table does not exist."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    if pin is not None:
+        uri = pin.uri or table_uri(settings, name)
+        try:
+            return DeltaTable(uri, version=pin.version).to_pandas(columns=columns)
+        except (DeltaError, OSError, pa.ArrowException) as exc:  # vacuumed files, expired log, table moved
+            log.warning("drift reference: %s at Delta version %d (what model v%s was trained on) cannot be read (%s); "
+                        "using the latest version instead", uri, pin.version, model_version, str(exc).splitlines()[0][:200])
+    elif model_version is not None:
+        log.warning("drift reference: model v%s records no Delta version of %s; using the latest version instead", model_version, name)
+    try:
+        return DeltaTable(table_uri(settings, name)).to_pandas(columns=columns)
+    except TableNotFoundError:
+        return None
 
 
 def reference_rows(examples: pd.DataFrame, pairs: pd.DataFrame, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:

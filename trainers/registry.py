@@ -10,6 +10,10 @@ compare-and-set serialised through the promotion ledger (Delta table ``registry/
    land exactly at V+1 (an atomic put-if-absent of the log file), so of racing promoters exactly one
    commits and the rest get ``AliasConflictError``;
 4. only the winner calls MLflow, then reads the alias back and verifies it.
+
+A change made outside lakeloop (a person in the MLflow UI) is appended afterwards with actor ``external``
+(``ledger_heads`` + ``record_external``, driven by ``monitors.overrides.detect_external_changes``), under the
+same rule: the commit lands at exactly the ledger version that was compared, or not at all.
 """
 
 from __future__ import annotations
@@ -167,6 +171,76 @@ def reconcile_alias(settings: Settings, alias: str, *, model_name: str | None = 
         client = _client(settings)
         client.delete_registered_model_alias(name, alias) if value is None else client.set_registered_model_alias(name, alias, value)
     return value
+
+
+# ---- changes lakeloop did not make ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class LedgerHead:
+    """The ledger's latest entry for one alias: where lakeloop last recorded it."""
+
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    at: datetime
+    actor: str
+    action: str
+
+
+@dataclass(frozen=True)
+class ExternalEntry:
+    """One alias change seen in MLflow that the ledger does not have, to record with ``record_external``."""
+
+    alias: str
+    ledger_value: str | None  # the ledger's latest value for the alias (None: unset, or never recorded)
+    mlflow_value: str | None  # what MLflow shows now
+    reason: str
+    details: dict[str, str]  # what MLflow told about it (stored as JSON in the ``metrics`` column)
+
+
+def ledger_heads(settings: Settings, *, model_name: str | None = None) -> tuple[int, dict[str, LedgerHead]]:
+    """(the ledger's Delta version read, alias -> its latest entry) for the aliases the ledger has entries for."""
+    import pyarrow.compute as pc
+
+    name = _name(settings, model_name)
+    dt = _ledger(settings)
+    t = dt.to_pyarrow_table(columns=["at", "model_name", "alias", "action", "from_version", "to_version", "actor", "ledger_read_version"])
+    t = t.filter(pc.equal(t["model_name"], name)).sort_by([("ledger_read_version", "ascending")])
+    heads = {r["alias"]: LedgerHead(r["alias"], r["from_version"], r["to_version"], r["at"], r["actor"], r["action"]) for r in t.to_pylist()}
+    return dt.version(), heads
+
+
+def record_external(settings: Settings, entries: list[ExternalEntry], *, ledger_version: int, model_name: str | None = None) -> int:
+    """Append alias changes made outside lakeloop (a person in the MLflow UI or API) to the ledger, actor
+    ``external``, in one commit; MLflow is not touched (it already shows them). -> the new ledger version.
+
+    Compare-and-set like ``set_alias_cas``: ``ledger_version`` is the ledger version the caller compared MLflow
+    against (``ledger_heads``); the commit must land exactly at ``ledger_version + 1``, so if a promoter (or
+    another detector) wrote the ledger meanwhile -> ``AliasConflictError`` and nothing is recorded: read again.
+    Afterwards the ledger's value of each alias is MLflow's, so compare-and-set callers expect that value."""
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    name = _name(settings, model_name)
+    if not entries:
+        return ledger_version
+    if bad := [e.alias for e in entries if e.alias not in ALIASES]:
+        raise ValueError(f"unknown aliases {bad}; lakeloop uses {ALIASES}")
+    dt = _ledger(settings)
+    if dt.version() != ledger_version:
+        raise AliasConflictError(f"the promotion ledger moved from version {ledger_version} to {dt.version()} while comparing it with MLflow",
+                                 hint="compare again")
+    now = datetime.now(UTC)
+    rows = pa.Table.from_pylist([{
+        "at": now, "model_name": name, "alias": e.alias, "action": "set" if e.mlflow_value else "delete",
+        "from_version": e.ledger_value, "to_version": e.mlflow_value, "actor": "external", "reason": e.reason,
+        "metrics": json.dumps(e.details, sort_keys=True, default=str), "ledger_read_version": ledger_version,
+    } for e in entries], schema=LEDGER_SCHEMA)
+    try:
+        write_deltalake(dt, rows, mode="append", commit_properties=CommitProperties(
+            max_commit_retries=0, custom_metadata={"lakeloop.alias": ",".join(f"{name}@{e.alias}" for e in entries), "lakeloop.actor": "external"}))
+    except CommitFailedError:
+        raise AliasConflictError(f"another writer changed the ledger first while recording external changes of {name}", hint="compare again") from None
+    return ledger_version + 1
 
 
 # ---- model versions -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def drift_report(
         raise DataError("no champion model to monitor", hint="promote a model first (`lakeloop promote --start`)")
     since, until = config.window(monitoring.window_minutes)
 
-    reference_raw = training_reference(settings, sample=monitoring.reference_sample)
+    reference_raw = training_reference(settings, sample=monitoring.reference_sample, version=champion)
     model = model_store.load_pyfunc(settings, champion)
     reference_raw["score"] = score_frame(model, reference_raw)
     context.log.info("reference: %d training rows scored by champion v%s", len(reference_raw), champion)
