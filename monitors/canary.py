@@ -1,23 +1,47 @@
-"""Online canary metrics per model version over a window, and small-sample tests between the arms.
+"""Online canary metrics per model version, and always-valid tests between the arms.
 
 Feedback is sparse: a prediction counts towards agreement only once a user said something about its
 response (joined by ``response_id``). Agreement = the score's side of 0.5 matches the user's verdict.
-Arms are compared with one-sided Fisher exact tests, which stay exact at small counts.
+Arms are compared with the mixture SPRT of ``monitors.sequential`` on counts pooled since the canary
+started, evaluated at every look (``look_times``): its p-values are always valid, so the analysis may run
+every window for as long as the canary lives without rolling back an equal canary by chance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from scipy.stats import fisher_exact
+
+from monitors.sequential import (
+    DEFAULT_MIN_COUNT,
+    DEFAULT_TAU,
+    Counts,
+    always_valid_p,
+    sequential_test,
+)
+
+ERROR_TAU = 0.02  # mixing scale for error-rate differences: a couple of points matter there
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """How the arms are compared (``RolloutPolicy.comparison_config()`` builds it from the policy)."""
+
+    alpha: float = 0.05  # level of the confidence sequence (the p-values are reported, not thresholded, here)
+    tau: float = DEFAULT_TAU  # mixing scale of the agreement tests (``monitors.sequential``)
+    error_tau: float = ERROR_TAU  # ... and of the error-rate test
+    margin: float = 0.05  # non-inferiority margin on agreement
+    min_count: int = DEFAULT_MIN_COUNT  # labels per arm before a look counts
+    min_requests: int = 50  # requests per arm before the error test counts
 
 
 @dataclass(frozen=True)
 class ArmStats:
-    """What one model version did in the window."""
+    """What one model version did in the window (pooled: since the canary started)."""
 
     version: str
     n_predictions: int
@@ -40,11 +64,21 @@ class ArmStats:
 
 @dataclass(frozen=True)
 class CanaryComparison:
+    """Both arms and the always-valid statistics of the canary against the champion.
+
+    The p-values are running minima over ``n_looks`` looks at counts pooled since the canary started
+    (``monitors.sequential``): read them against alpha at every look, as often as you like."""
+
     champion: ArmStats
     canary: ArmStats
-    p_canary_worse: float | None  # H1: canary agreement < champion agreement
-    p_canary_better: float | None  # H1: canary agreement > champion agreement
-    p_errors_higher: float | None  # H1: canary error rate > champion error rate
+    p_canary_worse: float | None  # H1: canary agreement < champion agreement (always valid)
+    p_canary_better: float | None  # H1: canary agreement > champion agreement (always valid)
+    p_errors_higher: float | None  # H1: canary error rate > champion error rate (mSPRT on the service counters)
+    p_noninferior: float | None = None  # H1: canary agreement > champion's - margin (confidence sequence)
+    diff_low: float | None = None  # confidence sequence for canary - champion agreement, at level alpha
+    diff_high: float | None = None
+    n_looks: int = 1
+    margin: float | None = None  # the non-inferiority margin p_noninferior is about
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the ledger, MLflow tags and Dagster metadata (missing values left out)."""
@@ -59,7 +93,8 @@ class CanaryComparison:
             ):
                 if value is not None:
                     out[f"{arm_name}_{key}"] = float(value)
-        for key in ("p_canary_worse", "p_canary_better", "p_errors_higher"):
+        for key in ("p_canary_worse", "p_canary_better", "p_errors_higher", "p_noninferior", "diff_low", "diff_high",
+                    "n_looks", "margin"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = float(value)
@@ -71,8 +106,14 @@ def feedback_verdicts(feedback: pd.DataFrame) -> pd.DataFrame:
 
     The latest usable event wins; neutral ratings and pairwise preferences carry no pointwise verdict.
     """
+    return _verdict_events(feedback).drop_duplicates("response_id", keep="last")[["response_id", "satisfied"]].reset_index(drop=True)
+
+
+def _verdict_events(feedback: pd.DataFrame) -> pd.DataFrame:
+    """The usable verdict events (response_id, satisfied, occurred_at), oldest first."""
     if feedback.empty:
-        return pd.DataFrame({"response_id": pd.Series(dtype=str), "satisfied": pd.Series(dtype=float)})
+        return pd.DataFrame({"response_id": pd.Series(dtype=str), "satisfied": pd.Series(dtype=float),
+                             "occurred_at": pd.Series(dtype="datetime64[ns, UTC]")})
     kind = feedback["event_type"].astype(str)
     value = pd.to_numeric(feedback["value"], errors="coerce")
     satisfied = np.select(
@@ -87,9 +128,8 @@ def feedback_verdicts(feedback: pd.DataFrame) -> pd.DataFrame:
         default=np.nan,
     )
     out = pd.DataFrame({"response_id": feedback["response_id"].astype(str), "satisfied": satisfied})
-    out["occurred_at"] = pd.to_datetime(feedback["occurred_at"], utc=True)
-    out = out.dropna(subset=["satisfied"]).sort_values("occurred_at")
-    return out.drop_duplicates("response_id", keep="last")[["response_id", "satisfied"]].reset_index(drop=True)
+    out["occurred_at"] = pd.to_datetime(feedback["occurred_at"], utc=True, format="ISO8601")
+    return out.dropna(subset=["satisfied"]).sort_values("occurred_at", kind="stable").reset_index(drop=True)
 
 
 def arm_stats(
@@ -116,21 +156,63 @@ def arm_stats(
     )
 
 
-def _fisher(hits_a: int, n_a: int, hits_b: int, n_b: int, alternative: str) -> float | None:
-    if n_a == 0 or n_b == 0:
-        return None
-    table = [[hits_a, n_a - hits_a], [hits_b, n_b - hits_b]]
-    return float(fisher_exact(table, alternative=alternative).pvalue)
+def agreement_looks(
+    predictions: pd.DataFrame,
+    feedback: pd.DataFrame,
+    *,
+    champion_version: str,
+    canary_version: str,
+    look_times: Sequence[datetime],
+) -> list[Counts]:
+    """Cumulative agreement counts (canary = arm a) as they stood at each of ``look_times``: predictions
+    served before the look, with the latest verdict that had occurred before it (late feedback counts from
+    the look after it arrives). Needs ``served_at`` on the predictions and ``occurred_at`` on the feedback."""
+    preds = predictions.assign(response_id=predictions["response_id"].astype(str),
+                               model_version=predictions["model_version"].astype(str))
+    preds = preds[preds["model_version"].isin([str(canary_version), str(champion_version)])]
+    events = _verdict_events(feedback).merge(
+        preds[["response_id", "model_version", "score", "served_at"]], on="response_id", how="inner")
+    events["served_at"] = pd.to_datetime(events["served_at"], utc=True, format="ISO8601")
+    events["agree"] = ((events["score"] >= 0.5).astype(float) == events["satisfied"]).astype(int)
+    looks = []
+    for t in look_times:
+        ts = pd.Timestamp(t)
+        seen = events[(events["occurred_at"] < ts) & (events["served_at"] < ts)].drop_duplicates("response_id", keep="last")
+        can = seen[seen["model_version"] == str(canary_version)]
+        champ = seen[seen["model_version"] == str(champion_version)]
+        looks.append(Counts(int(can["agree"].sum()), len(can), int(champ["agree"].sum()), len(champ)))
+    return looks
 
 
-def compare_arms(champion: ArmStats, canary: ArmStats) -> CanaryComparison:
-    """Fisher exact tests of the canary against the champion (agreement both ways, errors upwards)."""
-    p_worse = _fisher(canary.n_agree, canary.n_feedback, champion.n_agree, champion.n_feedback, "less")
-    p_better = _fisher(canary.n_agree, canary.n_feedback, champion.n_agree, champion.n_feedback, "greater")
+def compare_arms(
+    champion: ArmStats,
+    canary: ArmStats,
+    *,
+    looks: Sequence[Counts] | None = None,
+    config: ComparisonConfig = ComparisonConfig(),
+) -> CanaryComparison:
+    """Always-valid tests of the canary against the champion: agreement both ways and non-inferiority over
+    ``looks`` (cumulative counts, oldest first; default: the arms' counts as the only look), errors upwards
+    on the service counters (one look: they have no history)."""
+    if looks is None or not looks:
+        looks = [Counts(canary.n_agree, canary.n_feedback, champion.n_agree, champion.n_feedback)]
+    seq = sequential_test(looks, alpha=config.alpha, tau=config.tau, margin=config.margin, min_count=config.min_count)
     p_err = None
     if None not in (canary.n_errors, canary.n_requests, champion.n_errors, champion.n_requests):
-        p_err = _fisher(canary.n_errors, canary.n_requests, champion.n_errors, champion.n_requests, "greater")  # type: ignore[arg-type]
-    return CanaryComparison(champion, canary, p_worse, p_better, p_err)
+        p_err = always_valid_p([Counts(canary.n_errors, canary.n_requests, champion.n_errors, champion.n_requests)],  # type: ignore[arg-type]
+                               alternative="greater", tau=config.error_tau, min_count=config.min_requests)
+    enough = canary.n_feedback > 0 and champion.n_feedback > 0
+    return CanaryComparison(
+        champion, canary,
+        p_canary_worse=seq.p_worse if enough else None,
+        p_canary_better=seq.p_better if enough else None,
+        p_errors_higher=p_err,
+        p_noninferior=seq.p_noninferior if enough else None,
+        diff_low=seq.diff_low if seq.n_valid_looks else None,
+        diff_high=seq.diff_high if seq.n_valid_looks else None,
+        n_looks=seq.n_looks,
+        margin=config.margin,
+    )
 
 
 def analyze_window(
@@ -140,10 +222,15 @@ def analyze_window(
     champion_version: str,
     canary_version: str,
     counters: Mapping[str, tuple[int, int]] | None = None,
+    look_times: Sequence[datetime] | None = None,
+    config: ComparisonConfig = ComparisonConfig(),
 ) -> CanaryComparison:
-    """Compare canary and champion over one window of predictions and the feedback that followed them.
+    """Compare canary and champion over predictions and the feedback that followed them.
 
-    ``counters`` maps a model version to (requests, errors) as counted by the service over the window.
+    Pass everything since the canary started and the times of the analyses so far as ``look_times`` (the
+    last one the end of the data): the p-values are then always valid over those looks. Without
+    ``look_times`` the data is one look (valid for a single analysis of it, not for a fresh window each time).
+    ``counters`` maps a model version to (requests, errors) as counted by the service.
     """
     missing = {"response_id", "model_version", "score", "latency_ms"} - set(predictions.columns)
     if missing:
@@ -153,4 +240,12 @@ def analyze_window(
     counters = counters or {}
     champ = arm_stats(predictions, verdicts, version=champion_version, counters=counters.get(str(champion_version)))
     can = arm_stats(predictions, verdicts, version=canary_version, counters=counters.get(str(canary_version)))
-    return compare_arms(champ, can)
+    looks = None
+    if look_times:
+        if "served_at" not in predictions.columns:
+            raise ValueError("predictions lack column served_at, which looks at past times need")
+        looks = agreement_looks(predictions, feedback, champion_version=champion_version, canary_version=canary_version,
+                                look_times=look_times)
+        # the last look is the data as it stands now
+        looks[-1] = Counts(can.n_agree, can.n_feedback, champ.n_agree, champ.n_feedback)
+    return compare_arms(champ, can, looks=looks, config=config)

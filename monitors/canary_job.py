@@ -1,10 +1,17 @@
-"""One canary analysis window end to end: load, compare, decide (pure), act through the rollout module, alert."""
+"""One canary analysis end to end: load, compare, decide (pure), act through the rollout module, alert.
+
+By default the analysis is pooled: every prediction served since the canary started (its latest ``canary``
+entry in the promotion ledger) and all the feedback on them that has arrived, with looks at every window
+boundary back to the start, so the always-valid tests of ``monitors.sequential`` keep their level however
+many windows are analysed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 import pandas as pd
@@ -14,8 +21,18 @@ from infra.settings import Settings
 from monitors import model_store, rollout
 from monitors.alerts import Alert, Delivery, Notifier
 from monitors.canary import CanaryComparison, analyze_window
-from monitors.decision import Decision, Hold, Promote, Rollback, RolloutPolicy, decide_rollout
+from monitors.decision import (
+    Decision,
+    Hold,
+    Promote,
+    Rollback,
+    RolloutPolicy,
+    decide_rollout,
+)
 from monitors.windows import Source, load_window
+
+log = logging.getLogger("lakeloop.monitors.canary_job")
+MAX_LOOKS = 1000  # looks reconstructed back to the canary's start; older boundaries are dropped
 
 
 def policy_from_settings(settings: Settings, **overrides: object) -> RolloutPolicy:
@@ -56,12 +73,16 @@ def analyze_and_act(
     counters: Mapping[str, tuple[int, int]] | None = None,
     apply: bool = True,
     links: Mapping[str, str] | None = None,
+    look_times: Sequence[datetime] | None = None,
 ) -> CanaryResult:
+    """Compare, decide and act on predictions and feedback already loaded. ``look_times``: the analyses so
+    far (the last one now) when the data is pooled since the canary started; None: the data is one look."""
     before = rollout.read_status(settings)
     if before.canary is None or before.champion is None:
         return CanaryResult(None, Hold("no canary in flight"), before, before, None)
     comparison = analyze_window(
-        predictions, feedback, champion_version=before.champion, canary_version=before.canary, counters=counters
+        predictions, feedback, champion_version=before.champion, canary_version=before.canary, counters=counters,
+        look_times=look_times, config=policy.comparison_config(),
     )
     decision = decide_rollout(comparison, policy, current_share=before.canary_share)
     after, delivery = before, None
@@ -81,10 +102,36 @@ def analyze_and_act(
     return CanaryResult(comparison, decision, before, after, delivery)
 
 
+def canary_started_at(settings: Settings, canary_version: str) -> datetime | None:
+    """When ``canary_version`` last became the canary: the latest promotion-ledger entry setting alias
+    ``canary`` to it for this model (read only); None when the ledger has no such entry."""
+    from trainers.registry import ledger_entries
+
+    ledger = ledger_entries(settings)
+    if ledger.empty:
+        return None
+    mine = ledger[(ledger["model_name"] == settings.registered_model_name) & (ledger["alias"] == "canary")
+                  & (ledger["action"] == "set") & (ledger["to_version"].astype(str) == str(canary_version))]
+    if mine.empty:
+        return None
+    return pd.Timestamp(mine["at"].max()).to_pydatetime()
+
+
+def look_times_between(start: datetime, until: datetime, step: timedelta, *, max_looks: int = MAX_LOOKS) -> list[datetime]:
+    """Looks every ``step`` back from ``until`` to just after ``start`` (oldest first, ``until`` last): the
+    analyses a canary analysed once per window has had. At most ``max_looks``."""
+    if step <= timedelta(0):
+        raise ValueError(f"the step between looks must be positive, got {step}")
+    out = [until]
+    while len(out) < max_looks and out[-1] - step > start:
+        out.append(out[-1] - step)
+    return out[::-1]
+
+
 def run_canary_window(
     settings: Settings,
     *,
-    since: datetime,
+    since: datetime | None = None,
     until: datetime,
     notifier: Notifier,
     policy: RolloutPolicy | None = None,
@@ -93,12 +140,32 @@ def run_canary_window(
     actor: str = "canary-analysis",
     apply: bool = True,
     links: Mapping[str, str] | None = None,
+    pooled: bool = True,
 ) -> CanaryResult:
-    """Predictions served in [since, until) and the feedback on them up to ``feedback_until`` (default until).
+    """Analyse the canary at ``until`` and act on the decision.
+
+    ``pooled`` (default): predictions served since the canary started (promotion ledger) up to ``until``,
+    with feedback up to ``feedback_until`` (default until), looked at once per window of ``until - since``
+    (``settings.canary_window_minutes`` without ``since``) back to the start. If the ledger does not know
+    the canary's start, the window [since, until) is the only data (logged). ``pooled=False``: predictions
+    served in [since, until) as one look (not valid when repeated every window).
     Records of a Kafka window that the ingestor would reject are skipped; ``invalid_records`` counts them."""
-    window = load_window(settings, since=since, until=until, feedback_until=feedback_until, source=source)
+    step = (until - since) if since is not None else timedelta(minutes=settings.canary_window_minutes)
+    start, look_times = since if since is not None else until - step, None
+    if pooled:
+        status = rollout.read_status(settings)
+        started = canary_started_at(settings, status.canary) if status.canary is not None else None
+        if started is not None:
+            start = started
+        elif status.canary is not None:
+            log.warning("no promotion-ledger entry for canary v%s: analysing the window since %s only", status.canary, start)
+        if start < until:
+            look_times = look_times_between(start, until, step)
+    if start >= until:
+        raise ValueError(f"window start {start} is not before its end {until}")
+    window = load_window(settings, since=start, until=until, feedback_until=feedback_until, source=source)
     result = analyze_and_act(
         settings, window.predictions, window.feedback, policy=policy or policy_from_settings(settings), notifier=notifier,
-        actor=actor, counters=service_counters(settings), apply=apply, links=links,
+        actor=actor, counters=service_counters(settings), apply=apply, links=links, look_times=look_times,
     )
     return replace(result, invalid_records=dict(window.invalid))

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitors.canary import CanaryComparison
+from monitors.canary import ERROR_TAU, CanaryComparison, ComparisonConfig
+from monitors.sequential import DEFAULT_TAU
 
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    """When a canary moves up, stays, or is rolled back. Defaults suit sparse feedback."""
+    """When a canary moves up, stays, or is rolled back. Defaults suit sparse feedback.
+
+    The agreement and error tests are always valid (``monitors.sequential``): ``alpha`` bounds the chance
+    that a canary no worse than the champion is ever rolled back on agreement over its whole life, however
+    many windows are analysed, provided the comparison pools the counts since the canary started."""
 
     steps: tuple[float, ...] = (0.1, 0.5)  # canary traffic shares before it becomes champion
-    min_feedback: int = 30  # labelled predictions per arm before agreement is judged
-    alpha: float = 0.05  # one-sided significance for every test
+    min_feedback: int = 30  # labelled predictions per arm before agreement is judged (and before a look counts)
+    alpha: float = 0.05  # always-valid level of every test (one-sided each)
     max_error_rate: float = 0.05  # a canary above this error rate is rolled back outright
     min_requests: int = 50  # requests per arm before error rate / latency are judged
     max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back
     equivalence_feedback: int = 400  # with this many labels per arm and no significant difference ...
-    equivalence_margin: float = 0.02  # ... a canary within this agreement margin is promoted
+    equivalence_margin: float = 0.05  # ... a canary whose confidence sequence is above -margin is promoted
+    tau: float = DEFAULT_TAU  # mixing scale of the agreement tests: ~10-point effects
+    error_tau: float = ERROR_TAU  # mixing scale of the error-rate test
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must be increasing shares in (0, 1), got {self.steps}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.tau <= 0 or self.error_tau <= 0 or self.equivalence_margin < 0 or self.min_feedback < 1:
+            raise ValueError("tau and error_tau must be > 0, equivalence_margin >= 0 and min_feedback >= 1")
+
+    def comparison_config(self) -> ComparisonConfig:
+        """How ``monitors.canary`` compares the arms under this policy."""
+        return ComparisonConfig(alpha=self.alpha, tau=self.tau, error_tau=self.error_tau, margin=self.equivalence_margin,
+                                min_count=self.min_feedback, min_requests=self.min_requests)
 
 
 @dataclass(frozen=True)
@@ -61,10 +75,12 @@ def next_step(policy: RolloutPolicy, current_share: float) -> float | None:
 
 
 def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, current_share: float) -> Decision:
-    """Promote, hold or roll back the canary given one window's comparison with the champion.
+    """Promote, hold or roll back the canary given its comparison with the champion (pooled since it started).
 
-    Order: hard failures (errors, latency) first, then agreement with user feedback; anything without
-    enough evidence is a Hold.
+    Order: hard failures (error ceiling, errors significantly higher, latency) first, then agreement with
+    user feedback: significantly worse -> Rollback; significantly better -> Promote; with
+    ``equivalence_feedback`` labels per arm and the confidence sequence above ``-equivalence_margin`` ->
+    Promote (non-inferior). Anything without enough evidence is a Hold. Every p-value is always valid.
     """
     can, champ = comparison.canary, comparison.champion
     if can.n_requests is not None and can.n_requests >= policy.min_requests:
@@ -72,7 +88,7 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
         if rate > policy.max_error_rate:
             return Rollback(f"canary error rate {rate:.1%} above {policy.max_error_rate:.1%}")
         if comparison.p_errors_higher is not None and comparison.p_errors_higher < policy.alpha:
-            return Rollback(f"canary errors significantly higher (p={comparison.p_errors_higher:.3g})")
+            return Rollback(f"canary errors significantly higher (always-valid p={comparison.p_errors_higher:.3g})")
     if (
         can.n_predictions >= policy.min_requests
         and champ.n_predictions >= policy.min_requests
@@ -88,17 +104,28 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
             f"not enough feedback yet (canary {can.n_feedback}, champion {champ.n_feedback}, need {policy.min_feedback} each)"
         )
     p_worse, p_better = comparison.p_canary_worse, comparison.p_canary_better
+    looks = f"{comparison.n_looks} look{'s' if comparison.n_looks != 1 else ''}"
     if p_worse is not None and p_worse < policy.alpha:
-        return Rollback(f"canary agrees with users less: {can.agreement:.1%} vs {champ.agreement:.1%} (p={p_worse:.3g})")
+        return Rollback(f"canary agrees with users less: {can.agreement:.1%} vs {champ.agreement:.1%} "
+                        f"(always-valid p={p_worse:.3g} after {looks})")
     to = next_step(policy, current_share)
     if p_better is not None and p_better < policy.alpha:
-        return Promote(f"canary agrees with users more: {can.agreement:.1%} vs {champ.agreement:.1%} (p={p_better:.3g})", to)
+        return Promote(f"canary agrees with users more: {can.agreement:.1%} vs {champ.agreement:.1%} "
+                       f"(always-valid p={p_better:.3g} after {looks})", to)
+    p_ok = comparison.p_noninferior
     if (
         can.n_feedback >= policy.equivalence_feedback
         and champ.n_feedback >= policy.equivalence_feedback
-        and can.agreement is not None
-        and champ.agreement is not None
-        and can.agreement >= champ.agreement - policy.equivalence_margin
+        and p_ok is not None
+        and p_ok < policy.alpha
+        and (comparison.margin is None or comparison.margin <= policy.equivalence_margin + 1e-12)
     ):
-        return Promote(f"canary equivalent within {policy.equivalence_margin:.0%} on {can.n_feedback} labels", to)
-    return Hold(f"inconclusive: {can.agreement:.1%} vs {champ.agreement:.1%} (p_worse={p_worse:.3g}, p_better={p_better:.3g})")
+        return Promote(f"canary not worse than {policy.equivalence_margin:.0%} below the champion on {can.n_feedback} labels "
+                       f"(difference >= {comparison.diff_low:+.3f} always-valid; p={p_ok:.3g})", to)
+    cs = "" if comparison.diff_low is None else f", difference in [{comparison.diff_low:+.3f}, {comparison.diff_high:+.3f}]"
+    return Hold(f"inconclusive: {can.agreement:.1%} vs {champ.agreement:.1%} (p_worse={_p(p_worse)}, p_better={_p(p_better)}"
+                f"{cs} after {looks})")
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pandas as pd
 import pytest
 
-from monitors.canary import ArmStats, analyze_window, compare_arms, feedback_verdicts
-from monitors.decision import Hold, Promote, Rollback, RolloutPolicy, decide_rollout, next_step
+from monitors.canary import (
+    ArmStats,
+    agreement_looks,
+    analyze_window,
+    compare_arms,
+    feedback_verdicts,
+)
+from monitors.decision import (
+    Hold,
+    Promote,
+    Rollback,
+    RolloutPolicy,
+    decide_rollout,
+    next_step,
+)
+from monitors.sequential import Counts
 
 POLICY = RolloutPolicy(steps=(0.1, 0.5), min_feedback=30, alpha=0.05, equivalence_feedback=400)
 
@@ -30,7 +46,11 @@ CASES = [
     ("clearly-better-step1", arms(60, 30, 40, 36), 0.1, Promote, 0.5),
     ("clearly-better-last-step", arms(60, 30, 40, 36), 0.5, Promote, None),
     ("inconclusive", arms(60, 45, 40, 28), 0.1, Hold, None),
-    ("equivalent-big-sample", arms(500, 400, 450, 356), 0.1, Promote, 0.5),
+    # non-inferiority is always valid too: at ~500 labels the confidence sequence is still ~+-8 points wide,
+    # so a canary 1 point below is held; with 3000 labels per arm it is within the 5-point margin
+    ("equivalent-too-few-labels", arms(500, 400, 450, 356), 0.1, Hold, None),
+    ("equivalent-big-sample", arms(3000, 2400, 3000, 2380, n_pred=6000), 0.1, Promote, 0.5),
+    ("better-below-equivalence-labels", arms(300, 210, 300, 255), 0.1, Promote, 0.5),
     ("slightly-worse-big-sample", arms(500, 420, 450, 360), 0.1, Hold, None),
     ("error-ceiling", arms(60, 54, 40, 36, can_req=100, can_err=9, champ_req=900, champ_err=0), 0.1, Rollback, None),
     ("errors-below-min-requests", arms(60, 30, 40, 36, can_req=20, can_err=3, champ_req=900, champ_err=0), 0.1, Promote, 0.5),
@@ -97,3 +117,75 @@ def test_analyze_window_joins_feedback_by_response_and_version() -> None:
     assert cmp.champion.error_rate is None  # no counters: unknown, never 0
     assert cmp.canary.latency_p95_ms == pytest.approx(3.95)
     assert "canary_agreement" in cmp.metrics() and "champion_error_rate" not in cmp.metrics()
+
+
+def test_an_earlier_significant_look_still_counts() -> None:
+    """The p-values are running minima over the looks: a canary clearly worse at one look is not let off
+    because a later look (late, kinder feedback) looks better."""
+    champ, can = ArmStats("1", 900, 300, 210, 10.0), ArmStats("2", 900, 300, 200, 10.0)  # 70% vs 67%: inconclusive
+    alone = compare_arms(champ, can)
+    assert isinstance(decide_rollout(alone, POLICY, current_share=0.5), Hold)
+    looks = [Counts(60, 150, 120, 150), Counts(200, 300, 210, 300)]  # 40% vs 80% at the first look
+    pooled = compare_arms(champ, can, looks=looks)
+    assert pooled.n_looks == 2 and pooled.p_canary_worse < 1e-6
+    assert isinstance(decide_rollout(pooled, POLICY, current_share=0.5), Rollback)
+    assert pooled.metrics()["n_looks"] == 2.0 and pooled.metrics()["p_canary_worse"] == pooled.p_canary_worse
+
+
+def test_comparison_metrics_are_flat_numbers() -> None:
+    m = arms(300, 210, 300, 255).metrics()
+    assert all(isinstance(v, float) for v in m.values())
+    assert {"p_canary_worse", "p_canary_better", "p_noninferior", "diff_low", "diff_high", "n_looks", "margin"} <= set(m)
+    assert m["diff_low"] < 255 / 300 - 210 / 300 < m["diff_high"]
+
+
+def test_agreement_looks_count_late_feedback_from_the_look_after_it_arrives() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    iso = lambda minutes: (t0 + timedelta(minutes=minutes)).isoformat()
+    preds = pd.DataFrame({
+        "response_id": ["a", "b", "c", "d"], "model_version": ["1", "2", "2", "1"], "score": [0.9, 0.9, 0.1, 0.2],
+        "latency_ms": 1.0, "served_at": [iso(1), iso(2), iso(12), iso(13)],
+    })
+    fb = pd.DataFrame({
+        "response_id": ["a", "b", "c", "b", "d"], "event_type": ["thumbs", "thumbs", "thumbs", "correction", "rating"],
+        "value": [1.0, 1.0, 1.0, None, 2.0],
+        "occurred_at": [iso(3), iso(4), iso(14), iso(25), iso(26)],  # b's correction and d's rating come late
+    })
+    looks = agreement_looks(preds, fb, champion_version="1", canary_version="2",
+                            look_times=[t0 + timedelta(minutes=m) for m in (10, 20, 30)])
+    assert looks == [
+        Counts(1, 1, 1, 1),  # a agrees (champion), b agrees (canary)
+        Counts(1, 2, 1, 1),  # + c: canary scored 0.1 on a thumbs-up
+        Counts(0, 2, 2, 2),  # b's later correction flips it; d (0.2, rating 2) agrees
+    ]
+    cmp = analyze_window(preds, fb, champion_version="1", canary_version="2",
+                         look_times=[t0 + timedelta(minutes=m) for m in (10, 20, 30)])
+    assert cmp.n_looks == 3 and (cmp.canary.n_agree, cmp.canary.n_feedback) == (0, 2)
+
+
+def test_canary_start_comes_from_the_latest_ledger_entry(settings) -> None:
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from infra.tables import table_uri
+    from monitors.canary_job import canary_started_at, look_times_between
+    from trainers.registry import LEDGER, LEDGER_SCHEMA
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    name = settings.registered_model_name
+
+    def entry(minutes: int, alias: str, action: str, to: str | None, model: str = name) -> dict:
+        return {"at": t0 + timedelta(minutes=minutes), "model_name": model, "alias": alias, "action": action,
+                "from_version": None, "to_version": to, "actor": "t", "reason": "r", "metrics": "{}", "ledger_read_version": minutes}
+
+    assert canary_started_at(settings, "3") is None  # an empty ledger
+    rows = [entry(0, "champion", "set", "1"), entry(5, "canary", "set", "3"), entry(9, "canary", "delete", None),
+            entry(20, "canary", "set", "3"), entry(30, "canary", "set", "3", model="other-model"), entry(40, "canary", "set", "4")]
+    write_deltalake(table_uri(settings, LEDGER), pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), mode="append")
+    assert canary_started_at(settings, "3") == t0 + timedelta(minutes=20)  # restarted at 20; 30 is another model's
+    assert canary_started_at(settings, "7") is None
+    looks = look_times_between(t0, t0 + timedelta(minutes=35), timedelta(minutes=10))
+    assert looks == [t0 + timedelta(minutes=m) for m in (5, 15, 25, 35)]
+    assert look_times_between(t0, t0 + timedelta(minutes=35), timedelta(minutes=1), max_looks=3)[0] == t0 + timedelta(minutes=33)
+    with pytest.raises(ValueError):
+        look_times_between(t0, t0 + timedelta(minutes=1), timedelta(0))

@@ -1,0 +1,200 @@
+"""Always-valid comparison of two Bernoulli proportions (canary vs champion), safe to look at every window.
+
+A fixed-sample test (Fisher, z) run on every window rejects an A/A canary by chance sooner or later: at
+alpha = 0.05 per look, 200 looks reject almost surely. The mixture sequential probability ratio test (mSPRT)
+of Johari, Pekelis & Walsh ("Always valid inference", 2017/2022; Robbins 1970) gives a p-value that may be
+read after every observation with P(it ever drops below alpha | H0) <= alpha.
+
+Normal approximation. At a look the arms have ``hits_a / n_a`` (canary) and ``hits_b / n_b`` (champion);
+``d = p_a - p_b`` is approximately N(theta, V) with ``V = p(1-p) (1/n_a + 1/n_b)``. The likelihood ratio of
+theta against 0 is ``exp((theta d - theta^2 / 2) / V)``; mixed over a prior on theta it is a nonnegative
+(super)martingale under H0, so by Ville's inequality it exceeds 1/alpha with probability at most alpha,
+ever. With the prior N(0, tau^2) (two-sided):
+
+    Lambda = sqrt(V / (V + tau^2)) * exp(tau^2 d^2 / (2 V (V + tau^2)))
+
+With the half-normal prior on theta > 0 (one-sided: "canary better"; mirror it for "canary worse"):
+
+    Lambda+ = 2 sqrt(V / (V + tau^2)) * exp(tau^2 d^2 / (2 V (V + tau^2))) * Phi(tau d / sqrt(V (V + tau^2)))
+
+which is also a supermartingale under the composite null theta <= 0. The always-valid p-value is the
+running minimum of min(1, 1/Lambda) over the looks, so it never rises. The two-sided mixture inverted gives
+the confidence sequence ``d +- sqrt(V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2) / V)))``,
+intersected over the looks: non-inferiority to a margin m is "the lower end is above -m", which is the
+same as the two-sided mixture's p-value for theta = -m falling below alpha.
+
+tau is the scale of the differences the test is tuned to detect. The mixture is most powerful for an
+effect of size |theta| at the sample where theta^2 is about tau^2 + V, i.e. where the standard error is
+already well below tau. We care about ~10-point changes in agreement, caught when V is ~(0.03)^2, so
+``tau = 0.1`` (``DEFAULT_TAU``). A smaller tau costs a little power on large regressions, a larger one
+a little on the 10-point ones; neither touches validity.
+
+Variance: the tests of theta = 0 use the pooled rate (what H0 says both arms share), the confidence
+sequence and the margin test each arm's own rate, both smoothed (``(hits + 1/2) / (n + 1)``) so that 0 or
+n hits never give V = 0. A look counts only when both arms have ``min_count`` observations: below that
+the normal approximation is poor, and nothing can be rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import log_ndtr
+
+Alternative = Literal["greater", "less", "two-sided"]  # of theta = p_canary - p_champion (+ margin)
+DEFAULT_TAU = 0.1  # mixing scale for differences in agreement: ~10-point effects (module docstring)
+DEFAULT_MIN_COUNT = 30  # observations per arm before a look can reject
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Cumulative counts of both arms at one look: ``a`` is the canary, ``b`` the champion."""
+
+    hits_a: int
+    n_a: int
+    hits_b: int
+    n_b: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.hits_a <= self.n_a and 0 <= self.hits_b <= self.n_b):
+            raise ValueError(f"need 0 <= hits <= n on both arms, got {self}")
+
+    @property
+    def difference(self) -> float | None:
+        """p_a - p_b, or None while an arm is empty."""
+        if self.n_a == 0 or self.n_b == 0:
+            return None
+        return self.hits_a / self.n_a - self.hits_b / self.n_b
+
+
+def _smoothed(hits: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
+    return (hits + 0.5) / (n + 1.0)
+
+
+def _variance(hits_a: NDArray[np.float64], n_a: NDArray[np.float64], hits_b: NDArray[np.float64],
+              n_b: NDArray[np.float64], *, pooled: bool) -> NDArray[np.float64]:
+    if pooled:
+        p = _smoothed(hits_a + hits_b, n_a + n_b)
+        return p * (1 - p) * (1 / n_a + 1 / n_b)
+    pa, pb = _smoothed(hits_a, n_a), _smoothed(hits_b, n_b)
+    return pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+
+
+def log_mixture_lr(
+    estimate: ArrayLike, variance: ArrayLike, *, tau: float = DEFAULT_TAU, alternative: Alternative = "two-sided",
+) -> NDArray[np.float64]:
+    """log Lambda of an estimate ~ N(theta, variance) against theta = 0, mixed over N(0, tau^2) (two-sided) or
+    its half on the alternative's side (module docstring). Vectorised; ``variance`` must be > 0."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    d = np.asarray(estimate, dtype=float)
+    v = np.asarray(variance, dtype=float)
+    t2 = tau * tau
+    out = 0.5 * np.log(v / (v + t2)) + t2 * d * d / (2 * v * (v + t2))
+    if alternative == "two-sided":
+        return out
+    sign = 1.0 if alternative == "greater" else -1.0
+    return out + math.log(2.0) + log_ndtr(sign * tau * d / np.sqrt(v * (v + t2)))
+
+
+def log_lr_counts(
+    hits_a: ArrayLike, n_a: ArrayLike, hits_b: ArrayLike, n_b: ArrayLike, *, alternative: Alternative,
+    tau: float = DEFAULT_TAU, margin: float = 0.0, min_count: int = DEFAULT_MIN_COUNT,
+) -> NDArray[np.float64]:
+    """log Lambda for theta = p_a - p_b against ``-margin`` at each look (arrays of cumulative counts).
+
+    ``margin = 0`` tests equality with the pooled variance; a margin m > 0 tests theta = -m (non-inferiority
+    with ``alternative="greater"``) with each arm's own variance. Looks where an arm has fewer than
+    ``min_count`` observations get log Lambda = -inf (p = 1)."""
+    ha, na, hb, nb = (np.asarray(x, dtype=float) for x in (hits_a, n_a, hits_b, n_b))
+    enough = (na >= max(min_count, 1)) & (nb >= max(min_count, 1))
+    safe_na, safe_nb = np.where(enough, na, 1.0), np.where(enough, nb, 1.0)
+    d = np.where(enough, ha / safe_na - hb / safe_nb, 0.0) + margin
+    v = _variance(np.where(enough, ha, 0.0), safe_na, np.where(enough, hb, 0.0), safe_nb, pooled=margin == 0.0)
+    out = log_mixture_lr(d, v, tau=tau, alternative=alternative)
+    return np.where(enough, out, -np.inf)
+
+
+def running_p(log_lr: ArrayLike, axis: int = -1) -> NDArray[np.float64]:
+    """Always-valid p-values after each look: the running minimum of min(1, 1/Lambda) along ``axis``."""
+    lr = np.asarray(log_lr, dtype=float)
+    return np.minimum.accumulate(np.minimum(1.0, np.exp(-lr)), axis=axis)
+
+
+def always_valid_p(
+    looks: Sequence[Counts], *, alternative: Alternative, tau: float = DEFAULT_TAU, margin: float = 0.0,
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> float:
+    """The always-valid p-value after the last of ``looks`` (cumulative counts, oldest first); 1.0 if none.
+
+    ``alternative="less"``: H1 canary below champion; ``"greater"``: above (by more than ``-margin``)."""
+    if not looks:
+        return 1.0
+    arr = np.array([(c.hits_a, c.n_a, c.hits_b, c.n_b) for c in looks], dtype=float).T
+    log_lr = log_lr_counts(*arr, alternative=alternative, tau=tau, margin=margin, min_count=min_count)
+    return float(running_p(log_lr)[-1])
+
+
+def confidence_sequence(
+    looks: Sequence[Counts], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
+) -> tuple[float, float]:
+    """A (1 - alpha) confidence sequence for p_a - p_b after the last look: the running intersection of the
+    two-sided mixture's intervals; (-1, 1) until a look has ``min_count`` on both arms."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    low, high = -1.0, 1.0
+    t2 = tau * tau
+    for c in looks:
+        if c.n_a < max(min_count, 1) or c.n_b < max(min_count, 1):
+            continue
+        v = float(_variance(np.array(c.hits_a, float), np.array(c.n_a, float), np.array(c.hits_b, float),
+                            np.array(c.n_b, float), pooled=False))
+        radius = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
+        d = c.difference or 0.0
+        low, high = max(low, d - radius), min(high, d + radius)
+    return low, high
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """The always-valid statistics of canary vs champion after the latest look."""
+
+    p_worse: float  # H1: canary proportion below the champion's
+    p_better: float  # H1: canary proportion above
+    p_noninferior: float  # H1: canary proportion above champion's - margin (two-sided mixture, sign-checked)
+    diff_low: float  # confidence sequence for p_canary - p_champion at level alpha
+    diff_high: float
+    n_looks: int  # looks so far (including those below the minimum counts)
+    n_valid_looks: int  # looks with min_count on both arms
+
+
+def sequential_test(
+    looks: Sequence[Counts], *, alpha: float = 0.05, tau: float = DEFAULT_TAU, margin: float = 0.05,
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> SequentialResult:
+    """Always-valid p-values (worse, better, non-inferior by ``margin``) and the confidence sequence after
+    the last of ``looks`` (cumulative counts, oldest first; the canary is arm a)."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    kw = {"tau": tau, "min_count": min_count}
+    low, high = confidence_sequence(looks, alpha=alpha, **kw)  # type: ignore[arg-type]
+    if looks:
+        arr = np.array([(c.hits_a, c.n_a, c.hits_b, c.n_b) for c in looks], dtype=float).T
+        # non-inferiority: the two-sided mixture at theta = -margin, counted only when the estimate is above it,
+        # so that p_noninferior < alpha exactly when the confidence sequence's lower end is above -margin
+        two = log_lr_counts(*arr, alternative="two-sided", margin=margin, **kw)  # type: ignore[arg-type]
+        above = arr[0] / np.maximum(arr[1], 1) - arr[2] / np.maximum(arr[3], 1) + margin > 0
+        p_nonin = float(running_p(np.where(above, two, -np.inf))[-1])
+    else:
+        p_nonin = 1.0
+    n_valid = sum(1 for c in looks if c.n_a >= max(min_count, 1) and c.n_b >= max(min_count, 1))
+    return SequentialResult(
+        p_worse=always_valid_p(looks, alternative="less", **kw),  # type: ignore[arg-type]
+        p_better=always_valid_p(looks, alternative="greater", **kw),  # type: ignore[arg-type]
+        p_noninferior=p_nonin, diff_low=low, diff_high=high, n_looks=len(looks), n_valid_looks=n_valid,
+    )
