@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from infra.errors import ServiceError
@@ -156,7 +156,7 @@ class VersionView:
 
 
 def _ms(ts: int | None) -> datetime | None:
-    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc) if ts else None
+    return datetime.fromtimestamp(ts / 1000, tz=UTC) if ts else None
 
 
 def registry_view(settings: Settings) -> RegistryView | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -232,7 +232,7 @@ def detect_external_changes(settings: Settings, *, settle_seconds: float = 60.0,
         if view is None:
             return []
         ledger_version, heads = reg.ledger_heads(settings)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         share = model_store.canary_share(settings)
         if view.aliases.get("canary") is None and share > 0:  # no canary, no canary traffic (what promote/rollback keep too)
             model_store.set_canary_share(settings, 0.0)
