@@ -8,6 +8,7 @@ the same topic and broker, in this run:
 and freshness (produce -> visible to a Delta reader) at 1k events/s with the default 1 s flush latency.
 
     python -m bench.bench_ingest [--events 300000] [--rounds 3] [--skip-spark]
+    python -m bench.bench_ingest --freshness-service [--rate 100] [--seconds 30]   # the supervised service only
 
 "Sustained" is counted from the first record to the last commit, so the pipeline's fill and drain (the
 first flush waits for a batch; the last commit comes after the last poll) are in the figure; 300k events
@@ -138,9 +139,8 @@ def spark_streaming(settings, topic: str, n: int) -> float:
 
 
 def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[float]:
-    """Seconds from send to visible in bronze/feedback_events (a reader polling every 50 ms), at ``rate``/s."""
-    from deltalake import DeltaTable
-
+    """Seconds from send to visible in bronze/feedback_events (a reader polling every 50 ms), at ``rate``/s,
+    with an in-process ingestor (1 s flush latency)."""
     from feedback.batch import FlushPolicy
     from feedback.ingestor import Ingestor
     from feedback.producer import FeedbackProducer
@@ -154,13 +154,30 @@ def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[floa
     worker = threading.Thread(target=ingestor.run, kwargs={"stop": stop}, daemon=True)
     worker.start()
     time.sleep(5)  # let it join the group
+    try:
+        return send_and_watch(s, rate=rate, seconds=seconds)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+
+def send_and_watch(s, *, rate: int, seconds: float, settle_s: float = 10.0) -> list[float]:
+    """Send qa_feedback events to ``s.feedback_topic`` at ``rate``/s for ``seconds`` while a reader polls
+    bronze/feedback_events every 50 ms; per event seen, seconds from send to the first version that held it.
+    Whoever ingests (an in-process Ingestor, the supervised service) runs already."""
+    from deltalake import DeltaTable
+
+    from feedback.producer import FeedbackProducer
+
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     uri = f"{s.lake}/bronze/feedback_events"
+    done = threading.Event()
+    deadline = [float("inf")]
 
     def watch() -> None:
         dt, version = None, -1
-        while not stop.is_set() or len(seen) < len(sent):
+        while time.time() < deadline[0] and not (done.is_set() and len(seen) >= len(sent)):
             if dt is None and DeltaTable.is_deltatable(uri):
                 dt = DeltaTable(uri)
             if dt is not None:
@@ -170,10 +187,7 @@ def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[floa
                     for eid in dt.to_pyarrow_table(columns=["event_id"]).column(0).to_pylist():
                         seen.setdefault(eid, now)
             time.sleep(0.05)
-            if stop.is_set() and time.time() > deadline:
-                return
 
-    deadline = float("inf")
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     events = past_events(int(rate * seconds // 3900) + 1)
@@ -186,12 +200,46 @@ def freshness(settings, *, rate: int = 1000, seconds: float = 20.0) -> list[floa
             time.sleep(max(0.0, due - time.time()))
             sent[e["event_id"]] = time.time()
             producer.send(e)
-    deadline = time.time() + 10
-    time.sleep(3)
-    stop.set()
-    worker.join(timeout=30)
-    watcher.join(timeout=15)
+    deadline[0] = time.time() + settle_s
+    done.set()
+    watcher.join(timeout=settle_s + 5)
+    missing = len(sent) - sum(1 for k in sent if k in seen)
+    if missing:
+        print(f"  {missing} of {len(sent)} events were not visible within {settle_s:.0f} s of the last send")
     return [seen[k] - t for k, t in sent.items() if k in seen]
+
+
+def freshness_service(*, rate: int = 100, seconds: float = 30.0, flush_seconds: float | None = None) -> dict:
+    """Freshness against the supervised ingest service, as `lakeloop up` runs it with autopilot on: a broker
+    and the `ingest-feedback` service (``infra.supervisor`` + `lakeloop ingest`) in a temp home, events sent at
+    ``rate``/s for ``seconds``. Returns p50/p95/max (s) of send -> visible in bronze/feedback_events."""
+    from infra import jars, services
+    from infra.settings import load_settings
+
+    home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-fresh-"))
+    extra = {} if flush_seconds is None else {"ingest_flush_seconds": flush_seconds}
+    s = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")),
+                      kafka_port=_free_port(), kafka_controller_port=_free_port(), mlflow_port=_free_port(),
+                      dagster_port=_free_port(), serve_port=_free_port(), autopilot=True, **extra)
+    jars.fetch_jars(s)
+    try:
+        services.up(s, log=lambda m: print(f"[platform] {m}"), only=["kafka", "ingest-feedback"])
+        log = s.logs_dir / "ingest-feedback.log"
+        deadline = time.monotonic() + 60
+        while "assigned" not in log.read_text(errors="replace"):  # the service joined its group
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ingest-feedback service was not assigned partitions within 60 s; see {log}")
+            time.sleep(0.2)
+        lat = sorted(send_and_watch(s, rate=rate, seconds=seconds))
+    finally:
+        services.down(s, log=lambda m: print(f"[platform] {m}"), timeout=15)
+    p50, p95 = statistics.median(lat), lat[int(0.95 * (len(lat) - 1))]
+    out = {"rate": rate, "seconds": seconds, "events": len(lat), "flush_seconds": s.ingest_flush_seconds,
+           "p50_s": round(p50, 3), "p95_s": round(p95, 3), "max_s": round(lat[-1], 3), "target_p95_s": 2.0}
+    print(f"freshness of the ingest-feedback service at {rate} events/s for {seconds:.0f} s "
+          f"(flush {s.ingest_flush_seconds:g} s): p50 {p50:.2f}s p95 {p95:.2f}s max {lat[-1]:.2f}s "
+          f"({len(lat)} events; target p95 <= 2 s)")
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -199,7 +247,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--skip-spark", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="alternating raw / lakeloop runs; the medians are reported")
+    ap.add_argument("--freshness-service", action="store_true", help="only measure freshness against the supervised "
+                    "ingest-feedback service (`lakeloop up` with autopilot on); writes bench/results/ingest_freshness_service.json")
+    ap.add_argument("--rate", type=int, default=100, help="--freshness-service: events/s sent")
+    ap.add_argument("--seconds", type=float, default=30.0, help="--freshness-service: how long events are sent")
+    ap.add_argument("--flush-seconds", type=float, default=None, help="--freshness-service: the service's "
+                    "ingest_flush_seconds (default: the setting's)")
     args = ap.parse_args(argv)
+    if args.freshness_service:
+        result = freshness_service(rate=args.rate, seconds=args.seconds, flush_seconds=args.flush_seconds)
+        out = REPO / "bench" / "results" / "ingest_freshness_service.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return [result]
     from infra import services
 
     home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-ingest-"))

@@ -1,8 +1,10 @@
 """The local platform: real services started as processes, with health checks, logs and clean shutdown.
 
 ``up`` starts what is not running (Kafka in KRaft mode, the MLflow tracking server, the Dagster webserver
-and daemon), waits until each answers, and records a pid file per service under ``<home>/run``.
-``down`` stops only what those pid files name: SIGTERM to the process group, SIGKILL after a timeout.
+and daemon, and with autopilot on the two continuous ingestors, each under ``infra.supervisor``), waits until
+each answers, and records a pid file per service under ``<home>/run``.
+``down`` stops only what those pid files name, the ingestors first: SIGTERM to the process group, SIGKILL after
+a timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import requests
 from infra.errors import MissingDependencyError, ServiceError
 from infra.jars import require_jars
 from infra.settings import Settings
+from infra.supervisor import read_state
 
 INFRA_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INFRA_DIR.parent
@@ -42,6 +45,7 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
     start_timeout: float = 90.0
+    after: tuple[str, ...] = ()  # started only once these (earlier in service_specs) are healthy
 
 
 @dataclass
@@ -408,11 +412,61 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
     return [web, daemon]
 
 
+INGEST_STREAMS = {"ingest-feedback": "feedback", "ingest-predictions": "predictions"}
+
+
+def state_file(settings: Settings, name: str) -> Path:
+    """The supervisor's state of a continuous service (``infra.supervisor``)."""
+    return settings.run_dir / f"{name}.state.json"
+
+
+def _ingest_specs(settings: Settings) -> list[ServiceSpec]:
+    """The continuous ingestors: `lakeloop ingest --stream S` under a supervisor that restarts it with backoff.
+
+    A supervised service, not a Dagster run: a consumer never ends, a run is bounded work (see
+    docs/design/ingestion.md, "Continuous ingestion"). The static member id gives a restarted ingestor its
+    partitions back at once; the offsets come from the Delta log either way."""
+
+    def prepare() -> None:
+        if not kafka_healthy(settings.bootstrap_servers):
+            raise ServiceError(f"the ingestors need Kafka at {settings.bootstrap_servers}, which does not answer",
+                               hint="`lakeloop up` starts it (or set LAKELOOP_KAFKA_BOOTSTRAP)")
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+
+    specs = []
+    for name, stream in INGEST_STREAMS.items():
+        log = settings.logs_dir / f"{name}.log"
+        specs.append(ServiceSpec(
+            name=name,
+            command=[
+                sys.executable, "-m", "infra.supervisor", "--name", name,
+                "--state", str(state_file(settings, name)), "--log", str(log),
+                "--",
+                _venv_script("lakeloop"), "ingest", "--stream", stream, "--instance-id", name,
+            ],
+            port=None,
+            url=f"{settings.bootstrap_servers} -> {stream} (continuous)",
+            health=lambda name=name: ingest_healthy(settings, name),
+            marker=f"infra.supervisor --name {name}",
+            env=settings.env(),
+            prepare=prepare,
+            start_timeout=60.0,
+            after=("kafka",),
+        ))
+    return specs
+
+
 def service_specs(settings: Settings) -> list[ServiceSpec]:
-    return [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings)]
+    """The services ``up`` starts, in order; the ingestors only with autopilot on."""
+    specs = [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings)]
+    if settings.autopilot:
+        specs += _ingest_specs(settings)
+    return specs
 
 
-SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon")
+SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon")  # the platform, whatever the autopilot
+INGEST_SERVICE_NAMES = tuple(INGEST_STREAMS)  # supervised ingestors: started with autopilot on
+ALL_SERVICE_NAMES = SERVICE_NAMES + INGEST_SERVICE_NAMES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,12 +554,22 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
 def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -> list[ServiceStatus]:
     """Start every service that is not running and wait until all are healthy. Idempotent."""
     specs = [s for s in service_specs(settings) if only is None or s.name in only]
+    if not settings.autopilot and (only is None or set(only) & set(INGEST_SERVICE_NAMES)):
+        running = [n for n in INGEST_SERVICE_NAMES if (info := _read_pid(settings, n)) and _alive_info(info)]
+        log("autopilot is off: the continuous ingestors are not started (`lakeloop ingest` runs one by hand)"
+            + (f"; still running from before: {', '.join(running)} (`lakeloop down` stops them)" if running else ""))
     started: list[tuple[ServiceSpec, subprocess.Popen]] = []
     for spec in specs:
+        if spec.after:
+            continue  # started below, once what it needs is healthy
         proc = _start(settings, spec, log)
         if proc is not None:
             started.append((spec, proc))
     for spec in specs:
+        if spec.after:  # what it needs comes earlier in the list and was waited for (or checks itself in prepare)
+            proc = _start(settings, spec, log)
+            if proc is not None:
+                started.append((spec, proc))
         deadline = time.monotonic() + spec.start_timeout
         proc = next((p for s, p in started if s is spec), None)
         while not spec.health():
@@ -552,8 +616,10 @@ def _stop_pid(pid: int, marker: str, timeout: float, started: list | None = None
 
 
 def down(settings: Settings, *, log: Log = print, timeout: float = 20.0) -> None:
-    """Stop only what ``up`` started (pid files): SIGTERM, then SIGKILL after ``timeout``."""
-    for name in reversed(SERVICE_NAMES):
+    """Stop only what ``up`` started (pid files): SIGTERM, then SIGKILL after ``timeout``. The ingestors go first
+    (SIGTERM reaches supervisor and ingestor: the ingestor flushes its batch, commits and exits, then the supervisor),
+    while Kafka still answers."""
+    for name in reversed(ALL_SERVICE_NAMES):
         info = _read_pid(settings, name)
         if info is None:
             continue
@@ -586,7 +652,50 @@ def status(settings: Settings) -> list[ServiceStatus]:
             note = "not started by lakeloop"
         healthy = running and health()
         out.append(ServiceStatus(name, pid if running else None, address, running, healthy, note))
+    for name in INGEST_SERVICE_NAMES:
+        info = _read_pid(settings, name)
+        if info is None and not settings.autopilot:
+            continue  # autopilot off and never started: nothing to report
+        out.append(_ingest_status(settings, name, info))
     return out
+
+
+def _child_alive(state: dict | None) -> bool:
+    return bool(state) and _alive(state.get("child_pid"), "", state.get("child_proc_start"))
+
+
+def ingest_healthy(settings: Settings, name: str) -> bool:
+    """A continuous ingestor is healthy when its supervisor and the ingestor under it are both alive."""
+    info = _read_pid(settings, name)
+    return bool(info) and _alive_info(info) and _child_alive(read_state(state_file(settings, name)))
+
+
+def _ingest_status(settings: Settings, name: str, info: dict | None) -> ServiceStatus:
+    """Running = the supervisor lives; healthy = and so does its ingestor (not in backoff). The note tells restarts,
+    the last exit and, in backoff, when the next start is due."""
+    address = f"{settings.bootstrap_servers} -> {INGEST_STREAMS[name]}"
+    if info is None:
+        return ServiceStatus(name, None, address, False, False, "not started (autopilot is on: `lakeloop up` starts it)")
+    if not _alive_info(info):
+        return ServiceStatus(name, None, address, False, False,
+                             "stale pid file: the supervisor is gone (run `lakeloop up` to restart it)")
+    state = read_state(state_file(settings, name)) or {}
+    code = state.get("last_exit_code")
+    last = ""
+    if code is not None and state.get("last_exit_at"):
+        last = f"last exit {code} at {time.strftime('%H:%M:%S', time.localtime(state['last_exit_at']))}"
+        if state.get("last_error"):
+            last += f" ({state['last_error'][:160]})"
+    parts = [f"restarts {state.get('restarts', 0)}"] + ([last] if last else [])
+    if _child_alive(state):
+        note = f"ingestor pid {state['child_pid']}; " + "; ".join(parts)
+        return ServiceStatus(name, info["pid"], address, True, True, note)
+    if state.get("next_restart_at"):
+        wait = max(0.0, state["next_restart_at"] - time.time())
+        note = f"restarting in {wait:.0f} s after exit code {code}; " + "; ".join(parts)
+    else:
+        note = "ingestor not running; " + "; ".join(parts)
+    return ServiceStatus(name, info["pid"], address, True, False, note)
 
 
 def status_dicts(settings: Settings) -> list[dict]:
