@@ -166,3 +166,30 @@ def test_a_promoter_between_ledger_and_mlflow_is_not_external(reg: Settings) -> 
     changes = overrides.detect_external_changes(reg, settle_seconds=0)  # long after: what MLflow shows is recorded
     assert [(c.from_version, c.to_version) for c in changes] == [("2", "1")]
     assert "never reached MLflow" in ledger(reg).iloc[-1]["reason"]
+
+
+@pytest.mark.integration
+def test_the_hold_and_external_commands(reg: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from orchestration.commands import common
+
+    for k, v in {**reg.env(), "LAKELOOP_LAKE_ROOT": str(reg.lake_root)}.items():
+        monkeypatch.setenv(k, v)
+    common.settings.cache_clear()
+    try:
+        run = CliRunner().invoke
+        out = run(app, ["hold", "--version", "2", "--reason", "bad labels"])
+        assert out.exit_code == 0 and "version 2: on hold (bad labels)" in out.output, out.output
+        assert overrides.holds(reg).versions == {"2": "bad labels"}
+        assert run(app, ["hold", "--version", "2"]).exit_code != 0  # neither a reason nor --clear
+        out = run(app, ["hold", "--clear", "--version", "2"])
+        assert out.exit_code == 0 and "not held" in out.output and not overrides.holds(reg)
+        client(reg).set_registered_model_alias(reg.registered_model_name, "challenger", "3")
+        out = run(app, ["rollout", "external"])
+        assert out.exit_code == 0 and "challenger set to v3 outside lakeloop" in out.output, out.output
+        assert "agree" in run(app, ["rollout", "external"]).output
+        assert ledger(reg)[["actor", "alias", "to_version"]].values.tolist() == [["external", "challenger", "3"]]
+    finally:
+        common.settings.cache_clear()

@@ -1,4 +1,4 @@
-"""`lakeloop serve | promote | rollback | rollout | drift`: the scoring service and operator control of rollouts."""
+"""`lakeloop serve | promote | rollback | hold | rollout | drift`: the scoring service and operator control of rollouts."""
 
 from __future__ import annotations
 
@@ -86,6 +86,40 @@ def rollback(
     _show(status)
 
 
+def hold(
+    version: Annotated[str | None, typer.Option(help="The model version to hold (default: the whole registered model).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; the tag's value, shown to the autopilot's alerts.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Lift the hold (on --version, or on the registered model).")] = False,
+) -> None:
+    """Stop the autopilot moving a model version (or, without --version, anything): the `lakeloop.hold` tag,
+    the same one you can set in the MLflow UI. Without --reason or --clear: show the holds."""
+    from monitors import overrides
+
+    s = settings()
+    if clear:
+        overrides.clear_hold(s, version=version)
+    elif reason is not None:
+        overrides.set_hold(s, reason, version=version)
+    elif version is not None:
+        raise typer.BadParameter("give --reason to hold a version, or --clear to lift its hold")
+    h = overrides.holds(s)
+    say(f"registered model {s.registered_model_name}: " + (f"on hold ({h.model})" if h.model else "not held"))
+    for v, why in sorted(h.versions.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+        say(f"  version {v}: on hold ({why})")
+
+
+@rollout_app.command("external")
+def rollout_external(settle: Annotated[float, typer.Option(help="Seconds a lakeloop change may take to reach MLflow.")] = 60.0) -> None:
+    """Record alias changes made by hand in MLflow in the promotion ledger now (the autopilot does it every tick)."""
+    from monitors import overrides
+
+    changes = overrides.detect_external_changes(settings(), settle_seconds=settle)
+    for c in changes:
+        say(c.summary())
+    if not changes:
+        say("MLflow's aliases agree with the promotion ledger")
+
+
 @rollout_app.command("status")
 def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Aliases and the canary's traffic share, as the scoring service sees them."""
@@ -143,7 +177,7 @@ def drift(
     until = datetime.now(timezone.utc)
     since = until - timedelta(minutes=minutes)
     say(f"reference: scoring up to {reference_sample} training rows with champion v{champion} ...")
-    ref_raw = training_reference(s, sample=reference_sample)
+    ref_raw = training_reference(s, sample=reference_sample, version=champion)
     ref_raw["score"] = score_frame(model_store.load_pyfunc(s, champion), ref_raw)
     reference = prepare_reference(ref_raw, embed_sample=embed_sample)
     say("window: reading predictions and feedback ...")
@@ -162,5 +196,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
+    app.command("hold")(hold)
     app.command("drift")(drift)
     app.add_typer(rollout_app, name="rollout")
