@@ -99,6 +99,14 @@ class Settings(BaseSettings):
                                          "canary is in flight.")
     drift_window_minutes: float = Field(60.0, gt=0, description="Each drift check looks at this many minutes of traffic.")
 
+    # what the daemon's training and drift runs use (the demo and tests size them down through these)
+    train_config: str = Field("{}", description="JSON object of TrainConfig fields for autopilot training runs, "
+                              'e.g. {"epochs": 1, "max_length": 128}.')
+    gate_must_beat_baselines: bool = Field(True, description="The gate requires beating the length and TF-IDF baselines; "
+                                           "off: only 'not worse than the champion' (a first champion still needs to beat them).")
+    eval_n_boot: int = Field(1000, ge=50, description="Bootstrap resamples for the evaluation's 95% intervals.")
+    drift_reference_sample: int = Field(5000, ge=50, description="Training rows scored by the champion as drift reference.")
+
     @field_validator("autopilot", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:

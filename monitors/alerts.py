@@ -23,7 +23,8 @@ import httpx
 from infra.errors import ConfigError
 from infra.settings import Settings
 
-AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure"]
+AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure", "canary_started", "autopilot_waiting",
+                    "autopilot_paused", "external_change"]
 Severity = Literal["info", "warning", "critical"]
 WebhookFormat = Literal["json", "slack", "teams"]
 Status = Literal["sent", "duplicate", "storm_suppressed"]

@@ -21,9 +21,11 @@ def test_definitions_load_with_the_monitoring_group() -> None:
     for key in ("drift_report", "rollout_decision"):
         assert graph.get(dg.AssetKey(key)).group_name == "monitoring"
     assert defs.resolve_job_def("drift_check") and defs.resolve_job_def("canary_analysis")
-    assert defs.resolve_schedule_def("drift_check_hourly").cron_schedule == "5 * * * *"
-    for name in ("canary_analysis_sensor", "monitoring_run_failure_alert"):
+    for name in ("drift_check_sensor", "rollout_sensor", "registry_watch", "monitoring_run_failure_alert", "gate_failure_alert"):
         assert defs.resolve_sensor_def(name)
+    # monitoring and training are connected: a drift report leads to retraining, a registered model to the rollout
+    assert dg.AssetKey("drift_report") in graph.get(dg.AssetKey("reward_model")).parent_keys
+    assert dg.AssetKey("registered_model") in graph.get(dg.AssetKey("rollout_decision")).parent_keys
 
 
 def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_path: Path, monkeypatch) -> None:
@@ -88,25 +90,16 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch) -> None:
     assert "beats_champion" in text and "blocking" in text
 
 
-def test_drift_streak_requests_retraining_once() -> None:
-    from orchestration.assets.monitoring.sensors import drift_retrain_sensor
-    from orchestration.definitions import build_definitions
+def test_a_drift_report_that_asks_for_retraining_is_found_once() -> None:
+    from orchestration.assets.training.retrain_sensor import latest_drift_request
 
-    repo = build_definitions().get_repository_def()
     instance = dg.DagsterInstance.ephemeral()
     key = dg.AssetKey("drift_report")
-
-    def evaluate(cursor: str | None):
-        ctx = dg.build_sensor_context(instance=instance, repository_def=repo, cursor=cursor)
-        return ctx, list(drift_retrain_sensor.evaluate_tick(ctx).run_requests or [])
-
     instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata={"retrain": False}))
-    ctx, requests = evaluate(None)
-    assert requests == []
+    assert latest_drift_request(instance, 0) is None
     instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata={"retrain": True}))
-    ctx, requests = evaluate(ctx.cursor)
-    assert len(requests) == 1 and requests[0].tags["lakeloop/trigger"] == "drift"
-    assert drift_retrain_sensor.job_name == "retrain_reward_model"
-    assert repo.get_job("retrain_reward_model").asset_layer.selected_asset_keys == {dg.AssetKey("reward_model")}
-    _, again = evaluate(ctx.cursor)
-    assert again == []  # the same report does not ask twice
+    seen = latest_drift_request(instance, 0)
+    assert seen is not None
+    assert latest_drift_request(instance, seen) is None  # the same report does not ask twice
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata={"retrain": False}))
+    assert latest_drift_request(instance, 0) == seen  # a later quiet window does not hide the request

@@ -5,7 +5,7 @@ trained run against the baselines and the current ``champion``, gate it, and reg
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from infra.settings import Settings
@@ -13,7 +13,7 @@ from trainers import data as D
 from trainers import evaluate as E
 from trainers import registry as R
 from trainers import tracking as T
-from trainers.gate import GateConfig, GateDecision, decide_gate, gate_tag
+from trainers.gate import GateConfig, GateDecision, baseline_tags, decide_gate, gate_tag
 
 LINEAGE_PREFIX = "lakeloop."
 
@@ -79,6 +79,10 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
         baselines={b: _as_tuples(m) for b, m in report.baselines.items()},
         candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None, config=gate,
     )
+    # the baseline rule on its own, whatever the gate's config: a first champion must beat the baselines (autopilot)
+    baselines = decide_gate(_as_tuples(report.metrics), None, baselines={b: _as_tuples(m) for b, m in report.baselines.items()},
+                            candidate_slices={}, champion_slices=None, config=replace(gate, must_beat_baselines=True))
+    T.set_run_tags(settings, run_id, baseline_tags(baselines))
     card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage=cand.lineage, gate=decision.summary())
     T.log_run_metrics(settings, run_id, report.flat())
     T.set_run_tags(settings, run_id, gate_tag(decision))

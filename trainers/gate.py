@@ -74,6 +74,15 @@ def gate_tag(decision: GateDecision) -> dict[str, str]:
     return {"lakeloop.gate": "passed" if decision.passed else "failed", "lakeloop.gate.reasons": "; ".join(decision.reasons)[:5000] or "-"}
 
 
+BEATS_BASELINES_TAG = "lakeloop.beats_baselines"  # "true" | "false" on the run and its model version
+
+
+def baseline_tags(decision: GateDecision) -> dict[str, str]:
+    """Tags that say whether a candidate beats the baselines (``decision`` of the baseline rule alone)."""
+    return {BEATS_BASELINES_TAG: "true" if decision.passed else "false",
+            "lakeloop.baselines.reasons": "; ".join(decision.reasons)[:5000] or "-"}
+
+
 def should_retrain(gold_rows: int, trained_rows: int | None, *, min_new_rows: int) -> bool:
     """Retrain when there is data and either nothing was trained yet or ``min_new_rows`` arrived since."""
     if gold_rows <= 0:

@@ -39,8 +39,10 @@ def whole_table(lakeloop: LakeloopSettings, table: str) -> pl.DataFrame:
     return df
 
 
-def _result(name: str, out: CheckOutcome, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=out.passed, description=out.description, metadata=out.metadata, severity=severity)
+def _result(name: str, out: CheckOutcome, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+            where: dict[str, object] | None = None) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=out.passed, description=out.description,
+                               metadata={**out.metadata, **(where or {})}, severity=severity)
 
 
 def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
@@ -53,13 +55,19 @@ def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
     @dg.multi_asset_check(specs=specs, name=f"{asset}_checks")
     def checks(context: dg.AssetCheckExecutionContext, lakeloop: LakeloopSettings, curation: CurationResource):
         cfg = curation.config()
-        day = checked_rows(context, table_uri(lakeloop.load(), table), table)
+        uri = table_uri(lakeloop.load(), table)
+        # the version the checks judge (read first; curation runs one at a time): training pins only versions
+        # whose blocking checks all passed (trainers.pinning), so every result says which version it judged
+        version = lake.version(uri)
+        where: dict[str, object] = {"delta_version": -1 if version is None else version,
+                                                 "partition": context.run.tags.get("dagster/partition") or "-"}
+        day = checked_rows(context, uri, table)
         full = whole_table(lakeloop, table)
-        yield _result("schema_contract", schema_contract(day, schema))
-        yield _result("no_pii", no_pii_left(day, texts, Redactor(cfg.extra_pii_patterns)))
-        yield _result("no_split_leakage", split_leakage(full, cfg.minhash))
-        yield _result("min_rows", min_rows(full.height, curation.min_training_rows))
+        yield _result("schema_contract", schema_contract(day, schema), where=where)
+        yield _result("no_pii", no_pii_left(day, texts, Redactor(cfg.extra_pii_patterns)), where=where)
+        yield _result("no_split_leakage", split_leakage(full, cfg.minhash), where=where)
+        yield _result("min_rows", min_rows(full.height, curation.min_training_rows), where=where)
         yield _result("duplicate_rate", duplicate_rate(doc_text(full, kind), cfg.minhash, max_rate=curation.max_duplicate_rate),
-                      dg.AssetCheckSeverity.WARN)
+                      dg.AssetCheckSeverity.WARN, where=where)
 
     return checks

@@ -20,6 +20,17 @@ class MonitoringResource(dg.ConfigurableResource):
     apply_rollout: bool = True  # False: decide and report only, never move aliases
 
 
+def monitoring_for_deployment() -> MonitoringResource:
+    """Window sizes and sampling as the settings say (read when the definitions load)."""
+    from infra.settings import load_settings
+
+    try:
+        s = load_settings()
+    except ConfigError:
+        return MonitoringResource()
+    return MonitoringResource(window_minutes=max(1, round(s.drift_window_minutes)), reference_sample=s.drift_reference_sample)
+
+
 class WindowConfig(dg.Config):
     """Run config of a monitoring run: an explicit window (ISO 8601), else the last `window_minutes`."""
 

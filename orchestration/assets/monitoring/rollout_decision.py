@@ -1,4 +1,5 @@
-"""`rollout_decision`: canary analysis over the last window, the pure decision, and its execution.
+"""`rollout_decision`: start the waiting challenger's canary (or make it the first champion), else canary
+analysis, the pure decision, and its execution.
 
 Compares canary and champion on agreement with later user feedback (Fisher exact), error rate and latency
 p95; ``decide_rollout`` says Promote / Hold / Rollback; the rollout module moves aliases (compare-and-set,
@@ -7,7 +8,9 @@ ledger, version tags) and the notifier alerts on rollbacks and promotions.
 
 import dagster as dg
 
+from monitors import rollout
 from monitors.alerts import notifier_from_settings
+from monitors.autopilot import start_next
 from monitors.canary_job import policy_from_settings, run_canary_window
 from orchestration.assets.monitoring.resources import MonitoringResource, WindowConfig
 from orchestration.resources import LakeloopSettings
@@ -17,13 +20,26 @@ from orchestration.resources import LakeloopSettings
     group_name="monitoring",
     kinds={"mlflow"},
     owners=["team:ml-platform"],
-    description="Promote / Hold / Rollback of the canary from the last window of online metrics.",
+    deps=["registered_model"],  # the gated challenger the rollout starts from
+    description="Challenger -> canary (first champion if none and it beats the baselines); then Promote / Hold / Rollback of "
+                "the canary from its online metrics.",
 )
 def rollout_decision(
     context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, monitoring: MonitoringResource,
     config: WindowConfig,
 ) -> dg.MaterializeResult:
     settings = lakeloop.load()
+    if monitoring.apply_rollout and rollout.read_status(settings).canary is None:  # no canary: start the waiting challenger
+        nxt, delivery = start_next(settings, policy=policy_from_settings(settings), actor=f"dagster:{context.run_id[:8]}",
+                                   notifier=notifier_from_settings(settings))
+        after = rollout.read_status(settings)
+        context.log.info("%s: %s", nxt.action, nxt.reason)
+        return dg.MaterializeResult(metadata={
+            "decision": {"start_canary": "StartCanary", "first_champion": "FirstChampion"}.get(nxt.action, "Hold"),
+            "reason": nxt.reason, "applied": nxt.action != "wait", "champion_after": after.champion or "-",
+            "canary_after": after.canary or "-", "canary_share_after": after.canary_share,
+            **({"alert": delivery.status} if delivery is not None else {}),
+        })
     since, until = config.window(monitoring.window_minutes)
     result = run_canary_window(
         settings, since=since, until=until, notifier=notifier_from_settings(settings), policy=policy_from_settings(settings),

@@ -1,46 +1,121 @@
-"""Monitoring automation: hourly drift check, canary analysis sensor, drift -> retraining, run-failure alerts.
+"""Monitoring automation: drift windows, the rollout (challenger -> canary -> champion), registry changes made
+by hand, and alerts on failed runs and failed gates.
 
-All start STOPPED: turn them on in the Dagster UI (or `dagster sensor start`) once a champion serves.
+Every sensor here is part of autopilot (``orchestration.automation``): RUNNING by default when
+LAKELOOP_AUTOPILOT is on, STOPPED when off; `lakeloop autopilot on|off` flips them on a running instance.
 """
+
+import json
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from infra.errors import LakeloopError
 from monitors import model_store
 from monitors.alerts import Alert, notifier_from_settings
+from monitors.autopilot import next_rollout_action, rollout_facts
+from orchestration.assets.curation.sensors import IN_FLIGHT
+from orchestration.automation import TRIGGER_TAG, autopilot_default, tick_seconds
 from orchestration.resources import LakeloopSettings
 
-drift_check_job = dg.define_asset_job("drift_check", selection=dg.AssetSelection.assets("drift_report"))
-canary_analysis_job = dg.define_asset_job("canary_analysis", selection=dg.AssetSelection.assets("rollout_decision"))
-retrain_job = dg.define_asset_job("retrain_reward_model", selection=dg.AssetSelection.assets("reward_model"))
-
-drift_check_schedule = dg.ScheduleDefinition(
-    name="drift_check_hourly", job=drift_check_job, cron_schedule="5 * * * *", default_status=dg.DefaultScheduleStatus.STOPPED
-)
+drift_check_job = dg.define_asset_job("drift_check", selection=dg.AssetSelection.assets("drift_report"),
+                                      description="Drift of one window of live traffic against the champion's training data.")
+canary_analysis_job = dg.define_asset_job("canary_analysis", selection=dg.AssetSelection.assets("rollout_decision"),
+                                          description="Start the waiting challenger's canary, or analyse the canary in flight.")
 
 
-@dg.sensor(job=canary_analysis_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.STOPPED)
-def canary_analysis_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SensorResult | dg.SkipReason:
-    """Runs canary analysis every interval while a canary is in flight."""
+def _in_flight(instance: dg.DagsterInstance, job: str) -> bool:
+    return bool(instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT, job_name=job), limit=1))
+
+
+def _window_request(job: str, asset: str, since: datetime, until: datetime, trigger: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"{job}-{until.isoformat()}", tags={TRIGGER_TAG: trigger},
+                         run_config={"ops": {asset: {"config": {"since": since.isoformat(), "until": until.isoformat()}}}})
+
+
+@dg.sensor(job=drift_check_job, minimum_interval_seconds=tick_seconds(), default_status=autopilot_default(),
+           description="Autopilot: one drift report per drift_window_minutes of traffic while a champion serves (windows "
+                       "follow each other without gaps).")
+def drift_check_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SensorResult:
     settings = lakeloop.load()
-    aliases = model_store.aliases(settings)
-    if "canary" not in aliases:
-        return dg.SkipReason("no canary in flight")
-    tick = context.cursor or "0"
-    context.update_cursor(str(int(tick) + 1))
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"canary-{aliases['canary']}-{tick}", tags={"lakeloop/canary": aliases["canary"]})])
+    now = datetime.now(timezone.utc)
+    window = timedelta(minutes=settings.drift_window_minutes)
+    last = datetime.fromisoformat(context.cursor) if context.cursor else None
+    try:
+        champion = model_store.alias_version(settings, "champion")
+    except LakeloopError as exc:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"cannot read the registry: {exc.message}"))
+    if champion is None:
+        return dg.SensorResult(skip_reason=dg.SkipReason("no champion serves yet: nothing to monitor"),
+                               cursor=now.isoformat())  # the first window starts when one does
+    if last is None or now - last > 3 * window:
+        last = now - window if last is None else now - window  # a long pause: look at the latest window only
+    if now - last < window:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"window ends in {(window - (now - last)).total_seconds():.0f}s"),
+                               cursor=last.isoformat())
+    if _in_flight(context.instance, drift_check_job.name):
+        return dg.SensorResult(skip_reason=dg.SkipReason("the previous drift check is still running"), cursor=last.isoformat())
+    return dg.SensorResult(run_requests=[_window_request(drift_check_job.name, "drift_report", last, now, "drift_window")],
+                           cursor=now.isoformat())
 
 
-@dg.asset_sensor(asset_key=dg.AssetKey("drift_report"), job=retrain_job, default_status=dg.DefaultSensorStatus.STOPPED)
-def drift_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason:
-    """A drift streak that just reached the alert length asks for a new reward model."""
-    mat = asset_event.asset_materialization
-    retrain = mat is not None and mat.metadata.get("retrain") is not None and bool(mat.metadata["retrain"].value)
-    if not retrain:
-        return dg.SkipReason("the latest drift report does not ask for retraining")
-    return dg.RunRequest(run_key=f"retrain-after-{asset_event.run_id}", tags={"lakeloop/trigger": "drift"})
+@dg.sensor(job=canary_analysis_job, minimum_interval_seconds=tick_seconds(), default_status=autopilot_default(),
+           description="Autopilot rollout: a gated challenger goes to canary (or, with no champion, becomes champion if it beats "
+                       "the baselines); the canary is analysed every canary_window_minutes until Promote or Rollback. Holds stop it.")
+def rollout_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SensorResult:
+    settings = lakeloop.load()
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    try:
+        facts = rollout_facts(settings, window_s=settings.canary_window_minutes * 60)
+    except LakeloopError as exc:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"cannot read the registry: {exc.message}"))
+    last = cursor.get("analysed", {}).get(str(facts.canary)) if facts.canary else None
+    facts = replace(facts, seconds_since_analysis=None if last is None else time.time() - float(last))
+    status = facts
+    nxt = next_rollout_action(facts)
+    if nxt.action == "wait":
+        if nxt.alert:
+            notifier_from_settings(settings).notify(Alert(
+                "autopilot_waiting", nxt.reason, "warning", details={"challenger": status.challenger or "-", "champion": status.champion or "-"},
+                links={"model": model_store.model_url(settings, status.challenger)} if status.challenger else {},
+                dedup_key=f"autopilot_waiting:{status.challenger}:{nxt.reason[:80]}"))
+        return dg.SensorResult(skip_reason=dg.SkipReason(nxt.reason), cursor=json.dumps(cursor))
+    if _in_flight(context.instance, canary_analysis_job.name):
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"{nxt.reason}: the previous rollout run is still going"), cursor=json.dumps(cursor))
+    now = datetime.now(timezone.utc)
+    if nxt.action == "analyze":
+        cursor.setdefault("analysed", {})[str(status.canary)] = time.time()
+        since = now - timedelta(minutes=settings.canary_window_minutes)
+        request = _window_request(canary_analysis_job.name, "rollout_decision", since, now, "canary_window")
+    else:
+        request = dg.RunRequest(run_key=f"rollout-{nxt.action}-{status.challenger}", tags={TRIGGER_TAG: nxt.action})
+    context.log.info(nxt.reason)
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
 
 
-@dg.run_failure_sensor(name="monitoring_run_failure_alert", default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(name="registry_watch", minimum_interval_seconds=tick_seconds(), default_status=autopilot_default(),
+           description="Alias changes made by hand in the MLflow registry: recorded in the promotion ledger as external, "
+                       "alerted, served as set (autopilot does not fight them).")
+def registry_watch(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SkipReason:
+    from monitors import overrides
+
+    settings = lakeloop.load()
+    try:
+        changes = overrides.detect_external_changes(settings)
+    except LakeloopError as exc:
+        return dg.SkipReason(f"cannot compare the registry with the ledger: {exc.message}")
+    notifier = notifier_from_settings(settings)
+    for c in changes:
+        notifier.notify(Alert("external_change", c.summary(), "warning",
+                              details={"alias": c.alias, "from": c.from_version or "-", "to": c.to_version or "-", **dict(c.mlflow)},
+                              links={"model": model_store.model_url(settings, c.to_version)} if c.to_version else {},
+                              dedup_key=f"external:{c.alias}:{c.ledger_version}"))
+    return dg.SkipReason(f"{len(changes)} alias change(s) made outside lakeloop recorded" if changes else "registry agrees with the ledger")
+
+
+@dg.run_failure_sensor(name="monitoring_run_failure_alert", default_status=autopilot_default())
 def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSettings) -> None:
     """Every failed run of this code location becomes an alert (de-duplicated per job and error)."""
     settings = lakeloop.load()
@@ -56,7 +131,7 @@ def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSet
     )
 
 
-@dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=autopilot_default())
 def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SkipReason:
     """Every failed ERROR-severity asset check (the training gate, data contracts) becomes an alert."""
     records = context.instance.get_event_records(

@@ -25,6 +25,20 @@ class TrainingResource(dg.ConfigurableResource):
     retrain_min_new_rows: int = 500
     actor: str = "dagster:training"
 
+    @classmethod
+    def for_deployment(cls) -> "TrainingResource":
+        """Training as the settings say (LAKELOOP_TRAIN_CONFIG, LAKELOOP_GATE_MUST_BEAT_BASELINES, ...), read when the
+        definitions load: the daemon's autopilot runs train with them; run config still overrides per run."""
+        from infra.errors import ConfigError as _ConfigError
+        from infra.settings import load_settings
+
+        try:
+            s = load_settings()
+        except _ConfigError:
+            return cls()
+        return cls(train_config=s.train_config, gate_must_beat_baselines=s.gate_must_beat_baselines, n_boot=s.eval_n_boot,
+                   retrain_min_new_rows=s.retrain_min_new_rows)
+
     def config(self, **overrides: Any) -> TrainConfig:
         try:
             data = json.loads(self.train_config or "{}")
@@ -38,7 +52,7 @@ class TrainingResource(dg.ConfigurableResource):
 
 
 def resources() -> dict[str, Any]:
-    return {"training": TrainingResource(), "pipes_subprocess_client": dg.PipesSubprocessClient(forward_stdio=True)}
+    return {"training": TrainingResource.for_deployment(), "pipes_subprocess_client": dg.PipesSubprocessClient(forward_stdio=True)}
 
 
 def latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict[str, Any]:
