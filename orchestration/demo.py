@@ -370,6 +370,9 @@ def run_demo(settings: Settings, cfg: DemoConfig, *, say: Say = print) -> DemoSu
     for name, _, fetched in jars.fetch_jars(settings):
         if fetched:
             say(f"fetched the {name} jars")
+    # The demo still drives each step itself (issue 15's autopilot demo is not written yet), so the platform runs
+    # with autopilot off: no continuous ingestors, every sensor stopped, nothing moves unless the demo moves it.
+    settings = settings.model_copy(update={"autopilot": False})
     services.up(settings, log=lambda m: say(f"  {m}"))
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     with AlertReceiver(log_path=settings.logs_dir / "alerts-received.jsonl") as receiver:
