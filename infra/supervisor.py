@@ -143,8 +143,8 @@ class Supervisor:
             self.state.delays = [*(self.state.delays or []), delay][-10:]
             self.state.next_restart_at = time.time() + delay
             self._write()
-            self._say(f"child exited with code {code} after {ran:.1f} s ({self.state.last_error or 'no error line'}); "
-                      f"restarting in {delay:.0f} s")
+            error = (self.state.last_error or "no error line")[:200]
+            self._say(f"child exited with code {code} after {ran:.1f} s ({error}); restarting in {delay:g} s")
             self._sleep_until(self.state.next_restart_at)
             self.state.next_restart_at = None
             if not self._stop:

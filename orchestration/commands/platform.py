@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from infra import jars, services
 from infra.tables import table_status
@@ -27,7 +28,8 @@ def infra_fetch(force: Annotated[bool, typer.Option("--force", help="Fetch again
 def up(
     fetch: Annotated[bool, typer.Option("--fetch/--no-fetch", help="Fetch missing jars first.")] = True,
 ) -> None:
-    """Start Kafka (KRaft), the MLflow server and the Dagster webserver + daemon; wait until healthy. Idempotent."""
+    """Start Kafka (KRaft), the MLflow server and the Dagster webserver + daemon, and with autopilot on the two
+    continuous ingestors (supervised, restarted with backoff); wait until healthy. Idempotent."""
     s = settings()
     if fetch:
         for name, _, fetched in jars.fetch_jars(s):
@@ -44,16 +46,23 @@ def _print_urls() -> None:
     say(f"  Kafka       {s.bootstrap_servers}")
     say(f"  MLflow UI   {s.tracking_uri}")
     say(f"  Dagster UI  {s.dagster_url}")
+    if s.autopilot:
+        say(f"  ingestors   {s.feedback_topic} -> bronze/feedback_events, {s.predictions_topic} -> bronze/predictions "
+            "(continuous; `lakeloop status`)")
+    else:
+        say("  ingestors   not running (autopilot off; `lakeloop ingest` runs one by hand)")
     say(f"  logs        {s.logs_dir}")
 
 
 def down(timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 20.0) -> None:
-    """Stop what `lakeloop up` started (by pid file): gracefully, then forcefully after a timeout."""
+    """Stop what `lakeloop up` started (by pid file), the ingestors first (they flush their batch): gracefully,
+    then forcefully after a timeout."""
     services.down(settings(), log=say, timeout=timeout)
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Each service with pid, address, and whether it is healthy. Exit 1 if any is down."""
+    """Each service with pid, address, and whether it is healthy (an ingestor: restarts, last exit, backoff).
+    Exit 1 if any is down."""
     rows = services.status(settings())
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
@@ -61,7 +70,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         for r in rows:
             state = "[green]healthy[/]" if r.healthy else ("[yellow]running, not healthy[/]" if r.running else "[red]down[/]")
             pid = str(r.pid) if r.pid else "-"
-            console.print(f"{r.name:<18} {state:<32} pid {pid:<8} {r.address} {r.note}")
+            console.print(f"{r.name:<18} {state:<32} pid {pid:<8} {r.address} {escape(r.note)}")  # a log line may hold [..]
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
 
