@@ -91,7 +91,12 @@ def canary_share(settings: Settings) -> float:
         if _not_found(exc):
             return 0.0
         raise
-    raw = (rm.tags or {}).get(SHARE_TAG)
+    return share_from_tags(rm.tags or {})
+
+
+def share_from_tags(tags: dict[str, str]) -> float:
+    """The canary share a registered model's tags give (0 when unset or not a number), clipped to [0, 1]."""
+    raw = tags.get(SHARE_TAG)
     try:
         share = float(raw) if raw is not None else 0.0
     except ValueError:

@@ -206,6 +206,10 @@ def _settle(settings: Settings, diffs: list[Difference], aliases: Mapping[str, s
             if state is not None:
                 model_store.mark_version(settings, old, state, note=f"external: {d.alias} alias moved away by hand")  # type: ignore[arg-type]
         if d.alias == "canary" and d.mlflow_value is None:
+            # no canary, no canary traffic (as promote/rollback leave it). Only for a detected removal, after the
+            # ledger commit: a share written on every look could undo a start_canary running at the same moment.
+            if share > 0:
+                model_store.set_canary_share(settings, 0.0)
             done.append(f"canary share set to 0 (was {share:.0%})" if share > 0 else "canary share already 0")
         elif d.alias == "canary":
             done.append(f"the canary keeps the current share ({share:.0%})" + (": it gets no traffic until a step gives it some" if share == 0 else ""))
@@ -223,7 +227,8 @@ def detect_external_changes(settings: Settings, *, settle_seconds: float = 60.0,
     Reads MLflow first and the ledger second (a promoter writes the ledger first, so it cannot slip between
     the two reads unseen), appends every difference (``differences``) to the ledger in one compare-and-set
     commit (``trainers.registry.record_external``), and only after that commit: a canary alias gone by hand
-    -> canary share 0; the versions involved get their rollout-state tag. A champion moved by hand while a
+    -> canary share 0 (the service ignores the share without a canary anyway); the versions involved get
+    their rollout-state tag. A champion moved by hand while a
     canary is in flight leaves the canary as it is. Idempotent: a second call finds nothing new. When a
     promoter or another detector writes the ledger meanwhile, compares again (up to ``attempts`` times)."""
     reg = _registry()
@@ -233,9 +238,7 @@ def detect_external_changes(settings: Settings, *, settle_seconds: float = 60.0,
             return []
         ledger_version, heads = reg.ledger_heads(settings)
         now = datetime.now(UTC)
-        share = model_store.canary_share(settings)
-        if view.aliases.get("canary") is None and share > 0:  # no canary, no canary traffic (what promote/rollback keep too)
-            model_store.set_canary_share(settings, 0.0)
+        share = model_store.share_from_tags(view.tags)  # the same read as the aliases
         diffs = differences(view.aliases, heads, now=now, settle_seconds=settle_seconds)
         if not diffs:
             return []
