@@ -164,7 +164,10 @@ def delete_alias_cas(settings: Settings, alias: str, expected_version: str | int
 
 @needs_mlflow("reconciling an alias with the ledger")
 def reconcile_alias(settings: Settings, alias: str, *, model_name: str | None = None) -> str | None:
-    """Make MLflow agree with the ledger's latest entry (after a promoter died between the two steps)."""
+    """Make MLflow agree with the ledger's latest entry (after a promoter died between the two steps).
+
+    This undoes an alias change a person made by hand in MLflow; the autopilot does the opposite and records
+    such changes (``monitors.overrides.detect_external_changes``). Use it by hand, knowing which one happened."""
     name = _name(settings, model_name)
     known, value = _ledger_current(_ledger(settings), name, alias)
     if known and get_alias_version(settings, alias, model_name=name) != value:
