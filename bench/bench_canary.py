@@ -1,0 +1,206 @@
+"""Canary statistics by simulation: false rollbacks of an A/A canary analysed every window, and how fast a
+canary 10 points worse in agreement with users is rolled back.
+
+    python -m bench.bench_canary [--reps 2000] [--windows 200] [--seed 0]
+
+Model of the traffic (orchestration/demo.py, feedback/simulate.py): a canary window of the demo serves
+``canary_window_questions`` = 70 questions, 4 scored answers each, and each question brings ONE pointwise
+verdict (the thumbs on answer 1, turned unhappy by a correction); conversations are routed sticky by hash,
+so at the demo's canary share 0.5 each labelled question goes to the canary with probability 0.5: about 35
+labelled predictions per arm per window. Per window and arm the verdicts that agree with the score are
+Binomial(n, agreement); champion agreement 0.7 (0.6 and 0.75 also shown), an A/A canary the same, a bad
+one 10 points lower.
+
+Ours: ``monitors.sequential`` (mSPRT, tau = 0.1) on counts pooled since the canary started, a look every
+window, rollback when the always-valid p_worse < alpha = 0.05 with ``min_feedback`` = 30 labels per arm
+(what ``decide_rollout`` does; checked against ``compare_arms`` + ``decide_rollout`` on a few replications).
+Peer: the previous rule, a one-sided Fisher exact test on each window's counts alone (and, for reference,
+Fisher on the pooled counts at every window: pooling alone does not fix repeated looks).
+
+An A/A "false rollback" counts any window at which p_worse < alpha, ignoring that a promotion might have
+ended the canary first: an upper bound. Rows go to bench/results/canary.json (not a timed benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import hypergeom
+
+from monitors.sequential import DEFAULT_TAU, log_lr_counts, running_p
+
+RESULTS = Path(__file__).resolve().parent / "results" / "canary.json"
+ALPHA = 0.05
+MIN_FEEDBACK = 30
+DEMO_QUESTIONS = 70  # DemoConfig.canary_window_questions: one verdict per question
+DEMO_SHARE = 0.5  # DemoConfig.canary_steps = "0.5"
+SEARCH_REPS = 20_000  # two-window runs are cheap: enough replications that 0.9 is +-0.002 (a noisy search overshoots)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Labelled predictions per window (both arms together) and the canary's share of them."""
+
+    labelled: int
+    share: float = DEMO_SHARE
+
+    @property
+    def per_arm(self) -> float:
+        return self.labelled * min(self.share, 1 - self.share)
+
+
+def simulate(traffic: Traffic, *, p_champion: float, p_canary: float, windows: int, reps: int,
+             seed: int) -> tuple[NDArray[np.int64], ...]:
+    """Per-window counts (reps x windows): canary hits and n, champion hits and n."""
+    rng = np.random.default_rng(seed)
+    n_a = rng.binomial(traffic.labelled, traffic.share, size=(reps, windows))
+    n_b = traffic.labelled - n_a
+    return rng.binomial(n_a, p_canary), n_a, rng.binomial(n_b, p_champion), n_b
+
+
+def first_rollback(flags: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """1-based window of the first True per row; windows + 1 when never."""
+    w = flags.shape[1]
+    return np.where(flags.any(axis=1), flags.argmax(axis=1) + 1, w + 1)
+
+
+def ours(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: NDArray, *, tau: float = DEFAULT_TAU) -> NDArray[np.int64]:
+    """The window each replication is rolled back at by the pooled always-valid test."""
+    cx_a, cn_a, cx_b, cn_b = (np.cumsum(a, axis=1) for a in (x_a, n_a, x_b, n_b))
+    p_worse = running_p(log_lr_counts(cx_a, cn_a, cx_b, cn_b, alternative="less", tau=tau, min_count=MIN_FEEDBACK), axis=1)
+    return first_rollback(p_worse < ALPHA)
+
+
+def fisher_less(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: NDArray) -> NDArray[np.float64]:
+    """One-sided Fisher exact p (canary proportion lower), vectorised: P(X <= x_a), X hypergeometric."""
+    return hypergeom.cdf(x_a, n_a + n_b, x_a + x_b, n_a)
+
+
+def peer_per_window(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: NDArray) -> NDArray[np.int64]:
+    """The previous rule: Fisher on each window's counts alone, with min_feedback per arm in the window."""
+    enough = (n_a >= MIN_FEEDBACK) & (n_b >= MIN_FEEDBACK)
+    return first_rollback(enough & (fisher_less(x_a, n_a, x_b, n_b) < ALPHA))
+
+
+def peer_pooled_fisher(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: NDArray) -> NDArray[np.int64]:
+    """Fisher on the pooled counts at every window (a fixed-sample test read repeatedly)."""
+    cx_a, cn_a, cx_b, cn_b = (np.cumsum(a, axis=1) for a in (x_a, n_a, x_b, n_b))
+    enough = (cn_a >= MIN_FEEDBACK) & (cn_b >= MIN_FEEDBACK)
+    return first_rollback(enough & (fisher_less(cx_a, cn_a, cx_b, cn_b) < ALPHA))
+
+
+def check_against_decide_rollout(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: NDArray, *, reps: int = 10,
+                                 at: tuple[int, ...] = (1, 2, 5, 20)) -> None:
+    """The vectorised rule above is what compare_arms + decide_rollout decide, look for look."""
+    from monitors.canary import ArmStats, compare_arms
+    from monitors.decision import Rollback, RolloutPolicy, decide_rollout
+    from monitors.sequential import Counts
+
+    policy = RolloutPolicy(steps=(DEMO_SHARE,), min_feedback=MIN_FEEDBACK, alpha=ALPHA)
+    when = ours(x_a, n_a, x_b, n_b)
+    cum = [np.cumsum(a, axis=1) for a in (x_a, n_a, x_b, n_b)]
+    for r in range(min(reps, x_a.shape[0])):
+        for w in at:
+            if w > x_a.shape[1]:
+                continue
+            looks = [Counts(*(int(c[r, k]) for c in cum)) for k in range(w)]
+            last = looks[-1]
+            cmp = compare_arms(ArmStats("1", last.n_b, last.n_b, last.hits_b, 10.0), ArmStats("2", last.n_a, last.n_a, last.hits_a, 10.0),
+                               looks=looks, config=policy.comparison_config())
+            rolled = isinstance(decide_rollout(cmp, policy, current_share=DEMO_SHARE), Rollback)
+            if rolled != (when[r] <= w):  # the p-value is a running minimum: once rolled back, always Rollback
+                raise AssertionError(f"replication {r}, window {w}: decide_rollout {rolled}, simulation rolled back at {when[r]}")
+
+
+def within(when: NDArray[np.int64], windows: int) -> float:
+    return float(np.mean(when <= windows))
+
+
+def needed_labelled(*, p_champion: float, drop: float, reps: int, seed: int, windows: int = 2, power: float = 0.9,
+                    share: float = DEMO_SHARE, tau: float = DEFAULT_TAU) -> int:
+    """Smallest labelled count per window (both arms) with >= ``power`` of replications rolled back within
+    ``windows`` windows (bisection on a monotone-enough curve, to 2 labels)."""
+    def rate(labelled: int) -> float:
+        sim = simulate(Traffic(labelled, share), p_champion=p_champion, p_canary=p_champion - drop, windows=windows,
+                       reps=reps, seed=seed)
+        return within(ours(*sim, tau=tau), windows)
+
+    lo, hi = 2 * MIN_FEEDBACK, 4000
+    while hi - lo > 2:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if rate(mid) >= power else (mid, hi)
+    return hi
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=2000)
+    ap.add_argument("--windows", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    rows: list[dict[str, object]] = []
+
+    def add(metric: str, unit: str, ours_v: float, peer_v: float | None, peer_name: str, target: str, **extra: object) -> None:
+        rows.append({"metric": metric, "unit": unit, "ours": round(ours_v, 4), "peer_name": peer_name,
+                     "peer": None if peer_v is None else round(peer_v, 4),
+                     "ratio": None if not peer_v else round(ours_v / peer_v, 3), "target": target, **extra})
+        peer_s = "-" if peer_v is None else f"{peer_v:.4g}"
+        print(f"{metric:80s} {ours_v:>9.4g} {peer_s:>9s}  {target}", flush=True)
+
+    demo = Traffic(DEMO_QUESTIONS)
+    print(f"demo traffic: {demo.labelled} labelled predictions per window at canary share {demo.share} "
+          f"(~{demo.per_arm:.0f} per arm); {args.reps} replications, seed {args.seed}\n")
+    print(f"{'metric':80s} {'ours':>9s} {'peer':>9s}  target")
+
+    # (a) A/A analysed every window
+    needed: dict[float, int] = {}
+    for p in (0.6, 0.7, 0.75):
+        needed[p] = needed_labelled(p_champion=p, drop=0.10, reps=SEARCH_REPS, seed=args.seed + 7)
+    for label, traffic in (("demo traffic", demo), ("traffic for 10-pt in 2 windows", Traffic(needed[0.7]))):
+        sim = simulate(traffic, p_champion=0.7, p_canary=0.7, windows=args.windows, reps=args.reps, seed=args.seed)
+        if traffic is demo:
+            check_against_decide_rollout(*sim)
+        w_ours, w_peer, w_pool = ours(*sim), peer_per_window(*sim), peer_pooled_fisher(*sim)
+        add(f"A/A false rollback over {args.windows} windows, {label} (~{traffic.per_arm:.0f}/arm/window)", "share of replications",
+            within(w_ours, args.windows), within(w_peer, args.windows), "per-window Fisher (previous rule)", "<= 0.05",
+            pooled_fisher=within(w_pool, args.windows), agreement=0.7, labelled_per_window=traffic.labelled)
+        print(f"{'':80s} (Fisher on pooled counts every window: {within(w_pool, args.windows):.4g})")
+
+    # (b) a canary 10 points worse
+    for p in (0.7, 0.6, 0.75):
+        sim = simulate(demo, p_champion=p, p_canary=p - 0.10, windows=2, reps=args.reps, seed=args.seed + 1)
+        add(f"10-pt worse rolled back within 2 windows, demo traffic, agreement {p}", "share of replications",
+            within(ours(*sim), 2), within(peer_per_window(*sim), 2), "per-window Fisher (previous rule)", ">= 0.9")
+    for p in (0.7, 0.6, 0.75):
+        sim = simulate(Traffic(needed[p]), p_champion=p, p_canary=p - 0.10, windows=2, reps=SEARCH_REPS, seed=args.seed + 2)
+        add(f"10-pt worse rolled back within 2 windows at {needed[p]} labelled/window, agreement {p}", "share of replications",
+            within(ours(*sim), 2), within(peer_per_window(*sim), 2), "per-window Fisher (previous rule)", f">= 0.9 (fresh seed, {SEARCH_REPS} replications)")
+    for p in (0.7, 0.6, 0.75):
+        add(f"labelled predictions per arm per window needed (agreement {p})", "labels per arm",
+            Traffic(needed[p]).per_arm, None, "-", ">= 90% rolled back within 2 windows",
+            labelled_per_window=needed[p], questions_per_window_at_share_0_5=needed[p])
+    for tau in (0.05, 0.2):  # the choice of tau: the count needed barely moves around 0.1
+        n = needed_labelled(p_champion=0.7, drop=0.10, reps=SEARCH_REPS, seed=args.seed + 7, tau=tau)
+        add(f"labelled per arm per window needed (agreement 0.7) with tau={tau} instead of {DEFAULT_TAU}", "labels per arm",
+            Traffic(n).per_arm, Traffic(needed[0.7]).per_arm, f"tau={DEFAULT_TAU}", "(context)")
+    # the demo's own regression is much larger than 10 points (a label-flipped model): how fast at demo traffic
+    for drop in (0.2, 0.3, 0.4):
+        sim = simulate(demo, p_champion=0.7, p_canary=0.7 - drop, windows=3, reps=args.reps, seed=args.seed + 3)
+        add(f"{drop * 100:.0f}-pt worse rolled back within 2 windows, demo traffic", "share of replications",
+            within(ours(*sim), 2), within(peer_per_window(*sim), 2), "per-window Fisher (previous rule)", "(context)")
+    print(f"\nper arm and window, a 10-point drop needs ~{Traffic(needed[0.7]).per_arm:.0f} labelled predictions at agreement 0.7 "
+          f"(0.6: {Traffic(needed[0.6]).per_arm:.0f}, 0.75: {Traffic(needed[0.75]).per_arm:.0f}); at share 0.5 and one verdict "
+          f"per question: canary_window_questions >= {max(needed.values())}. ({time.perf_counter() - t0:.1f}s)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
