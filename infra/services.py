@@ -615,11 +615,14 @@ def _stop_pid(pid: int, marker: str, timeout: float, started: list | None = None
     return f"killed after {timeout:.0f}s"
 
 
-def down(settings: Settings, *, log: Log = print, timeout: float = 20.0) -> None:
-    """Stop only what ``up`` started (pid files): SIGTERM, then SIGKILL after ``timeout``. The ingestors go first
-    (SIGTERM reaches supervisor and ingestor: the ingestor flushes its batch, commits and exits, then the supervisor),
-    while Kafka still answers."""
+def down(settings: Settings, *, log: Log = print, timeout: float = 20.0, only: list[str] | None = None) -> None:
+    """Stop only what ``up`` started (pid files), or of those only the services in ``only`` (`lakeloop autopilot
+    off` stops the ingestors alone): SIGTERM, then SIGKILL after ``timeout``. The ingestors go first (SIGTERM reaches
+    supervisor and ingestor: the ingestor flushes its batch, commits and exits, then the supervisor), while Kafka
+    still answers."""
     for name in reversed(ALL_SERVICE_NAMES):
+        if only is not None and name not in only:
+            continue
         info = _read_pid(settings, name)
         if info is None:
             continue
