@@ -580,8 +580,9 @@ def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -
                     hint=f"see {settings.logs_dir / (spec.name + '.log')}",
                 )
             if time.monotonic() > deadline:
+                why = f": {_ingest_status(settings, spec.name, _read_pid(settings, spec.name)).note}" if spec.name in INGEST_STREAMS else ""
                 raise ServiceError(
-                    f"{spec.name} did not become healthy within {spec.start_timeout:.0f}s",
+                    f"{spec.name} did not become healthy within {spec.start_timeout:.0f}s{why}",
                     hint=f"see {settings.logs_dir / (spec.name + '.log')}; `lakeloop down` then `lakeloop up` to retry",
                 )
             time.sleep(0.5)
