@@ -132,16 +132,20 @@ def test_better_canary_is_promoted_through_the_steps(mon: Settings, models) -> N
         s = mon.model_copy(update={"alert_webhooks": f"teams+{rx.url('/teams')}"})
         rollout.start_canary(s, version=v2, policy=POLICY, actor="test", reason="retrained")
         with ServiceThread(create_app(s, publisher=KafkaPublisher(s), poll_seconds=0.5), s.serve_port) as svc:
-            decisions = []
+            decisions, results = [], []
             for window in range(4):
                 wait_for(svc.url, lambda b: b["canary"] is None or b["canary_share"] == rollout.read_status(s).canary_share)
                 since = datetime.now(timezone.utc)
                 drive_window(s, svc.url, seed=200 + window)
                 result = analysis(s, since)
                 decisions.append(result.decision)
+                results.append(result)
                 if isinstance(result.decision, Promote) and result.decision.final:
                     break
             assert [type(d) for d in decisions][-2:] == [Promote, Promote], decisions
+            # pooled since the canary started (promotion ledger), one look per window: not the last window alone
+            first, last = results[0].comparison, results[-1].comparison
+            assert last.n_looks >= 2 and last.canary.n_feedback > first.canary.n_feedback, (first.metrics(), last.metrics())
             assert decisions[-2].to_share == 0.5 and decisions[-1].final
             wait_for(svc.url, lambda b: b["champion"] == v2 and b["canary"] is None)
         assert [b["@type"] for _, b in rx.received] == ["MessageCard"] and "promoted" in rx.received[0][1]["text"]
