@@ -142,6 +142,20 @@ def _assigned(s: Settings, name: str) -> bool:
         return False
 
 
+def _settled(s: Settings) -> bool:
+    """Both ingestors' latest progress lines show every partition of their topic owned: the shared group has
+    settled (no member or topic is coming, so no rebalance will flush a batch early)."""
+    want = " ".join(f"p{i}=" for i in range(s.topic_partitions))
+    for name in INGEST:
+        try:
+            lines = [ln for ln in (s.logs_dir / f"{name}.log").read_text(errors="replace").splitlines() if "| lag " in ln]
+        except OSError:
+            return False
+        if not lines or [t.split("=")[0] + "=" for t in lines[-1].split("| lag ")[1].split()] != want.split():
+            return False
+    return True
+
+
 @pytest.mark.integration
 def test_up_with_autopilot_on_runs_both_ingestors_and_events_land_without_anyone_ingesting(autopilot) -> None:
     off = autopilot(autopilot=False)
@@ -225,7 +239,7 @@ def test_an_ingestor_that_keeps_failing_backs_off_and_status_says_so(autopilot) 
 def test_down_lets_the_ingestor_commit_its_batch_and_leaves_no_process(autopilot) -> None:
     s = autopilot(ingest_flush_seconds=600.0)  # the rows can only land if SIGTERM flushes them
     services.up(s, log=print, only=INGEST)
-    wait_for("the ingestor's partitions", lambda: _assigned(s, "ingest-feedback"))
+    wait_for("the group to settle", lambda: _settled(s), timeout=60)
     assert _our_processes(s.home)
     with FeedbackProducer(s) as producer:
         for i in range(300):
@@ -238,6 +252,8 @@ def test_down_lets_the_ingestor_commit_its_batch_and_leaves_no_process(autopilot
     assert [m.split(":")[0] for m in said] == ["ingest-predictions", "ingest-feedback"]
     assert all("stopped" in m for m in said), said
     assert sorted(_rows(s, "feedback_events", "event_id")) == sorted(valid_event(i)["event_id"] for i in range(300))
-    assert "after the stop signal" in log.read_text()
+    text = log.read_text()
+    assert "after the stop signal" in text
+    assert "1 flushes (exit 1)" in text  # one flush, the one SIGTERM asked for
     wait_for("no process of this home", lambda: not _our_processes(s.home), timeout=10)
     assert not list(s.run_dir.glob("*.pid"))
