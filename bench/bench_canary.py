@@ -178,6 +178,12 @@ def main() -> None:
         sim = simulate(demo, p_champion=p, p_canary=p - 0.10, windows=2, reps=args.reps, seed=args.seed + 1)
         add(f"10-pt worse rolled back within 2 windows, demo traffic, agreement {p}", "share of replications",
             within(ours(*sim), 2), within(peer_per_window(*sim), 2), "per-window Fisher (previous rule)", ">= 0.9")
+    sim = simulate(demo, p_champion=0.7, p_canary=0.6, windows=60, reps=args.reps, seed=args.seed + 4)
+    w_ours, w_peer = ours(*sim), peer_per_window(*sim)
+    add("10-pt worse rolled back within 20 windows, demo traffic, agreement 0.7", "share of replications",
+        within(w_ours, 20), within(w_peer, 20), "per-window Fisher (previous rule)", "(context)")
+    add("10-pt worse: median windows to rollback, demo traffic, agreement 0.7", "windows",
+        float(np.median(w_ours)), float(np.median(w_peer)), "per-window Fisher (previous rule)", "(context)")
     for p in (0.7, 0.6, 0.75):
         sim = simulate(Traffic(needed[p]), p_champion=p, p_canary=p - 0.10, windows=2, reps=SEARCH_REPS, seed=args.seed + 2)
         add(f"10-pt worse rolled back within 2 windows at {needed[p]} labelled/window, agreement {p}", "share of replications",
