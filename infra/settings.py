@@ -104,6 +104,8 @@ class Settings(BaseSettings):
                               'e.g. {"epochs": 1, "max_length": 128}.')
     gate_must_beat_baselines: bool = Field(True, description="The gate requires beating the length and TF-IDF baselines; "
                                            "off: only 'not worse than the champion' (a first champion still needs to beat them).")
+    gate_slice_tolerance: float = Field(0.05, ge=0, description="The gate fails a candidate whose metric on a slice (app, "
+                                        "model, event type, length) is below the champion's by more than this.")
     eval_n_boot: int = Field(1000, ge=50, description="Bootstrap resamples for the evaluation's 95% intervals.")
     drift_reference_sample: int = Field(5000, ge=50, description="Training rows scored by the champion as drift reference.")
 

@@ -50,6 +50,8 @@ def next_rollout_action(f: RolloutFacts) -> Next:
         return Next("analyze", f"canary v{f.canary}: analysis window{waiting}")
     if f.challenger is None:
         return Next("wait", "no challenger: nothing to roll out")
+    if f.challenger == f.champion:
+        return Next("wait", f"challenger v{f.challenger} is already champion (moved there by hand?): nothing to roll out")
     if f.hold:
         return Next("wait", f"challenger v{f.challenger} held: {f.hold}", alert=True)
     if f.champion is None:

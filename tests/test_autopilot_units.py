@@ -128,6 +128,7 @@ def test_drift_on_the_same_data_is_consumed_not_kept_forever() -> None:
     (RolloutFacts(None, None, "1", None, False, "auc 0.5 does not beat baseline length"), "wait", True),
     (RolloutFacts(None, None, "1", None, None), "wait", True),  # no baseline comparison recorded: no first champion
     (RolloutFacts("1", None, "2", None, None), "start_canary", False),
+    (RolloutFacts("2", None, "2", None, None), "wait", False),  # a person made the challenger champion
     (RolloutFacts("1", None, "2", "version 2 is on hold: people", None), "wait", True),
     (RolloutFacts("1", "2", "3", None, None), "analyze", False),  # never two canaries: 3 waits
     (RolloutFacts("1", "2", None, None, None, seconds_since_analysis=30, window_s=600), "wait", False),

@@ -28,6 +28,7 @@ def _env(home: Path) -> dict[str, str]:
         LAKELOOP_KAFKA_CONTROLLER_PORT=str(free_port()),
         LAKELOOP_MLFLOW_PORT=str(free_port()),
         LAKELOOP_DAGSTER_PORT=str(free_port()),
+        LAKELOOP_AUTOPILOT="off",  # the four platform services; the ingestors of autopilot: test_platform_ingest_service.py
     )
     return env
 

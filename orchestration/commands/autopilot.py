@@ -38,7 +38,13 @@ def autopilot(
             f"({running}/{len(states)} automations running) on {s.dagster_url}/automation")
         _show(states)
         return
+    from infra import services
+
+    if action == "on":  # the continuous ingestors first, so the sensors find data flowing
+        services.up(s.model_copy(update={"autopilot": True}), log=say, only=list(services.INGEST_SERVICE_NAMES))
     states = set_autopilot(s, action == "on")
+    if action == "off":
+        services.down(s, log=say, only=list(services.INGEST_SERVICE_NAMES))
     say(f"autopilot {action}: {sum(st.running for st in states)}/{len(states)} automations running")
     _show(states)
     if action == "off":

@@ -37,6 +37,7 @@ class TrainingResource(dg.ConfigurableResource):
         except _ConfigError:
             return cls()
         return cls(train_config=s.train_config, gate_must_beat_baselines=s.gate_must_beat_baselines, n_boot=s.eval_n_boot,
+                   gate_slice_tolerance=s.gate_slice_tolerance,
                    retrain_min_new_rows=s.retrain_min_new_rows)
 
     def config(self, **overrides: Any) -> TrainConfig:
