@@ -39,6 +39,9 @@ class ComparisonConfig:
     min_requests: int = 50  # requests per arm before the error test counts
 
 
+DEFAULT_COMPARISON = ComparisonConfig()  # RolloutPolicy()'s settings
+
+
 @dataclass(frozen=True)
 class ArmStats:
     """What one model version did in the window (pooled: since the canary started)."""
@@ -189,7 +192,7 @@ def compare_arms(
     canary: ArmStats,
     *,
     looks: Sequence[Counts] | None = None,
-    config: ComparisonConfig = ComparisonConfig(),
+    config: ComparisonConfig = DEFAULT_COMPARISON,
 ) -> CanaryComparison:
     """Always-valid tests of the canary against the champion: agreement both ways and non-inferiority over
     ``looks`` (cumulative counts, oldest first; default: the arms' counts as the only look), errors upwards
@@ -223,7 +226,7 @@ def analyze_window(
     canary_version: str,
     counters: Mapping[str, tuple[int, int]] | None = None,
     look_times: Sequence[datetime] | None = None,
-    config: ComparisonConfig = ComparisonConfig(),
+    config: ComparisonConfig = DEFAULT_COMPARISON,
 ) -> CanaryComparison:
     """Compare canary and champion over predictions and the feedback that followed them.
 

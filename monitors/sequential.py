@@ -181,20 +181,19 @@ def sequential_test(
     the last of ``looks`` (cumulative counts, oldest first; the canary is arm a)."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    kw = {"tau": tau, "min_count": min_count}
-    low, high = confidence_sequence(looks, alpha=alpha, **kw)  # type: ignore[arg-type]
+    low, high = confidence_sequence(looks, alpha=alpha, tau=tau, min_count=min_count)
     if looks:
         arr = np.array([(c.hits_a, c.n_a, c.hits_b, c.n_b) for c in looks], dtype=float).T
         # non-inferiority: the two-sided mixture at theta = -margin, counted only when the estimate is above it,
         # so that p_noninferior < alpha exactly when the confidence sequence's lower end is above -margin
-        two = log_lr_counts(*arr, alternative="two-sided", margin=margin, **kw)  # type: ignore[arg-type]
+        two = log_lr_counts(*arr, alternative="two-sided", tau=tau, margin=margin, min_count=min_count)
         above = arr[0] / np.maximum(arr[1], 1) - arr[2] / np.maximum(arr[3], 1) + margin > 0
         p_nonin = float(running_p(np.where(above, two, -np.inf))[-1])
     else:
         p_nonin = 1.0
     n_valid = sum(1 for c in looks if c.n_a >= max(min_count, 1) and c.n_b >= max(min_count, 1))
     return SequentialResult(
-        p_worse=always_valid_p(looks, alternative="less", **kw),  # type: ignore[arg-type]
-        p_better=always_valid_p(looks, alternative="greater", **kw),  # type: ignore[arg-type]
+        p_worse=always_valid_p(looks, alternative="less", tau=tau, min_count=min_count),
+        p_better=always_valid_p(looks, alternative="greater", tau=tau, min_count=min_count),
         p_noninferior=p_nonin, diff_low=low, diff_high=high, n_looks=len(looks), n_valid_looks=n_valid,
     )

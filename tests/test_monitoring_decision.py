@@ -189,3 +189,11 @@ def test_canary_start_comes_from_the_latest_ledger_entry(settings) -> None:
     assert look_times_between(t0, t0 + timedelta(minutes=35), timedelta(minutes=1), max_looks=3)[0] == t0 + timedelta(minutes=33)
     with pytest.raises(ValueError):
         look_times_between(t0, t0 + timedelta(minutes=1), timedelta(0))
+
+
+def test_default_policy_compares_as_compare_arms_does_by_default() -> None:
+    from monitors.canary import DEFAULT_COMPARISON
+
+    assert RolloutPolicy().comparison_config() == DEFAULT_COMPARISON
+    with pytest.raises(ValueError):
+        RolloutPolicy(tau=0.0)
