@@ -1,7 +1,8 @@
 """`rollout_decision`: start the waiting challenger's canary (or make it the first champion), else canary
 analysis, the pure decision, and its execution.
 
-Compares canary and champion on agreement with later user feedback (Fisher exact), error rate and latency
+Compares canary and champion on agreement with later user feedback (always-valid sequential test on counts
+pooled since the canary started, ``monitors.sequential``), error rate and latency
 p95; ``decide_rollout`` says Promote / Hold / Rollback; the rollout module moves aliases (compare-and-set,
 ledger, version tags) and the notifier alerts on rollbacks and promotions.
 """
