@@ -108,6 +108,8 @@ def _facts(**kw) -> RetrainFacts:
     ({"last_trained": (4, 4), "baseline_rows": 990, "seconds_since_last": 10, "drift_requested": True}, True, "drift"),
     ({"last_trained": (5, 5), "baseline_rows": 0, "drift_requested": True}, False, ""),  # never the same data twice
     ({"drift_requested": True, "curation_pending": True}, False, ""),  # curate what is pending first
+    ({"curation_pending": True}, False, ""),  # a backlog curated day by day trains once, at the end
+    ({"pinned_rows": 120}, False, ""),  # a first model needs min_new_rows too
 ])
 def test_retrain_decisions(kw, train, trigger) -> None:
     d = decide_retrain(_facts(**kw), min_new_rows=500, cooldown_s=1800)

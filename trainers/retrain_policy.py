@@ -2,7 +2,9 @@
 
 - **Growth**: the checked gold versions hold at least ``min_new_rows`` more rows than the versions of the last
   training (or, before any, of the champion; with neither, any rows at all).
-- **Drift**: a drift report asked for retraining; it waits for pending curation, not for the cooldown.
+- **Drift**: a drift report asked for retraining; it does not wait for the cooldown.
+- **Settled data**: nothing trains while curation runs are queued or running (a backlog curated day by day
+  would otherwise train once per day), and a first model needs ``min_new_rows`` rows too.
 - **Never twice on the same data**: versions equal to the last training's are skipped, whatever the trigger.
 - **Cooldown**: after a training request, growth waits ``cooldown_s`` before the next one.
 """
@@ -39,8 +41,9 @@ def decide_retrain(f: RetrainFacts, *, min_new_rows: int, cooldown_s: float) -> 
         return RetrainDecision(False, "", "a training run is queued or running")
     if f.pinned is None:
         return RetrainDecision(False, "", "no checked gold version to train on")
-    if f.drift_requested and f.curation_pending:
-        return RetrainDecision(False, "", "drift asks for retraining: waiting for the pending curation runs first")
+    if f.curation_pending:  # data still settling: a backlog curated day by day would train once per day
+        what = "drift asks for retraining" if f.drift_requested else "gold is being curated"
+        return RetrainDecision(False, "", f"{what}: waiting for the pending curation runs first")
     if f.last_trained == f.pinned:
         return RetrainDecision(False, "", f"already trained on gold v{f.pinned[0]}/v{f.pinned[1]}: waiting for new checked data",
                                consume_drift=f.drift_requested)
@@ -48,8 +51,9 @@ def decide_retrain(f: RetrainFacts, *, min_new_rows: int, cooldown_s: float) -> 
     if f.drift_requested:
         return RetrainDecision(True, "drift", f"drift alert: retraining on gold v{f.pinned[0]}/v{f.pinned[1]} ({new:+d} rows)",
                                consume_drift=True)
-    if f.baseline_rows is not None and new < min_new_rows:
-        return RetrainDecision(False, "", f"{new} new gold rows since the last model; need {min_new_rows}")
+    if new < min_new_rows:
+        since = "since the last model" if f.baseline_rows is not None else "for a first model"
+        return RetrainDecision(False, "", f"{new} new gold rows {since}; need {min_new_rows}")
     if f.seconds_since_last is not None and f.seconds_since_last < cooldown_s:
         return RetrainDecision(False, "", f"cooldown: last training requested {f.seconds_since_last:.0f}s ago "
                                           f"(retrain_cooldown_minutes={cooldown_s / 60:g})")

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from orchestration.commands.common import say, settings
-
 from infra.services import REPO_ROOT
+from orchestration.commands.common import say, settings
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "qa_feedback" / "dev_feedback.json"
 
@@ -28,7 +27,8 @@ def simulate(
 ) -> None:
     """Simulated app traffic: answers scored by the scoring service, then users' feedback sent to Kafka."""
     from feedback.producer import FeedbackProducer
-    from feedback.simulate import Scorer, SimConfig, simulate as run
+    from feedback.simulate import Scorer, SimConfig
+    from feedback.simulate import simulate as run
 
     s = settings()
     if not 0.0 <= malformed_share <= 1.0 or (drift_after is not None and not 0.0 <= drift_after <= 1.0):
@@ -50,13 +50,21 @@ def demo(
     live: Annotated[int, typer.Option(help="Questions of stationary live traffic.")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     down: Annotated[bool, typer.Option("--down", help="Stop the services at the end.")] = False,
+    autopilot: Annotated[bool, typer.Option("--autopilot/--scripted", help="autopilot: the daemon runs the loop and the demo only "
+                                            "plays the app (experimental, ~25 min); scripted: the demo drives each step.")] = False,
 ) -> None:
     """Run the whole loop end to end on embedded defaults with the real qa_feedback data (about 10-15 min on 2 CPUs)."""
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
     s = settings()
     say(f"lakeloop demo: LAKELOOP_HOME={s.home}")
-    summary = run_demo(s, DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed), say=say)
+    base = DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed)
+    if autopilot:
+        from orchestration.demo_autopilot import AutopilotDemoConfig, run_autopilot_demo
+
+        summary = run_autopilot_demo(s, AutopilotDemoConfig(base=base), say=say)
+    else:
+        summary = run_demo(s, base, say=say)
     say(render_summary(s, summary, services_stay_up=not down))
     if down:
         from infra import services

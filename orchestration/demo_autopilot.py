@@ -1,0 +1,378 @@
+"""The main job on autopilot: the platform runs the loop; this script only plays the app and narrates.
+
+It starts the platform with autopilot on (the supervised ingestors and every sensor of the loop), then:
+1. sends the feedback backlog collected before lakeloop to Kafka, and waits while the daemon ingests, curates,
+   trains, gates and registers the first model; the first model becomes champion by itself only if it beats the
+   baselines (else it waits, an alert says why, and the demo steps in as an operator would, in the MLflow
+   registry: an external change the daemon records and does not fight);
+2. plays stationary live traffic through `lakeloop serve` for a drift window (no drift alert expected);
+3. plays drifted traffic (an app release that cuts answers) until the drift alert fires; the daemon retrains on
+   what it curated, gates the candidate and puts it on canary; traffic goes on and the canary is analysed
+   every window until Promote or Rollback (or the demo's window budget ends: Hold);
+4. an app release logs inverted thumbs for a while (a bad stretch of data): the next model trained on it must
+   be stopped by the gate or the canary.
+
+It never launches a run or moves an alias for the daemon: everything it says about the loop comes from the
+Dagster instance (runs with their sensor and trigger tags, materializations), the promotion ledger and the
+alerts the webhook receiver got.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from infra import jars, services
+from infra.settings import Settings
+from orchestration.demo import (
+    DemoConfig,
+    DemoSummary,
+    ServeProcess,
+    _backlog,
+    _lake_facts,
+    _produce,
+    _question_order,
+)
+from orchestration.demo_receiver import AlertReceiver
+
+Say = Callable[[str], None]
+ACTOR = "operator:demo"
+
+
+@dataclass(frozen=True)
+class AutopilotDemoConfig:
+    base: DemoConfig
+    tick_seconds: int = 5
+    drift_window_minutes: float = 1.0
+    canary_window_minutes: float = 1.0
+    chunk_questions: int = 4  # questions per traffic burst (4 scored answers each)
+    chunk_every_s: float = 12.0  # one burst this often: ~80 scored answers per drift window
+    first_model_timeout_s: float = 900.0
+    retrain_timeout_s: float = 900.0
+    max_drift_windows: int = 4
+    max_canary_windows: int = 6
+    bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
+
+
+@dataclass
+class Narrator:
+    """Reads what the daemon did from the Dagster instance and tells it once."""
+
+    settings: Settings
+    say: Say
+    summary: DemoSummary
+    seen: dict[str, str] = field(default_factory=dict)  # run id -> last status told
+
+    def instance(self) -> Any:
+        import dagster as dg
+
+        return dg.DagsterInstance.from_config(str(self.settings.dagster_home))
+
+    def poll(self) -> None:
+
+        with self.instance() as inst:
+            records = sorted(inst.get_run_records(), key=lambda r: r.create_timestamp)
+            for r in records:
+                run = r.dagster_run
+                status = run.status.value
+                if self.seen.get(run.run_id) == status:
+                    continue
+                if status in ("QUEUED", "NOT_STARTED", "STARTING") and run.run_id in self.seen:
+                    continue
+                self.seen[run.run_id] = status
+                what = run.job_name + (f" [{run.tags['dagster/partition']}]" if run.tags.get("dagster/partition") else "")
+                why = run.tags.get("lakeloop/trigger", "-")
+                by = run.tags.get("dagster/sensor_name", "by hand")
+                if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                    took = f" in {r.end_time - r.start_time:.0f}s" if r.end_time and r.start_time else ""
+                    self.say(f"  [daemon] {what} {status.lower()}{took}")
+                    self.summary.facts.setdefault("runs", []).append({"job": run.job_name, "status": status, "sensor": by,
+                                                                      "trigger": why, "partition": run.tags.get("dagster/partition")})
+                elif status == "STARTED":
+                    self.say(f"  [daemon] {what} started by {by} (trigger: {why})")
+
+    def latest(self, asset: str) -> tuple[int, dict[str, Any]] | None:
+        """(storage id, metadata) of the latest materialization of ``asset``."""
+        import dagster as dg
+
+        with self.instance() as inst:
+            recs = inst.fetch_materializations(dg.AssetKey(asset), limit=1).records
+        if not recs or recs[0].asset_materialization is None:
+            return None
+        return recs[0].storage_id, {k: getattr(v, "value", v) for k, v in recs[0].asset_materialization.metadata.items()}
+
+    def wait(self, what: str, done: Callable[[], Any], timeout: float, *, tick: float = 3.0,
+             between: Callable[[], None] | None = None) -> Any:
+        """Narrate the daemon until ``done()`` is truthy; ``between`` runs each tick (the app's traffic)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            value = done()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                return None
+            if between is not None:
+                between()
+            else:
+                time.sleep(tick)
+
+
+def _aliases(settings: Settings) -> dict[str, str]:
+    from monitors import model_store
+
+    return model_store.aliases(settings)
+
+
+def _alerts(receiver: AlertReceiver, kind: str) -> list[dict[str, Any]]:
+    return [a for a in receiver.received if kind in json.dumps(a)[:600]]
+
+
+class App:
+    """The app: scores answers through `lakeloop serve` and sends its users' feedback, in bursts."""
+
+    def __init__(self, settings: Settings, cfg: AutopilotDemoConfig, say: Say) -> None:
+        self.settings, self.cfg, self.say = settings, cfg, say
+        self.pool = _question_order(cfg.base)[cfg.base.backlog_questions:]
+        self.next_q, self.run_id, self.last_burst = 0, 100, 0.0
+        self.drifted = False
+        self.invert_thumbs = False
+        self.totals = {"requests": 0, "events": 0}
+
+    def burst(self) -> None:
+        """One burst of traffic when it is due, else a short sleep."""
+        from feedback.producer import FeedbackProducer
+        from feedback.simulate import Scorer, SimConfig, simulate
+
+        wait = self.last_burst + self.cfg.chunk_every_s - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 3.0))
+            return
+        self.last_burst = time.monotonic()
+        qs = tuple(self.pool[(self.next_q + k) % len(self.pool)] for k in range(self.cfg.chunk_questions))
+        self.next_q += self.cfg.chunk_questions
+        self.run_id += 1
+        producer = FeedbackProducer(self.settings)
+        send = producer.send if not self.invert_thumbs else (lambda e, **kw: producer.send(_inverted(e), **kw))
+        try:
+            stats = simulate(self.cfg.base.data_path, SimConfig(questions=qs, drift_after=0.0 if self.drifted else None,
+                                                                seed=self.cfg.base.seed + self.run_id, run_id=self.run_id,
+                                                                passages=self.cfg.base.passages),
+                             send=send, scorer=Scorer(self.settings.serve_url), say=self.say, progress_every=0)
+            producer.flush()
+        finally:
+            producer.close()
+        self.totals["requests"] += stats.requests
+        self.totals["events"] += stats.events
+
+
+def _inverted(event: Any) -> Any:
+    """The bad release's bug: thumbs logged the wrong way round."""
+    if isinstance(event, dict) and event.get("event_type") == "thumbs" and isinstance(event.get("value"), int | float):
+        return {**event, "value": -event["value"]}
+    return event
+
+
+def _platform(settings: Settings, say: Say) -> None:
+    for name, _, fetched in jars.fetch_jars(settings):
+        if fetched:
+            say(f"fetched the {name} jars")
+    # the daemon and the ingestors read the demo's settings: restart them if an earlier platform runs
+    services.down(settings, log=lambda m: None, only=["dagster-daemon", "dagster-webserver", *services.INGEST_SERVICE_NAMES])
+    services.up(settings, log=lambda m: say(f"  {m}"))
+
+
+def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say = print) -> DemoSummary:
+    summary = DemoSummary()
+    t0 = time.monotonic()
+    base = cfg.base
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    with AlertReceiver(log_path=settings.logs_dir / "alerts-received.jsonl") as receiver:
+        settings = settings.model_copy(update={
+            "autopilot": True, "autopilot_tick_seconds": cfg.tick_seconds, "alert_webhooks": f"slack+{receiver.url}",
+            "curation_min_new_rows": 300, "curation_debounce_minutes": 0.25, "retrain_min_new_rows": 300,
+            "retrain_cooldown_minutes": 0.0, "canary_window_minutes": cfg.canary_window_minutes,
+            "drift_window_minutes": cfg.drift_window_minutes, "drift_windows_to_alert": base.drift_windows_to_alert,
+            "canary_steps": base.canary_steps, "train_config": json.dumps(base.train), "eval_n_boot": base.n_boot,
+            "gate_must_beat_baselines": base.gate_must_beat_baselines, "drift_reference_sample": base.reference_sample,
+        })
+        summary.facts["receiver"] = receiver.url
+        _platform(settings, say)
+        from orchestration.automation import set_autopilot
+
+        states = set_autopilot(settings, True)  # an instance switched off earlier: the demo is about autopilot
+        summary.add("0. autopilot", f"on: {sum(s.running for s in states)}/{len(states)} automations running, "
+                    "ingestors supervised by `lakeloop up`", say)
+        narrator = Narrator(settings, say, summary)
+        first = _phase_backlog(settings, cfg, summary, narrator, receiver, say)
+        if first is None:
+            summary.facts["elapsed_s"] = round(time.monotonic() - t0, 1)
+            return summary
+        with ServeProcess(settings) as serve:
+            serve.wait_for_version("champion", first)
+            app = App(settings, cfg, say)
+            _phase_stationary(settings, cfg, summary, narrator, app, say)
+            _phase_drift(settings, cfg, summary, narrator, receiver, app, serve, say)
+            _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, say)
+            summary.facts["traffic"] = dict(app.totals)
+        summary.alerts = list(receiver.received)
+    summary.facts["elapsed_s"] = round(time.monotonic() - t0, 1)
+    summary.facts.update(_lake_facts(settings))
+    return summary
+
+
+def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
+                   receiver: AlertReceiver, say: Say) -> str | None:
+    from monitors import model_store
+
+    t = time.monotonic()
+    sent, bad = _produce(settings, _backlog(cfg.base), cfg.base)
+    summary.add("1. feedback backlog", f"{sent} events of {cfg.base.backlog_questions} questions sent to Kafka ({bad} malformed); "
+                "the daemon takes it from here", say)
+    done = narrator.wait("a first model", lambda: _aliases(settings).get("champion") or _alerts(receiver, "autopilot_waiting"),
+                         cfg.first_model_timeout_s)
+    if not done:
+        summary.add("2. first model", f"nothing registered after {cfg.first_model_timeout_s:.0f}s: see the Dagster UI's runs "
+                    f"and sensor ticks ({settings.dagster_url}/automation)", say)
+        return None
+    summary.facts["time_to_first_model_s"] = round(time.monotonic() - t, 1)  # backlog sent -> gated model registered
+    ev = (narrator.latest("model_evaluation") or (0, {}))[1]
+    summary.facts["first_model"] = {k: v for k, v in ev.items() if k != "model_card"}
+    aliases = _aliases(settings)
+    version = aliases.get("champion") or aliases.get("challenger")
+    figures = (f"pairwise accuracy {ev.get('pairwise_accuracy', float('nan')):.3f} {ev.get('pairwise_accuracy_ci', '')}, AUC "
+               f"{ev.get('auc', float('nan')):.3f}; baselines: length {ev.get('baseline_length_pairwise_accuracy', float('nan')):.3f}, "
+               f"TF-IDF {ev.get('baseline_tfidf_lr_pairwise_accuracy', float('nan')):.3f}")
+    if aliases.get("champion"):
+        summary.add("2. first champion", f"v{version} by the daemon in {time.monotonic() - t:.0f}s: it beats the baselines ({figures})", say)
+        summary.decisions.append(("Champion", f"v{version}: first model, beats the baselines (daemon)"))
+        return str(version)
+    why = _alerts(receiver, "autopilot_waiting")[0].get("text", "")[:300]
+    summary.add("2. first model waits", f"v{version} gated and registered by the daemon in {time.monotonic() - t:.0f}s, but no "
+                f"champion: it does not beat the baselines ({figures}). Alert: {why}", say)
+    # The operator steps in, in the MLflow registry as a person would: the daemon records it, alerts, and serves it.
+    model_store.client(settings).set_registered_model_alias(settings.registered_model_name, "champion", str(version))
+    ext = narrator.wait("the external change", lambda: _alerts(receiver, "external_change"), 120)
+    summary.add("3. operator", f"made v{version} champion in the MLflow registry; the daemon "
+                + ("recorded it in the ledger as external and alerted" if ext else "did not notice within 120s"), say)
+    summary.decisions.append(("Champion", f"v{version}: set by an operator in MLflow (recorded as external)"))
+    return str(version)
+
+
+def _drift_reports_after(narrator: Narrator, after: int) -> list[dict[str, Any]]:
+    latest = narrator.latest("drift_report")
+    return [latest[1]] if latest and latest[0] > after else []
+
+
+def _phase_stationary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, app: App,
+                      say: Say) -> None:
+    start = (narrator.latest("drift_report") or (0, {}))[0]
+    # a full window of stationary traffic, then the report of that window
+    window_s = cfg.drift_window_minutes * 60
+    narrator.wait("stationary window", lambda: False, window_s + cfg.chunk_every_s, between=app.burst)
+    got = narrator.wait("the stationary drift report", lambda: _drift_reports_after(narrator, start), window_s + 90, between=app.burst)
+    d = got[0] if got else {}
+    summary.add("4. stationary traffic", f"{app.totals['requests']} requests scored by the champion; drift check: "
+                f"drifted={d.get('drifted')} ({str(d.get('summary', 'no report'))[:300]})", say)
+    summary.facts["stationary_drift"] = {k: d.get(k) for k in ("drifted", "streak", "alert")}
+
+
+def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
+                 receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> None:
+    app.drifted = True
+    t_onset = time.monotonic()
+    alerted = narrator.wait("the drift alert", lambda: _alerts(receiver, "drift"),
+                            cfg.max_drift_windows * cfg.drift_window_minutes * 60 + 120, between=app.burst)
+    if not alerted:
+        summary.add("5. drifted traffic", f"no drift alert after {cfg.max_drift_windows} windows", say)
+        return
+    t_alert = time.monotonic() - t_onset
+    summary.facts["time_to_drift_alert_s"] = round(t_alert, 1)
+    summary.add("5. drift alert", f"cut answers from a new app release: alert after {t_alert:.0f}s "
+                f"({t_alert / (cfg.drift_window_minutes * 60):.1f} windows)", say)
+    before = _aliases(settings)
+    canary = narrator.wait("a retrained candidate on canary", lambda: _aliases(settings).get("canary"), cfg.retrain_timeout_s,
+                           between=app.burst)
+    ev = (narrator.latest("model_evaluation") or (0, {}))[1]
+    if not canary:
+        summary.add("6. retraining", f"no canary after {cfg.retrain_timeout_s:.0f}s (gate passed: {ev.get('gate_passed')}); "
+                    f"aliases {_aliases(settings)}", say)
+        return
+    summary.facts["time_to_canary_after_alert_s"] = round(time.monotonic() - t_onset - t_alert, 1)
+    summary.add("6. retraining", f"the daemon retrained on the curated drifted feedback: v{canary} passed the gate "
+                f"(pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} vs champion v{before.get('champion')}) and went "
+                f"to canary at {float(settings.canary_steps.split(',')[0]):.0%} of traffic", say)
+    serve.wait_for_version("canary", canary)
+    _watch_canary(settings, cfg, summary, narrator, app, canary, "7", say)
+
+
+def _watch_canary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, app: App,
+                  canary: str, step: str, say: Say) -> None:
+    seen = (narrator.latest("rollout_decision") or (0, {}))[0]
+    for w in range(cfg.max_canary_windows):
+        got = narrator.wait("a canary analysis", lambda seen=seen: (narrator.latest("rollout_decision") or (0, {}))[0] > seen,
+                            cfg.canary_window_minutes * 60 + 120, between=app.burst)
+        if not got:
+            break
+        seen, r = narrator.latest("rollout_decision") or (seen, {})
+        summary.decisions.append((str(r.get("decision")), str(r.get("reason"))))
+        summary.add(f"{step}. canary window {w + 1}", f"{r.get('decision')}: {r.get('reason')}", say)
+        if _aliases(settings).get("canary") != canary:
+            break
+    a = _aliases(settings)
+    summary.add(f"{step}. outcome", f"champion v{a.get('champion')}; canary {('v' + a['canary']) if a.get('canary') else 'none'}", say)
+
+
+def bad_release_events(cfg: AutopilotDemoConfig) -> list[dict[str, Any]]:
+    """What a buggy app release logs: the backlog's users' feedback again (new ids), with thumbs and preferences the
+    wrong way round (its feedback widget swapped the buttons). Event times are the backlog's: late data for old days."""
+    from feedback.qa_feedback import load_events
+
+    keep = set(_question_order(cfg.base)[: cfg.bad_stretch_questions])
+    out = []
+    for e in load_events(cfg.base.data_path, copies=2, passages=cfg.base.passages):
+        if not e["event_id"].startswith("qaf1-1-") or int(e["conversation_id"].rsplit("-", 1)[1]) not in keep:
+            continue
+        if e["event_type"] == "thumbs":
+            e = {**e, "value": -e["value"]}
+        elif e["event_type"] == "preference" and e.get("preferred") in ("a", "b"):
+            e = {**e, "preferred": "b" if e["preferred"] == "a" else "a"}
+        elif e["event_type"] == "correction":
+            continue
+        out.append(e)
+    return out
+
+
+def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
+                       receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> None:
+    if _aliases(settings).get("canary"):
+        summary.add("8. bad release", "skipped: a canary is still in flight (the demo's window budget ended first)", say)
+        return
+    trained_before = sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job")
+    app.drifted = False
+    bad = bad_release_events(cfg)
+    t = time.monotonic()
+    sent, _ = _produce(settings, bad, replace(cfg.base, malformed_share=0.0))
+    summary.add("8. bad release", f"an app release logged {sent} feedback events of {cfg.bad_stretch_questions} questions with "
+                "thumbs and preferences swapped (late data for the backlog's days); the daemon curates and retrains on it", say)
+    gated_out = lambda: [a for a in _alerts(receiver, "gate_failed") if "promotion_gate" in json.dumps(a)]
+    trained = narrator.wait("a model trained on the bad stretch", lambda: gated_out() or (
+        sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job" and r["status"] in ("SUCCESS", "FAILURE"))
+        > trained_before), cfg.retrain_timeout_s, between=app.burst)
+    if not trained:
+        summary.add("9. bad candidate", f"no retraining within {cfg.retrain_timeout_s:.0f}s", say)
+        return
+    narrator.poll()
+    summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - t, 1)  # bad data sent -> its model gated
+    canary = _aliases(settings).get("canary")
+    ev = (narrator.latest("model_evaluation") or (0, {}))[1]
+    if gated_out() or not canary:
+        summary.add("9. bad candidate", f"stopped by the gate: pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on its eval "
+                    f"split; {ev.get('gate_passed') and 'passed' or 'failed'}; aliases unchanged: champion v{_aliases(settings).get('champion')}", say)
+        summary.decisions.append(("Stopped", "the gate refused the model trained on the bad release's data"))
+        return
+    serve.wait_for_version("canary", canary)
+    _watch_canary(settings, cfg, summary, narrator, app, canary, "10", say)
