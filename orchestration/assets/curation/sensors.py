@@ -21,6 +21,9 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 
 curation_job = dg.define_asset_job(
     "curation_job", selection=dg.AssetSelection.groups(GROUP), tags={CURATION_TAG: "1"},
+    # steps in the run's own process: a subprocess per step (6 here) re-imports the definitions each time, which
+    # cost ~45 s of a ~65 s run on 2 busy cores; a run worker that dies is still re-run by the run retries
+    executor_def=dg.in_process_executor,
     description="Curate one event day: silver/feedback, then the gold tables, each with its blocking checks.",
 )
 

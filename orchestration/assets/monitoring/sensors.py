@@ -20,9 +20,10 @@ from orchestration.assets.curation.sensors import IN_FLIGHT
 from orchestration.automation import TRIGGER_TAG, autopilot_default, tick_seconds
 from orchestration.resources import LakeloopSettings
 
-drift_check_job = dg.define_asset_job("drift_check", selection=dg.AssetSelection.assets("drift_report"),
+drift_check_job = dg.define_asset_job("drift_check", selection=dg.AssetSelection.assets("drift_report"), executor_def=dg.in_process_executor,
                                       description="Drift of one window of live traffic against the champion's training data.")
 canary_analysis_job = dg.define_asset_job("canary_analysis", selection=dg.AssetSelection.assets("rollout_decision"),
+                                          executor_def=dg.in_process_executor,
                                           description="Start the waiting challenger's canary, or analyse the canary in flight.")
 
 

@@ -22,6 +22,7 @@ from trainers.retrain_policy import RetrainFacts, Versions, decide_retrain
 
 TRAINING_TAG = "lakeloop/training"  # the run queue runs one training at a time
 training_job = dg.define_asset_job("training_job", selection=dg.AssetSelection.groups("training"), tags={TRAINING_TAG: "1"},
+                                   executor_def=dg.in_process_executor,  # the trainer is its own process (Pipes) anyway
                                    description="Train, evaluate/gate and register the reward model.")
 EX, PR = "gold/training_examples", "gold/preference_pairs"
 
