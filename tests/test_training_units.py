@@ -136,7 +136,9 @@ def test_evaluate_reports_intervals_slices_and_baselines(qa_feedback_path: Path)
     shorter = np.mean([(len(c) < len(r)) + 0.5 * (len(c) == len(r)) for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True)])
     acc = report.metrics["pairwise_accuracy"]
     assert math.isclose(acc.value, shorter) and acc.lo <= acc.value <= acc.hi and acc.n == len(pairs)
-    assert set(report.baselines) == {"length", "tfidf_lr"}
+    assert set(report.baselines) == {"constant", "length", "tfidf_lr"}
+    assert report.baselines["constant"]["pairwise_accuracy"].value == 0.5
+    assert set(report.paired) == {"constant", "length", "tfidf_lr"} and report.class_counts[0] + report.class_counts[1] == len(evalset[0])
     assert any(k.startswith("pairwise_accuracy|event_type=correction") for k in report.slices)
     assert any(k.startswith("auc|length=") for k in report.slices)
     card = E.model_card(report, name="m", lineage={"lakeloop.train_examples.version": "3"})

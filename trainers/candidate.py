@@ -58,32 +58,54 @@ def _as_tuples(metrics: dict[str, E.Estimate]) -> dict[str, tuple[float, float, 
     return {k: (v.value, v.lo, v.hi) for k, v in metrics.items()}
 
 
+def _losing_candidates(settings: Settings, run_id: str) -> dict[str, E.Scorer]:
+    """The candidates that lost the run's selection (artifacts ``candidates/<family>``), loaded as scorers."""
+    import mlflow
+
+    from trainers.pyfunc import local_scorer
+
+    families = [a.path.split("/")[-1] for a in T.client(settings).list_artifacts(run_id, "candidates") if a.is_dir]
+    if not families:
+        return {}
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    root = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="candidates")
+    from pathlib import Path
+
+    return {f: local_scorer(Path(root) / f) for f in sorted(families)}
+
+
 def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | None = None, n_boot: int = 1000,
                        max_eval_clusters: int | None = None) -> EvalOutcome:
-    """Score the candidate and the champion on the candidate's pinned eval split; gate (default GateConfig());
-    log all to MLflow."""
+    """Score the candidate, the baselines, the champion and the candidates that lost the selection on the
+    candidate's pinned eval split (cluster bootstrap, paired); gate (default GateConfig()); log all to MLflow."""
     gate = gate or GateConfig()
     cand = candidate_from_run(settings, run_id)
+    tags = T.run_tags(settings, run_id)
     train, evalset = _split_frames(cand, "train"), _split_frames(cand, "eval", max_questions=max_eval_clusters)
-    report = E.full_report(R.load_scorer(cand.model_uri), train, evalset, n_boot=n_boot)
     champ_version = R.get_alias_version(settings, "champion")
-    champ_report = None
+    champion = None
     if champ_version is not None:
         mv = R.version_info(settings, champ_version)
-        pairs = evalset[1][~evalset[1]["is_tie"].astype(bool)].reset_index(drop=True)
-        champ_report = E.evaluate(R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}"), evalset[0], pairs, n_boot=n_boot)
-        T.log_run_metrics(settings, run_id, champ_report.flat(prefix="champion"))
+        champion = R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}")
         T.set_run_tags(settings, run_id, {"lakeloop.gate.champion_version": champ_version, "lakeloop.gate.champion_run": mv.run_id})
+    report = E.full_report(R.load_scorer(cand.model_uri), train, evalset, n_boot=n_boot, champion=champion,
+                           others=_losing_candidates(settings, run_id))
+    champ_report = report.champion
+    if champ_report is not None:
+        T.log_run_metrics(settings, run_id, champ_report.flat(prefix="champion"))
+    baseline_values = {b: _as_tuples(m) for b, m in report.baselines.items()}
+    paired = {r: _as_tuples(m) for r, m in report.paired.items()}
     decision = decide_gate(
         _as_tuples(report.metrics), _as_tuples(champ_report.metrics) if champ_report else None,
-        baselines={b: _as_tuples(m) for b, m in report.baselines.items()},
-        candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None, config=gate,
+        baselines=baseline_values, candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None,
+        config=gate, paired=paired, class_counts=report.class_counts,
     )
     # the baseline rule on its own, whatever the gate's config: a first champion must beat the baselines (autopilot)
-    baselines = decide_gate(_as_tuples(report.metrics), None, baselines={b: _as_tuples(m) for b, m in report.baselines.items()},
-                            candidate_slices={}, champion_slices=None, config=replace(gate, must_beat_baselines=True))
+    baselines = decide_gate(_as_tuples(report.metrics), None, baselines=baseline_values, candidate_slices={}, champion_slices=None,
+                            config=replace(gate, must_beat_baselines=True), paired=paired, class_counts=report.class_counts)
     T.set_run_tags(settings, run_id, baseline_tags(baselines))
-    card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage=cand.lineage, gate=decision.summary())
+    card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage={k: v for k, v in cand.lineage.items() if k != "lakeloop.selection"}, gate=decision.summary(),
+                        family=tags.get("lakeloop.candidate.family", "encoder"), selection=tags.get("lakeloop.selection", ""))
     T.log_run_metrics(settings, run_id, report.flat())
     T.set_run_tags(settings, run_id, gate_tag(decision))
     T.log_run_text(settings, run_id, card, "model_card.md")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from infra.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
+CandidateFamily = Literal["encoder", "tfidf_pairwise", "length_support", "hybrid"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -33,6 +34,14 @@ class TrainConfig(BaseModel):
                                "top block(s) + head on the cached states (same model; an epoch then costs the top only).")
     group_by_prompt: bool = Field(True, description="Batch a prompt's items together (its thumbs, correction, comparisons) so "
                                   "each answer is encoded once per step; shuffling and length grouping act on prompts.")
+    # which candidates compete (trainers/selection.py): the validation split picks hyperparameters and the winner
+    candidates: tuple[CandidateFamily, ...] = Field(("encoder", "tfidf_pairwise", "length_support", "hybrid"), min_length=1,
+                                                    description="Families trained on the same pinned data; the one best on the "
+                                                    "validation split (pairwise accuracy) is the run's model. Without 'encoder' "
+                                                    "no transformer is trained (seconds instead of minutes).")
+    validation_share: float = Field(0.2, ge=0, lt=1, description="Share of the train split's prompt clusters held out to select "
+                                    "hyperparameters and the winner (never the eval split). With several candidates the encoder "
+                                    "trains on the rest; 0 = no selection (the first family in candidates is the model).")
     # what to read (None = resolved to the latest version by the launcher, then pinned)
     lake_root: str | None = Field(None, description="Lake root URI; None = the settings' lake.")
     examples_version: int | None = Field(None, ge=0, description="Delta version of gold/training_examples.")

@@ -1,10 +1,18 @@
 """The promotion gate as a pure function over plain numbers, tested with tables of cases.
 
-A candidate becomes ``challenger`` only if
-- it beats every baseline on the primary metric and on AUC (point estimates), when required;
-- with a ``champion`` in place, it is not worse beyond its interval on the primary metric (the upper end of
-  the candidate's 95% interval must reach the champion's value);
+With ``paired`` differences (candidate minus reference, each (value, lo, hi) from the cluster bootstrap that
+resamples the same prompt clusters for every scorer; what ``trainers.evaluate.full_report`` gives), a candidate
+becomes ``challenger`` only if
+- (first-model rule, ``must_beat_baselines``) it BEATS each of ``beat_baselines`` (the length baseline and a
+  constant) on the primary metric with the paired 95% interval above 0, and is NOT WORSE than each of
+  ``match_baselines`` (the strong TF-IDF baseline) beyond the paired interval (its upper end >= 0); on AUC, when the
+  eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
+  interval;
+- with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric;
 - no slice (with at least ``min_slice_n`` rows on both sides) regresses by more than ``slice_tolerance``.
+
+Without ``paired`` (older callers) the rules fall back to point estimates: beat every baseline on the primary metric
+and AUC; the candidate's upper bound must reach the champion's value.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass, field
 
 # (value, lo, hi) per metric; slices: "metric|dimension=value" -> (value, n)
 Metric = tuple[float, float, float]
+NAN3: Metric = (math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,9 @@ class GateConfig:
     primary: str = "pairwise_accuracy"
     also_beat_baselines_on: tuple[str, ...] = ("auc",)
     must_beat_baselines: bool = True
+    beat_baselines: tuple[str, ...] = ("constant", "length")
+    match_baselines: tuple[str, ...] = ("tfidf_lr",)
+    min_class_n: int = 30  # AUC rules only with at least this many eval answers of each class
     slice_tolerance: float = 0.05
     min_slice_n: int = 30
 
@@ -35,6 +47,37 @@ class GateDecision:
         return ("PASS" if self.passed else "FAIL") + (": " + "; ".join(self.reasons) if self.reasons else "")
 
 
+def _fmt(d: Metric) -> str:
+    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+
+
+def _paired_baseline_rules(paired: Mapping[str, Mapping[str, Metric]], baselines: Mapping[str, object], config: GateConfig,
+                           class_counts: tuple[int, int] | None) -> list[str]:
+    reasons: list[str] = []
+    p = config.primary
+    for name in config.beat_baselines:
+        if name not in baselines and name not in paired:
+            continue
+        d = paired.get(name, {}).get(p, NAN3)
+        if not (math.isfinite(d[1]) and d[1] > 0):
+            reasons.append(f"{p} does not beat baseline {name}: paired difference {_fmt(d)}, the 95% interval must lie above 0")
+    for name in config.match_baselines:
+        if name not in baselines and name not in paired:
+            continue
+        d = paired.get(name, {}).get(p, NAN3)
+        if not math.isfinite(d[2]):
+            reasons.append(f"{p} vs baseline {name}: no paired difference")
+        elif d[2] < 0:
+            reasons.append(f"{p} is worse than baseline {name} beyond the paired interval: {_fmt(d)}")
+    if class_counts is not None and min(class_counts) >= config.min_class_n:
+        for metric in config.also_beat_baselines_on:
+            for name in (*config.beat_baselines, *config.match_baselines):
+                d = paired.get(name, {}).get(metric, NAN3)
+                if math.isfinite(d[2]) and d[2] < 0:
+                    reasons.append(f"{metric} is worse than baseline {name} beyond the paired interval: {_fmt(d)}")
+    return reasons
+
+
 def decide_gate(
     candidate: Mapping[str, Metric],
     champion: Mapping[str, Metric] | None,
@@ -43,21 +86,29 @@ def decide_gate(
     candidate_slices: Mapping[str, tuple[float, int]],
     champion_slices: Mapping[str, tuple[float, int]] | None,
     config: GateConfig = GateConfig(),
+    paired: Mapping[str, Mapping[str, Metric]] | None = None,
+    class_counts: tuple[int, int] | None = None,
 ) -> GateDecision:
     reasons: list[str] = []
     primary = candidate.get(config.primary)
     if primary is None or not math.isfinite(primary[0]):
         return GateDecision(False, (f"candidate has no {config.primary}",))
-    if config.must_beat_baselines:
+    if config.must_beat_baselines and paired is not None:
+        reasons += _paired_baseline_rules(paired, baselines, config, class_counts)
+    elif config.must_beat_baselines:
         for metric in (config.primary, *config.also_beat_baselines_on):
-            mine = candidate.get(metric, (math.nan,) * 3)[0]
+            mine = candidate.get(metric, NAN3)[0]
             for name, base in baselines.items():
-                theirs = base.get(metric, (math.nan,) * 3)[0]
+                theirs = base.get(metric, NAN3)[0]
                 if math.isfinite(theirs) and not (math.isfinite(mine) and mine > theirs):
                     reasons.append(f"{metric} {mine:.3f} does not beat baseline {name} ({theirs:.3f})")
     if champion is not None and config.primary in champion:
         champ = champion[config.primary][0]
-        if math.isfinite(champ) and primary[2] < champ:
+        d = (paired or {}).get("champion", {}).get(config.primary)
+        if d is not None and math.isfinite(d[2]):
+            if d[2] < 0:
+                reasons.append(f"{config.primary} {primary[0]:.3f} is worse than champion {champ:.3f} beyond the paired interval: {_fmt(d)}")
+        elif math.isfinite(champ) and primary[2] < champ:
             reasons.append(f"{config.primary} {primary[0]:.3f} (95% CI up to {primary[2]:.3f}) is worse than champion {champ:.3f} beyond the interval")
     if champion_slices:
         for key, (value, n) in candidate_slices.items():

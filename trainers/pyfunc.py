@@ -1,5 +1,7 @@
 """The MLflow pyfunc of the reward model (the brief's contract): ``predict(DataFrame[prompt, response])``
-returns a DataFrame with one column ``score`` = P(user satisfied) in [0, 1]."""
+returns a DataFrame with one column ``score`` = P(user satisfied) in [0, 1]. The artifact folder holds whichever
+candidate family won the selection: an encoder reward model (``trainers.model``) or a lexical one
+(``trainers.lexical``, a folder with ``lexical.json``); both answer through the same ``predict``."""
 
 from __future__ import annotations
 
@@ -16,12 +18,18 @@ ARTIFACT_KEY = "reward_model"
 
 class RewardPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
+        from trainers import lexical
+
+        path = Path(context.artifacts[ARTIFACT_KEY])
+        self.lexical = lexical.load(path) if lexical.is_lexical(path) else None
+        if self.lexical is not None:
+            return
         import torch
 
         from trainers.model import load_reward_model
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        self.model, self.tokenizer, self.max_length = load_reward_model(Path(context.artifacts[ARTIFACT_KEY]))
+        self.model, self.tokenizer, self.max_length = load_reward_model(path)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from trainers.model import score
@@ -29,11 +37,23 @@ class RewardPyfunc(mlflow.pyfunc.PythonModel):
         missing = [c for c in ("prompt", "response") if c not in model_input.columns]
         if missing:
             raise DataError(f"reward model input lacks columns {missing}", hint="send a DataFrame with string columns prompt and response")
-        scores = score(
-            self.model,
-            self.tokenizer,
-            model_input["prompt"].fillna("").astype(str).tolist(),
-            model_input["response"].fillna("").astype(str).tolist(),
-            max_length=self.max_length,
-        )
+        prompts = model_input["prompt"].fillna("").astype(str).tolist()
+        responses = model_input["response"].fillna("").astype(str).tolist()
+        if getattr(self, "lexical", None) is not None:
+            return pd.DataFrame({"score": self.lexical(prompts, responses)})
+        scores = score(self.model, self.tokenizer, prompts, responses, max_length=self.max_length)
         return pd.DataFrame({"score": scores})
+
+
+def local_scorer(path: Path) -> Any:
+    """A ``(prompts, responses) -> scores`` callable over a saved candidate folder of either family."""
+    import numpy as np
+
+    from trainers import lexical
+
+    if lexical.is_lexical(path):
+        return lexical.load(path)
+    from trainers.model import load_reward_model, score
+
+    model, tok, max_length = load_reward_model(Path(path))
+    return lambda p, r: np.asarray(score(model, tok, p, r, max_length=max_length), dtype=float)

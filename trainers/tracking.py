@@ -185,6 +185,11 @@ class Tracker:
     def log_text(self, text: str, path: str) -> None:
         self._mlflow.log_text(text, path)
 
+    def log_artifacts(self, local_dir: str, path: str) -> None:
+        """A folder as artifacts of the run under ``path`` (the candidates that lost the selection)."""
+        with reachable(self._settings, f"logging artifacts of run {self.run_id}"):
+            self._mlflow.log_artifacts(local_dir, path)
+
     def log_delta_input(self, *, uri: str, version: int, name: str, digest: str, context: str) -> None:
         """An MLflow dataset input that points at a Delta table version (no data copied)."""
         from mlflow.data.delta_dataset_source import DeltaDatasetSource
@@ -205,7 +210,7 @@ class Tracker:
                 artifacts=artifacts,
                 signature=infer_signature(input_example, output_example),
                 input_example=input_example,
-                pip_requirements=["torch", "transformers", "pandas"],
+                pip_requirements=["torch", "transformers", "pandas", "scikit-learn", "scipy", "joblib"],
             )
             self.set_tags({"lakeloop.model_uri": info.model_uri})
         return str(info.model_uri)

@@ -25,7 +25,7 @@ import torch
 
 from infra.settings import Settings, load_settings
 from trainers import data as D
-from trainers import frozen
+from trainers import frozen, selection
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import TrainConfig, load_config
 from trainers.model import RewardModel, reward_losses, save_reward_model
@@ -49,6 +49,8 @@ class TrainResult:
     final_loss: float
     resumed_from_step: int
     items_per_s: float = float("nan")  # training items (pointwise examples + pairs) consumed per second
+    winner: str = "encoder"  # the candidate family selected on validation (trainers/selection.py), the run's model
+    selection: str = ""  # what the selection saw and chose, in words
 
 
 def run_key(cfg: TrainConfig) -> str:
@@ -234,9 +236,14 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=cfg.pairs_version or 0)
     ex_train = ex.split("train").sort_values("example_id").head(cfg.max_train_examples or None).reset_index(drop=True)
     pr_train = pr.split("train").sort_values("pair_id").head(cfg.max_train_pairs or None).reset_index(drop=True)
+    carved = selection.carve(ex_train, pr_train, share=cfg.validation_share, seed=cfg.seed)
+    if "encoder" not in cfg.candidates:
+        return _train_cheap(cfg, settings, ex, pr, ex_train, pr_train, carved, out, say=say)
+    # with rivals to beat, the encoder trains on the fit part only, so its validation score is honest
+    ex_fit, pr_fit = (carved.fit_examples, carved.fit_pairs) if len(cfg.candidates) > 1 else (ex_train, pr_train)
     base = resolve_base_model(cfg.base_model)
     tokenizer = load_tokenizer(base)
-    enc = D.encode(tokenizer, ex_train, pr_train, max_length=cfg.max_length, flip=cfg.flip_labels, tie_weight=cfg.tie_weight)
+    enc = D.encode(tokenizer, ex_fit, pr_fit, max_length=cfg.max_length, flip=cfg.flip_labels, tie_weight=cfg.tie_weight)
     if len(enc) == 0:
         from infra.errors import DataError
 
@@ -276,27 +283,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         resumed = step
         say(f"resumed from {ckpt.name}: step {step}, epoch {epoch}, batch {pos}")
 
-    tracker = None
-    if cfg.track and rank == 0:
-        from trainers.tracking import Tracker, git_commit, system_info
-
-        tracker = Tracker(settings, experiment=cfg.experiment, run_name=cfg.run_name, run_id=run_id)
-        run_id = tracker.run_id
-        lineage = {
-            "lakeloop.train_examples.uri": ex.uri, "lakeloop.train_examples.version": ex.version,
-            "lakeloop.train_examples.curation_hash": ex.curation_hash or "none",
-            "lakeloop.train_examples.rows_digest": D.rows_digest(ex_train, "example_id"),
-            "lakeloop.preference_pairs.uri": pr.uri, "lakeloop.preference_pairs.version": pr.version,
-            "lakeloop.preference_pairs.curation_hash": pr.curation_hash or "none",
-            "lakeloop.preference_pairs.rows_digest": D.rows_digest(pr_train, "pair_id"),
-            "lakeloop.git_commit": git_commit(), "lakeloop.run_key": run_key(cfg), "lakeloop.output_dir": str(out),
-        }
-        tracker.set_tags({**lineage, **system_info()})
-        if not resumed:
-            tracker.log_params({**cfg.model_dump(), "train_examples": len(ex_train), "train_pairs": len(pr_train), "world_size": world})
-            tracker.log_dict(cfg.model_dump(), "config/train_config.json")
-            tracker.log_delta_input(uri=ex.uri, version=ex.version, name="training_examples", digest=lineage["lakeloop.train_examples.rows_digest"], context="training")
-            tracker.log_delta_input(uri=pr.uri, version=pr.version, name="preference_pairs", digest=lineage["lakeloop.preference_pairs.rows_digest"], context="training")
+    tracker = _start_tracker(cfg, settings, ex, pr, ex_train, pr_train, out, run_id=run_id, resumed=resumed, world=world) if cfg.track and rank == 0 else None
+    run_id = tracker.run_id if tracker else run_id
 
     cache = None
     if cfg.cache_frozen and cfg.freeze_layers > 0 and frozen.supports(model.encoder):
@@ -327,7 +315,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         net = torch.compile(net)
     pad_id = tokenizer.pad_token_id or 0
     buckets = 1 if world > 1 else cfg.pad_buckets  # DDP wants one forward per backward
-    say(f"training {len(ex_train)} examples + {len(pr_train)} pairs on {device}{' bf16' if amp else ''} x{world}: {total} steps, batch {cfg.batch_size}x{cfg.grad_accum}")
+    say(f"training {len(ex_fit)} examples + {len(pr_fit)} pairs on {device}{' bf16' if amp else ''} x{world}: {total} steps, batch {cfg.batch_size}x{cfg.grad_accum}")
 
     net.train()
     io_s = 0.0  # checkpoint writing: reported separately, not part of the training throughput
@@ -405,21 +393,92 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     if rank == 0:
         model.eval()
         final_dir = save_reward_model(model, tokenizer, out / "model", max_length=cfg.max_length)
-        model_uri = None
         extra = {}
         if model.rater_length_bias is not None:
             extra["rater_length_bias"] = float(model.rater_length_bias.detach())
             say(f"rater length bias (comparisons only, not in the score): gamma = {extra['rater_length_bias']:+.3f} per log-length unit")
         if tracker:
-            model_uri = _log_model(tracker, final_dir, ex_train)
             tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_items_per_s": result.items_per_s,
                                  "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss, **extra})
-            tracker.finish()
-        result = TrainResult(**{**asdict(result), "model_uri": model_uri})
+        result = _select_and_log(cfg, result, ex_train, pr_train, carved, out, tracker, say=say, encoder_dir=final_dir)
         (out / FINAL).write_text(json.dumps(asdict(result)))
     if world > 1:
         torch.distributed.destroy_process_group()
     return result
+
+
+def _start_tracker(cfg: TrainConfig, settings: Settings, ex: D.GoldSnapshot, pr: D.GoldSnapshot, ex_train: Any, pr_train: Any, out: Path, *,
+                   run_id: str | None, resumed: int, world: int) -> Any:
+    """The MLflow run of this training (continued on resume): lineage tags, params, config, Delta dataset inputs."""
+    from trainers.tracking import Tracker, git_commit, system_info
+
+    tracker = Tracker(settings, experiment=cfg.experiment, run_name=cfg.run_name, run_id=run_id)
+    lineage = {
+        "lakeloop.train_examples.uri": ex.uri, "lakeloop.train_examples.version": ex.version,
+        "lakeloop.train_examples.curation_hash": ex.curation_hash or "none",
+        "lakeloop.train_examples.rows_digest": D.rows_digest(ex_train, "example_id"),
+        "lakeloop.preference_pairs.uri": pr.uri, "lakeloop.preference_pairs.version": pr.version,
+        "lakeloop.preference_pairs.curation_hash": pr.curation_hash or "none",
+        "lakeloop.preference_pairs.rows_digest": D.rows_digest(pr_train, "pair_id"),
+        "lakeloop.git_commit": git_commit(), "lakeloop.run_key": run_key(cfg), "lakeloop.output_dir": str(out),
+    }
+    tracker.set_tags({**lineage, **system_info()})
+    if not resumed:
+        tracker.log_params({**cfg.model_dump(), "train_examples": len(ex_train), "train_pairs": len(pr_train), "world_size": world})
+        tracker.log_dict(cfg.model_dump(), "config/train_config.json")
+        tracker.log_delta_input(uri=ex.uri, version=ex.version, name="training_examples", digest=lineage["lakeloop.train_examples.rows_digest"], context="training")
+        tracker.log_delta_input(uri=pr.uri, version=pr.version, name="preference_pairs", digest=lineage["lakeloop.preference_pairs.rows_digest"], context="training")
+    return tracker
+
+
+def _train_cheap(cfg: TrainConfig, settings: Settings, ex: D.GoldSnapshot, pr: D.GoldSnapshot, ex_train: Any, pr_train: Any,
+                 carved: selection.Carved, out: Path, *, say: Say) -> TrainResult:
+    """A run without the encoder: only the cheap candidates compete (seconds)."""
+    if len(ex_train) + len(pr_train) == 0:
+        from infra.errors import DataError
+
+        raise DataError("no training rows in the train split of the pinned gold tables", hint="curate more feedback or pin a later version")
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = _start_tracker(cfg, settings, ex, pr, ex_train, pr_train, out, run_id=None, resumed=0, world=1) if cfg.track else None
+    result = TrainResult(tracker.run_id if tracker else None, None, str(out), 0, float("nan"), float("nan"), len(ex_train), len(pr_train),
+                         ex.version, pr.version, float("nan"), 0)
+    result = _select_and_log(cfg, result, ex_train, pr_train, carved, out, tracker, say=say, encoder_dir=None)
+    say(f"trained and selected the cheap candidates in {time.perf_counter() - t0:.0f}s")
+    (out / FINAL).write_text(json.dumps(asdict(result)))
+    return result
+
+
+def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_train: Any, carved: selection.Carved, out: Path,
+                    tracker: Any, *, say: Say, encoder_dir: Path | None) -> TrainResult:
+    """Let the candidates compete on validation (trainers/selection.py), save each, log the winner as the run's model
+    (the pyfunc) and the others as artifacts ``candidates/<family>``; close the MLflow run."""
+    from trainers import lexical
+
+    encoder_val = None
+    if encoder_dir is not None:
+        from trainers.model import load_reward_model, score
+
+        saved, tok, max_length = load_reward_model(encoder_dir)  # the saved model, scored as the pyfunc does
+        encoder_val = lambda p, r: np.asarray(score(saved, tok, p, r, max_length=max_length), dtype=float)
+    t0 = time.perf_counter()
+    sel = selection.compete(ex_train, pr_train, families=cfg.candidates, carved=carved, encoder_val=encoder_val, seed=cfg.seed)
+    dirs = {fam: lexical.save(scorer, out / "candidates" / fam) for fam, scorer in sel.fitted.items()}
+    if encoder_dir is not None:
+        dirs["encoder"] = encoder_dir
+    say(f"selection ({time.perf_counter() - t0:.0f}s): {sel.summary()}")
+    model_uri = None
+    if tracker:
+        tracker.log_params(selection.selection_params(sel))
+        tracker.log_metrics(selection.selection_metrics(sel))
+        tracker.set_tags({"lakeloop.candidate.family": sel.winner, "lakeloop.selection": sel.summary()[:4900]})
+        for fam, path in dirs.items():
+            if fam != sel.winner:
+                tracker.log_artifacts(str(path), f"candidates/{fam}")
+        model_uri = _log_model(tracker, dirs[sel.winner], ex_train)
+        tracker.finish()
+    return TrainResult(**{**asdict(result), "model_uri": model_uri, "winner": sel.winner, "selection": sel.summary(),
+                          "output_dir": str(result.output_dir)})
 
 
 def _log_model(tracker: Any, model_dir: Path, examples: Any) -> str:
