@@ -1,0 +1,251 @@
+"""Candidates compete (trainers/selection.py, trainers/lexical.py), cluster-paired intervals (trainers/evaluate.py)
+and the gate's paired rules (trainers/gate.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.training_fixtures import gold_frames, write_gold
+from trainers import evaluate as E
+from trainers import lexical as L
+from trainers import selection as S
+from trainers.gate import GateConfig, decide_gate
+
+
+def _frames(qa: Path, questions: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ex, pr = (t.to_pandas() for t in gold_frames(qa, questions=questions, passages=True))
+    return ex, pr
+
+
+def _toy(n_prompts: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Answers with 'grounded' beat answers with 'vague' in every pair; thumbs say the same."""
+    rng = np.random.default_rng(0)
+    ex, pr = [], []
+    for i in range(n_prompts):
+        filler = " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "epsilon"], size=5))
+        good, bad = f"grounded answer {filler} {i}", f"vague answer {filler} {i}"
+        ex += [{"prompt": f"q{i}", "response": good, "label": 1.0, "cluster_id": f"c{i}"},
+               {"prompt": f"q{i}", "response": bad, "label": 0.0, "cluster_id": f"c{i}"}]
+        pr.append({"prompt": f"q{i}", "chosen": good, "rejected": bad, "is_tie": False, "cluster_id": f"c{i}"})
+    return pd.DataFrame(ex), pd.DataFrame(pr)
+
+
+# ---- lexical candidates -------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", L.FAMILIES)
+def test_lexical_candidates_learn_pairs_and_survive_save_and_load(family: str, tmp_path: Path) -> None:
+    ex, pr = _toy()
+    if family == "length_support":  # its features cannot see the words: make the winner longer instead
+        pr = pr.assign(chosen=pr["chosen"] + " with more words")
+        ex = ex.assign(response=[r + (" with more words" if y else "") for r, y in zip(ex["response"], ex["label"], strict=True)])
+    scorer = L.fit(family, ex, pr, C=1.0)  # type: ignore[arg-type]
+    probs, ch, rj = E.score_eval(scorer, ex, pr)
+    assert E.pairwise_accuracy(ch, rj) == 1.0 and ((probs >= 0) & (probs <= 1)).all()
+    loaded = L.load(L.save(scorer, tmp_path / family))
+    assert L.is_lexical(tmp_path / family)
+    np.testing.assert_allclose(loaded(ex["prompt"].tolist(), ex["response"].tolist()), probs)
+
+
+def test_pairs_alone_train_a_ranker_without_a_bias() -> None:
+    _, pr = _toy()
+    none = pd.DataFrame(columns=["prompt", "response", "label"])
+    scorer = L.fit("tfidf_pairwise", none, pr)
+    _, ch, rj = E.score_eval(scorer, none, pr)
+    assert E.pairwise_accuracy(ch, rj) == 1.0 and scorer.bias == 0.0
+
+
+def test_the_pyfunc_serves_a_lexical_winner_through_the_same_predict(tmp_path: Path) -> None:
+    from trainers.pyfunc import ARTIFACT_KEY, RewardPyfunc, local_scorer
+
+    ex, pr = _toy()
+    path = L.save(L.fit("tfidf_pairwise", ex, pr), tmp_path / "m")
+    model = RewardPyfunc()
+    model.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: str(path)}))
+    out = model.predict(None, pd.DataFrame({"prompt": ["q1", "q1"], "response": [ex["response"][2], ex["response"][3]]}))
+    assert list(out.columns) == ["score"] and out["score"][0] > out["score"][1]
+    np.testing.assert_allclose(local_scorer(path)(["q1"], [ex["response"][2]]), out["score"][:1])
+
+
+# ---- validation split and selection -------------------------------------------------------------------
+def test_validation_is_carved_from_the_given_rows_by_cluster(qa_feedback_path: Path) -> None:
+    ex, pr = _frames(qa_feedback_path)
+    train_ex, train_pr = ex[ex.split == "train"], pr[pr.split == "train"]
+    carved = S.carve(train_ex, train_pr, share=0.2, seed=13)
+    val = set(carved.val_examples["cluster_id"]) | set(carved.val_pairs["cluster_id"])
+    fit = set(carved.fit_examples["cluster_id"]) | set(carved.fit_pairs["cluster_id"])
+    assert val and fit and not val & fit
+    assert val <= set(train_ex["cluster_id"]) | set(train_pr["cluster_id"])
+    assert len(carved.fit_examples) + len(carved.val_examples) == len(train_ex)
+    assert S.carve(train_ex, train_pr, share=0.2, seed=13).val_pairs.equals(carved.val_pairs)  # deterministic
+    assert not S.carve(train_ex.head(3), train_pr.head(3), share=0.2).has_validation  # too few clusters: no selection
+
+
+def test_selection_picks_the_family_best_on_validation_and_says_by_how_much() -> None:
+    ex, pr = _toy(60)
+    pr = pr.assign(chosen=pr["chosen"] + " with more words")  # length and words both tell
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50)
+    assert sel.winner in ("tfidf_pairwise", "length_support")
+    assert sel.best[sel.winner].objective == max(t.objective for t in sel.best.values())
+    assert sel.winner in sel.fitted and "won on validation" in sel.summary()
+    # an encoder that ranks validation pairs backwards loses, and the margin says so
+    worst = lambda p, r: np.array([0.0 if "grounded" in x else 1.0 for x in r])
+    sel = S.compete(ex, pr, families=("encoder", "tfidf_pairwise"), encoder_val=worst, seed=0, n_boot=50)
+    assert sel.winner == "tfidf_pairwise" and sel.best["encoder"].pairwise_accuracy == 0.0
+    assert sel.margins["encoder"].lo > 0
+
+
+def _eval_scrambled(lake: str) -> None:
+    """Rewrite the eval split of both gold tables: labels flipped, pairs swapped, texts replaced."""
+    from deltalake import write_deltalake
+
+    from trainers import data as D
+
+    for name in (D.EXAMPLES, D.PAIRS):
+        frame = D.read_gold(f"{lake}/{name}", name, version=0).frame
+        ev = frame["split"] == "eval"
+        if name == D.EXAMPLES:
+            frame.loc[ev, "label"] = 1.0 - frame.loc[ev, "label"]
+            frame.loc[ev, "response"] = "EVAL " + frame.loc[ev, "response"]
+        else:
+            frame.loc[ev, ["chosen", "rejected"]] = frame.loc[ev, ["rejected", "chosen"]].to_numpy()
+        write_deltalake(f"{lake}/{name}", frame, mode="overwrite")
+
+
+def test_selection_never_looks_at_the_eval_split(qa_feedback_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real trainer's selection is the same when the eval split is scrambled, and no scorer of the selection
+    is ever asked about an eval text."""
+    from infra.settings import load_settings
+    from trainers.config import TrainConfig
+    from trainers.train import train
+
+    seen: list[str] = []
+    real = E.score_eval
+
+    def spy(scorer, examples, pairs):  # noqa: ANN001, ANN202
+        seen.extend(examples["response"].tolist() + pairs["chosen"].tolist() + pairs["rejected"].tolist())
+        return real(scorer, examples, pairs)
+
+    monkeypatch.setattr(S.E, "score_eval", spy)
+    results = []
+    for k, scramble in enumerate((False, True)):
+        lake = str(tmp_path / f"lake{k}")
+        write_gold(lake, qa_feedback_path, questions=100, passages=True)
+        if scramble:
+            _eval_scrambled(lake)
+            ev_ex, ev_pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=100, passages=True))
+            eval_texts = set(ev_ex[ev_ex.split == "eval"]["response"]) | set(ev_pr[ev_pr.split == "eval"]["chosen"])
+            eval_texts |= {"EVAL " + t for t in eval_texts}
+            train_texts = set(ev_ex[ev_ex.split == "train"]["response"]) | set(ev_pr[ev_pr.split == "train"]["chosen"])
+            eval_texts -= train_texts  # an answer text can recur across questions
+        cfg = TrainConfig(lake_root=lake, output_dir=str(tmp_path / f"run{k}"), track=False, examples_version=0, pairs_version=0,
+                          candidates=("tfidf_pairwise", "length_support", "hybrid"))
+        results.append(train(cfg, load_settings(home=tmp_path / "home"), say=lambda m: None))
+    assert results[0].winner == results[1].winner and results[0].selection == results[1].selection
+    assert seen and not set(seen) & eval_texts
+
+
+def test_the_encoder_trains_on_the_fit_part_and_competes(qa_feedback_path: Path, tmp_path: Path) -> None:
+    from infra.settings import load_settings
+    from trainers.config import TrainConfig
+    from trainers.train import train
+
+    lake = str(tmp_path / "lake")
+    write_gold(lake, qa_feedback_path, questions=60, passages=True)
+    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp_path / "run"), track=False, examples_version=0, pairs_version=0, max_steps=2,
+                      max_length=32, batch_size=4, candidates=("encoder", "length_support"))
+    lines: list[str] = []
+    result = train(cfg, load_settings(home=tmp_path / "home"), say=lines.append)
+    assert "encoder" in result.selection and "length_support" in result.selection and result.winner in ("encoder", "length_support")
+    carved = S.carve(*(t.to_pandas().query("split == 'train'") for t in gold_frames(qa_feedback_path, questions=60, passages=True)), seed=13)
+    assert any(f"training {len(carved.fit_examples)} examples + {len(carved.fit_pairs)} pairs" in m for m in lines)
+    assert (Path(result.output_dir) / "candidates" / "length_support" / L.MARKER).exists()
+
+
+# ---- cluster-paired intervals -------------------------------------------------------------------------
+def test_cluster_bootstrap_moves_a_clusters_rows_together_and_pairs_scorers() -> None:
+    ex_c = np.array(["a", "a", "b"])
+    pr_c = np.array(["a", "b", "b", "c"])
+    w_ex, w_pr = E.cluster_weights(ex_c, pr_c, n_boot=200, seed=0)
+    assert (w_ex[:, 0] == w_ex[:, 1]).all() and (w_ex[:, 0] == w_pr[:, 0]).all() and (w_pr[:, 1] == w_pr[:, 2]).all()
+    assert np.allclose(w_ex.sum(1) * 0 + (w_ex[:, [0, 2]].sum(1) + w_pr[:, 3]), 3)  # a + b + c counts sum to 3 clusters
+
+
+def test_one_big_prompt_widens_the_interval_and_a_scorer_minus_itself_is_exactly_zero() -> None:
+    rng = np.random.default_rng(1)
+    # 20 prompts: one with 200 pairs all right, 19 with 5 pairs each at chance
+    clusters = np.array(["big"] * 200 + [f"c{i}" for i in range(19) for _ in range(5)])
+    hit = np.r_[np.ones(200), rng.integers(0, 2, size=95)].astype(float)
+    s = E.Scored(np.zeros(0), hit, np.full(len(hit), 0.5))
+    metrics, diffs = E.paired_metrics({"m": s, "same": s}, np.zeros(0), np.array([], dtype=str), clusters, reference="m", n_boot=300)
+    by_cluster = metrics["m"]["pairwise_accuracy"]
+    by_row = E.bootstrap(E.pairwise_accuracy, (hit, np.full(len(hit), 0.5)), n_boot=300, seed=0)
+    assert by_cluster.hi - by_cluster.lo > 2 * (by_row.hi - by_row.lo)
+    d = diffs["same"]["pairwise_accuracy"]
+    assert (d.value, d.lo, d.hi) == (0.0, 0.0, 0.0)
+
+
+def test_auc_draws_equal_weighted_roc_auc() -> None:
+    rng = np.random.default_rng(0)
+    y, p = (rng.random(150) < 0.3).astype(float), np.round(rng.random(150), 1)
+    w = rng.integers(0, 3, size=(4, 150)).astype(float)
+    np.testing.assert_allclose(E.auc_draws(y, p, w), [E.auc(y, p, x) for x in w])
+
+
+def test_full_report_pairs_the_candidate_with_baselines_champion_and_losers(qa_feedback_path: Path) -> None:
+    ex, pr = (t.to_pandas() for t in gold_frames(qa_feedback_path, questions=80))
+    train = (ex[ex.split == "train"], pr[pr.split == "train"])
+    evalset = (ex[ex.split == "eval"].reset_index(drop=True), pr[pr.split == "eval"].reset_index(drop=True))
+    shorter = lambda p, r: np.array([1.0 / (1 + len(x)) for x in r])
+    report = E.full_report(shorter, train, evalset, n_boot=100, champion=shorter, others={"same": shorter})
+    assert set(report.paired) == {"constant", "length", "tfidf_lr", "champion", "same"}
+    assert report.paired["champion"]["pairwise_accuracy"].value == 0.0 and report.champion is not None
+    acc = report.metrics["pairwise_accuracy"].value
+    assert math.isclose(report.paired["constant"]["pairwise_accuracy"].value, acc - 0.5)
+    card = E.model_card(report, name="m", lineage={}, family="tfidf_pairwise", selection="tfidf_pairwise won")
+    assert "model - tfidf_lr" in card and "tfidf_pairwise won" in card and "| same |" in card
+    assert "paired.length.pairwise_accuracy.lo" in report.flat()
+
+
+# ---- the gate on paired intervals ---------------------------------------------------------------------
+C = {"pairwise_accuracy": (0.60, 0.57, 0.63), "auc": (0.7, 0.6, 0.8)}
+BASE = {"constant": {}, "length": {}, "tfidf_lr": {}}
+WIN = (0.05, 0.02, 0.08)
+LEVEL = (-0.01, -0.04, 0.02)
+LOSE = (-0.06, -0.09, -0.03)
+
+
+def _paired(length=WIN, constant=WIN, tfidf=LEVEL, auc=LEVEL, champion=None):  # noqa: ANN001, ANN202
+    out = {"constant": {"pairwise_accuracy": constant, "auc": auc}, "length": {"pairwise_accuracy": length, "auc": auc},
+           "tfidf_lr": {"pairwise_accuracy": tfidf, "auc": auc}}
+    if champion is not None:
+        out["champion"] = {"pairwise_accuracy": champion}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("paired", "counts", "champion", "config", "passed", "why"),
+    [
+        (_paired(), (40, 40), None, GateConfig(), True, ""),
+        (_paired(length=LEVEL), (40, 40), None, GateConfig(), False, "does not beat baseline length"),  # level is not a win
+        (_paired(length=LOSE), (40, 40), None, GateConfig(), False, "does not beat baseline length"),  # loses to length
+        (_paired(constant=LEVEL), (40, 40), None, GateConfig(), False, "does not beat baseline constant"),
+        (_paired(tfidf=LOSE), (40, 40), None, GateConfig(), False, "worse than baseline tfidf_lr beyond"),
+        (_paired(tfidf=WIN), (40, 40), None, GateConfig(), True, ""),
+        (_paired(auc=LOSE), (40, 40), None, GateConfig(), False, "auc is worse than baseline"),
+        (_paired(auc=LOSE), (10, 300), None, GateConfig(), True, ""),  # too few of a class: AUC not judged
+        (_paired(length=LOSE, tfidf=LOSE), (40, 40), None, GateConfig(must_beat_baselines=False), True, ""),
+        (_paired(champion=LEVEL), (40, 40), {"pairwise_accuracy": (0.61, 0.58, 0.64)}, GateConfig(), True, ""),
+        (_paired(champion=LOSE), (40, 40), {"pairwise_accuracy": (0.66, 0.63, 0.69)}, GateConfig(), False, "worse than champion"),
+        ({"constant": {}, "length": {}, "tfidf_lr": {}}, (40, 40), None, GateConfig(), False, "does not beat baseline constant"),
+    ],
+)
+def test_gate_on_paired_intervals(paired, counts, champion, config, passed, why) -> None:  # noqa: ANN001
+    decision = decide_gate(C, champion, baselines=BASE, candidate_slices={}, champion_slices={} if champion else None, config=config,
+                           paired=paired, class_counts=counts)
+    assert decision.passed is passed, decision.summary()
+    assert why in decision.summary()
