@@ -163,7 +163,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                               "head_l2": args.head_l2, "probe_steps": args.probe_steps,
                               "rater_length_bias": args.rater_length_bias, "pointwise_trains_text": args.pointwise_trains_text,
                               "pair_center_weight": args.pair_center_weight, "seed": args.train_seed,
-                              "support_feature": args.support_feature}.items() if v is not None}
+                              "support_feature": args.support_feature,
+                              "candidates": tuple(args.candidates.split(",")) if args.candidates else None}.items() if v is not None}
 
 
 def _train_on_gold(args: argparse.Namespace, *, fold: tuple[int, int] | None, say: Any) -> tuple[Any, Any, Any, Any, float, Any]:
@@ -227,6 +228,88 @@ def bench_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append({"metric": f"held-out {metric} vs {name}, labels {args.labels} (ours [{ours.lo:.3f},{ours.hi:.3f}], peer "
                                    f"[{peer.lo:.3f},{peer.hi:.3f}], n={ours.n}, train {train_s:.0f}s + eval {eval_s:.0f}s, {loads})",
                          "ours": ours.value, "peer": peer.value, "ratio": ours.value / peer.value, "target": "> baseline"})
+    return rows
+
+
+def _candidates_of(result: Any) -> dict[str, Any]:
+    """Every candidate the run saved (the encoder in model/, the cheap ones in candidates/<family>/), as scorers."""
+    from trainers.pyfunc import local_scorer
+
+    out = Path(result.output_dir)
+    found = {"encoder": out / "model"} if (out / "model").exists() else {}
+    found.update({p.name: p for p in sorted((out / "candidates").glob("*")) if p.is_dir()})
+    return {name: local_scorer(path) for name, path in found.items()}
+
+
+def bench_quality_candidates(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """K-fold by question with the real trainer's candidate selection: in each fold every candidate (the encoder,
+    trained on the fit part, and the cheap families) is scored on the held-out fold, the selected one too; the
+    baselines (constant, length, strong TF-IDF) are fit on the fold's training rows. Pooled over folds, every
+    candidate's pairwise accuracy and AUC with cluster-bootstrap 95% intervals, and paired differences vs the
+    baselines on the same cluster resamples."""
+    from trainers import evaluate as E
+    from trainers.pyfunc import local_scorer
+
+    pooled: dict[str, list[E.Scored]] = {}
+    labels, ex_cl, pr_cl, picks, times = [], [], [], [], []
+    load0 = _load()
+    for k in range(args.folds):
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix="bench-candidates-"))
+        lake = str(tmp / "lake")
+        write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent,
+                   fold=(k, args.folds), passages=args.passages)
+        from trainers import data as D
+        from trainers.config import TrainConfig
+        from trainers.train import train
+
+        cfg = TrainConfig(lake_root=lake, output_dir=str(tmp / "run"), track=False, checkpoint_every=10_000, log_every=100,
+                          examples_version=0, pairs_version=0, **_overrides(args))
+        result = train(cfg, load_settings(home=tmp / "home"), say=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+        ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0)
+        pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=0)
+        ex_eval, pr_eval = ex.split("eval"), pr.split("eval")
+        pr_eval = pr_eval[~pr_eval["is_tie"].astype(bool)].reset_index(drop=True)
+        winner_dir = Path(result.output_dir) / ("model" if result.winner == "encoder" else f"candidates/{result.winner}")
+        scorers = {**{f"baseline {b}": s for b, s in E.fit_baselines(ex.split("train"), pr.split("train")).items()},
+                   **_candidates_of(result), "selected": local_scorer(winner_dir)}
+        for name, scorer in scorers.items():
+            pooled.setdefault(name, []).append(E.Scored(*E.score_eval(scorer, ex_eval, pr_eval)))
+        labels.append(ex_eval["label"].to_numpy(float))
+        ex_cl.append(ex_eval["cluster_id"].astype(str).to_numpy())
+        pr_cl.append(pr_eval["cluster_id"].astype(str).to_numpy())
+        picks.append(result.winner)
+        shutil.rmtree(tmp, ignore_errors=True)
+        times.append(time.perf_counter() - t0)
+        print(f"[fold {k}] selected {result.winner}; {len(ex_eval)} answers, {len(pr_eval)} pairs held out; {times[-1]:.0f}s", flush=True)
+    joined = {n: E.Scored(*(np.concatenate([getattr(x, f) for x in v]) for f in ("probs", "chosen", "rejected"))) for n, v in pooled.items()
+              if len(v) == args.folds}
+    y = np.concatenate(labels)
+    loads = f"load {min(load0, _load()):.1f}-{max(load0, _load()):.1f} on {os.cpu_count()} cores"
+    print(f"\n{args.folds}-fold by question, labels {args.labels}, passages {args.passages}: {len(y)} answers ({int((y >= 0.5).sum())} "
+          f"positive), {len(joined['selected'].chosen)} pairs; selected per fold: {', '.join(picks)}; {sum(times):.0f}s in all ({loads}); "
+          f"95% intervals from {args.n_boot} cluster (question) resamples, the same for every scorer")
+    rows = []
+    for ref in ("baseline tfidf_lr", "baseline length"):
+        metrics, diffs = E.paired_metrics(joined, y, np.concatenate(ex_cl), np.concatenate(pr_cl), reference=ref, n_boot=args.n_boot, seed=1)
+        if ref == "baseline tfidf_lr":
+            print("| scorer | pairwise accuracy | AUC | pairwise - TF-IDF | AUC - TF-IDF |\n|---|---|---|---|---|")
+            for name in joined:
+                m = metrics[name]
+                d = diffs.get(name)
+                neg = (lambda e: type(e)(-e.value, -e.hi, -e.lo, e.n))  # diffs are ref - name: flip to name - ref
+                dp, da = (_dci(neg(d["pairwise_accuracy"])), _dci(neg(d["auc"]))) if d else ("-", "-")
+                print(f"| {name} | {_ci(m['pairwise_accuracy'])} | {_ci(m['auc'])} | {dp} | {da} |")
+                if d:
+                    rows.append({"metric": f"{args.folds}-fold {name} - strong TF-IDF, pairwise, labels {args.labels} ({_dci(neg(d['pairwise_accuracy']))}; "
+                                           f"AUC {_dci(neg(d['auc']))}; selected {picks}; {sum(times):.0f}s, {loads})",
+                                 "ours": m["pairwise_accuracy"].value, "peer": metrics[ref]["pairwise_accuracy"].value,
+                                 "ratio": m["pairwise_accuracy"].value / metrics[ref]["pairwise_accuracy"].value, "target": "> TF-IDF, paired CI > 0"})
+        else:
+            print("\n| scorer | pairwise - length | AUC - length |\n|---|---|---|")
+            for name, d in diffs.items():
+                neg = (lambda e: type(e)(-e.value, -e.hi, -e.lo, e.n))
+                print(f"| {name} | {_dci(neg(d['pairwise_accuracy']))} | {_dci(neg(d['auc']))} |")
     return rows
 
 
@@ -370,13 +453,19 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--folds", type=int, default=0,
                         help="with --quality: K-fold cross-validation by question (every question held out once) instead of one split")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--candidates", default=None, help="comma-separated TrainConfig.candidates (default: all four)")
+    parser.add_argument("--encoder-only-bench", action="store_true",
+                        help="with --folds: the older per-fold report of the encoder alone (logit parts, row bootstrap)")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     if not args.skip_throughput:
         rows += bench_throughput(args.steps, args.batch, args.max_length, args.questions, args.rounds)
     if args.quality:
-        rows += bench_quality_folds(args) if args.folds > 1 else bench_quality(args)
+        if args.folds > 1:
+            rows += bench_quality_folds(args) if args.encoder_only_bench else bench_quality_candidates(args)
+        else:
+            rows += bench_quality(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tag = f"_l2{args.head_l2}_probe{args.probe_steps}" if args.head_l2 is not None or args.probe_steps is not None else ""
     tag += f"_q{args.quality_questions}_eval{args.eval_percent}" if args.quality_questions or args.eval_percent != 25 else ""

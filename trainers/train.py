@@ -455,6 +455,9 @@ def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_tra
     (the pyfunc) and the others as artifacts ``candidates/<family>``; close the MLflow run."""
     from trainers import lexical
 
+    if cfg.flip_labels:  # the deliberately bad model of the gate tests: every candidate learns the inverted feedback
+        ex_train, pr_train = _flipped(ex_train, pr_train)
+        carved = selection.Carved(*_flipped(carved.fit_examples, carved.fit_pairs), *_flipped(carved.val_examples, carved.val_pairs))
     encoder_val = None
     if encoder_dir is not None:
         from trainers.model import load_reward_model, score
@@ -479,6 +482,13 @@ def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_tra
         tracker.finish()
     return TrainResult(**{**asdict(result), "model_uri": model_uri, "winner": sel.winner, "selection": sel.summary(),
                           "output_dir": str(result.output_dir)})
+
+
+def _flipped(examples: Any, pairs: Any) -> tuple[Any, Any]:
+    """Labels inverted and each pair's sides swapped (``flip_labels``)."""
+    examples = examples.assign(label=1.0 - examples["label"].astype(float))
+    pairs = pairs.assign(chosen=pairs["rejected"], rejected=pairs["chosen"])
+    return examples, pairs
 
 
 def _log_model(tracker: Any, model_dir: Path, examples: Any) -> str:
