@@ -1,7 +1,8 @@
 """The traffic generator behind `lakeloop simulate` and the demo: an app that asks the scoring service to
 score its responses, then sends its users' feedback on them to Kafka.
 
-Stationary traffic replays the real qa_feedback data: each question's four model answers are scored, and
+Stationary traffic replays the real qa_feedback data: each question's four model answers are scored (with the
+prompt its feedback events carry: the question, or with ``passages`` the RAG prompt), and
 the real human feedback on them (thumbs from the error annotations, the correction, the six pairwise
 preferences) follows as v1 events whose ``response_id`` matches the scored response, so feedback joins to
 the model version that served it. Drifted traffic models a new app release whose answers are cut to their
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 import requests
 
-from feedback.qa_feedback import iter_events, read_questions
+from feedback.qa_feedback import iter_events, prompt_of, read_questions
 from infra.errors import ServiceError
 
 Phase = Literal["stationary", "drifted"]
@@ -166,13 +167,14 @@ def simulate(
         drifted = drift_at is not None and n >= drift_at
         q = questions[i]
         conv = f"qa-conv-{cfg.run_id}-{i:03d}"
+        prompt = prompt_of(q, passages=cfg.passages)  # what the app sent its model, as its feedback events carry it
         for k in range(1, 5):
             response = q[f"prediction {k}"]
             if drifted:
                 response = first_sentence(response)
             rid = f"qa-resp-{cfg.run_id}-{i:03d}-p{k}"
             if scorer is not None:
-                out = scorer.score(prompt=q["question"], response=response, conversation_id=conv,
+                out = scorer.score(prompt=prompt, response=response, conversation_id=conv,
                                    request_id=f"req-{cfg.run_id}-{i:03d}-p{k}", response_id=rid)
                 if out is None:
                     stats.unscored += 1

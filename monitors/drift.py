@@ -1,6 +1,7 @@
 """Drift checks: our one wrapper of Evidently 0.7, returning a typed verdict.
 
-A window of traffic is compared with a reference (the champion's training set) on:
+A window of traffic is compared with a reference (the champion's pinned gold data, scored on its held-out split:
+``monitors.windows.training_reference``) on:
 - data drift: text descriptors (lengths, word counts) and embedding projections (cosine to the reference
   centroid and the top principal components of all-MiniLM-L6-v2 embeddings, fitted on the reference);
 - prediction drift: the score distribution;
@@ -110,10 +111,14 @@ class DriftVerdict:
 
 # ---- features ----------------------------------------------------------------------------------
 def text_descriptors(frame: pd.DataFrame) -> pd.DataFrame:
-    """Lengths and word counts of prompt and response."""
+    """Lengths and word counts of prompt and response, counted on curation's normalized text (NFC, each run of
+    whitespace one space: ``features.normalize``), so a gold row of the reference and the raw text of a live
+    prediction count alike."""
+    from features.normalize import normalize_text
+
     out = pd.DataFrame(index=frame.index)
     for col in ("prompt", "response"):
-        text = frame[col].fillna("").astype(str)
+        text = frame[col].fillna("").astype(str).map(normalize_text)
         out[f"{col}_chars"] = text.str.len().astype(float)
         out[f"{col}_words"] = text.map(lambda t: len(t.split())).astype(float)
     return out
@@ -140,8 +145,16 @@ def encode_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     return np.asarray(emb, dtype=np.float32)
 
 
-def pair_texts(frame: pd.DataFrame) -> list[str]:
-    return (frame["prompt"].fillna("").astype(str) + "\n" + frame["response"].fillna("").astype(str)).tolist()
+EMBED_PROMPT_WORDS = 32  # the prompt's first words that go into a row's embedding text, before the response
+
+
+def pair_texts(frame: pd.DataFrame, *, prompt_words: int = EMBED_PROMPT_WORDS) -> list[str]:
+    """The text embedded for each row: the prompt's first ``prompt_words`` words, then the response. The encoder
+    reads 256 tokens: a RAG prompt (question + ~3 KB of passages) would fill them and cut the response off, so
+    answers cut short would not move the embeddings; the question opens the prompt and fits (qa_feedback's have
+    at most 17 words). The prompt's length still shows in the text descriptors."""
+    prompts = frame["prompt"].fillna("").astype(str).map(lambda t: " ".join(t.split()[:prompt_words]))
+    return (prompts + "\n" + frame["response"].fillna("").astype(str)).tolist()
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Sources: "lake" reads bronze/predictions and bronze/feedback_events (durable, what the ingestor landed);
 "kafka" reads the predictions and feedback topics by timestamp (fresh, before the lake catches up), and
 checks each record with the ingestor's validator: what the ingestor would dead-letter is skipped and counted.
-The reference for drift is the champion's training set (the gold tables at the Delta versions it was trained on)
-scored by the champion.
+The reference for drift is the champion's data (the gold tables at the Delta versions it was trained on: its train
+split and the split held out from it), scored by the champion on the held-out rows.
 """
 
 from __future__ import annotations
@@ -151,12 +151,17 @@ def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataF
 
 
 def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0, version: str | None = None) -> pd.DataFrame:
-    """prompt, response, thumbs_down, corrected: the model's responses in the training set (train split), sampled.
+    """prompt, response, thumbs_down, corrected, split: the model's responses in the gold tables, the train split and
+    the held-out (eval) split, each sampled to at most ``sample`` rows.
 
     With ``version`` (a registered model version, e.g. the champion's), the gold tables are read at the Delta
     versions that version was trained on (``model_store.training_pins``: its lineage tags, else its run's
     params); a table whose version is not recorded, or cannot be read any more (vacuumed, or the recorded
     table is gone), is read at its latest version, with a logged warning. Without ``version``: the latest.
+
+    Both splits are what the apps' traffic looked like, so both describe the text and the feedback; the score
+    reference is the held-out rows alone (``score_frame``): a model scores the rows it was fitted to unlike new
+    prompts, and live traffic is new prompts.
 
     Feedback flags are defined, as in live windows (``feedback_flags``), for responses with pointwise feedback:
     pointwise examples carry thumbs_down (``label < 0.5``) and corrected (1 when a correction pair rejected that
@@ -174,7 +179,6 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0,
             "gold/training_examples does not exist, so there is no drift reference",
             hint="materialize the curation assets first (`lakeloop curate`), or pass a reference frame",
         )
-    df = df[df["split"] == "train"]
     pair_cols = ["prompt", "chosen", "rejected", "source", "split"]
     pairs = _gold(settings, "gold/preference_pairs", pair_cols, pins.get("gold/preference_pairs"), version)
     if pairs is None:
@@ -203,9 +207,17 @@ def _gold(settings: Settings, name: str, columns: list[str], pin: Any, model_ver
         return None
 
 
+TRAIN = "train"
+HELD_OUT_MIN_ROWS = 50  # held-out reference rows needed to take the score reference from them alone
+
+
 def reference_rows(examples: pd.DataFrame, pairs: pd.DataFrame, *, sample: int = 5000, seed: int = 0) -> pd.DataFrame:
-    """The drift reference from gold rows (``examples``: prompt, response, label; ``pairs``: prompt, chosen,
-    rejected, source, split): see ``training_reference``."""
+    """The drift reference from gold rows (``examples``: prompt, response, label, split; ``pairs``: prompt, chosen,
+    rejected, source, split; without ``split``, every row is a training row): see ``training_reference``. Each
+    split is sampled to at most ``sample`` rows."""
+    def split_of(frame: pd.DataFrame) -> np.ndarray:
+        return frame["split"].fillna(TRAIN).astype(str).to_numpy() if "split" in frame.columns else np.full(len(frame), TRAIN)
+
     corrections = pairs[pairs["source"] == "correction"]
     corrected = set(zip(corrections["prompt"], corrections["rejected"], strict=True))
     frames = [pd.DataFrame({
@@ -213,26 +225,41 @@ def reference_rows(examples: pd.DataFrame, pairs: pd.DataFrame, *, sample: int =
         "response": examples["response"].to_numpy(),
         "thumbs_down": (pd.to_numeric(examples["label"]) < 0.5).astype(float).to_numpy(),
         "corrected": [float((p, r) in corrected) for p, r in zip(examples["prompt"], examples["response"], strict=True)],
+        "split": split_of(examples),
     })]
-    train = pairs[pairs["split"] == "train"] if "split" in pairs.columns else pairs
     for col in ("rejected", "chosen"):
-        side = train if col == "rejected" else train[train["source"] != "correction"]
+        side = pairs if col == "rejected" else pairs[pairs["source"] != "correction"]
         side = side.sort_values("source", key=lambda src: src != "correction", kind="stable")  # corrections win
         frames.append(pd.DataFrame({
             "prompt": side["prompt"].to_numpy(), "response": side[col].to_numpy(), "thumbs_down": np.nan,
             "corrected": np.where(side["source"] == "correction", 1.0, np.nan) if col == "rejected" else np.nan,
+            "split": split_of(side),
         }))
     out = pd.concat(frames, ignore_index=True).dropna(subset=["prompt", "response"])
     out = out.drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)  # pointwise rows first: they win
-    if len(out) > sample:
-        out = out.sample(sample, random_state=seed).reset_index(drop=True)
-    return out
+    parts = [part if len(part) <= sample else part.sample(sample, random_state=seed) for _, part in out.groupby("split", sort=True)]
+    return pd.concat(parts, ignore_index=True) if parts else out
 
 
 def score_frame(model: Any, frame: pd.DataFrame, *, batch: int = 512) -> np.ndarray:
-    """The champion's scores on a frame (the reference's score distribution)."""
+    """The champion's scores on a reference frame (the reference's score distribution): on its held-out rows
+    (``split`` other than "train") alone, NaN on the rows it was trained on, when at least ``HELD_OUT_MIN_ROWS``
+    are held out; else (or without a ``split`` column) on every row, with a logged warning when the frame has
+    training rows. A model scores the rows it was fitted to unlike new prompts (docs/design/rollout.md, "Drift", has
+    the figures), and live traffic is new prompts: a training-row reference would flag it."""
+    todo = np.ones(len(frame), dtype=bool)
+    if "split" in frame.columns:
+        held_out = (frame["split"].astype(str) != TRAIN).to_numpy()
+        if held_out.sum() >= HELD_OUT_MIN_ROWS:
+            todo = held_out
+        elif not held_out.all():
+            log.warning("drift reference: %d held-out rows (fewer than %d), so the score reference includes the rows the model "
+                        "was trained on; it may score them unlike new prompts", int(held_out.sum()), HELD_OUT_MIN_ROWS)
+    rows = frame.loc[todo, ["prompt", "response"]].reset_index(drop=True)
     out = []
-    for i in range(0, len(frame), batch):
-        part = model.predict(frame[["prompt", "response"]].iloc[i : i + batch].reset_index(drop=True))
+    for i in range(0, len(rows), batch):
+        part = model.predict(rows.iloc[i : i + batch].reset_index(drop=True))
         out.append(np.asarray(part["score"] if isinstance(part, pd.DataFrame) else part, dtype=float).reshape(-1))
-    return np.concatenate(out) if out else np.zeros(0)
+    scores = np.full(len(frame), np.nan)
+    scores[todo] = np.concatenate(out) if out else np.zeros(0)
+    return scores

@@ -420,3 +420,40 @@ def test_null_threshold_scores_each_draw_as_evidently_would(method: str, window_
     brute = [drift_score(method, values[r], values[w]) for r, w in zip(refs, wins, strict=True)]  # type: ignore[arg-type]
     nt = null_threshold(values, codes, method=method, window_clusters=window_clusters, floor=0.0, resamples=20, seed=3)  # type: ignore[arg-type]
     assert nt.null_quantile == pytest.approx(float(np.quantile(brute, 0.99)), rel=1e-9)
+
+
+def test_the_score_reference_is_the_held_out_split(caplog: pytest.LogCaptureFixture) -> None:
+    """Text and flags come from both splits; the champion's scores from the rows it did not train on, unless too
+    few are held out (then every row, with a warning)."""
+    import logging
+
+    from monitors.windows import HELD_OUT_MIN_ROWS, reference_rows, score_frame
+
+    class Model:
+        def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+            return pd.DataFrame({"score": frame["response"].str.len() / 100.0})
+
+    def gold(n_eval: int) -> pd.DataFrame:
+        examples = pd.DataFrame({"prompt": [f"q{i}" for i in range(200)], "response": [f"a{i}" for i in range(200)],
+                                 "label": 1.0, "split": ["eval"] * n_eval + ["train"] * (200 - n_eval)})
+        return reference_rows(examples, pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "split"]), sample=120)
+
+    ref = gold(HELD_OUT_MIN_ROWS)
+    assert ref["split"].value_counts().to_dict() == {"train": 120, "eval": HELD_OUT_MIN_ROWS}  # each split sampled apart
+    scores = score_frame(Model(), ref)
+    held_out = (ref["split"] == "eval").to_numpy()
+    assert np.isfinite(scores[held_out]).all() and np.isnan(scores[~held_out]).all()
+    few = gold(HELD_OUT_MIN_ROWS - 1)
+    with caplog.at_level(logging.WARNING, logger="lakeloop.monitors.windows"):
+        assert np.isfinite(score_frame(Model(), few)).all()
+    assert "includes the rows the model was trained on" in caplog.text
+    assert np.isfinite(score_frame(Model(), few.drop(columns="split"))).all()  # no split: every row
+
+
+def test_embedded_text_keeps_the_response_of_a_long_prompt() -> None:
+    from monitors.drift import EMBED_PROMPT_WORDS, pair_texts
+
+    frame = pd.DataFrame({"prompt": ["Who wrote it?\n\nPassages:\n[1] " + "word " * 2000], "response": ["An answer."]})
+    (text,) = pair_texts(frame)
+    assert text.startswith("Who wrote it? Passages: [1] word") and text.endswith("\nAn answer.")
+    assert len(text.split()) == EMBED_PROMPT_WORDS + 2

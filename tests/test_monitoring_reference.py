@@ -61,10 +61,11 @@ def test_the_reference_is_the_pinned_version_not_the_latest(lake: Settings, capl
     champion = version_with(lake, tags=lineage(lake, 0, 0))
     with caplog.at_level(logging.WARNING, logger="lakeloop.monitors.windows"):
         pinned = training_reference(lake, version=champion)
-    assert responses(pinned) == {"old a0", "old a1", "old good", "old bad"}  # the train split of version 0
+    assert responses(pinned) == {"old a0", "old a1", "old a2", "old good", "old bad"}  # version 0
     assert pinned.set_index("response").loc["old a1", "thumbs_down"] == 1.0
+    assert pinned.set_index("response")["split"].to_dict()["old a2"] == "eval"  # held out: the score reference (score_frame)
     assert not [r for r in caplog.records if r.name == "lakeloop.monitors.windows"]
-    assert responses(training_reference(lake)) == {"new a0", "new a1", "new good", "new bad"}  # no version: the latest
+    assert responses(training_reference(lake)) == {"new a0", "new a1", "new a2", "new good", "new bad"}  # no version: the latest
 
 
 def test_the_pins_come_from_the_run_when_the_version_has_no_lineage_tags(lake: Settings) -> None:
@@ -75,14 +76,14 @@ def test_the_pins_come_from_the_run_when_the_version_has_no_lineage_tags(lake: S
     version = version_with(lake, run_id=run.info.run_id)
     pins = model_store.training_pins(lake, version)
     assert {k: p.version for k, p in pins.items()} == {"gold/training_examples": 0, "gold/preference_pairs": 1}
-    assert responses(training_reference(lake, version=version)) == {"old a0", "old a1", "new good", "new bad"}
+    assert responses(training_reference(lake, version=version)) == {"old a0", "old a1", "old a2", "new good", "new bad"}
 
 
 def test_without_recorded_versions_the_latest_with_a_warning(lake: Settings, caplog: pytest.LogCaptureFixture) -> None:
     version = version_with(lake)
     with caplog.at_level(logging.WARNING, logger="lakeloop.monitors.windows"):
         ref = training_reference(lake, version=version)
-    assert responses(ref) == {"new a0", "new a1", "new good", "new bad"}
+    assert responses(ref) == {"new a0", "new a1", "new a2", "new good", "new bad"}
     assert sum("records no Delta version" in r.getMessage() for r in caplog.records) == 2
 
 
@@ -94,5 +95,5 @@ def test_a_vacuumed_pinned_version_falls_back_to_the_latest_with_a_warning(lake:
         DeltaTable(table_uri(lake, name)).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
     with caplog.at_level(logging.WARNING, logger="lakeloop.monitors.windows"):
         ref = training_reference(lake, version=champion)
-    assert responses(ref) == {"new a0", "new a1", "new good", "new bad"}
+    assert responses(ref) == {"new a0", "new a1", "new a2", "new good", "new bad"}
     assert sum("cannot be read" in r.getMessage() for r in caplog.records) == 2
