@@ -1,4 +1,4 @@
-"""`drift_report`: one window of live traffic against the champion's training set (Evidently 0.7).
+"""`drift_report`: one window of live traffic against the champion's own pinned gold data (Evidently 0.7).
 
 Thin adapter over ``monitors.drift_job.run_drift_window``: report link and verdict go to metadata, the
 numbers to monitoring/drift_metrics, the HTML to MLflow; a streak of drifted windows alerts and sets
@@ -20,7 +20,7 @@ from orchestration.resources import LakeloopSettings
     group_name="monitoring",
     kinds={"evidently", "delta", "mlflow"},
     owners=["team:ml-platform"],
-    description="Drift of the last window (text descriptors, embeddings, scores, feedback) vs the champion's training set.",
+    description="Drift of the last window (text descriptors, embeddings, scores, feedback) vs the gold versions the champion was trained on (scores: its held-out split).",
 )
 def drift_report(
     context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, monitoring: MonitoringResource,
@@ -35,7 +35,7 @@ def drift_report(
     reference_raw = training_reference(settings, sample=monitoring.reference_sample, version=champion)
     model = model_store.load_pyfunc(settings, champion)
     reference_raw["score"] = score_frame(model, reference_raw)
-    context.log.info("reference: %d training rows scored by champion v%s", len(reference_raw), champion)
+    context.log.info("reference: %d rows of the champion's pinned gold data (v%s; scores on its held-out split)", len(reference_raw), champion)
     reference = prepare_reference(reference_raw, embed_sample=monitoring.embed_sample)
 
     window = load_window(settings, since=since, until=until, source=monitoring.source)
