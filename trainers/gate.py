@@ -9,7 +9,8 @@ becomes ``challenger`` only if
   eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
   interval;
 - with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric;
-- no slice (with at least ``min_slice_n`` rows on both sides) regresses by more than ``slice_tolerance``.
+- no slice (with at least ``min_slice_n`` rows on both sides) regresses by more than ``slice_tolerance`` or, on a
+  small slice, by more than its 95% sampling error (``slice_margin``).
 
 Without ``paired`` (older callers) the rules fall back to point estimates: beat every baseline on the primary metric
 and AUC; the candidate's upper bound must reach the champion's value.
@@ -115,14 +116,27 @@ def decide_gate(
             if key not in champion_slices:
                 continue
             ref, ref_n = champion_slices[key]
-            if min(n, ref_n) >= config.min_slice_n and math.isfinite(value) and math.isfinite(ref) and value < ref - config.slice_tolerance:
-                reasons.append(f"slice {key} regressed {ref:.3f} -> {value:.3f} (tolerance {config.slice_tolerance})")
+            if min(n, ref_n) < config.min_slice_n or not (math.isfinite(value) and math.isfinite(ref)):
+                continue
+            margin = slice_margin(value, n, ref, ref_n, tolerance=config.slice_tolerance)
+            if value < ref - margin:
+                reasons.append(f"slice {key} regressed {ref:.3f} -> {value:.3f} (allowed {margin:.3f}: tolerance "
+                               f"{config.slice_tolerance} or the 95% sampling error of {min(n, ref_n)} rows, the larger)")
     return GateDecision(not reasons, tuple(reasons))
 
 
 def gate_tag(decision: GateDecision) -> dict[str, str]:
     """The MLflow tags a gate decision leaves on the run (never an alias change)."""
     return {"lakeloop.gate": "passed" if decision.passed else "failed", "lakeloop.gate.reasons": "; ".join(decision.reasons)[:5000] or "-"}
+
+
+def slice_margin(value: float, n: int, ref: float, ref_n: int, *, tolerance: float) -> float:
+    """How far a slice may fall below the champion's before it counts as a regression: the tolerance, or 1.96
+    binomial standard errors of the difference when the slice is too small to tell ``tolerance`` from noise (30
+    rows at 0.6: +-0.25). Conservative: candidate and champion are scored on the same rows (paired)."""
+    p, q = min(max(value, 0.0), 1.0), min(max(ref, 0.0), 1.0)
+    se = math.sqrt(p * (1 - p) / max(n, 1) + q * (1 - q) / max(ref_n, 1))
+    return max(tolerance, 1.96 * se)
 
 
 BEATS_BASELINES_TAG = "lakeloop.beats_baselines"  # "true" | "false" on the run and its model version
