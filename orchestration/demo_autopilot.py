@@ -51,7 +51,7 @@ class AutopilotDemoConfig:
     chunk_questions: int = 4  # questions per traffic burst (4 scored answers each)
     chunk_every_s: float = 12.0  # one burst this often: ~80 scored answers per drift window
     first_model_timeout_s: float = 900.0
-    retrain_timeout_s: float = 900.0
+    retrain_timeout_s: float = 1200.0  # a retraining with every candidate takes 4-8 min on 2 busy cores
     max_drift_windows: int = 4
     max_canary_windows: int = 6
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
@@ -200,6 +200,9 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             "gate_must_beat_baselines": base.gate_must_beat_baselines, "drift_reference_sample": base.reference_sample,
         })
         summary.facts["receiver"] = receiver.url
+        from orchestration.materialize import use_instance
+
+        use_instance(settings)  # this process reads the platform's Dagster instance (the summary's lake facts)
         _platform(settings, say)
         from orchestration.automation import set_autopilot
 
