@@ -91,6 +91,8 @@ class Settings(BaseSettings):
                                        "arrived for it ...")
     curation_debounce_minutes: float = Field(2.0, ge=0, description="... else at most every this many minutes per day "
                                              "while it has new rows.")
+    curation_eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompt clusters curation holds out as the "
+                                          "eval split (the gate's evidence: more eval prompts, narrower paired intervals).")
     retrain_min_new_rows: int = Field(500, ge=1, description="Retrain when the gold tables grew by this many rows beyond the "
                                       "champion's (or last training's) pinned versions.")
     retrain_cooldown_minutes: float = Field(30.0, ge=0, description="At most one retraining per this many minutes (a drift "

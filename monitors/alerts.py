@@ -24,7 +24,7 @@ from infra.errors import ConfigError
 from infra.settings import Settings
 
 AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure", "canary_started", "autopilot_waiting",
-                    "autopilot_paused", "external_change"]
+                    "autopilot_paused", "external_change", "challenger_retired"]
 Severity = Literal["info", "warning", "critical"]
 WebhookFormat = Literal["json", "slack", "teams"]
 Status = Literal["sent", "duplicate", "storm_suppressed"]

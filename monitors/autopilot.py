@@ -2,7 +2,9 @@
 
 challenger -> canary (first traffic step) -> analysis every window -> Promote / Hold / Rollback. Never two
 canaries: a challenger waits while one is in flight (and, being a single alias, a newer gated model replaces a
-waiting one). Without a champion, the first challenger becomes champion only if it beats the baselines.
+waiting one). A waiting challenger that is no longer the best is retired: once the champion is a version registered
+after it (a newer model won its canary, or a person chose one), the challenger learned from older data and lost its
+turn; it keeps its registry entry, tagged retired with the reason. Without a champion, the first challenger becomes champion only if it beats the baselines.
 Holds (``monitors.overrides``) stop every move that touches a held version, or everything.
 ``next_rollout_action`` is pure; ``rollout_facts`` reads its inputs and ``start_next`` carries out a start.
 """
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from monitors.alerts import Delivery, Notifier
     from monitors.decision import RolloutPolicy
 
-Action = Literal["analyze", "start_canary", "first_champion", "wait"]
+Action = Literal["analyze", "start_canary", "first_champion", "retire", "wait"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,22 @@ def next_rollout_action(f: RolloutFacts) -> Next:
         return Next("wait", f"challenger v{f.challenger} is already champion (moved there by hand?): nothing to roll out")
     if f.hold:
         return Next("wait", f"challenger v{f.challenger} held: {f.hold}", alert=True)
+    if f.champion is not None and _newer(f.champion, f.challenger):
+        return Next("retire", f"challenger v{f.challenger} retired: champion v{f.champion} was registered after it "
+                    "(trained on newer data), so it is no longer the best")
     if f.champion is None:
         if f.challenger_beats_baselines:
             return Next("first_champion", f"v{f.challenger} beats the baselines: first champion")
         why = f.baseline_note or "its evaluation recorded no baseline comparison"
         return Next("wait", f"challenger v{f.challenger} waits: no champion yet and it does not beat the baselines ({why})", alert=True)
     return Next("start_canary", f"challenger v{f.challenger} -> canary against champion v{f.champion}")
+
+
+def _newer(a: str, b: str) -> bool:
+    try:
+        return int(a) > int(b)
+    except ValueError:
+        return False
 
 
 def rollout_facts(settings: Settings, *, seconds_since_analysis: float | None = None, window_s: float = 600.0) -> RolloutFacts:
@@ -81,16 +93,20 @@ def rollout_facts(settings: Settings, *, seconds_since_analysis: float | None = 
 
 
 def start_next(settings: Settings, *, policy: RolloutPolicy, actor: str, notifier: Notifier) -> tuple[Next, Delivery | None]:
-    """Carry out a ``start_canary`` or ``first_champion`` step if the registry still calls for one (re-read now);
-    alert on it. Returns what was done (``wait``: nothing, and why)."""
+    """Carry out a ``start_canary``, ``first_champion`` or ``retire`` step if the registry still calls for one (re-read
+    now); alert on it. Returns what was done (``wait``: nothing, and why)."""
     from monitors import model_store, rollout
     from monitors.alerts import Alert
 
     nxt = next_rollout_action(rollout_facts(settings))
-    if nxt.action not in ("start_canary", "first_champion"):
+    if nxt.action not in ("start_canary", "first_champion", "retire"):
         return nxt, None
     status = rollout.read_status(settings)
     version = str(status.challenger)
+    if nxt.action == "retire":
+        rollout.retire_challenger(settings, version, actor=actor, reason=nxt.reason)
+        return nxt, notifier.notify(Alert("challenger_retired", nxt.reason, "info", {"version": version, "champion": status.champion or "-"},
+                                          {"model": model_store.model_url(settings, version)}, dedup_key=f"challenger_retired:{version}"))
     after = rollout.start_canary(settings, version=version, policy=policy, actor=actor, reason=nxt.reason)
     links = {"model": model_store.model_url(settings, version)}
     if nxt.action == "first_champion":

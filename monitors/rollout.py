@@ -81,6 +81,14 @@ def start_canary(
     return read_status(settings)
 
 
+def retire_challenger(settings: Settings, version: str, *, actor: str, reason: str) -> RolloutStatus:
+    """Take a waiting challenger out of the rollout (its alias removed, the version tagged why); it stays registered."""
+    reg = _registry()
+    reg.delete_alias_cas(settings, "challenger", version, actor=actor, reason=f"retired: {reason}", metrics={})
+    model_store.mark_version(settings, version, "retired", note=f"{actor}: {reason}")
+    return read_status(settings)
+
+
 def _the_canary(status: RolloutStatus, expected: str | None, *, doing: str, hint: str) -> str:
     """The canary version to ``doing``; refuses when there is none or it is not the one the caller looked at."""
     if status.canary is None:

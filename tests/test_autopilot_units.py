@@ -130,6 +130,9 @@ def test_drift_on_the_same_data_is_consumed_not_kept_forever() -> None:
     (RolloutFacts(None, None, "1", None, False, "auc 0.5 does not beat baseline length"), "wait", True),
     (RolloutFacts(None, None, "1", None, None), "wait", True),  # no baseline comparison recorded: no first champion
     (RolloutFacts("1", None, "2", None, None), "start_canary", False),
+    (RolloutFacts("3", None, "2", None, None), "retire", False),  # v3 won its canary while v2 waited: v2 is no longer the best
+    (RolloutFacts("10", None, "9", "version 9 is on hold: people", None), "wait", True),  # a hold keeps it
+    (RolloutFacts("1", None, "10", None, None), "start_canary", False),  # versions compare as numbers
     (RolloutFacts("2", None, "2", None, None), "wait", False),  # a person made the challenger champion
     (RolloutFacts("1", None, "2", "version 2 is on hold: people", None), "wait", True),
     (RolloutFacts("1", "2", "3", None, None), "analyze", False),  # never two canaries: 3 waits

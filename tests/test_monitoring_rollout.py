@@ -227,3 +227,26 @@ def test_service_keeps_answering_while_aliases_change(mon: Settings, models) -> 
     versions = [v for _, v in seen]
     assert {v1, v2} <= set(versions)
     assert versions[-1] == v2  # the promoted champion answers at the end
+
+
+def test_a_superseded_waiting_challenger_is_retired(mon: Settings, models) -> None:
+    """v2 waits as challenger while v3 wins the champion's place: autopilot retires v2 instead of canarying it."""
+    from monitors.autopilot import start_next
+    from trainers import registry
+
+    good, _ = models
+    v1, v2, v3 = (register(mon, good) for _ in range(3))
+    rollout.start_canary(mon, version=v1, actor="test", reason="first model")
+    registry.set_alias_cas(mon, "challenger", None, v2, actor="test", reason="gate passed")
+    registry.set_alias_cas(mon, "champion", v1, v3, actor="test", reason="v3 won its canary")
+    with Receiver() as rx:
+        s = mon.model_copy(update={"alert_webhooks": rx.url("/hook")})
+        nxt, delivery = start_next(s, policy=POLICY, actor="test-autopilot", notifier=notifier_from_settings(s))
+        assert nxt.action == "retire" and delivery is not None and delivery.status == "sent", nxt
+        assert [b["kind"] for _, b in rx.received] == ["challenger_retired"]
+    after = rollout.read_status(mon)
+    assert (after.champion, after.canary, after.challenger) == (v3, None, None)
+    assert model_store.version_tags(mon, v2)[model_store.STATE_TAG] == "retired"
+    assert "no longer the best" in model_store.version_tags(mon, v2)[model_store.HISTORY_TAG]
+    last = registry.ledger_entries(mon).iloc[-1]
+    assert last["alias"] == "challenger" and last["action"] == "delete" and "retired" in last["reason"], last.to_dict()

@@ -58,7 +58,7 @@ def curate(
         if bronze is None:
             raise DataError("bronze/feedback_events does not exist", hint="run `lakeloop ingest --once` first")
         days = sorted(set(bronze["event_date"].to_list()))
-    cfg = CurationConfig(engine=engine or s.engine)
+    cfg = CurationConfig(engine=engine or s.engine, eval_fraction=s.curation_eval_fraction)
     key = CurationResource(pseudonym_key=os.environ.get(KEY_ENV)).key(s)
     for n, d in enumerate(days, 1):
         for stage in STAGES:

@@ -54,8 +54,9 @@ def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
 
     @dg.multi_asset_check(specs=specs, name=f"{asset}_checks")
     def checks(context: dg.AssetCheckExecutionContext, lakeloop: LakeloopSettings, curation: CurationResource):
-        cfg = curation.config()
-        uri = table_uri(lakeloop.load(), table)
+        settings = lakeloop.load()
+        cfg = curation.config(settings)
+        uri = table_uri(settings, table)
         # the version the checks judge (read first; curation runs one at a time): training pins only versions
         # whose blocking checks all passed (trainers.pinning), so every result says which version it judged
         version = lake.version(uri)

@@ -26,7 +26,7 @@ class CurationResource(dg.ConfigurableResource):
     pseudonym_key: str | None = None
     engine: str | None = None  # "local" | "spark"; None: settings.engine (LAKELOOP_ENGINE). Checked by CurationConfig.
     user_cap: float = 0.1
-    eval_fraction: float = 0.1
+    eval_fraction: float | None = None  # None: settings.curation_eval_fraction (LAKELOOP_CURATION_EVAL_FRACTION)
     min_silver_rows: int = 1
     min_training_rows: int = 10
     max_duplicate_rate: float = 0.02
@@ -38,7 +38,8 @@ class CurationResource(dg.ConfigurableResource):
 
     def config(self, settings: Settings | None = None) -> CurationConfig:
         engine = self.engine or (settings.engine if settings is not None else "local")
-        return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=self.eval_fraction)
+        fraction = self.eval_fraction if self.eval_fraction is not None else (settings.curation_eval_fraction if settings is not None else 0.1)
+        return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction)
 
     def key(self, settings: Settings) -> bytes:
         if self.pseudonym_key:

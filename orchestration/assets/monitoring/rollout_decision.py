@@ -1,4 +1,5 @@
-"""`rollout_decision`: start the waiting challenger's canary (or make it the first champion), else canary
+"""`rollout_decision`: start the waiting challenger's canary (or make it the first champion, or retire it when a
+newer champion superseded it), else canary
 analysis, the pure decision, and its execution.
 
 Compares canary and champion on agreement with later user feedback (always-valid sequential test on counts
@@ -36,7 +37,7 @@ def rollout_decision(
         after = rollout.read_status(settings)
         context.log.info("%s: %s", nxt.action, nxt.reason)
         return dg.MaterializeResult(metadata={
-            "decision": {"start_canary": "StartCanary", "first_champion": "FirstChampion"}.get(nxt.action, "Hold"),
+            "decision": {"start_canary": "StartCanary", "first_champion": "FirstChampion", "retire": "Retire"}.get(nxt.action, "Hold"),
             "reason": nxt.reason, "applied": nxt.action != "wait", "champion_after": after.champion or "-",
             "canary_after": after.canary or "-", "canary_share_after": after.canary_share,
             **({"alert": delivery.status} if delivery is not None else {}),

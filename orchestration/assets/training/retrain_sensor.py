@@ -47,8 +47,8 @@ def champion_versions(settings: Settings) -> Versions | None:
         return None
 
 
-def latest_drift_request(instance: dg.DagsterInstance, after: int) -> int | None:
-    """Storage id of the newest drift_report materialization after ``after`` that asks for retraining."""
+def latest_drift_request(instance: dg.DagsterInstance, after: int) -> tuple[int, float] | None:
+    """(storage id, unix time) of the newest drift_report materialization after ``after`` that asks for retraining."""
     records = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=20, ascending=False).records
     for rec in records:
         if rec.storage_id <= after:
@@ -56,7 +56,7 @@ def latest_drift_request(instance: dg.DagsterInstance, after: int) -> int | None
         mat = rec.asset_materialization
         retrain = mat.metadata.get("retrain") if mat else None
         if retrain is not None and bool(getattr(retrain, "value", retrain)):
-            return rec.storage_id
+            return rec.storage_id, float(rec.timestamp)
     return None
 
 
@@ -76,21 +76,24 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext, lakeloop: LakeloopS
         return dg.SensorResult(skip_reason=dg.SkipReason(f"cannot read the registry: {exc.message}"))
     pins = checked_pins(context.instance, settings)
     pinned = (pins[EX].version, pins[PR].version)
-    drift_id = latest_drift_request(context.instance, drift_seen)
+    drift = latest_drift_request(context.instance, drift_seen)
+    drift_id = drift[0] if drift else None
+    # a training requested after the alerting window began already learns from the drifted data: it answers the alert
+    answered = drift is not None and cursor.get("at") is not None and float(cursor["at"]) >= drift[1] - settings.drift_window_minutes * 60
     in_flight = context.instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT, job_name=training_job.name), limit=1)
     facts = RetrainFacts(
         pinned=None if None in pinned else pinned,  # type: ignore[arg-type]
         pinned_rows=_rows(settings, pinned) or 0 if None not in pinned else 0,
         last_trained=last,  # type: ignore[arg-type]
         baseline_rows=_rows(settings, baseline),  # type: ignore[arg-type]
-        drift_requested=drift_id is not None,
+        drift_requested=drift_id is not None and not answered,
         curation_pending=bool(curation_in_flight(context.instance)),
         training_in_flight=bool(in_flight),
         seconds_since_last=None if cursor.get("at") is None else time.time() - float(cursor["at"]),
     )
     d = decide_retrain(facts, min_new_rows=settings.retrain_min_new_rows, cooldown_s=settings.retrain_cooldown_minutes * 60)
     new_cursor = dict(cursor)
-    if d.consume_drift and drift_id is not None:
+    if (d.consume_drift or answered) and drift_id is not None:
         new_cursor["drift_id"] = drift_id
     if not d.train:
         why = d.reason if facts.pinned is not None else f"{d.reason}: {pins[EX].reason}; {pins[PR].reason}"

@@ -14,7 +14,6 @@ from infra.settings import Settings
 from orchestration.assets.training.pins import GOLD_ASSETS, check_evals, checked_pins
 from orchestration.assets.training.resources import TrainingResource, mlflow_run_url
 from orchestration.resources import LakeloopSettings
-from trainers.train import pin_versions
 
 
 class TrainPins(dg.Config):
@@ -66,6 +65,8 @@ def reward_model(
     config: TrainPins,
 ) -> dg.MaterializeResult:
     settings = lakeloop.load()
+    from trainers.train import pin_versions  # torch: imported by the run that trains, not by every code-location load
+
     cfg = pin_versions(training.config().model_copy(update=_pins(context, settings, config)), settings)
     context.log.info("training on gold/training_examples@%s and gold/preference_pairs@%s", cfg.examples_version, cfg.pairs_version)
     invocation = pipes_subprocess_client.run(
