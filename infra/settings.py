@@ -99,6 +99,9 @@ class Settings(BaseSettings):
                                             "alert does not wait), and never twice on the same gold versions.")
     canary_window_minutes: float = Field(10.0, gt=0, description="Canary analysis runs once per this many minutes while a "
                                          "canary is in flight.")
+    canary_promote_after_labels: int = Field(400, ge=1, description="A canary no better and no worse than the champion is "
+                                             "promoted once both arms have this many labels and its always-valid confidence "
+                                             "sequence rules out a drop of 5 points or more.")
     drift_window_minutes: float = Field(60.0, gt=0, description="Each drift check looks at this many minutes of traffic.")
 
     # what the daemon's training and drift runs use (the demo and tests size them down through these)

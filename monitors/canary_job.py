@@ -38,7 +38,8 @@ MAX_LOOKS = 1000  # looks reconstructed back to the canary's start; older bounda
 def policy_from_settings(settings: Settings, **overrides: object) -> RolloutPolicy:
     try:
         steps = tuple(float(s) for s in settings.canary_steps.split(",") if s.strip())
-        return RolloutPolicy(steps=steps, **overrides)  # type: ignore[arg-type]
+        kwargs: dict[str, object] = {"equivalence_feedback": settings.canary_promote_after_labels, **overrides}
+        return RolloutPolicy(steps=steps, **kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"bad canary_steps {settings.canary_steps!r}: {exc}", hint="e.g. LAKELOOP_CANARY_STEPS=0.1,0.5") from None
 

@@ -9,8 +9,9 @@ It starts the platform with autopilot on (the supervised ingestors and every sen
 3. plays drifted traffic (an app release that cuts answers) until the drift alert fires; the daemon retrains on
    what it curated, gates the candidate and puts it on canary; traffic goes on and the canary is analysed
    every window until Promote or Rollback (or the demo's window budget ends: Hold);
-4. an app release logs inverted thumbs for a while (a bad stretch of data): the next model trained on it must
-   be stopped by the gate or the canary.
+4. meanwhile (while that canary is in flight) an app release logs inverted thumbs for a while (a bad stretch of
+   data): the next model trained on it must be stopped by the gate, or wait for the canary in flight and then be
+   rolled back by its own canary analysis.
 
 It never launches a run or moves an alias for the daemon: everything it says about the loop comes from the
 Dagster instance (runs with their sensor and trigger tags, materializations), the promotion ledger and the
@@ -48,13 +49,17 @@ class AutopilotDemoConfig:
     tick_seconds: int = 5
     drift_window_minutes: float = 1.0
     canary_window_minutes: float = 1.0
-    chunk_questions: int = 4  # questions per traffic burst (4 scored answers each)
-    chunk_every_s: float = 12.0  # one burst this often: ~80 scored answers per drift window
+    chunk_questions: int = 8  # questions per traffic burst (4 scored answers each, ~1 thumbs verdict per question)
+    chunk_every_s: float = 12.0  # one burst this often: ~160 scored answers and ~40 labels per minute
     first_model_timeout_s: float = 900.0
-    retrain_timeout_s: float = 1200.0  # a retraining with every candidate takes 4-8 min on 2 busy cores
+    retrain_timeout_s: float = 900.0  # a retraining with every candidate takes 2-6 min on 2 busy cores
     max_drift_windows: int = 4
-    max_canary_windows: int = 6
+    max_canary_windows: int = 4
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
+    # the demo's knobs of the loop (settings of the platform it starts)
+    eval_fraction: float = 0.3  # ~120 eval prompts: a paired interval narrow enough to show a first model beats the baselines
+    retrain_min_new_rows: int = 1500  # the backlog and the bad release retrain; live traffic alone does not, drift does
+    promote_after_labels: int = 60  # ~2 windows of labels per arm at this traffic (the always-valid sequence still holds)
 
 
 @dataclass
@@ -193,8 +198,9 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
     with AlertReceiver(log_path=settings.logs_dir / "alerts-received.jsonl") as receiver:
         settings = settings.model_copy(update={
             "autopilot": True, "autopilot_tick_seconds": cfg.tick_seconds, "alert_webhooks": f"slack+{receiver.url}",
-            "curation_min_new_rows": 300, "curation_debounce_minutes": 0.25, "retrain_min_new_rows": 300,
-            "retrain_cooldown_minutes": 0.0, "canary_window_minutes": cfg.canary_window_minutes,
+            "curation_min_new_rows": 300, "curation_debounce_minutes": 0.25, "retrain_min_new_rows": cfg.retrain_min_new_rows,
+            "retrain_cooldown_minutes": 0.0, "curation_eval_fraction": cfg.eval_fraction,
+            "canary_promote_after_labels": cfg.promote_after_labels, "canary_window_minutes": cfg.canary_window_minutes,
             "drift_window_minutes": cfg.drift_window_minutes, "drift_windows_to_alert": base.drift_windows_to_alert,
             "canary_steps": base.canary_steps, "train_config": json.dumps(base.train), "eval_n_boot": base.n_boot,
             "gate_must_beat_baselines": base.gate_must_beat_baselines, "drift_reference_sample": base.reference_sample,
@@ -218,8 +224,11 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             serve.wait_for_version("champion", first)
             app = App(settings, cfg, say)
             _phase_stationary(settings, cfg, summary, narrator, app, say)
-            _phase_drift(settings, cfg, summary, narrator, receiver, app, serve, say)
-            _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, say)
+            canary = _phase_drift(settings, cfg, summary, narrator, receiver, app, serve, say)
+            if canary is not None:
+                bad = _send_bad_release(settings, cfg, summary, say)  # its curation and training overlap the canary
+                _watch_canary(settings, cfg, summary, narrator, app, canary, "8", say)
+                _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, bad, say)
             summary.facts["traffic"] = dict(app.totals)
         summary.alerts = list(receiver.received)
     summary.facts["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -284,14 +293,14 @@ def _phase_stationary(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
 
 
 def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
-                 receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> None:
+                 receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> str | None:
     app.drifted = True
     t_onset = time.monotonic()
     alerted = narrator.wait("the drift alert", lambda: _alerts(receiver, "drift"),
                             cfg.max_drift_windows * cfg.drift_window_minutes * 60 + 120, between=app.burst)
     if not alerted:
         summary.add("5. drifted traffic", f"no drift alert after {cfg.max_drift_windows} windows", say)
-        return
+        return None
     t_alert = time.monotonic() - t_onset
     summary.facts["time_to_drift_alert_s"] = round(t_alert, 1)
     summary.add("5. drift alert", f"cut answers from a new app release: alert after {t_alert:.0f}s "
@@ -303,13 +312,13 @@ def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSumm
     if not canary:
         summary.add("6. retraining", f"no canary after {cfg.retrain_timeout_s:.0f}s (gate passed: {ev.get('gate_passed')}); "
                     f"aliases {_aliases(settings)}", say)
-        return
+        return None
     summary.facts["time_to_canary_after_alert_s"] = round(time.monotonic() - t_onset - t_alert, 1)
     summary.add("6. retraining", f"the daemon retrained on the curated drifted feedback: v{canary} passed the gate "
                 f"(pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} vs champion v{before.get('champion')}) and went "
                 f"to canary at {float(settings.canary_steps.split(',')[0]):.0%} of traffic", say)
     serve.wait_for_version("canary", canary)
-    _watch_canary(settings, cfg, summary, narrator, app, canary, "7", say)
+    return str(canary)
 
 
 def _watch_canary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, app: App,
@@ -349,33 +358,50 @@ def bad_release_events(cfg: AutopilotDemoConfig) -> list[dict[str, Any]]:
     return out
 
 
-def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
-                       receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> None:
-    if _aliases(settings).get("canary"):
-        summary.add("8. bad release", "skipped: a canary is still in flight (the demo's window budget ended first)", say)
-        return
+@dataclass
+class BadRelease:
+    sent_at: float
+    trained_before: int
+
+
+def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, say: Say) -> BadRelease:
+    """Meanwhile (the canary is in flight) a buggy app release logs a stretch of inverted feedback."""
     trained_before = sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job")
-    app.drifted = False
-    bad = bad_release_events(cfg)
     t = time.monotonic()
-    sent, _ = _produce(settings, bad, replace(cfg.base, malformed_share=0.0))
-    summary.add("8. bad release", f"an app release logged {sent} feedback events of {cfg.bad_stretch_questions} questions with "
-                "thumbs and preferences swapped (late data for the backlog's days); the daemon curates and retrains on it", say)
+    sent, _ = _produce(settings, bad_release_events(cfg), replace(cfg.base, malformed_share=0.0))
+    summary.add("7. bad release", f"meanwhile an app release logged {sent} feedback events of {cfg.bad_stretch_questions} questions "
+                "with thumbs and preferences swapped (late data for the backlog's days); the daemon curates and retrains on it", say)
+    return BadRelease(t, trained_before)
+
+
+def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
+                       receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
     gated_out = lambda: [a for a in _alerts(receiver, "gate_failed") if "promotion_gate" in json.dumps(a)]
-    trained = narrator.wait("a model trained on the bad stretch", lambda: gated_out() or (
-        sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job" and r["status"] in ("SUCCESS", "FAILURE"))
-        > trained_before), cfg.retrain_timeout_s, between=app.burst)
+    finished = lambda: sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job"
+                           and r["status"] in ("SUCCESS", "FAILURE")) > bad.trained_before
+    before = {v for v in _aliases(settings).values()}
+    trained = narrator.wait("a model trained on the bad stretch", lambda: gated_out() or finished(), cfg.retrain_timeout_s, between=app.burst)
     if not trained:
         summary.add("9. bad candidate", f"no retraining within {cfg.retrain_timeout_s:.0f}s", say)
         return
     narrator.poll()
-    summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - t, 1)  # bad data sent -> its model gated
-    canary = _aliases(settings).get("canary")
+    summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - bad.sent_at, 1)  # bad data sent -> its model gated
     ev = (narrator.latest("model_evaluation") or (0, {}))[1]
-    if gated_out() or not canary:
+    new = lambda: next((v for a, v in _aliases(settings).items() if a in ("challenger", "canary") and v not in before), None)
+    if gated_out() or not ev.get("gate_passed") or not new():
         summary.add("9. bad candidate", f"stopped by the gate: pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on its eval "
-                    f"split; {ev.get('gate_passed') and 'passed' or 'failed'}; aliases unchanged: champion v{_aliases(settings).get('champion')}", say)
+                    f"split; gate {'passed' if ev.get('gate_passed') else 'failed'}"
+                    f"{': ' + str(ev.get('gate_reasons'))[:300] if ev.get('gate_reasons') not in (None, '-') else ''}; champion stays "
+                    f"v{_aliases(settings).get('champion')}", say)
         summary.decisions.append(("Stopped", "the gate refused the model trained on the bad release's data"))
         return
-    serve.wait_for_version("canary", canary)
-    _watch_canary(settings, cfg, summary, narrator, app, canary, "10", say)
+    version = str(new())
+    summary.add("9. bad candidate", f"v{version} passed the gate (pairwise {ev.get('pairwise_accuracy', float('nan')):.3f}); "
+                "it waits for the canary in flight, then the canary analysis judges it on live traffic", say)
+    canary = narrator.wait("the bad candidate on canary", lambda: _aliases(settings).get("canary") == version and version,
+                           cfg.max_canary_windows * cfg.canary_window_minutes * 60 + 180, between=app.burst)
+    if not canary:
+        summary.add("10. bad candidate", f"v{version} did not reach canary: aliases {_aliases(settings)}", say)
+        return
+    serve.wait_for_version("canary", version)
+    _watch_canary(settings, cfg, summary, narrator, app, version, "10", say)

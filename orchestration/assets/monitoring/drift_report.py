@@ -10,7 +10,8 @@ import dagster as dg
 from infra.errors import DataError
 from monitors import model_store
 from monitors.alerts import notifier_from_settings
-from monitors.drift_job import prepare_reference, run_drift_window
+from monitors.drift_job import Reference, prepare_reference, run_drift_window
+from monitors.reference_cache import cached_reference
 from monitors.windows import current_frame, load_window, score_frame, training_reference
 from orchestration.assets.monitoring.resources import MonitoringResource, WindowConfig
 from orchestration.resources import LakeloopSettings
@@ -32,11 +33,15 @@ def drift_report(
         raise DataError("no champion model to monitor", hint="promote a model first (`lakeloop promote --start`)")
     since, until = config.window(monitoring.window_minutes)
 
-    reference_raw = training_reference(settings, sample=monitoring.reference_sample, version=champion)
-    model = model_store.load_pyfunc(settings, champion)
-    reference_raw["score"] = score_frame(model, reference_raw)
-    context.log.info("reference: %d rows of the champion's pinned gold data (v%s; scores on its held-out split)", len(reference_raw), champion)
-    reference = prepare_reference(reference_raw, embed_sample=monitoring.embed_sample)
+    def build() -> Reference:
+        reference_raw = training_reference(settings, sample=monitoring.reference_sample, version=champion)
+        reference_raw["score"] = score_frame(model_store.load_pyfunc(settings, champion), reference_raw)
+        return prepare_reference(reference_raw, embed_sample=monitoring.embed_sample)
+
+    reference, cached = cached_reference(settings, champion, sample=monitoring.reference_sample, embed_sample=monitoring.embed_sample,
+                                         build=build)
+    context.log.info("reference: %d rows of the champion's pinned gold data (v%s; scores on its held-out split)%s",
+                     len(reference.features), champion, " from the cache of earlier checks" if cached else "")
 
     window = load_window(settings, since=since, until=until, source=monitoring.source)
     current = current_frame(window.predictions, window.feedback)

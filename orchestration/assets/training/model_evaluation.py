@@ -33,6 +33,7 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
         "run_id": run_id,
         "mlflow_run": mlflow_run_url(settings.tracking_uri, run_id),
         "gate_passed": out.decision.passed,
+        "gate_reasons": "; ".join(out.decision.reasons)[:2000] or "-",
         "champion_version": out.champion_version or "none",
         "model_card": dg.MetadataValue.md(out.model_card),
         **{f"{k}": float(v.value) for k, v in m.items()},
