@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from infra import jars, services
@@ -58,7 +59,7 @@ class AutopilotDemoConfig:
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
     # the demo's knobs of the loop (settings of the platform it starts)
     eval_fraction: float = 0.3  # ~120 eval prompts: a paired interval narrow enough to show a first model beats the baselines
-    retrain_min_new_rows: int = 1500  # the backlog and the bad release retrain; live traffic alone does not, drift does
+    retrain_min_new_rows: int = 1000  # the backlog and the bad release retrain; live traffic alone does not, drift does
     promote_after_labels: int = 60  # ~2 windows of labels per arm at this traffic (the always-valid sequence still holds)
 
 
@@ -206,6 +207,7 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             "gate_must_beat_baselines": base.gate_must_beat_baselines, "drift_reference_sample": base.reference_sample,
         })
         summary.facts["receiver"] = receiver.url
+        summary.facts["settings"] = settings  # what the platform ran with (tests read the instance and registry with it)
         from orchestration.materialize import use_instance
 
         use_instance(settings)  # this process reads the platform's Dagster instance (the summary's lake facts)
@@ -338,24 +340,36 @@ def _watch_canary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSum
     summary.add(f"{step}. outcome", f"champion v{a.get('champion')}; canary {('v' + a['canary']) if a.get('canary') else 'none'}", say)
 
 
-def bad_release_events(cfg: AutopilotDemoConfig) -> list[dict[str, Any]]:
-    """What a buggy app release logs: the backlog's users' feedback again (new ids), with thumbs and preferences the
-    wrong way round (its feedback widget swapped the buttons). Event times are the backlog's: late data for old days."""
+def bad_release_events(cfg: AutopilotDemoConfig, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """What a buggy app release logs: its answers are cut to two sentences (texts the lake has not seen, so curation's
+    de-duplication keeps them: replayed feedback on known texts would be dropped as duplicates of the earlier events)
+    and its feedback widget swapped the buttons: thumbs and preferences the wrong way round. Timed over the last
+    minutes (the release is live now)."""
     from feedback.qa_feedback import load_events
-
+    now = now or datetime.now(timezone.utc)
     keep = set(_question_order(cfg.base)[: cfg.bad_stretch_questions])
+    events = [e for e in load_events(cfg.base.data_path, copies=2, passages=cfg.base.passages)
+              if e["event_id"].startswith("qaf1-1-") and int(e["conversation_id"].rsplit("-", 1)[1]) in keep
+              and e["event_type"] != "correction"]
     out = []
-    for e in load_events(cfg.base.data_path, copies=2, passages=cfg.base.passages):
-        if not e["event_id"].startswith("qaf1-1-") or int(e["conversation_id"].rsplit("-", 1)[1]) not in keep:
-            continue
+    for n, e in enumerate(events):
+        e = {**e, "response": two_sentences(e["response"]), "app_id": "qa-web-v3",
+             "occurred_at": (now - timedelta(seconds=(len(events) - n) / 5)).isoformat().replace("+00:00", "Z"),
+             "metadata": {**(e.get("metadata") or {}), "release": "v3-new-feedback-widget"}}
         if e["event_type"] == "thumbs":
-            e = {**e, "value": -e["value"]}
-        elif e["event_type"] == "preference" and e.get("preferred") in ("a", "b"):
-            e = {**e, "preferred": "b" if e["preferred"] == "a" else "a"}
-        elif e["event_type"] == "correction":
-            continue
+            e["value"] = -e["value"]
+        elif e["event_type"] == "preference":
+            e["response_b"] = two_sentences(e["response_b"])
+            if e.get("preferred") in ("a", "b"):
+                e["preferred"] = "b" if e["preferred"] == "a" else "a"
         out.append(e)
     return out
+
+
+def two_sentences(text: str) -> str:
+    import re
+
+    return " ".join(m.strip() for m in re.findall(r".+?[.!?](?:\s|$)", text.strip(), flags=re.S)[:2]) or text
 
 
 @dataclass
@@ -369,8 +383,9 @@ def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
     trained_before = sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job")
     t = time.monotonic()
     sent, _ = _produce(settings, bad_release_events(cfg), replace(cfg.base, malformed_share=0.0))
-    summary.add("7. bad release", f"meanwhile an app release logged {sent} feedback events of {cfg.bad_stretch_questions} questions "
-                "with thumbs and preferences swapped (late data for the backlog's days); the daemon curates and retrains on it", say)
+    summary.add("7. bad release", f"meanwhile another app release (answers cut to two sentences) logged {sent} feedback events of "
+                f"{cfg.bad_stretch_questions} questions with thumbs and preferences swapped by a widget bug; the daemon curates and "
+                "retrains on it", say)
     return BadRelease(t, trained_before)
 
 

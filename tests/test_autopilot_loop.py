@@ -180,3 +180,45 @@ def test_autopilot_on_closes_the_loop(loop: Platform, qa_feedback_path: Path) ->
     assert all(a_end <= b_start + 0.5 for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), spans
     assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in _run_records(s)
                if r.dagster_run.job_name in ("curation_job", "training_job") and r.end_time)
+
+
+def _sensor_ticks(s: Settings, sensor: str) -> list[dict[str, Any]]:
+    """The sensor's latest ticks as the Dagster UI shows them (GraphQL): status, skip reason, time."""
+    from orchestration.automation import LOCATION, REPOSITORY, _gql
+
+    query = """query Ticks($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+      __typename ... on Sensor { sensorState { ticks(limit: 10) { status skipReason timestamp } } } } }"""
+    data = _gql(s, query, {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": sensor}})
+    return list(data["sensorOrError"]["sensorState"]["ticks"])
+
+
+def test_a_gold_version_whose_blocking_check_failed_is_not_trained_on(loop: Platform) -> None:
+    """A person curates a day by hand with a stricter row minimum: the gold versions that run writes fail their blocking
+    `min_rows` check, so the retraining sensor never pins them and its skip reason in the UI says so."""
+    import os
+
+    from features import lake
+    from infra.tables import table_uri
+    from orchestration.materialize import materialize
+
+    s = loop.settings
+    day = next(r.dagster_run.tags["dagster/partition"] for r in _run_records(s) if r.dagster_run.job_name == "curation_job")
+    saved = dict(os.environ)
+    try:  # in this process, against the platform's instance, as `lakeloop curate` or the UI would
+        outcomes = materialize(s, "group:curation", partitions=[day],
+                               run_config={"resources": {"curation": {"config": {"min_training_rows": 10**9}}}})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    failed = {c for o in outcomes for c in o.failed_checks}
+    assert {"gold_training_examples:min_rows", "gold_preference_pairs:min_rows"} <= failed, outcomes
+    bad = (lake.version(table_uri(s, "gold/training_examples")), lake.version(table_uri(s, "gold/preference_pairs")))
+    t = time.time()
+    reason = _wait("a retraining tick that says why the new gold versions are not trained on", lambda: next(
+        (tk["skipReason"] for tk in _sensor_ticks(s, "retrain_on_new_data")
+         if tk["timestamp"] > t and tk["skipReason"] and "not pinnable" in tk["skipReason"]), None), 120, every=3)
+    assert "min_rows" in reason and f"v{bad[0]}" in reason, reason
+    for r in _run_records(s):
+        if r.dagster_run.job_name == "training_job":
+            ex, pr = (int(v) for v in r.dagster_run.tags["lakeloop/gold_versions"].split(","))
+            assert ex < bad[0] and pr < bad[1], r.dagster_run.tags

@@ -141,6 +141,12 @@ def test_evaluate_reports_intervals_slices_and_baselines(qa_feedback_path: Path)
     assert set(report.paired) == {"constant", "length", "tfidf_lr"} and report.class_counts[0] + report.class_counts[1] == len(evalset[0])
     assert any(k.startswith("pairwise_accuracy|event_type=correction") for k in report.slices)
     assert any(k.startswith("auc|length=") for k in report.slices)
+    # an AUC slice's n is its smaller class (what limits its precision), a pair slice's n its pairs
+    ex_eval = evalset[0].assign(event_type=evalset[0]["event_types"])
+    for key, (_, n) in report.slices.items():
+        if key.startswith("auc|event_type="):
+            g = ex_eval[ex_eval["event_type"] == key.split("=", 1)[1]]
+            assert n == min(int((g["label"] > 0.5).sum()), int((g["label"] <= 0.5).sum())), (key, n)
     card = E.model_card(report, name="m", lineage={"lakeloop.train_examples.version": "3"})
     assert "tfidf_lr" in card and "Limitations" in card and "train_examples.version" in card
 
@@ -163,6 +169,14 @@ B = {"length": {"pairwise_accuracy": (0.55, 0.5, 0.6), "auc": (0.6, 0.5, 0.7)}}
         ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.6, 40)}, {"auc|app_id=a": (0.7, 40)}, GateConfig(), True, ""),
         ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.6, 10)}, {"auc|app_id=a": (0.7, 10)}, GateConfig(), True, ""),
         ({"pairwise_accuracy": M, "auc": (0.7, 0.6, 0.8)}, {"pairwise_accuracy": M}, {"auc|app_id=a": (0.67, 40)}, {"auc|app_id=a": (0.7, 40)}, GateConfig(), True, ""),
+        # twelve slices compared at once: Bonferroni (2.87 SE) -- a 0.565 -> 0.435 dip over 131 pairs of ~22 prompts
+        # (what refused a retrained model of the autopilot soak) is noise; the same dip over 400 prompts is not
+        ({"pairwise_accuracy": M}, {"pairwise_accuracy": M}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
+         "pairwise_accuracy|length=short": (0.435, 22)}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
+         "pairwise_accuracy|length=short": (0.565, 22)}, GateConfig(min_slice_n=20, must_beat_baselines=False), True, ""),
+        ({"pairwise_accuracy": M}, {"pairwise_accuracy": M}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
+         "pairwise_accuracy|length=short": (0.435, 400)}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
+         "pairwise_accuracy|length=short": (0.565, 400)}, GateConfig(min_slice_n=20, must_beat_baselines=False), False, "12 slices"),
         ({"auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
         ({"pairwise_accuracy": (math.nan, math.nan, math.nan)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
     ],

@@ -216,11 +216,17 @@ def slices_of(s: Scored, examples: pd.DataFrame, pairs: pd.DataFrame) -> dict[st
     ex = examples.assign(_p=s.probs, length=examples["response"].map(length_bucket), event_type=examples["event_types"])
     for dim in ("event_type", "app_id", "model_name", "length"):
         for val, g in ex.groupby(dim):
-            slices[f"auc|{dim}={val}"] = (auc(g["label"].to_numpy(float), g["_p"].to_numpy()), len(g))
+            labels = g["label"].to_numpy(float)
+            # an AUC is only as precise as its smaller class allows: n is that class's count (9 positives among 89
+            # rows move the AUC like 9 observations do, not 89), so the gate's size rules see the real evidence
+            n_pos = int((labels > 0.5).sum())
+            slices[f"auc|{dim}={val}"] = (auc(labels, g["_p"].to_numpy()), min(n_pos, len(g) - n_pos))
     pr = pairs.assign(_c=s.chosen, _r=s.rejected, length=pairs["chosen"].map(length_bucket), event_type=pairs["source"])
     for dim in ("event_type", "app_id", "model_name", "length"):
         for val, g in pr.groupby(dim):
-            slices[f"pairwise_accuracy|{dim}={val}"] = (pairwise_accuracy(g["_c"].to_numpy(), g["_r"].to_numpy()), len(g))
+            # n: the slice's prompt clusters (a prompt's pairs rise and fall together, so they are one observation)
+            slices[f"pairwise_accuracy|{dim}={val}"] = (pairwise_accuracy(g["_c"].to_numpy(), g["_r"].to_numpy()),
+                                                        len(set(_clusters(g))))
     return slices
 
 
@@ -350,6 +356,9 @@ The candidates that lost the selection, on the same eval split:
 {others or "| (none) | | |"}
 
 ## Slices
+n: prompt clusters for pairwise accuracy (a prompt's pairs move together); for AUC the smaller class's answers (what
+limits its precision).
+
 | metric | slice | value | n |
 |---|---|---|---|
 {slices}

@@ -9,8 +9,9 @@ becomes ``challenger`` only if
   eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
   interval;
 - with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric;
-- no slice (with at least ``min_slice_n`` rows on both sides) regresses by more than ``slice_tolerance`` or, on a
-  small slice, by more than its 95% sampling error (``slice_margin``).
+- no slice (with at least ``min_slice_n`` independent units on both sides: prompt clusters for pairs, the smaller
+  class for AUC) regresses by more than ``slice_tolerance`` or, on a small slice, by more than its sampling error
+  at a family-wise 5% over the slices compared (``slice_margin``, ``slice_z``).
 
 Without ``paired`` (older callers) the rules fall back to point estimates: beat every baseline on the primary metric
 and AUC; the candidate's upper bound must reach the champion's value.
@@ -112,16 +113,16 @@ def decide_gate(
         elif math.isfinite(champ) and primary[2] < champ:
             reasons.append(f"{config.primary} {primary[0]:.3f} (95% CI up to {primary[2]:.3f}) is worse than champion {champ:.3f} beyond the interval")
     if champion_slices:
-        for key, (value, n) in candidate_slices.items():
-            if key not in champion_slices:
-                continue
-            ref, ref_n = champion_slices[key]
-            if min(n, ref_n) < config.min_slice_n or not (math.isfinite(value) and math.isfinite(ref)):
-                continue
-            margin = slice_margin(value, n, ref, ref_n, tolerance=config.slice_tolerance)
+        eligible = [(key, value, n, *champion_slices[key]) for key, (value, n) in candidate_slices.items()
+                    if key in champion_slices and min(n, champion_slices[key][1]) >= config.min_slice_n
+                    and math.isfinite(value) and math.isfinite(champion_slices[key][0])]
+        z = slice_z(len(eligible))
+        for key, value, n, ref, ref_n in eligible:
+            margin = slice_margin(value, n, ref, ref_n, tolerance=config.slice_tolerance, z=z)
             if value < ref - margin:
                 reasons.append(f"slice {key} regressed {ref:.3f} -> {value:.3f} (allowed {margin:.3f}: tolerance "
-                               f"{config.slice_tolerance} or the 95% sampling error of {min(n, ref_n)} rows, the larger)")
+                               f"{config.slice_tolerance} or {z:.2f} standard errors at n={min(n, ref_n)} for {len(eligible)} "
+                               "slices, the larger)")
     return GateDecision(not reasons, tuple(reasons))
 
 
@@ -130,13 +131,22 @@ def gate_tag(decision: GateDecision) -> dict[str, str]:
     return {"lakeloop.gate": "passed" if decision.passed else "failed", "lakeloop.gate.reasons": "; ".join(decision.reasons)[:5000] or "-"}
 
 
-def slice_margin(value: float, n: int, ref: float, ref_n: int, *, tolerance: float) -> float:
-    """How far a slice may fall below the champion's before it counts as a regression: the tolerance, or 1.96
+def slice_z(k: int, *, alpha: float = 0.05) -> float:
+    """Standard errors a slice may fall when ``k`` slices are compared at once: Bonferroni, two-sided ``alpha`` for the
+    family (1.96 for one slice, 2.87 for 12), so a good candidate is not refused because one of many slices dipped."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(k, 1)))
+
+
+def slice_margin(value: float, n: int, ref: float, ref_n: int, *, tolerance: float, z: float = 1.96) -> float:
+    """How far a slice may fall below the champion's before it counts as a regression: the tolerance, or ``z``
     binomial standard errors of the difference when the slice is too small to tell ``tolerance`` from noise (30
-    rows at 0.6: +-0.25). Conservative: candidate and champion are scored on the same rows (paired)."""
+    units at 0.6: +-0.25 at z=1.96). ``n`` counts independent units (``trainers.evaluate.slices_of``: prompt
+    clusters for pairs, the smaller class for AUC). Conservative: both are scored on the same rows (paired)."""
     p, q = min(max(value, 0.0), 1.0), min(max(ref, 0.0), 1.0)
     se = math.sqrt(p * (1 - p) / max(n, 1) + q * (1 - q) / max(ref_n, 1))
-    return max(tolerance, 1.96 * se)
+    return max(tolerance, z * se)
 
 
 BEATS_BASELINES_TAG = "lakeloop.beats_baselines"  # "true" | "false" on the run and its model version

@@ -96,7 +96,10 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext, lakeloop: LakeloopS
     if (d.consume_drift or answered) and drift_id is not None:
         new_cursor["drift_id"] = drift_id
     if not d.train:
+        # say why the newest gold versions are not trained on (a blocking check failed, or not checked yet)
+        held_back = [p.reason for p in pins.values() if "not pinnable" in p.reason]
         why = d.reason if facts.pinned is not None else f"{d.reason}: {pins[EX].reason}; {pins[PR].reason}"
+        why = "; ".join([why, *held_back])
         return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(new_cursor))
     new_cursor.update(versions=list(pinned), at=time.time())
     context.log.info(d.reason)
