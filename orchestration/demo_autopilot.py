@@ -228,7 +228,7 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             _phase_stationary(settings, cfg, summary, narrator, app, say)
             canary = _phase_drift(settings, cfg, summary, narrator, receiver, app, serve, say)
             if canary is not None:
-                bad = _send_bad_release(settings, cfg, summary, say)  # its curation and training overlap the canary
+                bad = _send_bad_release(settings, cfg, summary, narrator, say)  # its curation and training overlap the canary
                 _watch_canary(settings, cfg, summary, narrator, app, canary, "8", say)
                 _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, bad, say)
             summary.facts["traffic"] = dict(app.totals)
@@ -375,44 +375,56 @@ def two_sentences(text: str) -> str:
 @dataclass
 class BadRelease:
     sent_at: float
-    trained_before: int
+    runs_before: set[str]  # training runs that existed (any status) when the bad data was sent
+    versions_before: set[str]  # every version an alias pointed at when the bad data was sent
 
 
-def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, say: Say) -> BadRelease:
+def _training_runs(narrator: Narrator) -> dict[str, str]:
+    """run id -> status of every training run in the instance."""
+    import dagster as dg
+
+    with narrator.instance() as inst:
+        return {r.run_id: r.status.value for r in inst.get_runs(dg.RunsFilter(job_name="training_job"))}
+
+
+def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, say: Say) -> BadRelease:
     """Meanwhile (the canary is in flight) a buggy app release logs a stretch of inverted feedback."""
-    trained_before = sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job")
+    runs_before = set(_training_runs(narrator))
+    versions_before = {str(v) for v in _aliases(settings).values()}
     t = time.monotonic()
     sent, _ = _produce(settings, bad_release_events(cfg), replace(cfg.base, malformed_share=0.0))
     summary.add("7. bad release", f"meanwhile another app release (answers cut to two sentences) logged {sent} feedback events of "
                 f"{cfg.bad_stretch_questions} questions with thumbs and preferences swapped by a widget bug; the daemon curates and "
                 "retrains on it", say)
-    return BadRelease(t, trained_before)
+    return BadRelease(t, runs_before, versions_before)
 
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
                        receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
-    gated_out = lambda: [a for a in _alerts(receiver, "gate_failed") if "promotion_gate" in json.dumps(a)]
-    finished = lambda: sum(1 for r in summary.facts.get("runs", []) if r["job"] == "training_job"
-                           and r["status"] in ("SUCCESS", "FAILURE")) > bad.trained_before
-    before = {v for v in _aliases(settings).values()}
-    trained = narrator.wait("a model trained on the bad stretch", lambda: gated_out() or finished(), cfg.retrain_timeout_s, between=app.burst)
+    finished = lambda: any(status in ("SUCCESS", "FAILURE") for run_id, status in _training_runs(narrator).items()
+                           if run_id not in bad.runs_before)  # a training started after the bad data was sent
+    trained = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
     if not trained:
         summary.add("9. bad candidate", f"no retraining within {cfg.retrain_timeout_s:.0f}s", say)
         return
     narrator.poll()
     summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - bad.sent_at, 1)  # bad data sent -> its model gated
     ev = (narrator.latest("model_evaluation") or (0, {}))[1]
-    new = lambda: next((v for a, v in _aliases(settings).items() if a in ("challenger", "canary") and v not in before), None)
-    if gated_out() or not ev.get("gate_passed") or not new():
-        summary.add("9. bad candidate", f"stopped by the gate: pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on its eval "
-                    f"split; gate {'passed' if ev.get('gate_passed') else 'failed'}"
-                    f"{': ' + str(ev.get('gate_reasons'))[:300] if ev.get('gate_reasons') not in (None, '-') else ''}; champion stays "
-                    f"v{_aliases(settings).get('champion')}", say)
+    new = lambda: next((str(v) for a, v in _aliases(settings).items() if a in ("challenger", "canary") and str(v) not in bad.versions_before), None)
+    if not ev.get("gate_passed"):
+        summary.add("9. bad candidate", f"stopped by the gate: pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on its eval split; "
+                    f"{str(ev.get('gate_reasons'))[:300]}; champion stays v{_aliases(settings).get('champion')}", say)
         summary.decisions.append(("Stopped", "the gate refused the model trained on the bad release's data"))
+        summary.facts["bad_candidate"] = {"stopped_by": "gate"}
         return
-    version = str(new())
-    summary.add("9. bad candidate", f"v{version} passed the gate (pairwise {ev.get('pairwise_accuracy', float('nan')):.3f}); "
-                "it waits for the canary in flight, then the canary analysis judges it on live traffic", say)
+    version = narrator.wait("the bad candidate registered", new, 120, between=app.burst)
+    if not version:
+        summary.add("9. bad candidate", f"passed the gate but no new challenger or canary appeared: aliases {_aliases(settings)}", say)
+        return
+    summary.facts["bad_candidate"] = {"version": version}
+    summary.add("9. bad candidate", f"v{version} passed the gate (pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on an eval "
+                "split that holds the bad labels too); it waits for the canary in flight, then the canary analysis judges it on "
+                "live traffic", say)
     canary = narrator.wait("the bad candidate on canary", lambda: _aliases(settings).get("canary") == version and version,
                            cfg.max_canary_windows * cfg.canary_window_minutes * 60 + 180, between=app.burst)
     if not canary:

@@ -73,6 +73,8 @@ def rollout_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettin
     except LakeloopError as exc:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"cannot read the registry: {exc.message}"))
     last = cursor.get("analysed", {}).get(str(facts.canary)) if facts.canary else None
+    if facts.canary and last is None:  # a canary seen for the first time: its first window starts now, not its analysis
+        cursor.setdefault("analysed", {})[str(facts.canary)] = last = time.time()
     facts = replace(facts, seconds_since_analysis=None if last is None else time.time() - float(last))
     status = facts
     nxt = next_rollout_action(facts)
