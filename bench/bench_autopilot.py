@@ -3,11 +3,11 @@
 Runs the autopilot demo (``orchestration.demo_autopilot``) on its own home and free ports and reads its clock:
 - time to learn: the feedback backlog (3,183 events) produced -> a gated model registered by the daemon; drift onset
   -> a model retrained on the drifted feedback serving canary traffic;
-- time to protect: drift onset -> drift alert (seconds and windows); a bad stretch of data produced -> its model
-  stopped by the gate (or rolled back by the canary).
+- time to protect: drift onset -> drift alert (seconds and windows); a bad stretch of data produced (an app release
+  with inverted feedback on texts the lake has not seen) -> its model judged by the gate (or by the canary).
 The peer is the target the issue sets (no other tool runs this loop here): each figure is printed beside it.
 
-    python -m bench.bench_autopilot [--data PATH]      # ~25 min on 2 cores
+    python -m bench.bench_autopilot [--data PATH]      # ~20 min on 2 cores
 """
 
 from __future__ import annotations
