@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from rich.console import Console
@@ -22,3 +23,14 @@ def settings(**flags: Any) -> Settings:
 
 def say(msg: str) -> None:
     console.print(msg)
+
+
+# Libraries that draw progress bars or print links on stdout (MLflow artifact downloads, "View run at", model weight
+# loading): a narrated command (the demo) turns them off for itself and the processes it starts, unless set already.
+QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+
+
+def quiet_third_party_output() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)

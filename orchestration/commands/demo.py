@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from infra.services import REPO_ROOT
-from orchestration.commands.common import say, settings
+from orchestration.commands.common import quiet_third_party_output, say, settings
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "qa_feedback" / "dev_feedback.json"
 
@@ -56,6 +56,7 @@ def demo(
     """Run the whole loop end to end on embedded defaults with the real qa_feedback data (about 10-15 min on 2 CPUs)."""
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
+    quiet_third_party_output()  # the narration only: no artifact or weight-loading progress bars
     s = settings()
     say(f"lakeloop demo: LAKELOOP_HOME={s.home}")
     base = DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed)
