@@ -487,3 +487,20 @@ def test_support_feature_reaches_the_score_and_survives_save_and_load(tmp_path: 
     (tmp_path / "old" / "reward_model.json").write_text(json.dumps(old_meta))
     old, _, _ = load_reward_model(tmp_path / "old")
     assert meta["support_feature"] and not old.support_feature and old.head.in_features == hidden + 1
+
+
+@pytest.mark.parametrize(("loss_diff", "champ_loss", "passed"), [
+    ((2.40, 2.10, 2.70), 0.27, False),  # the scripted demo's label-flipped model: ranks like the champion on 34 prompts, log loss 10x
+    ((0.03, 0.01, 0.05), 0.27, True),  # a little worse calibrated, within the margin
+    ((0.10, -0.02, 0.20), 0.27, True),  # not worse beyond the paired interval
+    ((0.40, 0.12, 0.70), 2.00, True),  # within 10% of a high champion loss
+    ((math.nan, math.nan, math.nan), 0.27, True),  # no pointwise rows: not measured, no rule
+])
+def test_gate_champion_log_loss_rule(loss_diff, champ_loss, passed) -> None:
+    cand = {"pairwise_accuracy": (0.43, 0.33, 0.52), "log_loss": (champ_loss + loss_diff[0], 0, 9)}
+    champ = {"pairwise_accuracy": (0.57, 0.48, 0.67), "log_loss": (champ_loss, 0, 9)}
+    paired = {"champion": {"pairwise_accuracy": (-0.146, -0.30, 0.01), "log_loss": loss_diff}}
+    d = decide_gate(cand, champ, baselines={}, candidate_slices={}, champion_slices={}, paired=paired,
+                    config=GateConfig(must_beat_baselines=False))
+    assert d.passed is passed, d.reasons
+    assert passed or "log_loss is worse than the champion" in d.summary()

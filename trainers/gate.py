@@ -8,7 +8,8 @@ becomes ``challenger`` only if
   ``match_baselines`` (the strong TF-IDF baseline) beyond the paired interval (its upper end >= 0); on AUC, when the
   eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
   interval;
-- with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric;
+- with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric,
+  nor on log loss (a proper scoring rule: the paired interval's lower end above a small margin);
 - no slice (with at least ``min_slice_n`` independent units on both sides: prompt clusters for pairs, the smaller
   class for AUC) regresses by more than ``slice_tolerance`` or, on a small slice, by more than its sampling error
   at a family-wise 5% over the slices compared (``slice_margin``, ``slice_z``).
@@ -38,6 +39,12 @@ class GateConfig:
     min_class_n: int = 30  # AUC rules only with at least this many eval answers of each class
     slice_tolerance: float = 0.05
     min_slice_n: int = 30
+    # with a champion: not worse on the proper scoring rule either (lower is better), beyond the paired interval and by
+    # more than max(abs, rel x champion's): a model whose ranking ties the champion's on a small eval split can still
+    # be badly wrong about P(satisfied), which is what the canary and the drift checks read
+    champion_loss: str = "log_loss"
+    loss_margin_abs: float = 0.05
+    loss_margin_rel: float = 0.10
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,13 @@ def decide_gate(
                 reasons.append(f"{config.primary} {primary[0]:.3f} is worse than champion {champ:.3f} beyond the paired interval: {_fmt(d)}")
         elif math.isfinite(champ) and primary[2] < champ:
             reasons.append(f"{config.primary} {primary[0]:.3f} (95% CI up to {primary[2]:.3f}) is worse than champion {champ:.3f} beyond the interval")
+        loss = (paired or {}).get("champion", {}).get(config.champion_loss)
+        champ_loss = champion.get(config.champion_loss, NAN3)[0]
+        if loss is not None and math.isfinite(loss[1]) and math.isfinite(champ_loss):
+            margin = max(config.loss_margin_abs, config.loss_margin_rel * champ_loss)
+            if loss[1] > margin:
+                reasons.append(f"{config.champion_loss} is worse than the champion's ({champ_loss:.3f}) by {_fmt(loss)}, beyond the "
+                               f"paired interval and the margin {margin:.3f}")
     if champion_slices:
         eligible = [(key, value, n, *champion_slices[key]) for key, (value, n) in candidate_slices.items()
                     if key in champion_slices and min(n, champion_slices[key][1]) >= config.min_slice_n
