@@ -230,7 +230,7 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             if canary is not None:
                 bad = _send_bad_release(settings, cfg, summary, narrator, say)  # its curation and training overlap the canary
                 _watch_canary(settings, cfg, summary, narrator, app, canary, "8", say)
-                _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, bad, say)
+                _phase_bad_stretch(settings, cfg, summary, narrator, app, serve, bad, say)
             summary.facts["traffic"] = dict(app.totals)
         summary.alerts = list(receiver.received)
     summary.facts["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -400,7 +400,7 @@ def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
 
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
-                       receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
+                       app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
     finished = lambda: any(status in ("SUCCESS", "FAILURE") for run_id, status in _training_runs(narrator).items()
                            if run_id not in bad.runs_before)  # a training started after the bad data was sent
     trained = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
