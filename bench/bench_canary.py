@@ -19,6 +19,12 @@ Fisher on the pooled counts at every window: pooling alone does not fix repeated
 
 An A/A "false rollback" counts any window at which p_worse < alpha, ignoring that a promotion might have
 ended the canary first: an upper bound. Rows go to bench/results/canary.json (not a timed benchmark).
+
+The Brier test beside agreement (section c): per labelled prediction a verdict (Bernoulli) and a score drawn
+from a Beta per verdict (the score models below); the canary is rolled back when agreement's p_worse <
+alpha OR the Brier gain's p_worse < brier_alpha = 0.01 (``decide_rollout``). Measured: the A/A rate of the
+two together, and a poisoned canary whose scores move the wrong way while staying below 0.5 (agreement is
+blind to it; peer: agreement alone, the rule before).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +40,16 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import hypergeom
 
-from monitors.sequential import DEFAULT_TAU, log_lr_counts, running_p
+from monitors.canary import BRIER_TAU
+from monitors.decision import RolloutPolicy
+from monitors.sequential import DEFAULT_TAU, log_lr_counts, log_lr_sums, running_p
 
 RESULTS = Path(__file__).resolve().parent / "results" / "canary.json"
 ALPHA = 0.05
 MIN_FEEDBACK = 30
 DEMO_QUESTIONS = 70  # DemoConfig.canary_window_questions: one verdict per question
 DEMO_SHARE = 0.5  # DemoConfig.canary_steps = "0.5"
+BRIER_ALPHA = RolloutPolicy().brier_alpha
 SEARCH_REPS = 20_000  # two-window runs are cheap: enough replications that 0.9 is +-0.002 (a noisy search overshoots)
 
 
@@ -116,6 +126,48 @@ def check_against_decide_rollout(x_a: NDArray, n_a: NDArray, x_b: NDArray, n_b: 
             rolled = isinstance(decide_rollout(cmp, policy, current_share=DEMO_SHARE), Rollback)
             if rolled != (when[r] <= w):  # the p-value is a running minimum: once rolled back, always Rollback
                 raise AssertionError(f"replication {r}, window {w}: decide_rollout {rolled}, simulation rolled back at {when[r]}")
+
+
+Scorer = Callable[[np.random.Generator, NDArray[np.float64]], NDArray[np.float64]]
+
+
+def beta_scores(a_pos: float, b_pos: float, a_neg: float, b_neg: float) -> Scorer:
+    """Scores ~ Beta(a_pos, b_pos) for satisfied verdicts, Beta(a_neg, b_neg) for unsatisfied ones."""
+    return lambda rng, y: np.where(y == 1, rng.beta(a_pos, b_pos, y.size), rng.beta(a_neg, b_neg, y.size))
+
+
+SCORE_MODELS: dict[str, tuple[float, Scorer]] = {  # name -> (share of satisfied verdicts, scorer)
+    "good model, 70% satisfied": (0.7, beta_scores(6, 2, 2, 6)),
+    "scores at 0 or 1, 50% satisfied": (0.5, beta_scores(0.5, 0.5, 0.5, 0.5)),
+    "low scores, 5% satisfied (drifted traffic)": (0.05, beta_scores(2, 8, 1, 12)),
+}
+
+
+def simulate_scores(labelled: int, *, verdict_rate: float, champion: Scorer, canary: Scorer, windows: int, reps: int,
+                    seed: int, share: float = DEMO_SHARE) -> tuple[NDArray[np.float64], ...]:
+    """Per window (reps x windows), canary then champion: agreeing labels, sum and sum of squares of the Brier
+    gain 1 - (score - verdict)^2, labels."""
+    rng = np.random.default_rng(seed)
+    n_a = rng.binomial(labelled, share, size=(reps, windows))
+    out: list[NDArray[np.float64]] = []
+    for n, scorer in ((n_a, canary), (labelled - n_a, champion)):
+        y = (rng.random(int(n.sum())) < verdict_rate).astype(float)
+        s = scorer(rng, y)
+        idx = np.repeat(np.arange(n.size), n.ravel())
+        per = lambda v: np.bincount(idx, weights=v, minlength=n.size).reshape(n.shape)  # noqa: E731
+        gain = 1 - (s - y) ** 2
+        out += [per(((s >= 0.5) == (y == 1)).astype(float)), per(gain), per(gain * gain), n.astype(float)]
+    return tuple(out)
+
+
+def rolled_back_either(sim: tuple[NDArray[np.float64], ...], windows: int, *,
+                       brier_alpha: float = BRIER_ALPHA) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Per replication, by ``windows``: (rolled back on agreement, rolled back on the Brier score)."""
+    h_a, g_a, q_a, n_a, h_b, g_b, q_b, n_b = (np.cumsum(x, axis=1)[:, :windows] for x in sim)
+    agree = running_p(log_lr_counts(h_a, n_a, h_b, n_b, alternative="less", min_count=MIN_FEEDBACK), axis=1)[:, -1] < ALPHA
+    brier = running_p(log_lr_sums(g_a, q_a, n_a, g_b, q_b, n_b, alternative="less", tau=BRIER_TAU, min_count=MIN_FEEDBACK),
+                      axis=1)[:, -1] < brier_alpha
+    return agree, brier
 
 
 def within(when: NDArray[np.int64], windows: int) -> float:
@@ -201,6 +253,21 @@ def main() -> None:
         sim = simulate(demo, p_champion=0.7, p_canary=0.7 - drop, windows=3, reps=args.reps, seed=args.seed + 3)
         add(f"{drop * 100:.0f}-pt worse rolled back within 2 windows, demo traffic", "share of replications",
             within(ours(*sim), 2), within(peer_per_window(*sim), 2), "per-window Fisher (previous rule)", "(context)")
+    # (c) the Brier test beside agreement
+    for name, (rate, scorer) in SCORE_MODELS.items():
+        sim = simulate_scores(demo.labelled, verdict_rate=rate, champion=scorer, canary=scorer, windows=args.windows,
+                              reps=min(args.reps, 1000), seed=args.seed + 5)
+        agree, brier = rolled_back_either(sim, args.windows)
+        add(f"A/A false rollback on agreement or Brier over {args.windows} windows, demo traffic, {name}", "share of replications",
+            float((agree | brier).mean()), float(agree.mean()), "agreement alone", f"<= 0.05 (bound alpha + brier_alpha = {ALPHA + BRIER_ALPHA:g})",
+            brier_alone=float(brier.mean()))
+    sim = simulate_scores(demo.labelled, verdict_rate=0.02, champion=beta_scores(1, 12, 1, 12),
+                          canary=lambda rng, y: rng.uniform(0.25, 0.49, y.size), windows=2, reps=args.reps, seed=args.seed + 6)
+    for w in (1, 2):
+        agree, brier = rolled_back_either(sim, w)
+        add(f"poisoned canary (scores 0.25-0.49 vs ~0.08, 2% satisfied) rolled back within {w} window(s), demo traffic",
+            "share of replications", float((agree | brier).mean()), float(agree.mean()), "agreement alone (the rule before)",
+            ">= 0.9 within 2 windows")
     print(f"\nper arm and window, a 10-point drop needs ~{Traffic(needed[0.7]).per_arm:.0f} labelled predictions at agreement 0.7 "
           f"(0.6: {Traffic(needed[0.6]).per_arm:.0f}, 0.75: {Traffic(needed[0.75]).per_arm:.0f}); at share 0.5 and one verdict "
           f"per question: canary_window_questions >= {max(needed.values())}. ({time.perf_counter() - t0:.1f}s)")

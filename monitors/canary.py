@@ -1,10 +1,17 @@
 """Online canary metrics per model version, and always-valid tests between the arms.
 
-Feedback is sparse: a prediction counts towards agreement only once a user said something about its
-response (joined by ``response_id``). Agreement = the score's side of 0.5 matches the user's verdict.
-Arms are compared with the mixture SPRT of ``monitors.sequential`` on counts pooled since the canary
-started, evaluated at every look (``look_times``): its p-values are always valid, so the analysis may run
-every window for as long as the canary lives without rolling back an equal canary by chance.
+Feedback is sparse: a prediction counts only once a user said something about its response (joined by
+``response_id``). Two metrics per labelled prediction:
+
+- agreement: the score's side of 0.5 matches the user's verdict (what people read);
+- the Brier score ``(score - satisfied)^2``, a proper scoring rule. Agreement is blind when every verdict
+  and every score sit on the same side of 0.5 (drifted traffic that users dislike: a model that scores
+  those answers 0.45 instead of 0.05 agrees just as often); the Brier score is not.
+
+Arms are compared with the mixture SPRT of ``monitors.sequential`` on counts and sums pooled since the
+canary started, evaluated at every look (``look_times``): its p-values are always valid, so the analysis
+may run every window for as long as the canary lives without rolling back an equal canary by chance. The
+Brier test runs on the gain ``1 - Brier`` (higher is better, as agreement) at its own level.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from monitors.sequential import (
     DEFAULT_MIN_COUNT,
     DEFAULT_TAU,
     Counts,
+    Sums,
     always_valid_p,
     sequential_test,
 )
 
 ERROR_TAU = 0.02  # mixing scale for error-rate differences: a couple of points matter there
+BRIER_TAU = 0.05  # mixing scale for Brier differences: a poisoned model moves it by 0.1 or more
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class ComparisonConfig:
     margin: float = 0.05  # non-inferiority margin on agreement
     min_count: int = DEFAULT_MIN_COUNT  # labels per arm before a look counts
     min_requests: int = 50  # requests per arm before the error test counts
+    brier_tau: float = BRIER_TAU  # mixing scale of the Brier tests
+    brier_margin: float = 0.05  # non-inferiority margin on the Brier score
 
 
 DEFAULT_COMPARISON = ComparisonConfig()  # RolloutPolicy()'s settings
@@ -53,10 +64,17 @@ class ArmStats:
     latency_p95_ms: float | None  # None: no predictions
     n_requests: int | None = None  # from the service counters; None when they were not available
     n_errors: int | None = None
+    brier_sum: float | None = None  # sum over the labelled predictions of (score - satisfied)^2; None: not known
+    brier_sumsq: float | None = None  # ... and of its square
 
     @property
     def agreement(self) -> float | None:
         return self.n_agree / self.n_feedback if self.n_feedback else None
+
+    @property
+    def brier(self) -> float | None:
+        """Mean Brier score of the labelled predictions (lower is better), None without them."""
+        return self.brier_sum / self.n_feedback if self.n_feedback and self.brier_sum is not None else None
 
     @property
     def error_rate(self) -> float | None:
@@ -82,6 +100,12 @@ class CanaryComparison:
     diff_high: float | None = None
     n_looks: int = 1
     margin: float | None = None  # the non-inferiority margin p_noninferior is about
+    p_brier_worse: float | None = None  # H1: canary Brier score above the champion's (always valid)
+    p_brier_better: float | None = None  # H1: canary Brier score below the champion's
+    p_brier_noninferior: float | None = None  # H1: canary Brier < champion's + brier_margin
+    brier_diff_low: float | None = None  # confidence sequence for canary - champion Brier score
+    brier_diff_high: float | None = None
+    brier_margin: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the ledger, MLflow tags and Dagster metadata (missing values left out)."""
@@ -91,13 +115,15 @@ class CanaryComparison:
                 ("n_predictions", arm.n_predictions),
                 ("n_feedback", arm.n_feedback),
                 ("agreement", arm.agreement),
+                ("brier", arm.brier),
                 ("latency_p95_ms", arm.latency_p95_ms),
                 ("error_rate", arm.error_rate),
             ):
                 if value is not None:
                     out[f"{arm_name}_{key}"] = float(value)
         for key in ("p_canary_worse", "p_canary_better", "p_errors_higher", "p_noninferior", "diff_low", "diff_high",
-                    "n_looks", "margin"):
+                    "n_looks", "margin", "p_brier_worse", "p_brier_better", "p_brier_noninferior", "brier_diff_low",
+                    "brier_diff_high", "brier_margin"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = float(value)
@@ -146,6 +172,7 @@ def arm_stats(
     mine = predictions[predictions["model_version"].astype(str) == str(version)]
     joined = mine.merge(verdicts, on="response_id", how="inner")
     agree = ((joined["score"] >= 0.5).astype(float) == joined["satisfied"]).sum()
+    brier = _brier(joined)
     p95 = float(np.percentile(mine["latency_ms"], 95)) if len(mine) else None
     n_requests, n_errors = counters if counters is not None else (None, None)
     return ArmStats(
@@ -156,7 +183,22 @@ def arm_stats(
         latency_p95_ms=p95,
         n_requests=n_requests,
         n_errors=n_errors,
+        brier_sum=float(brier.sum()),
+        brier_sumsq=float((brier * brier).sum()),
     )
+
+
+def _brier(joined: pd.DataFrame) -> pd.Series:
+    """Per labelled prediction: (score - satisfied)^2, scores clipped to [0, 1]."""
+    return (pd.to_numeric(joined["score"], errors="coerce").clip(0.0, 1.0) - joined["satisfied"]) ** 2
+
+
+def brier_gain_sums(arm: ArmStats) -> tuple[float, float, int] | None:
+    """(sum, sum of squares, n) of the gain 1 - Brier over the arm's labelled predictions; None if unknown."""
+    if arm.brier_sum is None or arm.brier_sumsq is None:
+        return None
+    n = arm.n_feedback
+    return (n - arm.brier_sum, n - 2 * arm.brier_sum + arm.brier_sumsq, n)
 
 
 def agreement_looks(
@@ -170,6 +212,19 @@ def agreement_looks(
     """Cumulative agreement counts (canary = arm a) as they stood at each of ``look_times``: predictions
     served before the look, with the latest verdict that had occurred before it (late feedback counts from
     the look after it arrives). Needs ``served_at`` on the predictions and ``occurred_at`` on the feedback."""
+    return [agreement for agreement, _ in score_looks(predictions, feedback, champion_version=champion_version,
+                                                     canary_version=canary_version, look_times=look_times)]
+
+
+def score_looks(
+    predictions: pd.DataFrame,
+    feedback: pd.DataFrame,
+    *,
+    champion_version: str,
+    canary_version: str,
+    look_times: Sequence[datetime],
+) -> list[tuple[Counts, Sums]]:
+    """Per look (as ``agreement_looks``): the agreement counts and the sums of the Brier gain ``1 - Brier``."""
     preds = predictions.assign(response_id=predictions["response_id"].astype(str),
                                model_version=predictions["model_version"].astype(str))
     preds = preds[preds["model_version"].isin([str(canary_version), str(champion_version)])]
@@ -177,13 +232,16 @@ def agreement_looks(
         preds[["response_id", "model_version", "score", "served_at"]], on="response_id", how="inner")
     events["served_at"] = pd.to_datetime(events["served_at"], utc=True, format="ISO8601")
     events["agree"] = ((events["score"] >= 0.5).astype(float) == events["satisfied"]).astype(int)
+    events["gain"] = 1.0 - _brier(events)
     looks = []
     for t in look_times:
         ts = pd.Timestamp(t)
         seen = events[(events["occurred_at"] < ts) & (events["served_at"] < ts)].drop_duplicates("response_id", keep="last")
         can = seen[seen["model_version"] == str(canary_version)]
         champ = seen[seen["model_version"] == str(champion_version)]
-        looks.append(Counts(int(can["agree"].sum()), len(can), int(champ["agree"].sum()), len(champ)))
+        looks.append((Counts(int(can["agree"].sum()), len(can), int(champ["agree"].sum()), len(champ)),
+                      Sums(float(can["gain"].sum()), float((can["gain"] ** 2).sum()), len(can),
+                           float(champ["gain"].sum()), float((champ["gain"] ** 2).sum()), len(champ))))
     return looks
 
 
@@ -193,13 +251,22 @@ def compare_arms(
     *,
     looks: Sequence[Counts] | None = None,
     config: ComparisonConfig = DEFAULT_COMPARISON,
+    brier_looks: Sequence[Sums] | None = None,
 ) -> CanaryComparison:
-    """Always-valid tests of the canary against the champion: agreement both ways and non-inferiority over
-    ``looks`` (cumulative counts, oldest first; default: the arms' counts as the only look), errors upwards
-    on the service counters (one look: they have no history)."""
+    """Always-valid tests of the canary against the champion: agreement and the Brier score both ways and
+    non-inferiority over ``looks`` / ``brier_looks`` (cumulative, oldest first; default: the arms' totals as
+    the only look), errors upwards on the service counters (one look: they have no history). The Brier
+    statistics are None when the arms do not carry Brier sums."""
     if looks is None or not looks:
         looks = [Counts(canary.n_agree, canary.n_feedback, champion.n_agree, champion.n_feedback)]
     seq = sequential_test(looks, alpha=config.alpha, tau=config.tau, margin=config.margin, min_count=config.min_count)
+    gains = (brier_gain_sums(canary), brier_gain_sums(champion))
+    brier = None
+    if gains[0] is not None and gains[1] is not None:
+        if not brier_looks:
+            brier_looks = [Sums(*gains[0], *gains[1])]
+        brier = sequential_test(brier_looks, alpha=config.alpha, tau=config.brier_tau, margin=config.brier_margin,
+                                min_count=config.min_count)
     p_err = None
     if None not in (canary.n_errors, canary.n_requests, champion.n_errors, champion.n_requests):
         p_err = always_valid_p([Counts(canary.n_errors, canary.n_requests, champion.n_errors, champion.n_requests)],  # type: ignore[arg-type]
@@ -215,6 +282,13 @@ def compare_arms(
         diff_high=seq.diff_high if seq.n_valid_looks else None,
         n_looks=seq.n_looks,
         margin=config.margin,
+        # the test ran on the gain 1 - Brier: "gain lower" is "Brier higher", and the interval flips sign
+        p_brier_worse=brier.p_worse if brier and enough else None,
+        p_brier_better=brier.p_better if brier and enough else None,
+        p_brier_noninferior=brier.p_noninferior if brier and enough else None,
+        brier_diff_low=-brier.diff_high if brier and brier.n_valid_looks else None,
+        brier_diff_high=-brier.diff_low if brier and brier.n_valid_looks else None,
+        brier_margin=config.brier_margin if brier else None,
     )
 
 
@@ -243,12 +317,14 @@ def analyze_window(
     counters = counters or {}
     champ = arm_stats(predictions, verdicts, version=champion_version, counters=counters.get(str(champion_version)))
     can = arm_stats(predictions, verdicts, version=canary_version, counters=counters.get(str(canary_version)))
-    looks = None
+    looks = brier_looks = None
     if look_times:
         if "served_at" not in predictions.columns:
             raise ValueError("predictions lack column served_at, which looks at past times need")
-        looks = agreement_looks(predictions, feedback, champion_version=champion_version, canary_version=canary_version,
-                                look_times=look_times)
+        both = score_looks(predictions, feedback, champion_version=champion_version, canary_version=canary_version,
+                           look_times=look_times)
+        looks, brier_looks = [c for c, _ in both], [b for _, b in both]
         # the last look is the data as it stands now
         looks[-1] = Counts(can.n_agree, can.n_feedback, champ.n_agree, champ.n_feedback)
-    return compare_arms(champ, can, looks=looks, config=config)
+        brier_looks[-1] = Sums(*brier_gain_sums(can), *brier_gain_sums(champ))  # type: ignore[misc]
+    return compare_arms(champ, can, looks=looks, config=config, brier_looks=brier_looks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitors.canary import ERROR_TAU, CanaryComparison, ComparisonConfig
+from monitors.canary import BRIER_TAU, ERROR_TAU, CanaryComparison, ComparisonConfig
 from monitors.sequential import DEFAULT_TAU
 
 
@@ -12,9 +12,11 @@ from monitors.sequential import DEFAULT_TAU
 class RolloutPolicy:
     """When a canary moves up, stays, or is rolled back. Defaults suit sparse feedback.
 
-    The agreement and error tests are always valid (``monitors.sequential``): ``alpha`` bounds the chance
-    that a canary no worse than the champion is ever rolled back on agreement over its whole life, however
-    many windows are analysed, provided the comparison pools the counts since the canary started."""
+    The agreement, Brier and error tests are always valid (``monitors.sequential``): ``alpha`` bounds the
+    chance that a canary no worse than the champion is ever rolled back on agreement over its whole life,
+    however many windows are analysed, provided the comparison pools the counts since the canary started;
+    ``brier_alpha`` does the same for the Brier score, so an A/A canary is rolled back on either with
+    probability at most ``alpha + brier_alpha``."""
 
     steps: tuple[float, ...] = (0.1, 0.5)  # canary traffic shares before it becomes champion
     min_feedback: int = 30  # labelled predictions per arm before agreement is judged (and before a look counts)
@@ -26,19 +28,25 @@ class RolloutPolicy:
     equivalence_margin: float = 0.05  # ... a canary whose confidence sequence is above -margin is promoted
     tau: float = DEFAULT_TAU  # mixing scale of the agreement tests: ~10-point effects
     error_tau: float = ERROR_TAU  # mixing scale of the error-rate test
+    brier_alpha: float = 0.01  # always-valid level of the Brier tests (worse / better)
+    brier_tau: float = BRIER_TAU  # mixing scale of the Brier tests
+    brier_margin: float = 0.05  # a non-inferior canary's Brier score is below the champion's + this
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < s < 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must be increasing shares in (0, 1), got {self.steps}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 < self.alpha < 1 or not 0 < self.brier_alpha < 1:
+            raise ValueError(f"alpha and brier_alpha must be in (0, 1), got {self.alpha} and {self.brier_alpha}")
+        if self.brier_tau <= 0 or self.brier_margin < 0:
+            raise ValueError("brier_tau must be > 0 and brier_margin >= 0")
         if self.tau <= 0 or self.error_tau <= 0 or self.equivalence_margin < 0 or self.min_feedback < 1:
             raise ValueError("tau and error_tau must be > 0, equivalence_margin >= 0 and min_feedback >= 1")
 
     def comparison_config(self) -> ComparisonConfig:
         """How ``monitors.canary`` compares the arms under this policy."""
         return ComparisonConfig(alpha=self.alpha, tau=self.tau, error_tau=self.error_tau, margin=self.equivalence_margin,
-                                min_count=self.min_feedback, min_requests=self.min_requests)
+                                min_count=self.min_feedback, min_requests=self.min_requests, brier_tau=self.brier_tau,
+                                brier_margin=self.brier_margin)
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,11 @@ def next_step(policy: RolloutPolicy, current_share: float) -> float | None:
 def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, current_share: float) -> Decision:
     """Promote, hold or roll back the canary given its comparison with the champion (pooled since it started).
 
-    Order: hard failures (error ceiling, errors significantly higher, latency) first, then agreement with
-    user feedback: significantly worse -> Rollback; significantly better -> Promote; with
-    ``equivalence_feedback`` labels per arm and the confidence sequence above ``-equivalence_margin`` ->
-    Promote (non-inferior). Anything without enough evidence is a Hold. Every p-value is always valid.
+    Order: hard failures (error ceiling, errors significantly higher, latency) first, then user feedback:
+    agreement significantly lower (``alpha``) or Brier score significantly higher (``brier_alpha``) ->
+    Rollback; either significantly better -> Promote; with ``equivalence_feedback`` labels per arm, the
+    agreement confidence sequence above ``-equivalence_margin`` and the Brier one below ``+brier_margin``
+    -> Promote (non-inferior). Anything without enough evidence is a Hold. Every p-value is always valid.
     """
     can, champ = comparison.canary, comparison.champion
     if can.n_requests is not None and can.n_requests >= policy.min_requests:
@@ -108,23 +117,35 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
     if p_worse is not None and p_worse < policy.alpha:
         return Rollback(f"canary agrees with users less: {can.agreement:.1%} vs {champ.agreement:.1%} "
                         f"(always-valid p={p_worse:.3g} after {looks})")
+    b_worse, b_better = comparison.p_brier_worse, comparison.p_brier_better
+    if b_worse is not None and b_worse < policy.brier_alpha:
+        return Rollback(f"canary's scores fit users' verdicts worse: Brier {can.brier:.3f} vs {champ.brier:.3f} "
+                        f"(always-valid p={b_worse:.3g} after {looks}; agreement {can.agreement:.1%} vs {champ.agreement:.1%})")
     to = next_step(policy, current_share)
     if p_better is not None and p_better < policy.alpha:
         return Promote(f"canary agrees with users more: {can.agreement:.1%} vs {champ.agreement:.1%} "
                        f"(always-valid p={p_better:.3g} after {looks})", to)
-    p_ok = comparison.p_noninferior
+    if b_better is not None and b_better < policy.brier_alpha:
+        return Promote(f"canary's scores fit users' verdicts better: Brier {can.brier:.3f} vs {champ.brier:.3f} "
+                       f"(always-valid p={b_better:.3g} after {looks}; agreement {can.agreement:.1%} vs {champ.agreement:.1%})", to)
+    p_ok, b_ok = comparison.p_noninferior, comparison.p_brier_noninferior
+    brier_known = comparison.p_brier_worse is not None
     if (
         can.n_feedback >= policy.equivalence_feedback
         and champ.n_feedback >= policy.equivalence_feedback
         and p_ok is not None
         and p_ok < policy.alpha
         and (comparison.margin is None or comparison.margin <= policy.equivalence_margin + 1e-12)
+        and (not brier_known or (b_ok is not None and b_ok < policy.alpha
+                                 and (comparison.brier_margin or 0.0) <= policy.brier_margin + 1e-12))
     ):
+        brier = f"; Brier within +{policy.brier_margin:.2f}, <= {comparison.brier_diff_high:+.3f}" if brier_known else ""
         return Promote(f"canary not worse than {policy.equivalence_margin:.0%} below the champion on {can.n_feedback} labels "
-                       f"(difference >= {comparison.diff_low:+.3f} always-valid; p={p_ok:.3g})", to)
+                       f"(difference >= {comparison.diff_low:+.3f} always-valid; p={p_ok:.3g}{brier})", to)
     cs = "" if comparison.diff_low is None else f", difference in [{comparison.diff_low:+.3f}, {comparison.diff_high:+.3f}]"
+    brier = "" if can.brier is None or champ.brier is None else f"; Brier {can.brier:.3f} vs {champ.brier:.3f}"
     return Hold(f"inconclusive: {can.agreement:.1%} vs {champ.agreement:.1%} (p_worse={_p(p_worse)}, p_better={_p(p_better)}"
-                f"{cs} after {looks})")
+                f"{cs} after {looks}{brier})")
 
 
 def _p(p: float | None) -> str:

@@ -33,6 +33,14 @@ Variance: the tests of theta = 0 use the pooled rate (what H0 says both arms sha
 sequence and the margin test each arm's own rate, both smoothed (``(hits + 1/2) / (n + 1)``) so that 0 or
 n hits never give V = 0. A look counts only when both arms have ``min_count`` observations: below that
 the normal approximation is poor, and nothing can be rejected.
+
+Means of bounded per-label scores, not only proportions. The same mixture applies to any per-label score in
+[0, 1] whose arms' mean difference is approximately normal: ``Sums`` carries each arm's sum, sum of squares and
+count (a proportion is the special case sum = sum of squares = hits, which ``Counts`` is). The canary uses it
+for the Brier gain ``1 - (score - satisfied)^2`` (a proper scoring rule: it sees a model that moves its
+scores the wrong way even when every score stays on the same side of 0.5, where agreement is blind). The
+variance is smoothed the same way, by half a pseudo-observation at 0 and at 1 (for a proportion this is
+exactly ``(hits + 1/2) / (n + 1)``).
 """
 
 from __future__ import annotations
@@ -71,18 +79,60 @@ class Counts:
             return None
         return self.hits_a / self.n_a - self.hits_b / self.n_b
 
+    def sums(self) -> tuple[float, float, float, float, float, float]:
+        """(sum, sum of squares, n) of arm a then arm b: a 0/1 outcome's square is itself."""
+        return (self.hits_a, self.hits_a, self.n_a, self.hits_b, self.hits_b, self.n_b)
 
-def _smoothed(hits: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
-    return (hits + 0.5) / (n + 1.0)
+
+@dataclass(frozen=True)
+class Sums:
+    """Cumulative sums of a per-label score in [0, 1] at one look (``a`` the canary, ``b`` the champion):
+    the mean difference is tested as ``Counts``' proportions are (module docstring)."""
+
+    sum_a: float
+    sumsq_a: float
+    n_a: int
+    sum_b: float
+    sumsq_b: float
+    n_b: int
+
+    def __post_init__(self) -> None:
+        for total, squares, n in ((self.sum_a, self.sumsq_a, self.n_a), (self.sum_b, self.sumsq_b, self.n_b)):
+            tol = 1e-9 * max(n, 1)
+            if n < 0 or not (-tol <= total <= n + tol) or not (-tol <= squares <= total + tol):
+                raise ValueError(f"need scores in [0, 1]: 0 <= sum of squares <= sum <= n on both arms, got {self}")
+
+    @property
+    def difference(self) -> float | None:
+        """mean_a - mean_b, or None while an arm is empty."""
+        if self.n_a == 0 or self.n_b == 0:
+            return None
+        return self.sum_a / self.n_a - self.sum_b / self.n_b
+
+    def sums(self) -> tuple[float, float, float, float, float, float]:
+        return (self.sum_a, self.sumsq_a, self.n_a, self.sum_b, self.sumsq_b, self.n_b)
 
 
-def _variance(hits_a: NDArray[np.float64], n_a: NDArray[np.float64], hits_b: NDArray[np.float64],
-              n_b: NDArray[np.float64], *, pooled: bool) -> NDArray[np.float64]:
+Look = Counts | Sums
+
+
+def _looks_array(looks: Sequence[Look]) -> NDArray[np.float64]:
+    """6 x looks: sum_a, sumsq_a, n_a, sum_b, sumsq_b, n_b."""
+    return np.array([c.sums() for c in looks], dtype=float).T
+
+
+def _smoothed_var(total: NDArray[np.float64], squares: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Variance of one observation, smoothed by half a pseudo-observation at 0 and at 1 (p(1-p) for 0/1 data
+    with p = (hits + 1/2) / (n + 1)); never 0."""
+    m = (total + 0.5) / (n + 1.0)
+    return np.maximum((squares + 0.5) / (n + 1.0) - m * m, 1e-12)
+
+
+def _variance(s_a: NDArray[np.float64], q_a: NDArray[np.float64], n_a: NDArray[np.float64], s_b: NDArray[np.float64],
+              q_b: NDArray[np.float64], n_b: NDArray[np.float64], *, pooled: bool) -> NDArray[np.float64]:
     if pooled:
-        p = _smoothed(hits_a + hits_b, n_a + n_b)
-        return p * (1 - p) * (1 / n_a + 1 / n_b)
-    pa, pb = _smoothed(hits_a, n_a), _smoothed(hits_b, n_b)
-    return pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+        return _smoothed_var(s_a + s_b, q_a + q_b, n_a + n_b) * (1 / n_a + 1 / n_b)
+    return _smoothed_var(s_a, q_a, n_a) / n_a + _smoothed_var(s_b, q_b, n_b) / n_b
 
 
 def log_mixture_lr(
@@ -111,11 +161,21 @@ def log_lr_counts(
     ``margin = 0`` tests equality with the pooled variance; a margin m > 0 tests theta = -m (non-inferiority
     with ``alternative="greater"``) with each arm's own variance. Looks where an arm has fewer than
     ``min_count`` observations get log Lambda = -inf (p = 1)."""
-    ha, na, hb, nb = (np.asarray(x, dtype=float) for x in (hits_a, n_a, hits_b, n_b))
+    return log_lr_sums(hits_a, hits_a, n_a, hits_b, hits_b, n_b, alternative=alternative, tau=tau, margin=margin,
+                       min_count=min_count)
+
+
+def log_lr_sums(
+    sum_a: ArrayLike, sumsq_a: ArrayLike, n_a: ArrayLike, sum_b: ArrayLike, sumsq_b: ArrayLike, n_b: ArrayLike, *,
+    alternative: Alternative, tau: float = DEFAULT_TAU, margin: float = 0.0, min_count: int = DEFAULT_MIN_COUNT,
+) -> NDArray[np.float64]:
+    """``log_lr_counts`` for the means of scores in [0, 1] (arrays of cumulative sums, sums of squares, counts)."""
+    sa, qa, na, sb, qb, nb = (np.asarray(x, dtype=float) for x in (sum_a, sumsq_a, n_a, sum_b, sumsq_b, n_b))
     enough = (na >= max(min_count, 1)) & (nb >= max(min_count, 1))
     safe_na, safe_nb = np.where(enough, na, 1.0), np.where(enough, nb, 1.0)
-    d = np.where(enough, ha / safe_na - hb / safe_nb, 0.0) + margin
-    v = _variance(np.where(enough, ha, 0.0), safe_na, np.where(enough, hb, 0.0), safe_nb, pooled=margin == 0.0)
+    d = np.where(enough, sa / safe_na - sb / safe_nb, 0.0) + margin
+    v = _variance(np.where(enough, sa, 0.0), np.where(enough, qa, 0.0), safe_na, np.where(enough, sb, 0.0),
+                  np.where(enough, qb, 0.0), safe_nb, pooled=margin == 0.0)
     out = log_mixture_lr(d, v, tau=tau, alternative=alternative)
     return np.where(enough, out, -np.inf)
 
@@ -127,21 +187,20 @@ def running_p(log_lr: ArrayLike, axis: int = -1) -> NDArray[np.float64]:
 
 
 def always_valid_p(
-    looks: Sequence[Counts], *, alternative: Alternative, tau: float = DEFAULT_TAU, margin: float = 0.0,
+    looks: Sequence[Look], *, alternative: Alternative, tau: float = DEFAULT_TAU, margin: float = 0.0,
     min_count: int = DEFAULT_MIN_COUNT,
 ) -> float:
-    """The always-valid p-value after the last of ``looks`` (cumulative counts, oldest first); 1.0 if none.
+    """The always-valid p-value after the last of ``looks`` (cumulative counts or sums, oldest first); 1.0 if none.
 
     ``alternative="less"``: H1 canary below champion; ``"greater"``: above (by more than ``-margin``)."""
     if not looks:
         return 1.0
-    arr = np.array([(c.hits_a, c.n_a, c.hits_b, c.n_b) for c in looks], dtype=float).T
-    log_lr = log_lr_counts(*arr, alternative=alternative, tau=tau, margin=margin, min_count=min_count)
+    log_lr = log_lr_sums(*_looks_array(looks), alternative=alternative, tau=tau, margin=margin, min_count=min_count)
     return float(running_p(log_lr)[-1])
 
 
 def confidence_sequence(
-    looks: Sequence[Counts], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
+    looks: Sequence[Look], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
 ) -> tuple[float, float]:
     """A (1 - alpha) confidence sequence for p_a - p_b after the last look: the running intersection of the
     two-sided mixture's intervals; (-1, 1) until a look has ``min_count`` on both arms."""
@@ -152,8 +211,7 @@ def confidence_sequence(
     for c in looks:
         if c.n_a < max(min_count, 1) or c.n_b < max(min_count, 1):
             continue
-        v = float(_variance(np.array(c.hits_a, float), np.array(c.n_a, float), np.array(c.hits_b, float),
-                            np.array(c.n_b, float), pooled=False))
+        v = float(_variance(*(np.array(x, float) for x in c.sums()), pooled=False))
         radius = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
         d = c.difference or 0.0
         low, high = max(low, d - radius), min(high, d + radius)
@@ -174,20 +232,20 @@ class SequentialResult:
 
 
 def sequential_test(
-    looks: Sequence[Counts], *, alpha: float = 0.05, tau: float = DEFAULT_TAU, margin: float = 0.05,
+    looks: Sequence[Look], *, alpha: float = 0.05, tau: float = DEFAULT_TAU, margin: float = 0.05,
     min_count: int = DEFAULT_MIN_COUNT,
 ) -> SequentialResult:
     """Always-valid p-values (worse, better, non-inferior by ``margin``) and the confidence sequence after
-    the last of ``looks`` (cumulative counts, oldest first; the canary is arm a)."""
+    the last of ``looks`` (cumulative counts or sums, oldest first; the canary is arm a)."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     low, high = confidence_sequence(looks, alpha=alpha, tau=tau, min_count=min_count)
     if looks:
-        arr = np.array([(c.hits_a, c.n_a, c.hits_b, c.n_b) for c in looks], dtype=float).T
+        arr = _looks_array(looks)
         # non-inferiority: the two-sided mixture at theta = -margin, counted only when the estimate is above it,
         # so that p_noninferior < alpha exactly when the confidence sequence's lower end is above -margin
-        two = log_lr_counts(*arr, alternative="two-sided", tau=tau, margin=margin, min_count=min_count)
-        above = arr[0] / np.maximum(arr[1], 1) - arr[2] / np.maximum(arr[3], 1) + margin > 0
+        two = log_lr_sums(*arr, alternative="two-sided", tau=tau, margin=margin, min_count=min_count)
+        above = arr[0] / np.maximum(arr[2], 1) - arr[3] / np.maximum(arr[5], 1) + margin > 0
         p_nonin = float(running_p(np.where(above, two, -np.inf))[-1])
     else:
         p_nonin = 1.0

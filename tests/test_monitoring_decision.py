@@ -117,6 +117,39 @@ def test_analyze_window_joins_feedback_by_response_and_version() -> None:
     assert cmp.champion.error_rate is None  # no counters: unknown, never 0
     assert cmp.canary.latency_p95_ms == pytest.approx(3.95)
     assert "canary_agreement" in cmp.metrics() and "champion_error_rate" not in cmp.metrics()
+    # Brier: champion (0.9 - 1)^2 + (0.2 - 0)^2 over 2, canary (0.9 - 0)^2 + (0.8 - 1)^2 over 2
+    assert cmp.champion.brier == pytest.approx((0.01 + 0.04) / 2) and cmp.canary.brier == pytest.approx((0.81 + 0.04) / 2)
+    assert cmp.metrics()["canary_brier"] == pytest.approx(0.425)
+
+
+def _brier_arms(champ_scores: list[float], can_scores: list[float], champ_y: list[float], can_y: list[float]):
+    def arm(version: str, scores: list[float], y: list[float]) -> ArmStats:
+        s, v = pd.Series(scores), pd.Series(y)
+        b = (s - v) ** 2
+        agree = int(((s >= 0.5).astype(float) == v).sum())
+        return ArmStats(version, 500, len(s), agree, 10.0, brier_sum=float(b.sum()), brier_sumsq=float((b * b).sum()))
+    return compare_arms(arm("1", champ_scores, champ_y), arm("2", can_scores, can_y))
+
+
+@pytest.mark.parametrize(
+    ("comparison", "kind"),
+    [
+        # every verdict unhappy, every score below 0.5: agreement 100% vs 100%, the Brier score tells them apart
+        ("poisoned", Rollback),
+        ("sharper", Promote),
+        ("same", Hold),
+    ],
+)
+def test_the_brier_score_decides_where_agreement_is_blind(comparison: str, kind: type) -> None:
+    n = 60
+    low, mid = [0.05 + 0.001 * i for i in range(n)], [0.40 + 0.001 * i for i in range(n)]
+    champ, can = {"poisoned": (low, mid), "sharper": (mid, low), "same": (low, low)}[comparison]
+    cmp = _brier_arms(champ, can, [0.0] * n, [0.0] * n)
+    assert cmp.canary.agreement == cmp.champion.agreement == 1.0
+    decision = decide_rollout(cmp, POLICY, current_share=0.1)
+    assert isinstance(decision, kind), decision
+    if kind is not Hold:
+        assert "Brier" in decision.reason
 
 
 def test_an_earlier_significant_look_still_counts() -> None:

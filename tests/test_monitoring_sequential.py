@@ -18,13 +18,16 @@ import pytest
 from scipy.integrate import quad
 from scipy.stats import hypergeom, norm
 
+from bench.bench_canary import SCORE_MODELS, beta_scores, rolled_back_either, simulate_scores
 from monitors.canary import ArmStats, compare_arms
 from monitors.decision import Rollback, RolloutPolicy, decide_rollout
 from monitors.sequential import (
     Counts,
+    Sums,
     always_valid_p,
     confidence_sequence,
     log_lr_counts,
+    log_lr_sums,
     log_mixture_lr,
     running_p,
     sequential_test,
@@ -193,3 +196,63 @@ def test_the_simulation_rule_is_what_decide_rollout_decides() -> None:
                            looks=looks, config=policy.comparison_config())
         assert isinstance(decide_rollout(cmp, policy, current_share=0.5), Rollback) == expected[r]
     assert expected.any()
+
+
+# ---- means of bounded scores (the canary's Brier test) --------------------------------------------------
+@pytest.mark.parametrize("counts", [Counts(20, 40, 30, 40), Counts(0, 30, 30, 30), Counts(300, 400, 310, 400)])
+def test_sums_of_a_zero_one_score_are_the_counts_test(counts: Counts) -> None:
+    sums = Sums(counts.hits_a, counts.hits_a, counts.n_a, counts.hits_b, counts.hits_b, counts.n_b)
+    for alternative in ("less", "greater"):
+        assert always_valid_p([sums], alternative=alternative) == always_valid_p([counts], alternative=alternative)
+    assert sequential_test([sums], margin=0.05) == sequential_test([counts], margin=0.05)
+
+
+def test_sums_use_the_scores_own_variance() -> None:
+    """Scores that barely vary give a small variance, so the same mean difference is far more significant
+    than for 0/1 outcomes with those means (where the variance is p(1-p))."""
+    n = 40
+    tight = Sums(0.60 * n, 0.60**2 * n, n, 0.70 * n, 0.70**2 * n, n)  # every score exactly 0.6 vs 0.7
+    spread = Counts(24, n, 28, n)  # 60% vs 70%
+    assert always_valid_p([tight], alternative="less") < 1e-6 < 0.5 < always_valid_p([spread], alternative="less")
+    with pytest.raises(ValueError):
+        Sums(5.0, 6.0, 10, 1.0, 1.0, 2)  # sum of squares above the sum: a score above 1
+    with pytest.raises(ValueError):
+        Sums(11.0, 5.0, 10, 1.0, 1.0, 2)  # mean above 1
+
+
+@pytest.mark.parametrize(("verdict_rate", "scores"), list(SCORE_MODELS.values()), ids=list(SCORE_MODELS))
+def test_aa_canary_rolled_back_on_either_metric_rarely(verdict_rate: float, scores) -> None:
+    """Agreement (alpha 0.05) and Brier (0.01) together over 200 windows at the demo's traffic: at most
+    alpha + brier_alpha = 6% by construction, measured 1.3-2.6% over these score models (1000 replications)."""
+    sim = simulate_scores(DEMO_LABELLED, verdict_rate=verdict_rate, champion=scores, canary=scores, windows=200,
+                           reps=1000, seed=31)
+    agree, brier = rolled_back_either(sim, 200)
+    assert (agree | brier).mean() <= 0.05
+    assert brier.mean() <= 0.015
+
+
+def test_a_canary_whose_scores_move_the_wrong_way_below_half_is_rolled_back_on_brier() -> None:
+    """Users dislike nearly every answer (2% satisfied); the champion scores them ~0.08, the poisoned canary
+    0.25-0.49: both are on the 'unsatisfied' side of 0.5, so agreement sees no difference at all, while the
+    Brier test rolls the canary back by the second window of the demo's traffic in >= 90% of replications
+    (measured ~96%; ~45% at the first)."""
+    sim = simulate_scores(DEMO_LABELLED, verdict_rate=0.02, champion=beta_scores(1, 12, 1, 12),
+                           canary=lambda rng, y: rng.uniform(0.25, 0.49, y.size), windows=2, reps=2000, seed=33)
+    agree, brier = rolled_back_either(sim, 2)
+    assert agree.mean() == 0.0
+    assert brier.mean() >= 0.9
+    # and decide_rollout says so, with the Brier score in the reason
+    policy = RolloutPolicy(steps=(0.5,), min_feedback=MIN, alpha=ALPHA)
+    h_a, g_a, q_a, n_a, h_b, g_b, q_b, n_b = (np.cumsum(x, axis=1) for x in sim)
+    r = int(np.argmax(brier))
+    looks = [Counts(int(h_a[r, k]), int(n_a[r, k]), int(h_b[r, k]), int(n_b[r, k])) for k in range(2)]
+    gains = [Sums(g_a[r, k], q_a[r, k], int(n_a[r, k]), g_b[r, k], q_b[r, k], int(n_b[r, k])) for k in range(2)]
+    last, gain = looks[-1], gains[-1]
+    champ = ArmStats("1", last.n_b, last.n_b, last.hits_b, 10.0, brier_sum=gain.n_b - gain.sum_b,
+                     brier_sumsq=gain.n_b - 2 * gain.sum_b + gain.sumsq_b)
+    can = ArmStats("2", last.n_a, last.n_a, last.hits_a, 10.0, brier_sum=gain.n_a - gain.sum_a,
+                   brier_sumsq=gain.n_a - 2 * gain.sum_a + gain.sumsq_a)
+    cmp = compare_arms(champ, can, looks=looks, brier_looks=gains, config=policy.comparison_config())
+    decision = decide_rollout(cmp, policy, current_share=0.5)
+    assert isinstance(decision, Rollback) and "Brier" in decision.reason, decision
+    assert cmp.brier_diff_low is not None and cmp.brier_diff_low > 0  # canary - champion Brier, always valid

@@ -2,9 +2,9 @@
 newer champion superseded it), else canary
 analysis, the pure decision, and its execution.
 
-Compares canary and champion on agreement with later user feedback (always-valid sequential test on counts
-pooled since the canary started, ``monitors.sequential``), error rate and latency
-p95; ``decide_rollout`` says Promote / Hold / Rollback; the rollout module moves aliases (compare-and-set,
+Compares canary and champion on agreement with later user feedback and on the Brier score of their scores against it
+(always-valid sequential tests on counts and sums pooled since the canary started, ``monitors.sequential``), error rate
+and latency p95; ``decide_rollout`` says Promote / Hold / Rollback; the rollout module moves aliases (compare-and-set,
 ledger, version tags) and the notifier alerts on rollbacks and promotions.
 """
 
