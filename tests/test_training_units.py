@@ -504,3 +504,52 @@ def test_gate_champion_log_loss_rule(loss_diff, champ_loss, passed) -> None:
                     config=GateConfig(must_beat_baselines=False))
     assert d.passed is passed, d.reasons
     assert passed or "log_loss is worse than the champion" in d.summary()
+
+
+@pytest.mark.parametrize(("trusted", "passed", "why"), [
+    # the autopilot soak's bad candidate: ties the champion on a new eval split that holds its own inverted labels, but on
+    # the champion's pinned eval split it ranks and predicts worse
+    ({"pairwise_accuracy": (-0.12, -0.20, -0.05), "log_loss": (0.45, 0.30, 0.62)}, False, "on the champion's own eval split"),
+    ({"pairwise_accuracy": (-0.01, -0.06, 0.04), "log_loss": (0.02, -0.01, 0.05)}, True, ""),  # no worse there either
+    ({"pairwise_accuracy": (0.02, -0.03, 0.07), "log_loss": (0.30, 0.12, 0.50)}, False, "log_loss is worse"),  # ranks alike, P wrong
+    (None, True, ""),  # no trusted split (same gold versions, or a champion without lineage): the newer split alone decides
+])
+def test_gate_compares_with_the_champion_on_its_own_eval_split(trusted, passed, why) -> None:
+    cand = {"pairwise_accuracy": (0.52, 0.45, 0.60), "log_loss": (0.30, 0, 9)}
+    champ = {"pairwise_accuracy": (0.52, 0.44, 0.60), "log_loss": (0.28, 0, 9)}
+    paired = {"champion": {"pairwise_accuracy": (0.0, -0.05, 0.05), "log_loss": (0.02, -0.02, 0.06)}}
+    champ_trusted = {"pairwise_accuracy": (0.60, 0.52, 0.68), "log_loss": (0.25, 0, 9)}
+    d = decide_gate(cand, champ, baselines={}, candidate_slices={}, champion_slices={}, paired=paired,
+                    config=GateConfig(must_beat_baselines=False), trusted=trusted,
+                    champion_on_trusted=champ_trusted if trusted else None, trusted_label="training_examples v3, preference_pairs v3")
+    assert d.passed is passed, d.reasons
+    assert why in d.summary()
+    if not passed:
+        assert "training_examples v3" in d.summary()
+
+
+def test_trusted_eval_split_is_the_champions_pinned_one(tmp_path: Path, qa_feedback_path: Path, monkeypatch, settings) -> None:
+    """The gate's second champion comparison reads the champion's eval split at the gold versions it was trained on:
+    rows that arrived later are not in it; same versions, no lineage or unreadable versions skip it, saying why."""
+    from trainers import candidate as C
+
+    lake = str(tmp_path / "lake")
+    write_gold(lake, qa_feedback_path, questions=40)  # v0: the champion's data
+    write_gold(lake, qa_feedback_path, questions=40, offset=40)  # v1: a newer stretch (with its own eval rows)
+
+    def lineage(v: int, extra: dict | None = None) -> C.Candidate:
+        pins = {"lakeloop.train_examples.uri": f"{lake}/{D.EXAMPLES}", "lakeloop.train_examples.version": str(v),
+                "lakeloop.preference_pairs.uri": f"{lake}/{D.PAIRS}", "lakeloop.preference_pairs.version": str(v)}
+        return C.Candidate(f"run{v}", "models:/x", {**pins, **(extra or {})})
+
+    runs = {"run0": lineage(0), "run9": lineage(9)}
+    monkeypatch.setattr(C, "candidate_from_run", lambda s, run_id: runs[run_id] if run_id in runs else (_ for _ in ()).throw(DataError("no model")))
+    frames, label = C.trusted_evalset(settings, lineage(1), "run0")
+    assert frames is not None and label == "training_examples v0, preference_pairs v0"
+    v0 = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=0).split("eval")
+    v1 = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=1).split("eval")
+    assert set(frames[0]["example_id"]) == set(v0["example_id"]) and len(v1) > len(v0)  # the newer eval rows are left out
+    assert C.trusted_evalset(settings, lineage(0), "run0") == (None, "same gold versions as the candidate")
+    assert C.trusted_evalset(settings, lineage(1), None)[1] == "the champion has no MLflow run"
+    assert "has no lineage" in C.trusted_evalset(settings, lineage(1), "hand-registered")[1]
+    assert "cannot be read" in C.trusted_evalset(settings, lineage(1), "run9")[1]  # e.g. vacuumed versions

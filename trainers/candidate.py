@@ -5,6 +5,7 @@ trained run against the baselines and the current ``champion``, gate it, and reg
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +33,7 @@ class EvalOutcome:
     decision: GateDecision
     champion_version: str | None
     model_card: str
+    trusted_split: str = ""  # the champion's own eval split the gate also compared on, or why it did not
 
 
 def candidate_from_run(settings: Settings, run_id: str) -> Candidate:
@@ -74,6 +76,35 @@ def _losing_candidates(settings: Settings, run_id: str) -> dict[str, E.Scorer]:
     return {f: local_scorer(Path(root) / f) for f in sorted(families)}
 
 
+PIN_KEYS = ("lakeloop.train_examples.uri", "lakeloop.train_examples.version", "lakeloop.preference_pairs.uri",
+            "lakeloop.preference_pairs.version")
+
+
+def trusted_evalset(settings: Settings, cand: Candidate, champion_run_id: str | None, *,
+                    max_questions: int | None = None) -> tuple[tuple[Any, Any] | None, str]:
+    """The champion's own pinned eval split, when the candidate was trained on other gold versions: (frames, label),
+    or (None, why not). Read at the champion's versions, so rows that arrived later (and their labels) are not in it."""
+    if not champion_run_id:
+        return None, "the champion has no MLflow run"
+    try:
+        champ = candidate_from_run(settings, champion_run_id)
+    except Exception as exc:  # noqa: BLE001 - a champion registered by hand may lack lineage: the check is skipped, said why
+        return None, f"the champion's run has no lineage ({type(exc).__name__})"
+    if any(k not in champ.lineage for k in PIN_KEYS):
+        return None, "the champion's run does not record its gold versions"
+    if all(champ.lineage.get(k) == cand.lineage.get(k) for k in PIN_KEYS):
+        return None, "same gold versions as the candidate"
+    label = (f"training_examples v{champ.lineage['lakeloop.train_examples.version']}, "
+             f"preference_pairs v{champ.lineage['lakeloop.preference_pairs.version']}")
+    try:
+        frames = _split_frames(champ, "eval", max_questions=max_questions)
+    except Exception as exc:  # noqa: BLE001 - e.g. the versions were vacuumed: say so, keep gating on the newer split
+        return None, f"the champion's gold versions ({label}) cannot be read: {type(exc).__name__}: {exc}"[:300]
+    if frames[0].empty and frames[1].empty:
+        return None, f"the champion's eval split ({label}) is empty"
+    return frames, label
+
+
 def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | None = None, n_boot: int = 1000,
                        max_eval_clusters: int | None = None) -> EvalOutcome:
     """Score the candidate, the baselines, the champion and the candidates that lost the selection on the
@@ -88,17 +119,29 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
         mv = R.version_info(settings, champ_version)
         champion = R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}")
         T.set_run_tags(settings, run_id, {"lakeloop.gate.champion_version": champ_version, "lakeloop.gate.champion_run": mv.run_id})
-    report = E.full_report(R.load_scorer(cand.model_uri), train, evalset, n_boot=n_boot, champion=champion,
+    scorer = R.load_scorer(cand.model_uri)
+    report = E.full_report(scorer, train, evalset, n_boot=n_boot, champion=champion,
                            others=_losing_candidates(settings, run_id))
     champ_report = report.champion
     if champ_report is not None:
         T.log_run_metrics(settings, run_id, champ_report.flat(prefix="champion"))
+    trusted = champion_on_trusted = None
+    trusted_label, trusted_note = "", "no champion"
+    if champion is not None:
+        frames, trusted_label = trusted_evalset(settings, cand, mv.run_id, max_questions=max_eval_clusters)
+        if frames is not None:
+            champ_metrics, diffs = E.champion_comparison(scorer, champion, frames, n_boot=n_boot)
+            trusted, champion_on_trusted = _as_tuples(diffs), _as_tuples(champ_metrics)
+            T.log_run_metrics(settings, run_id, {f"trusted_delta_{k}": v.value for k, v in diffs.items() if math.isfinite(v.value)})
+        trusted_note = trusted_label if frames is not None else f"not used: {trusted_label}"
+        T.set_run_tags(settings, run_id, {"lakeloop.gate.trusted_split": trusted_note})
     baseline_values = {b: _as_tuples(m) for b, m in report.baselines.items()}
     paired = {r: _as_tuples(m) for r, m in report.paired.items()}
     decision = decide_gate(
         _as_tuples(report.metrics), _as_tuples(champ_report.metrics) if champ_report else None,
         baselines=baseline_values, candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None,
-        config=gate, paired=paired, class_counts=report.class_counts,
+        config=gate, paired=paired, class_counts=report.class_counts, trusted=trusted, champion_on_trusted=champion_on_trusted,
+        trusted_label=trusted_label,
     )
     # the baseline rule on its own, whatever the gate's config: a first champion must beat the baselines (autopilot)
     baselines = decide_gate(_as_tuples(report.metrics), None, baselines=baseline_values, candidate_slices={}, champion_slices=None,
@@ -110,7 +153,7 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     T.set_run_tags(settings, run_id, gate_tag(decision))
     T.log_run_text(settings, run_id, card, "model_card.md")
     T.log_run_text(settings, run_id, json.dumps(report.to_dict(), indent=1), "evaluation/report.json")
-    return EvalOutcome(cand, report, decision, champ_version, card)
+    return EvalOutcome(cand, report, decision, champ_version, card, trusted_note)
 
 
 def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: dict[str, float]) -> tuple[str, bool, R.AliasChange | None]:

@@ -292,6 +292,18 @@ def full_report(scorer: Scorer, train: tuple[pd.DataFrame, pd.DataFrame], evalse
     return report
 
 
+def champion_comparison(candidate: Scorer, champion: Scorer, evalset: tuple[pd.DataFrame, pd.DataFrame], *, n_boot: int = 1000,
+                        seed: int = 0) -> tuple[dict[str, Estimate], dict[str, Estimate]]:
+    """Candidate and champion alone on ``evalset`` (the gate uses the champion's own pinned eval split: rows that
+    were there when the champion was trained, so labels a newer stretch of feedback brought cannot vouch for a
+    model trained on them): the champion's metrics and candidate minus champion, paired on the same cluster draws."""
+    ex_eval, pr_eval = evalset[0].reset_index(drop=True), evalset[1][~evalset[1]["is_tie"].astype(bool)].reset_index(drop=True)
+    scored = {name: Scored(*score_eval(s, ex_eval, pr_eval)) for name, s in (("candidate", candidate), ("champion", champion))}
+    metrics, diffs = paired_metrics(scored, ex_eval["label"].to_numpy(dtype=float), _clusters(ex_eval), _clusters(pr_eval),
+                                    reference="candidate", n_boot=n_boot, seed=seed)
+    return metrics["champion"], diffs["champion"]
+
+
 DEFAULT_LIMITATIONS = """- Labels come from a small set of annotators on one QA task; scores do not transfer to other apps without new feedback.
 - Inputs are truncated to the training max_length (the prompt first): the encoder reads a long prompt's beginning and a long answer's beginning.
 - The head sees the answer's length (characters), so the model can prefer shorter/longer answers: check the length slices.

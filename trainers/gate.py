@@ -9,7 +9,9 @@ becomes ``challenger`` only if
   eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
   interval;
 - with a ``champion`` in place, it is not worse than the champion beyond the paired interval on the primary metric,
-  nor on log loss (a proper scoring rule: the paired interval's lower end above a small margin);
+  nor on log loss (a proper scoring rule: the paired interval's lower end above a small margin); and the same on the
+  champion's own pinned eval split (``trusted``: the rows that were there when the champion was trained), so that a
+  stretch of bad labels that reached both the candidate's training data and its newer eval split cannot vouch for it;
 - no slice (with at least ``min_slice_n`` independent units on both sides: prompt clusters for pairs, the smaller
   class for AUC) regresses by more than ``slice_tolerance`` or, on a small slice, by more than its sampling error
   at a family-wise 5% over the slices compared (``slice_margin``, ``slice_z``).
@@ -97,7 +99,12 @@ def decide_gate(
     config: GateConfig = GateConfig(),
     paired: Mapping[str, Mapping[str, Metric]] | None = None,
     class_counts: tuple[int, int] | None = None,
+    trusted: Mapping[str, Metric] | None = None,
+    champion_on_trusted: Mapping[str, Metric] | None = None,
+    trusted_label: str = "",
 ) -> GateDecision:
+    """The gate's verdict with every reason it fails (module docstring). ``trusted``: candidate minus champion, paired,
+    on the champion's own pinned eval split, and ``champion_on_trusted`` the champion's metrics there."""
     reasons: list[str] = []
     primary = candidate.get(config.primary)
     if primary is None or not math.isfinite(primary[0]):
@@ -112,20 +119,10 @@ def decide_gate(
                 if math.isfinite(theirs) and not (math.isfinite(mine) and mine > theirs):
                     reasons.append(f"{metric} {mine:.3f} does not beat baseline {name} ({theirs:.3f})")
     if champion is not None and config.primary in champion:
-        champ = champion[config.primary][0]
-        d = (paired or {}).get("champion", {}).get(config.primary)
-        if d is not None and math.isfinite(d[2]):
-            if d[2] < 0:
-                reasons.append(f"{config.primary} {primary[0]:.3f} is worse than champion {champ:.3f} beyond the paired interval: {_fmt(d)}")
-        elif math.isfinite(champ) and primary[2] < champ:
-            reasons.append(f"{config.primary} {primary[0]:.3f} (95% CI up to {primary[2]:.3f}) is worse than champion {champ:.3f} beyond the interval")
-        loss = (paired or {}).get("champion", {}).get(config.champion_loss)
-        champ_loss = champion.get(config.champion_loss, NAN3)[0]
-        if loss is not None and math.isfinite(loss[1]) and math.isfinite(champ_loss):
-            margin = max(config.loss_margin_abs, config.loss_margin_rel * champ_loss)
-            if loss[1] > margin:
-                reasons.append(f"{config.champion_loss} is worse than the champion's ({champ_loss:.3f}) by {_fmt(loss)}, beyond the "
-                               f"paired interval and the margin {margin:.3f}")
+        reasons += _champion_rules(primary, champion, (paired or {}).get("champion", {}), config)
+    if trusted is not None and champion_on_trusted is not None:
+        where = f" on the champion's own eval split{f' ({trusted_label})' if trusted_label else ''}"
+        reasons += _champion_rules(None, champion_on_trusted, trusted, config, where=where)
     if champion_slices:
         eligible = [(key, value, n, *champion_slices[key]) for key, (value, n) in candidate_slices.items()
                     if key in champion_slices and min(n, champion_slices[key][1]) >= config.min_slice_n
@@ -138,6 +135,30 @@ def decide_gate(
                                f"{config.slice_tolerance} or {z:.2f} standard errors at n={min(n, ref_n)} for {len(eligible)} "
                                "slices, the larger)")
     return GateDecision(not reasons, tuple(reasons))
+
+
+def _champion_rules(primary: Metric | None, champion: Mapping[str, Metric], paired: Mapping[str, Metric], config: GateConfig, *,
+                    where: str = "") -> list[str]:
+    """Not worse than the champion beyond the paired interval on the primary metric, nor on the loss beyond the
+    interval and the margin. ``primary``: the candidate's own estimate, for the unpaired fallback (None: paired only)."""
+    reasons: list[str] = []
+    champ = champion.get(config.primary, NAN3)[0]
+    d = paired.get(config.primary)
+    if d is not None and math.isfinite(d[2]):
+        if d[2] < 0:
+            mine = f" {primary[0]:.3f}" if primary is not None else ""
+            reasons.append(f"{config.primary}{mine} is worse than champion {champ:.3f}{where} beyond the paired interval: {_fmt(d)}")
+    elif primary is not None and math.isfinite(champ) and primary[2] < champ:
+        reasons.append(f"{config.primary} {primary[0]:.3f} (95% CI up to {primary[2]:.3f}) is worse than champion {champ:.3f}{where} "
+                       "beyond the interval")
+    loss = paired.get(config.champion_loss)
+    champ_loss = champion.get(config.champion_loss, NAN3)[0]
+    if loss is not None and math.isfinite(loss[1]) and math.isfinite(champ_loss):
+        margin = max(config.loss_margin_abs, config.loss_margin_rel * champ_loss)
+        if loss[1] > margin:
+            reasons.append(f"{config.champion_loss} is worse than the champion's ({champ_loss:.3f}){where} by {_fmt(loss)}, beyond the "
+                           f"paired interval and the margin {margin:.3f}")
+    return reasons
 
 
 def gate_tag(decision: GateDecision) -> dict[str, str]:

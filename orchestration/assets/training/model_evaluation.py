@@ -17,7 +17,8 @@ GATE = "promotion_gate"
     kinds={"mlflow", "scikitlearn"},
     deps=["reward_model"],
     check_specs=[dg.AssetCheckSpec(GATE, asset="model_evaluation", blocking=True,
-                                   description="Beats the baselines; not worse than champion beyond the interval; no slice regression.")],
+                                   description="Beats the baselines; not worse than champion beyond the interval, on the newest eval split "
+                                               "and on the champion's own; no slice regression.")],
     description=(
         "Pairwise accuracy, AUC, log-loss and calibration error with bootstrap 95% intervals, per slice (event type, "
         "app, model, length), beside a response-length and a TF-IDF + logistic-regression baseline and the champion."
@@ -35,6 +36,7 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
         "gate_passed": out.decision.passed,
         "gate_reasons": "; ".join(out.decision.reasons)[:2000] or "-",
         "champion_version": out.champion_version or "none",
+        "champion_eval_split": out.trusted_split,  # the champion's own pinned eval split, also compared on
         "model_card": dg.MetadataValue.md(out.model_card),
         **{f"{k}": float(v.value) for k, v in m.items()},
         **{f"{k}_ci": f"[{v.lo:.3f}, {v.hi:.3f}]" for k, v in m.items()},
