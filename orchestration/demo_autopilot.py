@@ -287,11 +287,14 @@ def _phase_stationary(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
     # a full window of stationary traffic, then the report of that window
     window_s = cfg.drift_window_minutes * 60
     narrator.wait("stationary window", lambda: False, window_s + cfg.chunk_every_s, between=app.burst)
-    got = narrator.wait("the stationary drift report", lambda: _drift_reports_after(narrator, start), window_s + 90, between=app.burst)
+    # a report over 0 rows (the window closed before the first request landed) judges nothing: wait for one with rows
+    got = narrator.wait("the stationary drift report",
+                        lambda: [d for d in _drift_reports_after(narrator, start) if (d.get("n_current") or 0) > 0],
+                        2 * window_s + 90, between=app.burst)
     d = got[0] if got else {}
     summary.add("4. stationary traffic", f"{app.totals['requests']} requests scored by the champion; drift check: "
                 f"drifted={d.get('drifted')} ({str(d.get('summary', 'no report'))[:300]})", say)
-    summary.facts["stationary_drift"] = {k: d.get(k) for k in ("drifted", "streak", "alert")}
+    summary.facts["stationary_drift"] = {k: d.get(k) for k in ("drifted", "streak", "alert", "n_current")}
 
 
 def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
