@@ -223,7 +223,7 @@ def test_sums_use_the_scores_own_variance() -> None:
 @pytest.mark.parametrize(("verdict_rate", "scores"), list(SCORE_MODELS.values()), ids=list(SCORE_MODELS))
 def test_aa_canary_rolled_back_on_either_metric_rarely(verdict_rate: float, scores) -> None:
     """Agreement (alpha 0.05) and Brier (0.01) together over 200 windows at the demo's traffic: at most
-    alpha + brier_alpha = 6% by construction, measured 1.3-2.6% over these score models (1000 replications)."""
+    alpha + brier_alpha = 6% by construction, measured 0.9-3.1% over these score models (bench_canary)."""
     sim = simulate_scores(DEMO_LABELLED, verdict_rate=verdict_rate, champion=scores, canary=scores, windows=200,
                            reps=1000, seed=31)
     agree, brier = rolled_back_either(sim, 200)
@@ -235,7 +235,7 @@ def test_a_canary_whose_scores_move_the_wrong_way_below_half_is_rolled_back_on_b
     """Users dislike nearly every answer (2% satisfied); the champion scores them ~0.08, the poisoned canary
     0.25-0.49: both are on the 'unsatisfied' side of 0.5, so agreement sees no difference at all, while the
     Brier test rolls the canary back by the second window of the demo's traffic in >= 90% of replications
-    (measured ~96%; ~45% at the first)."""
+    (bench_canary: 95%; 45% at the first)."""
     sim = simulate_scores(DEMO_LABELLED, verdict_rate=0.02, champion=beta_scores(1, 12, 1, 12),
                            canary=lambda rng, y: rng.uniform(0.25, 0.49, y.size), windows=2, reps=2000, seed=33)
     agree, brier = rolled_back_either(sim, 2)
