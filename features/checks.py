@@ -74,3 +74,11 @@ def split_leakage(df: pl.DataFrame, params: MinHashParams) -> CheckOutcome:
 
 def min_rows(n: int, minimum: int) -> CheckOutcome:
     return CheckOutcome(n >= minimum, f"{n} rows (minimum {minimum})", {"rows": n, "minimum": minimum})
+
+
+def min_training_rows(n_examples: int, n_pairs: int, minimum: int) -> CheckOutcome:
+    """Enough to train on: pointwise examples and preference pairs together, so that an app that sends only
+    preferences (no pointwise rows) or only thumbs (no pairs) counts what its stream can produce."""
+    n = n_examples + n_pairs
+    return CheckOutcome(n >= minimum, f"{n} training rows: {n_examples} pointwise examples + {n_pairs} preference pairs (minimum {minimum})",
+                        {"rows": n, "examples": n_examples, "pairs": n_pairs, "minimum": minimum})

@@ -136,3 +136,24 @@ def test_config_rejects_unknown_keys_and_bad_minhash_params() -> None:
         CurationConfig(user_capp=0.2)
     with pytest.raises(ValidationError, match="must divide"):
         MinHashParams(num_perm=128, bands=30)
+
+
+@pytest.mark.parametrize(("kinds", "empty"), [({"preference"}, "gold_training_examples"), ({"thumbs", "rating"}, "gold_preference_pairs")])
+def test_a_one_kind_stream_curates_with_passing_checks(settings, qa_feedback_path, kinds: set[str], empty: str) -> None:
+    """A preference-only app has no pointwise rows, a thumbs-and-ratings app no pairs: curation still writes both gold
+    tables (one empty, so training can pin it) and the row-count check counts what the stream can produce."""
+    events = [e for e in qa_events(qa_feedback_path, n_questions=30, days=1) if e["event_type"] in kinds]
+    write_bronze(table_uri(settings, "bronze/feedback_events"), events)
+    result = dg.materialize(
+        [*curation.defs.assets, *curation.defs.asset_checks], partition_key=DAY, raise_on_error=False,
+        resources={"lakeloop": LakeloopSettings(home=str(settings.home)), "curation": CurationResource(pseudonym_key="k" * 32)},
+    )
+    failed = [(e.asset_check_key.asset_key.path[0], e.asset_check_key.name, e.description)
+              for e in result.get_asset_check_evaluations() if not e.passed]
+    assert result.success and not failed, failed
+    mats = {e.asset_key.path[0]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert mats[empty]["dagster/row_count"].value == 0
+    from features import lake
+
+    assert lake.version(table_uri(settings, "gold/training_examples")) is not None
+    assert lake.version(table_uri(settings, "gold/preference_pairs")) is not None

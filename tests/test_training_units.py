@@ -177,7 +177,9 @@ B = {"length": {"pairwise_accuracy": (0.55, 0.5, 0.6), "auc": (0.6, 0.5, 0.7)}}
         ({"pairwise_accuracy": M}, {"pairwise_accuracy": M}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
          "pairwise_accuracy|length=short": (0.435, 400)}, {**{f"pairwise_accuracy|app_id={k}": (0.6, 60) for k in range(11)},
          "pairwise_accuracy|length=short": (0.565, 400)}, GateConfig(min_slice_n=20, must_beat_baselines=False), False, "12 slices"),
-        ({"auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
+        # no pairs (a thumbs-only stream): AUC decides, and beats the length baseline's 0.6
+        ({"auc": (0.7, 0.6, 0.8)}, None, {}, None, GateConfig(), True, ""),
+        ({"auc": (0.55, 0.5, 0.6)}, None, {}, None, GateConfig(), False, "auc 0.550 does not beat baseline length"),
         ({"pairwise_accuracy": (math.nan, math.nan, math.nan)}, None, {}, None, GateConfig(), False, "no pairwise_accuracy"),
     ],
 )
@@ -553,3 +555,17 @@ def test_trusted_eval_split_is_the_champions_pinned_one(tmp_path: Path, qa_feedb
     assert C.trusted_evalset(settings, lineage(1), None)[1] == "the champion has no MLflow run"
     assert "has no lineage" in C.trusted_evalset(settings, lineage(1), "hand-registered")[1]
     assert "cannot be read" in C.trusted_evalset(settings, lineage(1), "run9")[1]  # e.g. vacuumed versions
+
+
+@pytest.mark.parametrize(("auc_vs_length", "passed"), [((0.10, 0.03, 0.17), True), ((0.02, -0.04, 0.08), False)])
+def test_gate_on_a_thumbs_only_stream_decides_on_auc(auc_vs_length, passed) -> None:
+    """No preference pairs: no pairwise accuracy; the gate judges AUC as the primary metric instead of failing."""
+    nan3 = (math.nan, math.nan, math.nan)
+    cand = {"pairwise_accuracy": nan3, "auc": (0.70, 0.62, 0.78)}
+    paired = {"constant": {"pairwise_accuracy": nan3, "auc": (0.20, 0.12, 0.28)}, "length": {"pairwise_accuracy": nan3, "auc": auc_vs_length},
+              "tfidf_lr": {"pairwise_accuracy": nan3, "auc": (0.05, -0.02, 0.12)}}
+    base = {k: {"auc": (0.6, 0.5, 0.7)} for k in ("constant", "length", "tfidf_lr")}
+    d = decide_gate(cand, None, baselines=base, candidate_slices={}, champion_slices=None, paired=paired, class_counts=(40, 60))
+    assert d.passed is passed, d.reasons
+    assert passed or "auc does not beat baseline length" in d.summary()
+    assert not decide_gate({"pairwise_accuracy": nan3, "auc": nan3}, None, baselines={}, candidate_slices={}, champion_slices=None).passed

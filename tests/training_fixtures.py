@@ -96,12 +96,17 @@ def _table(rows: list[dict]) -> pa.Table:
 
 def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
                mode: str = "append", label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None,
-               passages: bool = False) -> tuple[int, int]:
-    """Write (append) both gold tables under ``lake_root``; returns their new Delta versions."""
+               passages: bool = False, shape: Literal["mixed", "preferences", "thumbs"] = "mixed") -> tuple[int, int]:
+    """Write (append) both gold tables under ``lake_root``; returns their new Delta versions. ``shape``: what the app's
+    stream carries: both kinds, preferences only (no pointwise rows) or thumbs only (no pairs)."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule,
                          fold=fold, passages=passages)
+    if shape == "preferences":
+        ex = ex.slice(0, 0)
+    elif shape == "thumbs":
+        pr = pr.slice(0, 0)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
         uri = f"{lake_root.rstrip('/')}/{name}"

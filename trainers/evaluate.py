@@ -126,6 +126,14 @@ def _clusters(frame: pd.DataFrame) -> np.ndarray:
     return frame["cluster_id"].astype(str).to_numpy() if "cluster_id" in frame.columns else frame["prompt"].astype(str).to_numpy()
 
 
+def why_not_measured(metric: str) -> str:
+    """Why ``metric`` has no value on an eval split (the stream's shape): pairs for pairwise accuracy, pointwise
+    verdicts for the rest."""
+    if METRICS.get(metric, (None, ""))[1] == "pairs":
+        return "no preference pairs in the eval split: the stream sends no preferences or corrections"
+    return "no pointwise verdicts of both kinds in the eval split: the stream sends no thumbs or ratings, or only one kind"
+
+
 def cluster_weights(ex_clusters: np.ndarray, pr_clusters: np.ndarray, *, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n_boot`` cluster-bootstrap draws as row weights: each draw resamples the prompt clusters with replacement
     (all clusters of examples and pairs together), and a row weighs as often as its cluster was drawn. The same

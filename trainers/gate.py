@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # (value, lo, hi) per metric; slices: "metric|dimension=value" -> (value, n)
 Metric = tuple[float, float, float]
@@ -108,7 +108,12 @@ def decide_gate(
     reasons: list[str] = []
     primary = candidate.get(config.primary)
     if primary is None or not math.isfinite(primary[0]):
-        return GateDecision(False, (f"candidate has no {config.primary}",))
+        # a stream without preferences has no pairwise accuracy: the next metric it does have decides (AUC for thumbs)
+        usable = [m for m in config.also_beat_baselines_on if math.isfinite(candidate.get(m, NAN3)[0])]
+        if not usable:
+            return GateDecision(False, (f"candidate has no {config.primary} (nor {', '.join(config.also_beat_baselines_on) or 'other metric'})",))
+        config = replace(config, primary=usable[0], also_beat_baselines_on=tuple(m for m in config.also_beat_baselines_on if m != usable[0]))
+        primary = candidate[config.primary]
     if config.must_beat_baselines and paired is not None:
         reasons += _paired_baseline_rules(paired, baselines, config, class_counts)
     elif config.must_beat_baselines:

@@ -8,7 +8,7 @@ from features import lake
 from features.checks import (
     CheckOutcome,
     duplicate_rate,
-    min_rows,
+    min_training_rows,
     no_pii_left,
     schema_contract,
     split_leakage,
@@ -21,11 +21,13 @@ from orchestration.assets.curation.common import checked_rows
 from orchestration.assets.curation.resources import CurationResource
 from orchestration.resources import LakeloopSettings
 
+TRAINING_TABLES = ("gold/training_examples", "gold/preference_pairs")  # what a training run reads, together
 BLOCKING = {
     "schema_contract": "matches the contract of the team brief",
     "no_pii": "holds no PII (scanned with the redaction detectors)",
     "no_split_leakage": "has no prompt, or near-duplicate prompt pair, on both sides of train/eval",
-    "min_rows": "has at least `min_training_rows` rows for training",
+    "min_rows": "and the other gold table hold at least `min_training_rows` rows for training together (examples + pairs: "
+                "a preference-only or thumbs-only stream counts what it sends)",
 }
 
 
@@ -67,7 +69,9 @@ def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
         yield _result("schema_contract", schema_contract(day, schema), where=where)
         yield _result("no_pii", no_pii_left(day, texts, Redactor(cfg.extra_pii_patterns)), where=where)
         yield _result("no_split_leakage", split_leakage(full, cfg.minhash), where=where)
-        yield _result("min_rows", min_rows(full.height, curation.min_training_rows), where=where)
+        other = whole_table(lakeloop, next(t for t in TRAINING_TABLES if t != table)).height
+        n_ex, n_pairs = (full.height, other) if table == TRAINING_TABLES[0] else (other, full.height)
+        yield _result("min_rows", min_training_rows(n_ex, n_pairs, curation.min_training_rows), where=where)
         yield _result("duplicate_rate", duplicate_rate(doc_text(full, kind), cfg.minhash, max_rate=curation.max_duplicate_rate),
                       dg.AssetCheckSeverity.WARN, where=where)
 

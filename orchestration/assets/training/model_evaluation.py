@@ -2,11 +2,14 @@
 `champion`, write the model card, and gate it. The gate is a BLOCKING asset check: when it fails,
 `registered_model` does not run and no alias moves; the failure is also an MLflow tag on the run."""
 
+import math
+
 import dagster as dg
 
 from orchestration.assets.training.resources import TrainingResource, latest_metadata, mlflow_run_url
 from orchestration.resources import LakeloopSettings
 from trainers.candidate import evaluate_candidate
+from trainers.evaluate import why_not_measured
 
 GATE = "promotion_gate"
 
@@ -28,7 +31,8 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
     settings = lakeloop.load()
     run_id = str(latest_metadata(context, "reward_model")["run_id"])
     out = evaluate_candidate(settings, run_id, gate=training.gate(), n_boot=training.n_boot, max_eval_clusters=training.max_eval_clusters)
-    m = out.report.metrics
+    m = {k: v for k, v in out.report.metrics.items() if math.isfinite(v.value)}
+    missing = sorted(set(out.report.metrics) - set(m))
     context.log.info("run %s: %s", run_id, out.decision.summary())
     metadata = {
         "run_id": run_id,
@@ -40,7 +44,10 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
         "model_card": dg.MetadataValue.md(out.model_card),
         **{f"{k}": float(v.value) for k, v in m.items()},
         **{f"{k}_ci": f"[{v.lo:.3f}, {v.hi:.3f}]" for k, v in m.items()},
-        **{f"baseline_{b}_{k}": float(v.value) for b, ms in out.report.baselines.items() for k, v in ms.items() if k in ("pairwise_accuracy", "auc")},
+        **{f"baseline_{b}_{k}": float(v.value) for b, ms in out.report.baselines.items() for k, v in ms.items()
+           if k in ("pairwise_accuracy", "auc") and math.isfinite(v.value)},
+        # a stream without thumbs has no AUC, one without preferences no pairwise accuracy: said, never NaN
+        "not_measured": "; ".join(f"{k}: not measured ({why_not_measured(k)})" for k in missing) or "-",
     }
     check = dg.AssetCheckResult(
         check_name=GATE,

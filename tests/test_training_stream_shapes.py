@@ -1,0 +1,58 @@
+"""Every stream shape trains, evaluates and gates (issue 20, item 4): an app that sends only preferences (no
+pointwise rows) and one that sends only thumbs (no pairs) go through the real training group (Dagster Pipes,
+MLflow server) to a gated, registered version; a metric the stream cannot give is "not measured", never NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from infra.settings import Settings, load_settings
+from orchestration.assets.training import defs as training_defs
+from orchestration.resources import LakeloopSettings
+from tests.training_fixtures import write_gold
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SMALL = {"max_length": 64, "batch_size": 4, "max_steps": 4, "freeze_layers": 4, "head_lr": 5e-3, "checkpoint_every": 2,
+         "log_every": 1, "num_threads": 2, "max_train_examples": 24, "max_train_pairs": 40}
+
+
+def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
+    mats = result.asset_materializations_for_node(key)
+    assert mats, f"{key} was not materialized"
+    return {k: v.value for k, v in mats[-1].metadata.items()}
+
+
+@pytest.mark.parametrize("shape", ["preferences", "thumbs"])
+def test_a_one_kind_stream_trains_evaluates_gates_and_registers(shape: str, mlflow_server: Settings, tmp_path: Path,
+                                                                 qa_feedback_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.assets.training.resources import TrainingResource
+
+    name = f"lakeloop-reward-shape-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("LAKELOOP_REGISTERED_MODEL_NAME", name)
+    s = load_settings(**{**mlflow_server.model_dump(), "home": tmp_path, "lake_root": str(tmp_path / "lake"), "registered_model_name": name})
+    write_gold(s.lake, qa_feedback_path, questions=80, shape=shape)  # type: ignore[arg-type]
+    resources = {
+        "lakeloop": LakeloopSettings(home=str(tmp_path), lake_root=s.lake),
+        "training": TrainingResource(train_config=json.dumps({**SMALL, "experiment": f"shape-{name}"}), gate_must_beat_baselines=False,
+                                     n_boot=100),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(list(training_defs.assets or []), resources=resources, instance=instance, raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    evaluated = _meta(result, "model_evaluation")
+    numbers = {k: v for k, v in evaluated.items() if isinstance(v, float)}
+    assert not [k for k, v in numbers.items() if math.isnan(v)], numbers  # what cannot be measured is left out, not NaN
+    if shape == "preferences":
+        assert 0 <= evaluated["pairwise_accuracy"] <= 1 and "auc" not in numbers
+    else:
+        assert 0 <= evaluated["auc"] <= 1 and "pairwise_accuracy" not in numbers
+    assert "not measured" in str(evaluated.get("not_measured", "")), evaluated.get("not_measured")
+    assert _meta(result, "registered_model")["model_version"]
