@@ -569,3 +569,25 @@ def test_gate_on_a_thumbs_only_stream_decides_on_auc(auc_vs_length, passed) -> N
     assert d.passed is passed, d.reasons
     assert passed or "auc does not beat baseline length" in d.summary()
     assert not decide_gate({"pairwise_accuracy": nan3, "auc": nan3}, None, baselines={}, candidate_slices={}, champion_slices=None).passed
+
+
+def test_encode_pairs_keeps_the_last_turns_of_a_long_dialogue() -> None:
+    """A multi-turn prompt: the encoder sees its end from a turn boundary (the turn the response answers), and the
+    whole response; a single-turn prompt still keeps its beginning."""
+    from trainers.model import encode_pairs, is_dialogue
+
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    turns = [f"User: question number {i} about the old tower?\nAssistant: answer number {i} about its history." for i in range(40)]
+    dialogue = "\n".join(turns) + "\nUser: and who finally designed the tower?"
+    response = "Gustave Eiffel's company designed it."
+    assert is_dialogue(dialogue) and not is_dialogue("who designed the tower?\n\nPassage: the user: manual says...")
+    ids, types = encode_pairs(tok, [dialogue], [response], max_length=64)
+    text = tok.decode(ids[0])
+    r_ids = tok(response, add_special_tokens=False)["input_ids"]
+    assert len(ids[0]) <= 64 and ids[0][-len(r_ids) - 1 : -1] == r_ids  # the response, whole
+    assert "who finally designed the tower" in text and "number 0 " not in text  # the last turn, not the first
+    first_prompt_token = tok.convert_ids_to_tokens(ids[0][1])
+    assert first_prompt_token in ("user", "assistant"), text  # cut at a turn boundary
+    short = "User: hi\nAssistant: hello\nUser: who designed the tower?"
+    ids2, _ = encode_pairs(tok, [short], [response], max_length=64)
+    assert ids2 == tok([short], [response], truncation="longest_first", max_length=64)["input_ids"]  # fits: untouched

@@ -313,7 +313,7 @@ def champion_comparison(candidate: Scorer, champion: Scorer, evalset: tuple[pd.D
 
 
 DEFAULT_LIMITATIONS = """- Labels come from a small set of annotators on one QA task; scores do not transfer to other apps without new feedback.
-- Inputs are truncated to the training max_length (the prompt first): the encoder reads a long prompt's beginning and a long answer's beginning.
+- Inputs are truncated to the training max_length (the prompt first): the encoder reads a long prompt's beginning (a dialogue's last turns) and a long answer's beginning.
 - The head sees the answer's length (characters), so the model can prefer shorter/longer answers: check the length slices.
 - The head sees the answer's lexical support by its prompt (share of its word bigrams found there): with retrieved passages in the prompt that rewards restating them, and a correct answer in other words scores lower.
 - Small slices have wide intervals; do not read differences inside the interval as real."""

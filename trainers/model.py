@@ -60,22 +60,58 @@ def support_value(s: torch.Tensor, center: float) -> torch.Tensor:
     return 4.0 * (s - center)
 
 
+# a role marker at the start of a line ("User:", "### Assistant:", "Human:"): two or more make the prompt a dialogue
+TURN = re.compile(r"(?im)^[ \t#>*]*(?:human|user|assistant|system|bot|ai|customer|agent|model)[ \t]*:")
+
+
+def is_dialogue(prompt: str) -> bool:
+    """A multi-turn prompt: at least two lines open with a role marker (``TURN``)."""
+    found = TURN.finditer(prompt)
+    return next(found, None) is not None and next(found, None) is not None
+
+
+def _dialogue_tail(prompt: str, offsets: Sequence[tuple[int, int]], keep: int) -> str:
+    """The end of a dialogue in about ``keep`` tokens (``offsets``: the prompt's LAST tokens, left-truncated), started
+    at a turn boundary when one falls inside the kept text: the latest turns are what the response answers."""
+    if keep <= 0:
+        return ""
+    if len(offsets) <= keep and (not offsets or offsets[0][0] == 0):
+        return prompt
+    start = offsets[-keep][0]
+    turn = TURN.search(prompt, start)
+    return prompt[turn.start():] if turn is not None else prompt[start:]
+
+
 def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int) -> tuple[list[list[int]], list[list[int]]]:
     """(input ids, token type ids) of each (prompt, response) as one sequence of at most ``max_length`` tokens.
-    The prompt is cut first, from its end, down to a quarter of the room: a prompt can carry long retrieved
-    context, and the response is what is judged (its length and support reach the head uncut anyway); a
-    response longer than the rest of the room is cut from its end. With a short prompt this is what
-    ``truncation="longest_first"`` gives."""
+    The prompt is cut first, down to a quarter of the room: a prompt can carry long retrieved context or a long
+    dialogue, and the response is what is judged (its length and support reach the head uncut anyway); a
+    response longer than the rest of the room is cut from its end. A single-turn prompt keeps its beginning (a RAG
+    prompt: the question, then its passages); a dialogue (``is_dialogue``) keeps its end, from a turn boundary (the
+    last turns). With a short prompt this is what ``truncation="longest_first"`` gives."""
     if not prompts:
         return [], []
     # counted up to max_length tokens only: more never changes the cut (and the tokenizer warns past its model's limit)
     p_tok = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length)
     r_len = [len(x) for x in tokenizer(list(responses), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]]
+    dialogues = [i for i, p in enumerate(prompts) if is_dialogue(p)]
+    tails: dict[int, Any] = {}
+    if dialogues:  # their last max_length tokens, with offsets into the whole prompt
+        side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+        try:
+            got = tokenizer([prompts[i] for i in dialogues], add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+                            max_length=max_length)["offset_mapping"]
+        finally:
+            tokenizer.truncation_side = side
+        tails = dict(zip(dialogues, got, strict=True))
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     cut = []
-    for prompt, offsets, n_r in zip(prompts, p_tok["offset_mapping"], r_len, strict=True):
+    for i, (prompt, offsets, n_r) in enumerate(zip(prompts, p_tok["offset_mapping"], r_len, strict=True)):
         keep = max(room // 4, room - n_r)
-        cut.append(prompt if len(offsets) <= keep else prompt[: offsets[keep - 1][1]] if keep > 0 else "")
+        if i in tails:
+            cut.append(_dialogue_tail(prompt, tails[i], keep))
+        else:
+            cut.append(prompt if len(offsets) <= keep else prompt[: offsets[keep - 1][1]] if keep > 0 else "")
     # the cut prompt holds <= keep tokens, so "longest_first" now cuts only a response longer than the rest of the room
     out = tokenizer(cut, list(responses), truncation="longest_first", max_length=max_length)
     ids = out["input_ids"]
