@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-autopilot-"))
     settings = load_settings(home=home, kafka_port=_port(), kafka_controller_port=_port(), mlflow_port=_port(),
-                             dagster_port=_port(), serve_port=_port())
+                             dagster_port=_port(), serve_port=_port(), collector_port=_port())
     cfg = AutopilotDemoConfig(base=DemoConfig(data_path=args.data))
     try:
         summary = run_autopilot_demo(settings, cfg, say=print)

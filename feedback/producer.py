@@ -86,6 +86,11 @@ class FeedbackProducer:
         future.add_errback(self._failed)
         return future
 
+    def partitions(self) -> set[int]:
+        """The topic's partitions, from the producer's metadata (fetched first if missing, up to max_block_ms):
+        once known, ``send`` queues without blocking on metadata."""
+        return set(self._producer.partitions_for(self.topic) or ())
+
     def send_many(self, values: Iterable[bytes | str | Mapping[str, Any]]) -> DeliveryReport:
         """Send all, wait for every delivery, raise ServiceError if any failed."""
         for v in values:

@@ -1,8 +1,8 @@
 """The local platform: real services started as processes, with health checks, logs and clean shutdown.
 
 ``up`` starts what is not running (Kafka in KRaft mode, the MLflow tracking server, the Dagster webserver
-and daemon, and with autopilot on the two continuous ingestors, each under ``infra.supervisor``), waits until
-each answers, and records a pid file per service under ``<home>/run``.
+and daemon, the feedback collector, and with autopilot on the two continuous ingestors, each under
+``infra.supervisor``), waits until each answers, and records a pid file per service under ``<home>/run``.
 ``down`` stops only what those pid files name, the ingestors first: SIGTERM to the process group, SIGKILL after
 a timeout.
 """
@@ -456,15 +456,32 @@ def _ingest_specs(settings: Settings) -> list[ServiceSpec]:
     return specs
 
 
+def _collector_spec(settings: Settings) -> ServiceSpec:
+    """The feedback front door: `lakeloop collector run` (POST /v1/feedback -> Kafka), after Kafka. Healthy when
+    /readyz answers 200: it can take feedback now (its producer is connected to the broker)."""
+    url = settings.collector_url
+    return ServiceSpec(
+        name="collector",
+        command=[_venv_script("lakeloop"), "collector", "run"],
+        port=settings.collector_port,
+        url=f"{url}/v1/feedback",
+        health=lambda: http_ok(f"{url}/readyz"),
+        marker="collector run",
+        env=settings.env(),
+        start_timeout=60.0,
+        after=("kafka",),
+    )
+
+
 def service_specs(settings: Settings) -> list[ServiceSpec]:
     """The services ``up`` starts, in order; the ingestors only with autopilot on."""
-    specs = [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings)]
+    specs = [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings), _collector_spec(settings)]
     if settings.autopilot:
         specs += _ingest_specs(settings)
     return specs
 
 
-SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon")  # the platform, whatever the autopilot
+SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon", "collector")  # the platform, whatever the autopilot
 INGEST_SERVICE_NAMES = tuple(INGEST_STREAMS)  # supervised ingestors: started with autopilot on
 ALL_SERVICE_NAMES = SERVICE_NAMES + INGEST_SERVICE_NAMES
 
@@ -642,6 +659,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
         "dagster-webserver": (settings.dagster_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
         "dagster-daemon": (None, "-", lambda: dagster_daemon_ok(settings.dagster_url)),
+        "collector": (settings.collector_port, f"{settings.collector_url}/v1/feedback",
+                      lambda: http_ok(f"{settings.collector_url}/readyz")),
     }
     out: list[ServiceStatus] = []
     for name in SERVICE_NAMES:

@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     serve_poll_seconds: float = Field(5.0, gt=0, description="How often the scoring service re-reads aliases and the canary share.")
     serve_publish_timeout_s: float = Field(2.0, gt=0, description="The scoring service answers 503 when Kafka has not acknowledged a prediction within this many seconds.")
     serve_max_body_bytes: int = Field(1024 * 1024, ge=1, description="The scoring service answers 413 to a request body over this many bytes, without reading the rest.")
+    # the feedback front door (issue 16): HTTP collector, a service of `lakeloop up`
+    collector_host: str | None = Field(None, description="Address the collector binds to; default <bind_host>. Beyond "
+                                       "loopback it refuses to start without collector_api_keys.")
+    collector_port: int = Field(8090, ge=1, le=65535)
+    collector_api_keys: str = Field("", description="Comma-separated API key hashes `sha256:<hex>[@app_id]` (never the keys: "
+                                    "`lakeloop collector new-key`); `@app_id` limits a key to that app's events. Empty: no "
+                                    "key needed, allowed on loopback only.")
+    collector_cors_origins: str = Field("", description="Comma-separated origins browsers may call the collector from "
+                                        "(CORS); empty: none.")
+    collector_max_batch_events: int = Field(500, ge=1, description="The collector answers 413 to a request of more events.")
+    collector_max_body_bytes: int = Field(1024 * 1024, ge=1, description="The collector answers 413 to a larger request "
+                                          "body, without reading the rest.")
+    collector_publish_timeout_s: float = Field(2.0, gt=0, description="The collector answers 503 when Kafka has not "
+                                               "acknowledged an event within this many seconds.")
 
     engine: Engine = "local"
     spark_master: str = "local[*]"
@@ -186,6 +200,18 @@ class Settings(BaseSettings):
     @property
     def serve_url(self) -> str:
         return f"http://{self.bind_host}:{self.serve_port}"
+
+    @property
+    def collector_bind_host(self) -> str:
+        return self.collector_host or self.bind_host
+
+    @property
+    def collector_url(self) -> str:
+        """Where local clients reach the collector (loopback when it binds every address)."""
+        host = self.collector_bind_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{self.collector_port}" if ":" in host else f"http://{host}:{self.collector_port}"
 
     def env(self) -> dict[str, str]:
         """These settings as LAKELOOP_* variables, for child processes (services, trainers)."""

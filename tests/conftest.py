@@ -53,6 +53,7 @@ class Platform:
             mlflow_port=free_port(),
             dagster_port=free_port(),
             serve_port=free_port(),
+            collector_port=free_port(),
             autopilot=False,  # tests drive each step; the autopilot tests start their own platform with it on
         )
         self.started: set[str] = set()

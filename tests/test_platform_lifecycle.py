@@ -28,7 +28,8 @@ def _env(home: Path) -> dict[str, str]:
         LAKELOOP_KAFKA_CONTROLLER_PORT=str(free_port()),
         LAKELOOP_MLFLOW_PORT=str(free_port()),
         LAKELOOP_DAGSTER_PORT=str(free_port()),
-        LAKELOOP_AUTOPILOT="off",  # the four platform services; the ingestors of autopilot: test_platform_ingest_service.py
+        LAKELOOP_COLLECTOR_PORT=str(free_port()),
+        LAKELOOP_AUTOPILOT="off",  # the five platform services; the ingestors of autopilot: test_platform_ingest_service.py
     )
     return env
 
@@ -59,14 +60,14 @@ def test_up_twice_status_kill_and_down(tmp_path: Path) -> None:
     try:
         first = _run(["up"], env)
         assert first.returncode == 0, first.stdout + first.stderr
-        assert first.stdout.count("started (pid") == 4
+        assert first.stdout.count("started (pid") == 5
         pids = {n: json.loads((home / "run" / f"{n}.pid").read_text())["pid"] for n in
-                ("kafka", "mlflow", "dagster-webserver", "dagster-daemon")}
+                ("kafka", "mlflow", "dagster-webserver", "dagster-daemon", "collector")}
 
         second = _run(["up"], env)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "started (pid" not in second.stdout
-        assert second.stdout.count("already running") == 4
+        assert second.stdout.count("already running") == 5
         assert {n: json.loads((home / "run" / f"{n}.pid").read_text())["pid"] for n in pids} == pids
 
         ok = _run(["status", "--json"], env)

@@ -28,8 +28,8 @@ def infra_fetch(force: Annotated[bool, typer.Option("--force", help="Fetch again
 def up(
     fetch: Annotated[bool, typer.Option("--fetch/--no-fetch", help="Fetch missing jars first.")] = True,
 ) -> None:
-    """Start Kafka (KRaft), the MLflow server and the Dagster webserver + daemon, and with autopilot on the two
-    continuous ingestors (supervised, restarted with backoff); wait until healthy. Idempotent."""
+    """Start Kafka (KRaft), the MLflow server, the Dagster webserver + daemon and the feedback collector, and with
+    autopilot on the two continuous ingestors (supervised, restarted with backoff); wait until healthy. Idempotent."""
     s = settings()
     if fetch:
         for name, _, fetched in jars.fetch_jars(s):
@@ -46,6 +46,7 @@ def _print_urls() -> None:
     say(f"  Kafka       {s.bootstrap_servers}")
     say(f"  MLflow UI   {s.tracking_uri}")
     say(f"  Dagster UI  {s.dagster_url}")
+    say(f"  Collector   {s.collector_url}/v1/feedback (apps send feedback here)")
     if s.autopilot:
         say(f"  ingestors   {s.feedback_topic} -> bronze/feedback_events, {s.predictions_topic} -> bronze/predictions "
             "(continuous; `lakeloop status`)")
