@@ -29,6 +29,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
+from features.dialogue import last_turn
+
 Group = Literal["data", "prediction", "feedback"]
 Method = Literal["wasserstein", "jensenshannon"]
 CLUSTER = "cluster"  # featurize's key of the prompt: the rows of one prompt are resampled together
@@ -152,8 +154,9 @@ def pair_texts(frame: pd.DataFrame, *, prompt_words: int = EMBED_PROMPT_WORDS) -
     """The text embedded for each row: the prompt's first ``prompt_words`` words, then the response. The encoder
     reads 256 tokens: a RAG prompt (question + ~3 KB of passages) would fill them and cut the response off, so
     answers cut short would not move the embeddings; the question opens the prompt and fits (qa_feedback's have
-    at most 17 words). The prompt's length still shows in the text descriptors."""
-    prompts = frame["prompt"].fillna("").astype(str).map(lambda t: " ".join(t.split()[:prompt_words]))
+    at most 17 words). A dialogue (``features.dialogue``) gives its last turn's first words instead: that
+    is what the response answers. The prompt's length still shows in the text descriptors."""
+    prompts = frame["prompt"].fillna("").astype(str).map(lambda t: " ".join(last_turn(t).split()[:prompt_words]))
     return (prompts + "\n" + frame["response"].fillna("").astype(str)).tolist()
 
 

@@ -574,7 +574,8 @@ def test_gate_on_a_thumbs_only_stream_decides_on_auc(auc_vs_length, passed) -> N
 def test_encode_pairs_keeps_the_last_turns_of_a_long_dialogue() -> None:
     """A multi-turn prompt: the encoder sees its end from a turn boundary (the turn the response answers), and the
     whole response; a single-turn prompt still keeps its beginning."""
-    from trainers.model import encode_pairs, is_dialogue
+    from features.dialogue import is_dialogue
+    from trainers.model import encode_pairs
 
     tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
     turns = [f"User: question number {i} about the old tower?\nAssistant: answer number {i} about its history." for i in range(40)]
@@ -591,3 +592,14 @@ def test_encode_pairs_keeps_the_last_turns_of_a_long_dialogue() -> None:
     short = "User: hi\nAssistant: hello\nUser: who designed the tower?"
     ids2, _ = encode_pairs(tok, [short], [response], max_length=64)
     assert ids2 == tok([short], [response], truncation="longest_first", max_length=64)["input_ids"]  # fits: untouched
+
+
+def test_the_drift_check_embeds_a_dialogues_last_turn() -> None:
+    from features.dialogue import last_turn
+    from monitors.drift import pair_texts
+
+    dialogue = "User: first question about towers?\nAssistant: a long answer.\nUser: who designed the Eiffel tower?"
+    assert last_turn(dialogue) == "User: who designed the Eiffel tower?"
+    assert last_turn("who designed it?\n\nPassages: ...") == "who designed it?\n\nPassages: ..."
+    texts = pair_texts(pd.DataFrame({"prompt": [dialogue], "response": ["Gustave Eiffel's company."]}))
+    assert texts == ["User: who designed the Eiffel tower?\nGustave Eiffel's company."]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from features.dialogue import TURN, is_dialogue
 from infra.errors import DataError
 
 HEAD_FILE = "reward_head.pt"
@@ -58,16 +59,6 @@ def support_value(s: torch.Tensor, center: float) -> torch.Tensor:
     ~0.8 supported by their passages) acts as a second bias, which the thumbs, pulling the logit down toward their
     base rate, drive negative before they fit the bias itself."""
     return 4.0 * (s - center)
-
-
-# a role marker at the start of a line ("User:", "### Assistant:", "Human:"): two or more make the prompt a dialogue
-TURN = re.compile(r"(?im)^[ \t#>*]*(?:human|user|assistant|system|bot|ai|customer|agent|model)[ \t]*:")
-
-
-def is_dialogue(prompt: str) -> bool:
-    """A multi-turn prompt: at least two lines open with a role marker (``TURN``)."""
-    found = TURN.finditer(prompt)
-    return next(found, None) is not None and next(found, None) is not None
 
 
 def _dialogue_tail(prompt: str, offsets: Sequence[tuple[int, int]], keep: int) -> str:
