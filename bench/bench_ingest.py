@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return rows
     finally:
         services.down(settings, log=lambda m: print(f"[platform] {m}"), timeout=15)
+        shutil.rmtree(home, ignore_errors=True)  # the broker's log and the lakes: ~0.4-1.3 GB a run
 
 
 if __name__ == "__main__":
