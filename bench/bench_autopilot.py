@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,9 @@ TARGETS = {"time_to_first_model_s": 600.0, "time_to_drift_alert_s": None, "time_
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from infra.ports import free_port
+
+    return free_port()
 
 
 def main() -> None:

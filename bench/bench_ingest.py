@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -35,9 +34,9 @@ QA = Path(os.environ.get("LAKELOOP_SHARED_DATA", REPO.parent / "shared" / "data"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from infra.ports import free_port
+
+    return free_port()
 
 
 def start_platform(home: Path):

@@ -4,23 +4,17 @@ ports and in a temporary LAKELOOP_HOME, so several test sessions can run side by
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from infra import jars, services
+from infra.ports import free_port
 from infra.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAKELOOP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "qa_feedback"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jars_dir() -> Path:
