@@ -1,4 +1,5 @@
-"""The collector's HTTP API (FastAPI): ``POST /v1/feedback``, ``GET /healthz``, ``GET /readyz``.
+"""The collector's HTTP API (FastAPI): ``POST /v1/feedback``, ``GET /healthz``, ``GET /readyz``, and the browser
+example page at ``GET /example/`` (``example``).
 
 A request is refused as a whole before any event is looked at: 401 without a valid API key (when keys are
 configured), 413 over ``collector_max_body_bytes`` (declared or streamed; the rest is never read) or over
@@ -25,9 +26,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from feedback.collector.example import EXAMPLE_PATH, load_example_page
 from feedback.collector.keys import ApiKeys, Caller, parse_keys, require_keys_beyond_loopback
 from feedback.collector.publisher import EventPublisher, KafkaEventPublisher, KafkaUnavailable
 from feedback.collector.verdicts import BodyError, Publishable, Rejected, check_events, split_body
@@ -151,6 +153,12 @@ def create_app(settings: Settings, *, publisher: EventPublisher | None = None) -
         except BodyError as exc:
             return _error(exc.status, exc.message, exc.hint)
         return await publish(verdicts)
+
+    page = load_example_page()
+
+    @app.get(EXAMPLE_PATH, include_in_schema=False)
+    async def example() -> Response:
+        return Response(page.body, media_type="text/html; charset=utf-8", headers=page.headers)
 
     # a plain Starlette route: the handler reads the body itself, so FastAPI's request parsing would be pure cost
     app.add_route(FEEDBACK_PATH, post_feedback, methods=["POST"])
