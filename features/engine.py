@@ -6,8 +6,10 @@ from datetime import date
 from typing import Literal
 
 from features.config import CurationConfig
+from features.pseudonymize import check_lake_key
 from features.report import StageReport
 from infra.settings import Settings
+from infra.tables import table_uri
 
 Stage = Literal["silver", "examples", "pairs"]
 STAGES: tuple[Stage, ...] = ("silver", "examples", "pairs")
@@ -21,7 +23,11 @@ def curate(stage: Stage, settings: Settings, day: date, *, cfg: CurationConfig, 
     if stage == "silver":
         if key is None:
             raise ValueError("the silver step needs the pseudonymization key")
-        return engine.curate_silver(settings, day, cfg=cfg, key=key)
+        silver = table_uri(settings, "silver/feedback")
+        check_lake_key(silver, key)  # another key than the lake's: stop before writing
+        rep = engine.curate_silver(settings, day, cfg=cfg, key=key)
+        check_lake_key(silver, key)  # a new lake: record the key that made its first pseudonyms
+        return rep
     if stage == "examples":
         return engine.curate_examples(settings, day, cfg=cfg)
     return engine.curate_pairs(settings, day, cfg=cfg)

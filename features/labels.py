@@ -89,7 +89,7 @@ def doc_text(df: pl.DataFrame, kind: str) -> pl.Series:
     a shorter prompt whole) + response (examples) or + chosen + rejected (pairs). A RAG prompt carries kilobytes of
     retrieved passages that every answer to the question shares; whole, they would outweigh the answers and make a
     question's comparisons near-duplicates of one another (qa_feedback with its passages, first 100 questions: 103
-    of 651 pairs kept instead of 511)."""
+    of 651 pairs kept instead of 511, signature scheme 1)."""
     head = pl.col("prompt").fill_null("").str.split(" ").list.head(PROMPT_WORDS_IN_DOC).list.join(" ")
     cols = ["response"] if kind == "example" else ["chosen", "rejected"]
     return df.select(pl.concat_str([head, *(pl.col(c).fill_null("") for c in cols)], separator="\n").alias("t"))["t"]

@@ -1,5 +1,10 @@
 """delta-rs access for the local engine, wrapped once: partition reads, idempotent partition replaces,
-deletes by id, and commit-conflict retries (another writer, e.g. the ingestor or ``lake optimize``)."""
+deletes by id, and commit-conflict retries (another writer, e.g. the ingestor or ``lake optimize``).
+
+With ``lineage=True`` (the gold tables) a commit also records the whole table's content hash at the version it
+makes (``features.lineage``): computed on the snapshot the commit is made on, which lands exactly on top of it
+(``max_commit_retries=0``), and the table keeps its history (``features.lineage.KEEP_HISTORY``: set when it is created,
+or at its next write if an older lakeloop created it)."""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
 
-from features.manifest import content_hash
+from features import lineage as L
+from features.manifest import combine, content_hash, row_hashes
 from infra.errors import CommitConflictError, DataError
 
 T = TypeVar("T")
@@ -73,8 +79,21 @@ def version(uri: str) -> int | None:
     return DeltaTable(uri).version() if exists(uri) else None
 
 
+def _matching(filters: list[tuple]) -> pl.Expr:
+    """The rows ``filters`` (a conjunction of ``(column, "=" | "in", value)``) select, as a polars expression."""
+    exprs = [pl.col(c).is_in(list(v)) if op == "in" else pl.col(c) == v for c, op, v in filters]
+    return pl.all_horizontal(exprs).fill_null(False)
+
+
+def _hash_after_replace(dt: Any, data: pa.Table, filters: list[tuple]) -> str:
+    """The table's content hash once the rows matching ``filters`` are replaced by ``data`` (``dt``: the snapshot)."""
+    rest = pl.from_arrow(dt.to_pyarrow_table(columns=data.column_names))
+    assert isinstance(rest, pl.DataFrame)
+    return combine(data.column_names, row_hashes(rest.filter(~_matching(filters))) + row_hashes(data))
+
+
 def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list[tuple], partition_by: list[str],
-                      key: str, retries: int, metadata: dict[str, str] | None = None) -> WriteResult:
+                      key: str, retries: int, metadata: dict[str, str] | None = None, lineage: bool = False) -> WriteResult:
     """Replace the rows matching ``predicate`` with ``data`` in one commit; a no-op if they are already equal."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
     from deltalake.exceptions import DeltaError
@@ -86,36 +105,53 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
             return WriteResult(DeltaTable(uri).version(), True, new_hash, 0)
 
     def commit() -> int:
-        props = CommitProperties(custom_metadata={"lakeloop.partition_hash": new_hash, **(metadata or {})}, max_commit_retries=0)
+        meta = {"lakeloop.partition_hash": new_hash, **(metadata or {})}
         if not exists(uri):
             # mode="error", not "append": a writer that created the table since the check above must not get our
             # rows appended next to its own (two first runs of a day racing doubled them). Losing that race sends
             # us to the replace below; two creations committing at once fail one of them with CommitFailedError.
+            created = {**meta, **(L.hash_metadata(new_hash, base_version=-1) if lineage else {})}
             try:
-                write_deltalake(uri, data, mode="error", partition_by=partition_by, commit_properties=props)
+                write_deltalake(uri, data, mode="error", partition_by=partition_by, configuration=L.KEEP_HISTORY if lineage else None,
+                                commit_properties=CommitProperties(custom_metadata=created, max_commit_retries=0))
                 return DeltaTable(uri).version()
             except DeltaError as exc:
                 if "already exists" not in str(exc):
                     raise
-        write_deltalake(DeltaTable(uri), data, mode="overwrite", predicate=predicate, partition_by=partition_by,
-                        commit_properties=props)
+        dt = DeltaTable(uri)  # the snapshot the hash is computed on and the commit is made on
+        if lineage and L.keep_history(dt):  # a gold table made before KEEP_HISTORY: set it once (a metadata commit)
+            dt = DeltaTable(uri)
+        if lineage:
+            meta.update(L.hash_metadata(_hash_after_replace(dt, data, filters), base_version=dt.version()))
+        write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by,
+                        commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0))
         return DeltaTable(uri).version()
 
     v, n = with_retries(commit, retries=retries, what=f"replace {predicate} in {uri}")
     return WriteResult(v, False, new_hash, n)
 
 
-def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: str = "") -> int:
-    """Delete rows whose ``column`` is in ``ids``; returns rows deleted."""
-    from deltalake import DeltaTable
+def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: str = "", lineage: bool = False) -> int:
+    """Delete rows whose ``column`` is in ``ids``; returns rows deleted. ``lineage``: the commit records the table's
+    content hash afterwards (``extra`` is not supported then)."""
+    from deltalake import CommitProperties, DeltaTable
 
     if not ids or not exists(uri):
         return 0
+    if lineage and extra:
+        raise ValueError("delete_ids(lineage=True) hashes the rows left by the id filter alone; it takes no `extra` predicate")
     quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
     pred = f"{column} IN ({quoted})" + (f" AND {extra}" if extra else "")
 
     def op() -> int:
-        return int(DeltaTable(uri).delete(pred).get("num_deleted_rows", 0))
+        dt = DeltaTable(uri)
+        props = None
+        if lineage:
+            left = pl.from_arrow(dt.to_pyarrow_table())
+            assert isinstance(left, pl.DataFrame)
+            left = left.filter(~pl.col(column).is_in(ids).fill_null(False))
+            props = CommitProperties(custom_metadata=L.hash_metadata(content_hash(left), base_version=dt.version()), max_commit_retries=0)
+        return int(dt.delete(pred, commit_properties=props).get("num_deleted_rows", 0))
 
     return with_retries(op, retries=retries, what=f"delete from {uri}")[0]
 

@@ -43,13 +43,16 @@ def check_bronze(df: pl.DataFrame) -> None:
         raise DataError(f"bronze/feedback_events lacks columns {missing}", hint="the ingestor writes the contract of the team brief; re-ingest")
 
 
-def read_index(settings: Settings, kind: str, day: date) -> pl.DataFrame:
-    """Index rows of ``kind`` from every other day (a re-run of ``day`` must not match its own old rows)."""
+def read_index(settings: Settings, kind: str, day: date, cfg: CurationConfig) -> pl.DataFrame:
+    """Index rows of ``kind`` from every other day (a re-run of ``day`` must not match its own old rows), rows of an
+    older signature scheme rebuilt first (``dedup.refresh_index``)."""
     df = lake.read(table_uri(settings, "silver/minhash_index"), filters=[("kind", "=", kind)])
     if df is None:
         empty = pl.from_arrow(MINHASH_INDEX.empty_table())
         assert isinstance(empty, pl.DataFrame)
         return empty
+    df = dedup.refresh_index(kind, df, cfg.minhash, write=lambda d, rows: write_index(settings, kind, d, rows, cfg),
+                             read_sources=lambda t, col, ids, cols: lake.read(table_uri(settings, t), filters=[(col, "in", ids)], columns=cols))
     return df.filter(pl.col("event_date") != day)
 
 
@@ -65,7 +68,7 @@ def cluster_prompts(silver: pl.DataFrame, settings: Settings, day: date, cfg: Cu
     prompts = (silver.group_by("prompt_hash").agg(pl.col("prompt").sort_by("occurred_at").first(), pl.col("occurred_at").min().alias("first_occurred_at"))
                .rename({"prompt_hash": "text_hash"}).sort("text_hash"))
     sig = minhash.signatures(prompts["prompt"], cfg.minhash)
-    assign, rows, stats = dedup.resolve_prompt_clusters(prompts, sig, read_index(settings, "prompt", day), day=day,
+    assign, rows, stats = dedup.resolve_prompt_clusters(prompts, sig, read_index(settings, "prompt", day, cfg), day=day,
                                                          params=cfg.minhash, eval_fraction=cfg.eval_fraction)
     out = silver.drop("cluster_id", "split", "split_conflict").join(assign.rename({"text_hash": "prompt_hash"}), on="prompt_hash", how="left")
     return out, rows, stats
@@ -116,15 +119,15 @@ def curate_gold(settings: Settings, day: date, kind: GoldKind, *, cfg: CurationC
     texts = doc_text(rows, kind)
     docs = rows.select(pl.col(id_col).alias("doc_id"), "first_occurred_at").with_columns(text_hashes(texts))
     sig = minhash.signatures(texts, cfg.minhash)
-    res = dedup.resolve_duplicates(kind, docs, sig, read_index(settings, kind, day), day=day, params=cfg.minhash, survivor=cfg.survivor)
+    res = dedup.resolve_duplicates(kind, docs, sig, read_index(settings, kind, day, cfg), day=day, params=cfg.minhash, survivor=cfg.survivor)
     rep.drops.update(res.drops["reason"].to_list())
     rep.stats = res.stats
     gold = rows.join(res.keep.rename({"doc_id": id_col}), on=id_col, how="semi")
     write_index(settings, kind, day, res.index_rows, cfg)
     result = lake.replace_partition(uri, lake.as_arrow(gold, schema), predicate=_day_pred(day), filters=[("event_date", "=", day)],
-                                    partition_by=["event_date"], key=id_col, retries=cfg.commit_retries)
+                                    partition_by=["event_date"], key=id_col, retries=cfg.commit_retries, lineage=True)
     if res.retract:  # a backfilled older day won: its later near-duplicates leave their partitions
-        rep.retracted = lake.delete_ids(uri, id_col, res.retract, retries=cfg.commit_retries)
+        rep.retracted = lake.delete_ids(uri, id_col, res.retract, retries=cfg.commit_retries, lineage=True)
         lake.delete_ids(table_uri(settings, "silver/minhash_index"), "doc_id", res.retract, retries=cfg.commit_retries, extra=f"kind = '{kind}'")
         result = lake.WriteResult(lake.version(uri) or result.version, False, result.partition_hash, result.retries)
     return _finish(rep, gold.height, result, t0)

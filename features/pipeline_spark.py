@@ -15,12 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
 from features import dedup, minhash
+from features import lineage as L
 from features.config import CurationConfig
 from features.labels import doc_text, pair_rows, pointwise_events
 from features.manifest import combine, row_hashes
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 ArrowFn = Callable[[pa.Table], pa.Table]
 CONF = {"spark.databricks.delta.snapshotPartitions": "2", "spark.sql.shuffle.partitions": "4", "spark.ui.showConsoleProgress": "false"}
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 def session(settings: Settings) -> "SparkSession":
@@ -100,9 +102,12 @@ def _to_polars(df: "DataFrame") -> pl.DataFrame:
     return out
 
 
+def _row_hashes(df: "DataFrame", schema: pa.Schema) -> list[str]:
+    return [r[0] for r in arrow_map(df, lambda t: pa.table({"h": pa.array(row_hashes(t), pa.string())}), schema).collect()]
+
+
 def _hash(df: "DataFrame", schema: pa.Schema) -> str:
-    hashes = arrow_map(df, lambda t: pa.table({"h": pa.array(row_hashes(t), pa.string())}), schema)
-    return combine(schema.names, [r[0] for r in hashes.collect()])
+    return combine(schema.names, _row_hashes(df, schema))
 
 
 def _is_conflict(text: str) -> bool:
@@ -123,30 +128,56 @@ def _retry(op: Callable[[], None], *, retries: int, what: str) -> int:
     return retries
 
 
+def _writer(df: "DataFrame", partition_by: list[str], meta: dict[str, str], *, keep_history: bool = False) -> Any:
+    w = df.write.format("delta").partitionBy(*partition_by).option("userMetadata", L.user_metadata(meta))
+    for k, v in (L.KEEP_HISTORY.items() if keep_history else ()):
+        w = w.option(k, v)  # delta.* writer options become table properties when the write creates the table
+    return w
+
+
+def _latest(spark: "SparkSession", uri: str) -> int:
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"])
+
+
+def _hash_meta(spark: "SparkSession", uri: str, schema: pa.Schema, keep: Any, new_rows: list[str]) -> dict[str, str]:
+    """``features.lineage`` metadata: the table's content hash once the rows ``keep`` selects (on the latest snapshot)
+    are joined by ``new_rows`` (row hashes); valid only if the commit lands right on that snapshot."""
+    base = _latest(spark, uri)
+    rest = spark.read.format("delta").option("versionAsOf", base).load(uri).where(keep)
+    return L.hash_metadata(combine(schema.names, _row_hashes(rest, schema) + new_rows), base_version=base)
+
+
 def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: pa.Schema, *, where: str,
-                      partition_by: list[str], retries: int) -> tuple[int, bool, str, int]:
-    """(version, skipped, partition hash, retries): replace rows matching ``where`` unless already identical."""
+                      partition_by: list[str], retries: int, lineage: bool = False) -> tuple[int, bool, str, int]:
+    """(version, skipped, partition hash, retries): replace rows matching ``where`` unless already identical.
+    ``lineage``: see ``features.lake.replace_partition``."""
     from delta.tables import DeltaTable
 
     df = df.select(*schema.names)
-    new_hash = _hash(df, schema)
+    rows = _row_hashes(df, schema)
+    new_hash = combine(schema.names, rows)
     if _exists(spark, uri):
         current = spark.read.format("delta").load(uri).where(where)
         if _hash(current, schema) == new_hash:
             return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], True, new_hash, 0
 
     def op() -> None:
-        w = df.write.format("delta").partitionBy(*partition_by).option("userMetadata", f"lakeloop.partition_hash={new_hash}")
+        meta = {"lakeloop.partition_hash": new_hash}
         if not _exists(spark, uri):
             # "errorifexists", not "append": see features.lake.replace_partition (a table created by another
             # writer since the check is replaced into, never appended to)
             try:
-                w.mode("errorifexists").save(uri)
+                created = {**meta, **(L.hash_metadata(new_hash, base_version=-1) if lineage else {})}
+                _writer(df, partition_by, created, keep_history=lineage).mode("errorifexists").save(uri)
                 return
             except Exception as exc:  # AnalysisException through py4j
                 if "DELTA_PATH_EXISTS" not in str(exc)[:500]:
                     raise
-        w.mode("overwrite").option("replaceWhere", where).save(uri)
+        if lineage:
+            meta.update(_hash_meta(spark, uri, schema, f"NOT coalesce({where}, false)", rows))
+        _writer(df, partition_by, meta).mode("overwrite").option("replaceWhere", where).save(uri)
 
     n = _retry(op, retries=retries, what=f"replace {where} in {uri}")
     return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], False, new_hash, n
@@ -160,13 +191,20 @@ def _from_polars(spark: "SparkSession", df: pl.DataFrame, schema: pa.Schema) -> 
     return spark.createDataFrame(df.select(schema.names).to_arrow().cast(_plain(schema)))
 
 
-def _index(spark: "SparkSession", settings: Settings, kind: str, day: date) -> pl.DataFrame:
+def _index(spark: "SparkSession", settings: Settings, kind: str, day: date, cfg: CurationConfig) -> pl.DataFrame:
     df = _read(spark, table_uri(settings, "silver/minhash_index"))
     if df is None:
         empty = pl.from_arrow(MINHASH_INDEX.empty_table())
         assert isinstance(empty, pl.DataFrame)
         return empty
-    return _to_polars(df.where(f"kind = '{kind}' AND event_date != '{day.isoformat()}'"))
+
+    def sources(table: str, col: str, ids: list[str], cols: list[str]) -> pl.DataFrame | None:
+        src = _read(spark, table_uri(settings, table))
+        return None if src is None else _to_polars(src.where(src[col].isin(ids)).select(*cols))
+
+    rows = dedup.refresh_index(kind, _to_polars(df.where(f"kind = '{kind}'")), cfg.minhash, read_sources=sources,
+                               write=lambda d, part: _write_index(spark, settings, kind, d, part, cfg))
+    return rows.filter(pl.col("event_date") != day)
 
 
 def _write_index(spark: "SparkSession", settings: Settings, kind: str, day: date, rows: pl.DataFrame, cfg: CurationConfig) -> None:
@@ -198,7 +236,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     prompts = _to_polars(silver.groupBy("prompt_hash").agg(F.first("prompt").alias("prompt"), F.min("occurred_at").alias("first_occurred_at"))
                          ).rename({"prompt_hash": "text_hash"}).sort("text_hash")
     sig = minhash.signatures(prompts["prompt"], cfg.minhash)
-    assign, index_rows, rep.stats = dedup.resolve_prompt_clusters(prompts, sig, _index(spark, settings, "prompt", day), day=day,
+    assign, index_rows, rep.stats = dedup.resolve_prompt_clusters(prompts, sig, _index(spark, settings, "prompt", day, cfg), day=day,
                                                                   params=cfg.minhash, eval_fraction=cfg.eval_fraction)
     assign_schema = pa.schema([("prompt_hash", pa.string()), ("cluster_id", pa.string()), ("split", pa.string()), ("split_conflict", pa.bool_())])
     assign_df = _from_polars(spark, assign.rename({"text_hash": "prompt_hash"}), assign_schema)
@@ -276,7 +314,7 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
 
     docs = _to_polars(arrow_map(rows, _polars_fn(doc_features), row_schema))
     sig = minhash.sig_from_bytes(docs["signature"].to_list(), cfg.minhash.num_perm)
-    res = dedup.resolve_duplicates(kind, docs.drop("signature"), sig, _index(spark, settings, kind, day), day=day,
+    res = dedup.resolve_duplicates(kind, docs.drop("signature"), sig, _index(spark, settings, kind, day, cfg), day=day,
                                    params=cfg.minhash, survivor=cfg.survivor)
     rep.drops.update(res.drops["reason"].to_list())
     rep.stats = res.stats
@@ -284,9 +322,14 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
     gold = rows.join(F.broadcast(keep), on=id_col, how="left_semi").select(*schema.names)
     _write_index(spark, settings, kind, day, res.index_rows, cfg)
     result = replace_partition(spark, uri, gold, schema, where=f"event_date = '{day.isoformat()}'", partition_by=["event_date"],
-                               retries=cfg.commit_retries)
+                               retries=cfg.commit_retries, lineage=True)
     if res.retract:
-        DeltaTable.forPath(spark, uri).delete(F.col(id_col).isin(res.retract))
+        gone = F.coalesce(F.col(id_col).isin(res.retract), F.lit(False))
+        spark.conf.set(USER_METADATA, L.user_metadata(_hash_meta(spark, uri, schema, ~gone, [])))  # the delete's commit info
+        try:
+            DeltaTable.forPath(spark, uri).delete(gone)
+        finally:
+            spark.conf.unset(USER_METADATA)
         DeltaTable.forPath(spark, table_uri(settings, "silver/minhash_index")).delete((F.col("kind") == kind) & F.col("doc_id").isin(res.retract))
         rep.retracted = len(res.retract)
         result = (DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], False, result[2], result[3])

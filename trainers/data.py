@@ -66,12 +66,14 @@ def read_gold(uri: str, name: str, *, version: int) -> GoldSnapshot:
 
 
 def _curation_hash(dt: Any, version: int) -> str | None:
-    """The content hash curation wrote into the commit of this version, if it did."""
+    """The table's content hash that curation recorded in the commit of this version (``features.lineage``: both
+    engines write it, and it counts only on the commit it was computed for), if it did."""
+    from features.lineage import recorded_hash
+
     for entry in dt.history():
         if entry.get("version") == version:
-            for key in ("content_hash", "lakeloop.content_hash", "manifest_hash"):
-                if entry.get(key):
-                    return str(entry[key])
+            # "content_hash": the key tests/training_fixtures.py writes gold tables with (not curation)
+            return recorded_hash(entry, version) or (str(entry["content_hash"]) if entry.get("content_hash") else None)
     return None
 
 

@@ -122,11 +122,13 @@ def _plain(msg: str) -> None:
 
 @lake_app.command("optimize")
 def lake_optimize(
-    table: Annotated[list[str] | None, typer.Option("--table", help="Table name(s); default: the bronze tables.")] = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="Table name(s); default: the bronze tables. Gold tables "
+                                                    "keep every version a registered, non-archived model pins (read from MLflow).")] = None,
     retention_hours: Annotated[int, typer.Option(help="Vacuum files removed at least this long ago (>= 168).")] = 168,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what vacuum would delete; no compaction.")] = False,
 ) -> None:
-    """Compact small files, checkpoint, and vacuum with a safe retention (bronze tables by default)."""
+    """Compact small files, checkpoint, and vacuum with a safe retention (bronze tables by default); for gold tables,
+    say which pinned versions it kept readable."""
     from feedback.maintenance import BRONZE_TABLES, optimize_tables
 
     optimize_tables(settings(), table or BRONZE_TABLES, retention_hours=retention_hours, dry_run=dry_run, say=say)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import dagster as dg
@@ -44,9 +43,6 @@ class CurationResource(dg.ConfigurableResource):
     def key(self, settings: Settings) -> bytes:
         if self.pseudonym_key:
             return self.pseudonym_key.encode("utf-8")
-        path = dev_key_file(settings)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode("utf-8")
+        from features.pseudonymize import load_or_create_key
+
+        return load_or_create_key(dev_key_file(settings))

@@ -1,0 +1,80 @@
+"""Which gold table versions the registered, non-archived model versions pin: what maintenance must keep readable.
+
+A model version pins a table version through its tags, copied from its training run when it is registered
+(``trainers.candidate.register_candidate``): ``lakeloop.train_examples.uri`` / ``.version`` and
+``lakeloop.preference_pairs.uri`` / ``.version``. A version registered without them (by hand, from a run) is
+looked up through its run's tags. Every registered model on the server is read, not only lakeloop's name: any of
+them may have learned from this lake.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from infra.errors import ServiceError
+from infra.settings import Settings
+from trainers.tracking import client, needs_mlflow, server_answers
+
+PIN_TAGS = (("lakeloop.train_examples.uri", "lakeloop.train_examples.version"),
+            ("lakeloop.preference_pairs.uri", "lakeloop.preference_pairs.version"))
+
+
+@dataclass(frozen=True)
+class Pin:
+    uri: str
+    version: int
+    model: str  # "<registered model> v<version>"
+
+
+def same_table(a: str, b: str) -> bool:
+    """Two spellings of one table URI (``file://`` or not, trailing slashes, ``..``)."""
+    def norm(u: str) -> str:
+        u = u.removeprefix("file://").rstrip("/")
+        return os.path.normpath(u) if "://" not in u else u
+    return norm(a) == norm(b)
+
+
+def pins_from_tags(tags: dict[str, str], model: str) -> list[Pin]:
+    out = []
+    for uri_key, version_key in PIN_TAGS:
+        if tags.get(uri_key) and str(tags.get(version_key, "")).isdigit():
+            out.append(Pin(tags[uri_key], int(tags[version_key]), model))
+    return out
+
+
+@needs_mlflow("reading which table versions registered models pin")
+def pinned_versions(settings: Settings) -> list[Pin]:
+    """Every (table URI, version) a registered model version that is not archived pins."""
+    from mlflow.exceptions import MlflowException
+
+    if not server_answers(settings.tracking_uri):
+        raise ServiceError(f"MLflow at {settings.tracking_uri} does not answer: the versions registered models pin are unknown",
+                           hint="start it with `lakeloop up`, then run the maintenance again")
+    c = client(settings)
+    out: list[Pin] = []
+    token = None
+    while True:
+        page = c.search_model_versions(max_results=1000, page_token=token)
+        for mv in page:
+            if (mv.current_stage or "").lower() == "archived":
+                continue
+            tags = dict(mv.tags or {})
+            if not pins_from_tags(tags, "") and mv.run_id:
+                try:
+                    tags = {**dict(c.get_run(mv.run_id).data.tags), **tags}
+                except MlflowException:
+                    pass  # the run was deleted: the version names no table
+            out += pins_from_tags(tags, f"{mv.name} v{mv.version}")
+        token = page.token
+        if not token:
+            return out
+
+
+def pins_of(pins: list[Pin], uri: str) -> dict[int, list[str]]:
+    """Version -> the model versions pinning it, for one table."""
+    out: dict[int, list[str]] = {}
+    for p in pins:
+        if same_table(p.uri, uri):
+            out.setdefault(p.version, []).append(p.model)
+    return dict(sorted(out.items()))
