@@ -12,7 +12,7 @@ first (kafka-delta-ingest's rule).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -20,6 +20,7 @@ from typing import Literal
 import pyarrow as pa
 
 from feedback import bronze
+from feedback.packed import PackedValues
 from feedback.validation import Invalid
 
 FlushReason = Literal["latency", "records", "bytes"]
@@ -60,7 +61,8 @@ class RawBatch:
     parts: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     stamps: list[int | None] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
+    # a list while the loop adds records; packed (feedback.packed) once it has crossed to a worker
+    values: list[bytes | None] | PackedValues = field(default_factory=list)
     last_offset: dict[int, int] = field(default_factory=dict)
     nbytes: int = 0
     opened_at: float | None = None  # monotonic time of the first record
@@ -73,6 +75,8 @@ class RawBatch:
         return len(self.offsets)
 
     def add(self, partition: int, offset: int, timestamp_ms: int | None, value: bytes | None) -> None:
+        if type(self.values) is not list:
+            self.values = list(self.values)
         self.parts.append(partition)
         self.offsets.append(offset)
         self.stamps.append(timestamp_ms)
@@ -80,16 +84,18 @@ class RawBatch:
         self.last_offset[partition] = offset
         self.nbytes += len(value) if value else 0
 
-    def extend(self, partition: int, offsets: list[int], stamps: list[int | None], values: list[bytes | None]) -> None:
-        """A run of records of one partition, offsets ascending."""
+    def extend(self, partition: int, offsets: Sequence[int], stamps: list[int | None], values: list[bytes | None]) -> None:
+        """A run of records of one partition, offsets ascending (a list, or a ``range`` for a run without gaps)."""
         if not offsets:
             return
+        if type(self.values) is not list:
+            self.values = list(self.values)
         self.parts.extend([partition] * len(offsets))
         self.offsets.extend(offsets)
         self.stamps.extend(stamps)
         self.values.extend(values)
         self.last_offset[partition] = offsets[-1]
-        self.nbytes += sum(len(v) for v in values if v)
+        self.nbytes += sum(map(len, filter(None, values)))
 
     def without(self, taken: list[int]) -> RawBatch:
         """The records not at the (ascending) positions ``taken``; covers the same offsets (``last_offset``)."""
@@ -114,24 +120,23 @@ class RawBatch:
                 [self.stamps[i] for i in positions])
 
     def __getstate__(self) -> dict:
-        """Pickled for the worker process as one blob plus lengths: one copy instead of an object per record."""
+        """Pickled for the worker process as one blob plus lengths, and the Kafka coordinates as int64
+        arrays: a few copies of bytes instead of an object per record."""
         state = dict(self.__dict__)
-        values = state.pop("values")
-        state["lengths"] = array("q", [-1 if v is None else len(v) for v in values]).tobytes()
-        state["blob"] = b"".join(v for v in values if v)
+        state["blob"], state["lengths"] = PackedValues.encode(state.pop("values"))
+        for name in ("parts", "offsets", "stamps"):
+            try:
+                state[name] = array("q", state[name])
+            except TypeError:  # a record without a timestamp (None): as a list
+                pass
         return state
 
     def __setstate__(self, state: dict) -> None:
-        lengths, blob = array("q"), state.pop("blob")
-        lengths.frombytes(state.pop("lengths"))
-        values: list[bytes | None] = []
-        pos = 0
-        for n in lengths:
-            if n < 0:
-                values.append(None)
-            else:
-                values.append(blob[pos:pos + n])
-                pos += n
+        """The values stay packed (``PackedValues``): a record's bytes are made only when asked for."""
+        values = PackedValues.from_lengths(state.pop("blob"), state.pop("lengths"))
+        for name in ("parts", "offsets", "stamps"):
+            if isinstance(state[name], array):
+                state[name] = state[name].tolist()
         self.__dict__.update(state, values=values)
 
     def validated(self, to_row: RowOrInvalid) -> Batch:

@@ -236,4 +236,6 @@ def _unstored_rows(data: pa.Table, stored: Mapping[int, int | None], todo: Mappi
         if floor is not None:
             cond = pc.and_(cond, pc.greater(offsets, floor))
         mask = cond if mask is None else pc.or_(mask, cond)
+    if mask is not None and pc.all(mask).as_py():  # the common case: every row is new (no copy of the table)
+        return data
     return data.filter(mask)

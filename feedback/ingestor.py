@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 
 from feedback.batch import FlushPolicy, RawBatch, flush_reason
 from feedback.flush import Flusher, FlushMode, sinks_for
@@ -32,6 +33,7 @@ from infra.errors import ServiceError
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+_TIMESTAMP, _VALUE = attrgetter("timestamp"), attrgetter("value")
 DEFAULT_GROUP = "lakeloop-ingest"
 BROKER_WAIT_ONCE_S = 60.0  # a catch-up run (--once, the Dagster assets) gives up on a broker gone this long
 
@@ -219,7 +221,7 @@ class Ingestor:
             self._open_batch()
         first, last = records[0].offset, records[-1].offset
         if (nxt is None or first == nxt) and last - first == len(records) - 1:
-            batch.extend(partition, [r.offset for r in records], [r.timestamp for r in records], [r.value for r in records])
+            batch.extend(partition, range(first, last + 1), list(map(_TIMESTAMP, records)), list(map(_VALUE, records)))
             self._next[partition] = last + 1
             return
         for r in records:
