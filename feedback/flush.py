@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feedback import bronze
+from feedback.allocator import keep_big_buffers
 from feedback.batch import RawBatch
 from feedback.bronze import DEAD_LETTERS_SCHEMA
 from feedback.delta_sink import DeltaSink
@@ -245,6 +246,7 @@ def _worker_init(settings: Settings, stream_name: Any, topic: str, parent_pid: i
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _yield_to_the_consumer()
+    keep_big_buffers()  # a batch's Arrow and Parquet buffers reused from the heap (feedback.allocator)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="lakeloop-parent-watch", daemon=True).start()
     stream = get_stream(settings, stream_name, topic=topic)
     _WORKER["stream"] = stream

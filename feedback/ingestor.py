@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from operator import attrgetter
 
+from feedback.allocator import keep_big_buffers
 from feedback.batch import FlushPolicy, RawBatch, flush_reason
 from feedback.flush import Flusher, FlushMode, sinks_for
 from feedback.kafka_io import describe_topic, make_consumer, offset_bounds
@@ -78,6 +79,7 @@ class Ingestor:
             max_seconds: float | None = None) -> IngestStats:
         """Consume until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), or until caught up if ``once``."""
         stop = stop or threading.Event()
+        keep_big_buffers()  # kafka-python's fetch buffers reused from the heap, not mmapped anew (feedback.allocator)
         with _fewer_collections():
             return self._run(once=once, stop=stop, handle_signals=handle_signals, max_seconds=max_seconds)
 
