@@ -69,6 +69,21 @@ def test_read_gold_time_travels_and_digests_ignore_order(tmp_path: Path, qa_feed
         D.read_gold(f"{lake}/gold/none", D.EXAMPLES, version=0)
 
 
+def test_read_gold_says_when_a_version_s_log_was_cleaned_up(tmp_path: Path) -> None:
+    """Not "the table does not exist": the table is there, the pinned version's log entries are not."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    uri = str(tmp_path / "gold" / "training_examples")
+    for i in range(3):
+        write_deltalake(uri, pa.table({"example_id": [str(i)]}), mode="append")
+    DeltaTable(uri).create_checkpoint()
+    (tmp_path / "gold" / "training_examples" / "_delta_log" / "00000000000000000000.json").unlink()
+    with pytest.raises(DataError, match="version 0 of .* can no longer be read .*at version 2") as err:
+        D.read_gold(uri, D.EXAMPLES, version=0)
+    assert "lake optimize" in (err.value.hint or "")
+
+
 @pytest.mark.parametrize(("buckets", "min_efficiency"), [(1, 0.86), (4, 0.93)])  # 1 = the CPU default: pairs' shorter answers pad
 def test_length_grouped_batches_are_deterministic_complete_and_pad_little(qa_feedback_path: Path, buckets: int, min_efficiency: float) -> None:
     ex, pr = gold_frames(qa_feedback_path, questions=120)

@@ -53,7 +53,14 @@ def read_gold(uri: str, name: str, *, version: int) -> GoldSnapshot:
     try:
         dt = DeltaTable(uri, version=version)
     except TableNotFoundError:
-        raise DataError(f"gold table {uri} does not exist", hint="materialize the curation group first") from None
+        try:
+            latest = DeltaTable(uri).version()
+        except TableNotFoundError:
+            raise DataError(f"gold table {uri} does not exist", hint="materialize the curation group first") from None
+        raise DataError(f"version {version} of {uri} can no longer be read (the table is at version {latest}; the log "
+                        f"entries up to version {version} were cleaned up)",
+                        hint="a version a registered model pins is kept by `lakeloop lake optimize` (docs/design/training.md, "
+                             "lineage that cannot rot); this one was removed outside it or before that protection") from None
     except DeltaError as exc:
         raise DataError(f"cannot read {uri} at version {version}: {exc}", hint="pin a version that exists and was not vacuumed") from None
     frame = dt.to_pyarrow_table().to_pandas()
