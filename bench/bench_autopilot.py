@@ -17,14 +17,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from infra.ports import free_port
+
 TARGETS = {"time_to_first_model_s": 600.0, "time_to_drift_alert_s": None, "time_to_canary_after_alert_s": None,
            "time_to_judge_bad_data_s": None}
-
-
-def _port() -> int:
-    from infra.ports import free_port
-
-    return free_port()
 
 
 def main() -> None:
@@ -37,8 +33,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "qa_feedback" / "dev_feedback.json")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-autopilot-"))
-    settings = load_settings(home=home, kafka_port=_port(), kafka_controller_port=_port(), mlflow_port=_port(),
-                             dagster_port=_port(), serve_port=_port(), collector_port=_port())
+    settings = load_settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(), mlflow_port=free_port(),
+                             dagster_port=free_port(), serve_port=free_port(), collector_port=free_port())
     cfg = AutopilotDemoConfig(base=DemoConfig(data_path=args.data))
     try:
         summary = run_autopilot_demo(settings, cfg, say=print)

@@ -32,7 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.bench_ingest import _free_port, past_events, start_platform
+from bench.bench_ingest import past_events, start_platform
+from infra.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "collector.json"
 
@@ -168,7 +169,7 @@ def pct(values: list[float], q: float) -> float:
 def start_collector(settings, topic: str, log: Path) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def]
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **settings.env(), "LAKELOOP_FEEDBACK_TOPIC": topic, "LAKELOOP_COLLECTOR_PORT": str(port)}
     lakeloop = str(Path(sys.executable).parent / "lakeloop")
     with open(log, "ab") as out:

@@ -29,14 +29,10 @@ import threading
 import time
 from pathlib import Path
 
+from infra.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 QA = Path(os.environ.get("LAKELOOP_SHARED_DATA", REPO.parent / "shared" / "data" / "qa_feedback")) / "dev_feedback.json"
-
-
-def _free_port() -> int:
-    from infra.ports import free_port
-
-    return free_port()
 
 
 def start_platform(home: Path):
@@ -44,8 +40,8 @@ def start_platform(home: Path):
     from infra.settings import load_settings
 
     settings = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")),
-                             kafka_port=_free_port(), kafka_controller_port=_free_port(), mlflow_port=_free_port(),
-                             dagster_port=_free_port(), serve_port=_free_port())
+                             kafka_port=free_port(), kafka_controller_port=free_port(), mlflow_port=free_port(),
+                             dagster_port=free_port(), serve_port=free_port())
     jars.fetch_jars(settings)
     services.up(settings, log=lambda m: print(f"[platform] {m}"), only=["kafka"])
     return settings
@@ -219,8 +215,8 @@ def freshness_service(*, rate: int = 100, seconds: float = 30.0, flush_seconds: 
     home = Path(tempfile.mkdtemp(prefix="lakeloop-bench-fresh-"))
     extra = {} if flush_seconds is None else {"ingest_flush_seconds": flush_seconds}
     s = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")),
-                      kafka_port=_free_port(), kafka_controller_port=_free_port(), mlflow_port=_free_port(),
-                      dagster_port=_free_port(), serve_port=_free_port(), autopilot=True, **extra)
+                      kafka_port=free_port(), kafka_controller_port=free_port(), mlflow_port=free_port(),
+                      dagster_port=free_port(), serve_port=free_port(), autopilot=True, **extra)
     jars.fetch_jars(s)
     try:
         services.up(s, log=lambda m: print(f"[platform] {m}"), only=["kafka", "ingest-feedback"])
