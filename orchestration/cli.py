@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Domains whose commands exist; a module is skipped only if it is not written yet.
-COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "monitoring", "autopilot", "demo")
+COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "lineage", "monitoring", "autopilot", "demo")
 
 
 @app.callback()

@@ -4,7 +4,8 @@ A model version pins a table version through its tags, copied from its training 
 (``trainers.candidate.register_candidate``): ``lakeloop.train_examples.uri`` / ``.version`` and
 ``lakeloop.preference_pairs.uri`` / ``.version``. A version registered without them (by hand, from a run) is
 looked up through its run's tags. Every registered model on the server is read, not only lakeloop's name: any of
-them may have learned from this lake.
+them may have learned from this lake. ``registered_versions`` (archived versions too) also answers
+`lakeloop lineage table` (``trainers.lineage_report``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from infra.errors import ServiceError
 from infra.settings import Settings
 from trainers.tracking import client, needs_mlflow, server_answers
 
-PIN_TAGS = (("lakeloop.train_examples.uri", "lakeloop.train_examples.version"),
-            ("lakeloop.preference_pairs.uri", "lakeloop.preference_pairs.version"))
+# lake table -> the prefix of its lineage tags (``<prefix>.uri``, ``.version``, ``.rows_digest``, ``.curation_hash``)
+PIN_TABLES = {"gold/training_examples": "lakeloop.train_examples", "gold/preference_pairs": "lakeloop.preference_pairs"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,22 @@ class Pin:
     uri: str
     version: int
     model: str  # "<registered model> v<version>"
+    table: str = ""  # the lake table name (gold/training_examples), from the tag prefix
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One registered model version, archived or not, with the table versions its lineage tags pin."""
+
+    name: str
+    version: str
+    run_id: str | None
+    stage: str  # MLflow's stage ("None", "Staging", "Production", "Archived")
+    pins: tuple[Pin, ...]
+
+    @property
+    def archived(self) -> bool:
+        return self.stage.lower() == "archived"
 
 
 def same_table(a: str, b: str) -> bool:
@@ -37,35 +54,41 @@ def same_table(a: str, b: str) -> bool:
 
 def pins_from_tags(tags: dict[str, str], model: str) -> list[Pin]:
     out = []
-    for uri_key, version_key in PIN_TAGS:
+    for table, prefix in PIN_TABLES.items():
+        uri_key, version_key = f"{prefix}.uri", f"{prefix}.version"
         if tags.get(uri_key) and str(tags.get(version_key, "")).isdigit():
-            out.append(Pin(tags[uri_key], int(tags[version_key]), model))
+            out.append(Pin(tags[uri_key], int(tags[version_key]), model, table))
     return out
 
 
-@needs_mlflow("reading which table versions registered models pin")
 def pinned_versions(settings: Settings) -> list[Pin]:
     """Every (table URI, version) a registered model version that is not archived pins."""
-    from mlflow.exceptions import MlflowException
-
     if not server_answers(settings.tracking_uri):
         raise ServiceError(f"MLflow at {settings.tracking_uri} does not answer: the versions registered models pin are unknown",
                            hint="start it with `lakeloop up`, then run the maintenance again")
+    return [p for mv in registered_versions(settings) if not mv.archived for p in mv.pins]
+
+
+@needs_mlflow("reading which table versions registered models pin")
+def registered_versions(settings: Settings) -> list[RegisteredVersion]:
+    """Every version of every registered model on the server, archived ones too, with its pins: the version's
+    lineage tags, else its run's (a version registered by hand from a run)."""
+    from mlflow.exceptions import MlflowException
+
     c = client(settings)
-    out: list[Pin] = []
+    out: list[RegisteredVersion] = []
     token = None
     while True:
         page = c.search_model_versions(max_results=1000, page_token=token)
         for mv in page:
-            if (mv.current_stage or "").lower() == "archived":
-                continue
             tags = dict(mv.tags or {})
             if not pins_from_tags(tags, "") and mv.run_id:
                 try:
                     tags = {**dict(c.get_run(mv.run_id).data.tags), **tags}
                 except MlflowException:
                     pass  # the run was deleted: the version names no table
-            out += pins_from_tags(tags, f"{mv.name} v{mv.version}")
+            pins = tuple(pins_from_tags(tags, f"{mv.name} v{mv.version}"))
+            out.append(RegisteredVersion(mv.name, str(mv.version), mv.run_id or None, str(mv.current_stage or "None"), pins))
         token = page.token
         if not token:
             return out
