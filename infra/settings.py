@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     registered_model_name: str = "lakeloop-reward"
 
     dagster_port: int = Field(3000, ge=1, le=65535)
+    # links people open (alerts, Dagster metadata, CLI output): infra/links.py builds them from these
+    mlflow_public_url: str | None = Field(None, description="Base URL browsers open the MLflow UI at (a DNS name, a "
+                                          "reverse proxy); default the tracking URI, a wildcard bind address replaced "
+                                          "by this machine's host name.")
+    dagster_public_url: str | None = Field(None, description="Base URL browsers open the Dagster UI at; default "
+                                           "http://<bind_host>:<dagster_port>, a wildcard bind address replaced by this "
+                                           "machine's host name.")
     serve_port: int = Field(8000, ge=1, le=65535)
     # monitoring and rollout (issue 6)
     alert_webhooks: str = Field("", description="Comma-separated alert webhooks `json+URL`, `slack+URL`, `teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl.")
@@ -133,6 +140,13 @@ class Settings(BaseSettings):
     def _on_off(cls, v: Any) -> Any:
         if isinstance(v, str) and v.strip().lower() in ("on", "off"):
             return v.strip().lower() == "on"
+        return v
+
+    @field_validator("mlflow_public_url", "dagster_public_url", mode="after")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
         return v
 
     @field_validator("home", mode="after")

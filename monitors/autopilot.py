@@ -95,7 +95,8 @@ def rollout_facts(settings: Settings, *, seconds_since_analysis: float | None = 
 def start_next(settings: Settings, *, policy: RolloutPolicy, actor: str, notifier: Notifier) -> tuple[Next, Delivery | None]:
     """Carry out a ``start_canary``, ``first_champion`` or ``retire`` step if the registry still calls for one (re-read
     now); alert on it. Returns what was done (``wait``: nothing, and why)."""
-    from monitors import model_store, rollout
+    from infra.links import mlflow_model_version
+    from monitors import rollout
     from monitors.alerts import Alert
 
     nxt = next_rollout_action(rollout_facts(settings))
@@ -106,9 +107,9 @@ def start_next(settings: Settings, *, policy: RolloutPolicy, actor: str, notifie
     if nxt.action == "retire":
         rollout.retire_challenger(settings, version, actor=actor, reason=nxt.reason)
         return nxt, notifier.notify(Alert("challenger_retired", nxt.reason, "info", {"version": version, "champion": status.champion or "-"},
-                                          {"model": model_store.model_url(settings, version)}, dedup_key=f"challenger_retired:{version}"))
+                                          {"model": mlflow_model_version(settings, version)}, dedup_key=f"challenger_retired:{version}"))
     after = rollout.start_canary(settings, version=version, policy=policy, actor=actor, reason=nxt.reason)
-    links = {"model": model_store.model_url(settings, version)}
+    links = {"model": mlflow_model_version(settings, version)}
     if nxt.action == "first_champion":
         alert = Alert("promote", f"v{version} is the first champion: {nxt.reason}", "info", {"version": version}, links,
                       dedup_key=f"promote:{version}")

@@ -106,6 +106,7 @@ class CanaryComparison:
     brier_diff_low: float | None = None  # confidence sequence for canary - champion Brier score
     brier_diff_high: float | None = None
     brier_margin: float | None = None
+    looks: tuple[Counts, ...] = ()  # the cumulative agreement counts at each look the tests read (the pictures show them)
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the ledger, MLflow tags and Dagster metadata (missing values left out)."""
@@ -245,6 +246,24 @@ def score_looks(
     return looks
 
 
+def served_shares(
+    predictions: pd.DataFrame, *, champion_version: str, canary_version: str, look_times: Sequence[datetime],
+) -> list[float | None]:
+    """The canary's share of the two arms' predictions served in each window between looks (the first window: all
+    before the first look); None for a window in which neither served. What the traffic steps did, as measured."""
+    served = pd.to_datetime(predictions["served_at"], utc=True, format="ISO8601")
+    version = predictions["model_version"].astype(str)
+    out: list[float | None] = []
+    previous = None
+    for t in look_times:
+        ts = pd.Timestamp(t)
+        inside = (served < ts) if previous is None else ((served >= previous) & (served < ts))
+        canary, champion = int((inside & (version == str(canary_version))).sum()), int((inside & (version == str(champion_version))).sum())
+        out.append(canary / (canary + champion) if canary + champion else None)
+        previous = ts
+    return out
+
+
 def compare_arms(
     champion: ArmStats,
     canary: ArmStats,
@@ -289,6 +308,7 @@ def compare_arms(
         brier_diff_low=-brier.diff_high if brier and brier.n_valid_looks else None,
         brier_diff_high=-brier.diff_low if brier and brier.n_valid_looks else None,
         brier_margin=config.brier_margin if brier else None,
+        looks=tuple(looks),
     )
 
 

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 import httpx
 import pandas as pd
 
-from infra.errors import ConfigError
+from infra import links as ui_links
+from infra.errors import ConfigError, ServiceError
 from infra.settings import Settings
-from monitors import model_store, rollout
+from monitors import rollout
 from monitors.alerts import Alert, Delivery, Notifier
 from monitors.canary import CanaryComparison, analyze_window
 from monitors.decision import (
@@ -61,6 +62,7 @@ class CanaryResult:
     after: rollout.RolloutStatus
     delivery: Delivery | None
     invalid_records: Mapping[str, int] = field(default_factory=dict)  # topic -> records skipped (Kafka windows)
+    chart_url: str | None = None  # http URL of this analysis's picture in the canary's training run (None: not logged)
 
 
 def analyze_and_act(
@@ -89,8 +91,8 @@ def analyze_and_act(
     after, delivery = before, None
     if apply and not isinstance(decision, Hold):
         after = rollout.apply_decision(settings, decision, canary_version=before.canary, actor=actor, metrics=comparison.metrics())
-        url = model_store.model_url(settings, before.canary)
-        all_links = {"canary_model": url, "champion_model": model_store.model_url(settings, before.champion), **(links or {})}
+        all_links = {"canary_model": ui_links.mlflow_model_version(settings, before.canary),
+                     "champion_model": ui_links.mlflow_model_version(settings, before.champion), **(links or {})}
         details = {k: round(v, 4) for k, v in comparison.metrics().items()}
         if isinstance(decision, Rollback):
             alert = Alert("rollback", f"canary v{before.canary} rolled back: {decision.reason}", "critical", details, all_links,
@@ -169,4 +171,50 @@ def run_canary_window(
         settings, window.predictions, window.feedback, policy=policy or policy_from_settings(settings), notifier=notifier,
         actor=actor, counters=service_counters(settings), apply=apply, links=links, look_times=look_times,
     )
-    return replace(result, invalid_records=dict(window.invalid))
+    result = replace(result, invalid_records=dict(window.invalid))
+    if result.comparison is None:
+        return result
+    try:  # after acting: a picture that cannot be logged must not hold a rollback back
+        url = log_canary_chart(settings, result, window.predictions, look_times=look_times or [until], until=until, applied=apply,
+                               policy=policy or policy_from_settings(settings))
+    except ServiceError as exc:
+        log.warning("canary analysis at %s: the picture was not logged (%s)", until, exc.message)
+        url = None
+    return replace(result, chart_url=url)
+
+
+def decision_label(decision: Decision) -> str:
+    """What a decision did, in a few words, for the picture."""
+    if isinstance(decision, Promote):
+        return "Promote to champion" if decision.final else f"Promote to {decision.to_share or 0:.0%}"
+    return type(decision).__name__
+
+
+def log_canary_chart(settings: Settings, result: CanaryResult, predictions: pd.DataFrame, *, look_times: Sequence[datetime],
+                     until: datetime, applied: bool, policy: RolloutPolicy) -> str | None:
+    """The analysis drawn (``monitors.charts.canary_chart``: agreement per arm with its always-valid interval at each
+    look, the difference's confidence sequence, the canary's share of served predictions per window, the canary's
+    start and this decision) and logged to the canary version's training run as ``canary/v<canary>-<until>.png``
+    (the analysis has no MLflow run of its own); -> its http URL. None when that version has no run."""
+    from monitors import model_store
+    from monitors.canary import served_shares
+    from monitors.charts import CanaryEvent, CanaryLook, canary_chart
+    from trainers.tracking import log_run_png
+
+    comparison, canary, champion = result.comparison, result.before.canary, result.before.champion
+    if comparison is None or canary is None or champion is None:
+        return None
+    view = model_store.version_view(settings, canary)
+    if view is None or view.run_id is None:
+        log.info("canary v%s has no MLflow run: its analysis picture is not logged", canary)
+        return None
+    shares: Sequence[float | None] = [None] * len(look_times)
+    if "served_at" in predictions.columns:
+        shares = served_shares(predictions, champion_version=champion, canary_version=canary, look_times=look_times)
+    looks = [CanaryLook(t, c, s) for t, c, s in zip(look_times, comparison.looks, shares, strict=True)]
+    started = canary_started_at(settings, canary)
+    label = decision_label(result.decision) + ("" if applied or isinstance(result.decision, Hold) else " (not applied)")
+    events = [*([CanaryEvent(started, "canary start")] if started is not None else []), CanaryEvent(until, label)]
+    png = canary_chart(looks, events=events, config=policy.comparison_config(), title=f"Canary v{canary} vs champion v{champion}")
+    stamp = pd.Timestamp(until).tz_convert("UTC") if pd.Timestamp(until).tzinfo else pd.Timestamp(until)
+    return log_run_png(settings, view.run_id, png, f"canary/v{canary}-{stamp:%Y%m%dT%H%M%SZ}.png")

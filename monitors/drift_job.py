@@ -1,18 +1,23 @@
 """One drift window end to end: featurize, check (Evidently), store numbers, judge the streak, alert.
 
-Plain functions with plain inputs; the Dagster asset and `lakeloop drift` are thin adapters over these.
+Plain functions with plain inputs; the Dagster asset and `lakeloop drift` are thin adapters over these. The HTML
+report is logged to MLflow and linked there (an http page any browser that reaches the platform opens); when MLflow
+cannot take it, the check still stores its numbers and alerts, and says in words where the report is.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from infra import links as ui_links
+from infra.errors import ServiceError
 from infra.settings import Settings
 from monitors import drift_store
 from monitors.alerts import Alert, Delivery, Notifier
@@ -20,6 +25,10 @@ from monitors.drift import DriftConfig, DriftVerdict, EmbeddingProjector, check_
 from monitors.streak import StreakVerdict, judge_streak
 
 EXPERIMENT = "lakeloop-monitoring"
+REPORT_ARTIFACT_DIR = "drift_report"
+CHART_WINDOWS = 24  # windows the drift picture shows
+CHART_PATH = f"{REPORT_ARTIFACT_DIR}/drift_per_column.png"  # beside the HTML report in the window's MLflow run
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,38 @@ def prepare_reference(raw: pd.DataFrame, *, embed_sample: int = 256, seed: int =
 
 
 @dataclass(frozen=True)
+class MlflowRecord:
+    """Where one window's numbers and report went in MLflow."""
+
+    run_id: str
+    experiment_id: str
+    report_artifact: str | None  # artifact path of the HTML report in the run
+
+    def link_map(self, settings: Settings) -> dict[str, str]:
+        """``mlflow_run``; with a report, ``report`` (the MLflow page that shows it) and ``report_file`` (its bytes)."""
+        out = {"mlflow_run": ui_links.mlflow_run(settings, self.run_id, experiment_id=self.experiment_id)}
+        if self.report_artifact:
+            out["report"] = ui_links.mlflow_artifact(settings, experiment_id=self.experiment_id, run_id=self.run_id,
+                                                  path=self.report_artifact)
+            out["report_file"] = ui_links.mlflow_artifact_file(settings, run_id=self.run_id, path=self.report_artifact)
+        return ui_links.checked(out)
+
+
+@dataclass(frozen=True)
 class DriftWindowResult:
     verdict: DriftVerdict
     streak: StreakVerdict
     delivery: Delivery | None
-    report_path: Path | None
+    report_path: Path | None  # the HTML on the machine that ran the check (not a link: see report_links)
     delta_version: int
     mlflow_run_id: str | None
+    report_links: Mapping[str, str] = field(default_factory=dict)  # mlflow_run, report, report_file (http)
+    report_note: str | None = None  # why there is no report link, in words
+    chart_url: str | None = None  # http URL of the drift picture in the window's MLflow run (None: not logged)
+
+    @property
+    def report_url(self) -> str | None:
+        return self.report_links.get("report")
 
     @property
     def retrain(self) -> bool:
@@ -79,19 +113,35 @@ class DriftWindowResult:
         return self.streak.action == "alert"
 
 
-def log_to_mlflow(settings: Settings, verdict: DriftVerdict, *, window_id: str, report: Path | None) -> tuple[str, str]:
-    """Numbers as metrics, the HTML report as an artifact; returns (run id, run URL)."""
+def log_to_mlflow(settings: Settings, verdict: DriftVerdict, *, window_id: str, report: Path | None) -> MlflowRecord:
+    """Numbers as metrics, the HTML report as an artifact. Raises ServiceError, at once, when MLflow does not answer."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    exp = mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"drift {window_id}") as run:
-        mlflow.set_tags({"lakeloop.kind": "drift", "lakeloop.window": window_id, "lakeloop.drifted": str(verdict.drifted)})
-        mlflow.log_metrics({f"drift_{c.column}": c.score for c in verdict.columns}
-                           | {f"drift_threshold_{c.column}": c.threshold for c in verdict.columns} | dict(verdict.rates))
-        if report is not None:
-            mlflow.log_artifact(str(report), artifact_path="drift_report")
-    return run.info.run_id, f"{settings.tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+    from trainers.tracking import client, reachable, server_answers
+
+    if not server_answers(settings.tracking_uri):
+        raise ServiceError(f"MLflow at {settings.tracking_uri} is not reachable", hint="start it with `lakeloop up`")
+    client(settings)  # tracking URI and bounded HTTP retries
+    with reachable(settings, "logging a drift window"):
+        exp = mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name=f"drift {window_id}") as run:
+            mlflow.set_tags({"lakeloop.kind": "drift", "lakeloop.window": window_id, "lakeloop.drifted": str(verdict.drifted)})
+            mlflow.log_metrics({f"drift_{c.column}": c.score for c in verdict.columns}
+                               | {f"drift_threshold_{c.column}": c.threshold for c in verdict.columns} | dict(verdict.rates))
+            if report is not None:
+                mlflow.log_artifact(str(report), artifact_path=REPORT_ARTIFACT_DIR)
+    artifact = f"{REPORT_ARTIFACT_DIR}/{report.name}" if report is not None else None
+    return MlflowRecord(run.info.run_id, exp.experiment_id, artifact)
+
+
+def _report_note(settings: Settings, report: Path | None, logged: MlflowRecord | None, why: str) -> str | None:
+    if report is None:
+        return "no HTML report for this window"
+    if logged is not None and ui_links.mlflow_base(settings) is not None:
+        return None
+    if logged is not None:
+        why = f"MLflow at {settings.tracking_uri} has no web pages to link (set LAKELOOP_MLFLOW_PUBLIC_URL)"
+    return f"report not linked: {why}; the HTML is at {report} on the machine that ran the check"
 
 
 def run_drift_window(
@@ -117,18 +167,25 @@ def run_drift_window(
     report = settings.artifacts_dir / "drift" / f"{window_id}.html"
     verdict = check_drift(reference.features, current, config=config, report_html=report)
     report = verdict.report_html
-    mlflow_run, mlflow_url = (None, None)
+    logged: MlflowRecord | None = None
+    why = "MLflow logging is off for this check"
     if mlflow_logging:
-        mlflow_run, mlflow_url = log_to_mlflow(settings, verdict, window_id=window_id, report=report)
+        try:
+            logged = log_to_mlflow(settings, verdict, window_id=window_id, report=report)
+        except ServiceError as exc:  # the numbers still go to the lake and the alert still goes out, saying so
+            why = f"not logged to MLflow ({exc.message})"
+            log.warning("drift window %s: %s", window_id, why)
+    report_links = logged.link_map(settings) if logged else {}
+    note = _report_note(settings, report, logged, why)
     rows = drift_store.verdict_rows(
         verdict, window_start=window_start, window_end=window_end, model_version=model_version,
-        report_uri=report.as_uri() if report else None, run_id=run_id or mlflow_run,
+        report_uri=report_links.get("report"), run_id=run_id or (logged.run_id if logged else None),
     )
     version = drift_store.append_verdict(settings, rows)
     streak = judge_streak(drift_store.window_history(settings), required=required or settings.drift_windows_to_alert)
     delivery = None
     if streak.triggered:
-        all_links = {**({"report": report.as_uri()} if report else {}), **({"mlflow_run": mlflow_url} if mlflow_url else {}), **(links or {})}
+        all_links = {**report_links, **(links or {})}
         groups = sorted(g for g, d in verdict.groups.items() if d) or ["earlier windows"]
         delivery = notifier.notify(
             Alert(
@@ -136,9 +193,27 @@ def run_drift_window(
                 severity="warning",
                 summary=f"drift ({', '.join(groups)}) for {streak.length} windows in a row on {settings.registered_model_name}",
                 details={"window": window_id, "verdict": verdict.summary(), "model_version": model_version or "-",
-                         **{k: round(v, 4) for k, v in verdict.rates.items()}},
+                         **{k: round(v, 4) for k, v in verdict.rates.items()}, **({"report": note} if note else {})},
                 links=all_links,
                 dedup_key=f"drift:{settings.registered_model_name}:{model_version}",
             )
         )
-    return DriftWindowResult(verdict, streak, delivery, report, version, mlflow_run)
+    chart_url = None
+    if logged is not None:  # after the alert: a picture that cannot be logged must not hold it back
+        try:
+            chart_url = log_drift_chart(settings, logged.run_id, required=streak.required)
+        except ServiceError as exc:
+            log.warning("drift window %s: the drift picture was not logged (%s)", window_id, exc.message)
+    return DriftWindowResult(verdict, streak, delivery, report, version, logged.run_id if logged else None, report_links, note,
+                             chart_url=chart_url)
+
+
+def log_drift_chart(settings: Settings, run_id: str, *, required: int, windows: int = CHART_WINDOWS) -> str | None:
+    """The last ``windows`` windows of monitoring/drift_metrics (this one included) drawn per column against their
+    thresholds (``monitors.charts.drift_chart``), logged to the window's MLflow run; -> the picture's http URL."""
+    from monitors.charts import drift_chart
+    from trainers.tracking import log_run_png
+
+    png = drift_chart(drift_store.recent_rows(settings, windows=windows + required), required=required, last=windows,
+                      title=f"Drift of {settings.registered_model_name}'s traffic per column")
+    return log_run_png(settings, run_id, png, CHART_PATH)

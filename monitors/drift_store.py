@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pandas as pd
 import pyarrow as pa
 
 from infra.settings import Settings
@@ -82,3 +83,20 @@ def window_history(settings: Settings, *, limit: int = 50) -> list[bool]:
     df = df[df["metric"] == "window_drifted"].sort_values(["window_end", "computed_at"])
     df = df.drop_duplicates("window_id", keep="last").tail(limit)
     return [bool(x) for x in df["drifted"]]
+
+
+def recent_rows(settings: Settings, *, windows: int = 24) -> pd.DataFrame:
+    """The rows of the last ``windows`` windows (by window end; each window's latest computation), oldest first:
+    what ``monitors.charts.drift_chart`` draws. Empty when nothing was checked yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    columns = ["window_id", "window_end", "metric", "group", "method", "value", "threshold", "drifted", "computed_at"]
+    try:
+        df = DeltaTable(table_uri(settings, TABLE)).to_pyarrow_table(columns=columns).to_pandas()
+    except TableNotFoundError:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    df = df[df["computed_at"] == df.groupby("window_id")["computed_at"].transform("max")]
+    ends = df.groupby("window_id")["window_end"].max().sort_values()
+    keep = set(ends.index[-windows:]) if windows > 0 else set()
+    return df[df["window_id"].isin(keep)].sort_values(["window_end", "metric"], kind="stable").reset_index(drop=True)

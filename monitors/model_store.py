@@ -125,10 +125,6 @@ def mark_version(settings: Settings, version: str, state: RolloutState, *, note:
     c.set_model_version_tag(name, str(version), HISTORY_TAG, " | ".join(entries[-8:])[-4900:])
 
 
-def model_url(settings: Settings, version: str) -> str:
-    return f"{settings.tracking_uri}/#/models/{settings.registered_model_name}/versions/{version}"
-
-
 def load_pyfunc(settings: Settings, version: str) -> Any:
     """Load a registered version (our own registry artifacts, never request input) as an MLflow pyfunc."""
     import mlflow

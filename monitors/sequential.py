@@ -199,23 +199,56 @@ def always_valid_p(
     return float(running_p(log_lr)[-1])
 
 
+def _radius(v: float, *, alpha: float, tau: float) -> float:
+    """Half-width of the two-sided normal mixture's (1 - alpha) interval for an estimate of variance ``v``."""
+    t2 = tau * tau
+    return math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
+
+
+def confidence_sequence_path(
+    looks: Sequence[Look], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
+) -> list[tuple[float, float]]:
+    """``confidence_sequence`` as it stood after each look (oldest first): the pictures show it per window."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    low, high = -1.0, 1.0
+    out = []
+    for c in looks:
+        if c.n_a >= max(min_count, 1) and c.n_b >= max(min_count, 1):
+            v = float(_variance(*(np.array(x, float) for x in c.sums()), pooled=False))
+            radius = _radius(v, alpha=alpha, tau=tau)
+            d = c.difference or 0.0
+            low, high = max(low, d - radius), min(high, d + radius)
+        out.append((low, high))
+    return out
+
+
 def confidence_sequence(
     looks: Sequence[Look], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
 ) -> tuple[float, float]:
     """A (1 - alpha) confidence sequence for p_a - p_b after the last look: the running intersection of the
     two-sided mixture's intervals; (-1, 1) until a look has ``min_count`` on both arms."""
+    path = confidence_sequence_path(looks, alpha=alpha, tau=tau, min_count=min_count)
+    return path[-1] if path else (-1.0, 1.0)
+
+
+def proportion_sequence_path(
+    hits: Sequence[int], n: Sequence[int], *, alpha: float, tau: float = DEFAULT_TAU, min_count: int = DEFAULT_MIN_COUNT,
+) -> list[tuple[float, float]]:
+    """A (1 - alpha) confidence sequence for ONE arm's proportion after each look (cumulative ``hits`` of ``n``):
+    the same normal mixture on hits / n with variance p(1-p)/n (smoothed), intersected over the looks and clipped
+    to [0, 1]; (0, 1) until the arm has ``min_count``. For pictures: the tests compare the arms (``sequential_test``)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    low, high = -1.0, 1.0
-    t2 = tau * tau
-    for c in looks:
-        if c.n_a < max(min_count, 1) or c.n_b < max(min_count, 1):
-            continue
-        v = float(_variance(*(np.array(x, float) for x in c.sums()), pooled=False))
-        radius = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
-        d = c.difference or 0.0
-        low, high = max(low, d - radius), min(high, d + radius)
-    return low, high
+    low, high = 0.0, 1.0
+    out = []
+    for h, m in zip(hits, n, strict=True):
+        if m >= max(min_count, 1):
+            v = float(_smoothed_var(np.array(h, float), np.array(h, float), np.array(m, float))) / m
+            radius = _radius(v, alpha=alpha, tau=tau)
+            low, high = max(low, h / m - radius), min(high, h / m + radius)
+        out.append((low, high))
+    return out
 
 
 @dataclass(frozen=True)

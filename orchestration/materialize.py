@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from infra import links
 from infra.errors import ConfigError
 from infra.services import write_dagster_home
 from infra.settings import Settings
@@ -96,7 +97,7 @@ def materialize(
             )
             materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
             skipped = tuple(a for a in names if a not in materialized)
-            out = RunOutcome(result.run_id, names, p, result.success, f"{settings.dagster_url}/runs/{result.run_id}",
+            out = RunOutcome(result.run_id, names, p, result.success, links.dagster_run(settings, result.run_id),
                              failed_checks, skipped)
             say(f"  run {out.run_id[:8]} {'succeeded' if out.success else 'FAILED'}"
                 + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")

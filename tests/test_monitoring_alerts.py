@@ -39,8 +39,11 @@ def test_three_webhook_flavours_arrive_with_summary_and_links(tmp_path: Path) ->
         assert d.delivered
         got = dict(rx.received)
     assert got["/json"]["kind"] == "rollback" and got["/json"]["links"]["dagster_run"] == "http://dagster/runs/abc"
-    assert "rolled back" in got["/slack"]["text"] and "<http://dagster/runs/abc|dagster_run>" in json.dumps(got["/slack"]["blocks"])
-    assert got["/teams"]["@type"] == "MessageCard" and got["/teams"]["potentialAction"][0]["targets"][0]["uri"].startswith("http://mlflow")
+    assert "rolled back" in got["/slack"]["text"]
+    buttons = [e for b in got["/slack"]["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["url"] for b in buttons] == list(ALERT.links.values())
+    card = got["/teams"]["attachments"][0]["content"]
+    assert card["type"] == "AdaptiveCard" and [a["url"] for a in card["actions"]] == list(ALERT.links.values())
     log = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert [e["status"] for e in log] == ["sent"] and log[0]["failures"] == {}
 

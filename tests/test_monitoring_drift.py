@@ -75,8 +75,9 @@ def test_traffic_switch_alerts_with_report_within_k_windows(settings: Settings, 
     assert sum(r.retrain for r in results) == 1  # retraining asked once per streak
     assert len(alerts) == 1, alerts  # the ongoing streak is de-duplicated
     assert alerts[0]["kind"] == "drift" and "data" in alerts[0]["summary"]
-    report = Path(alerts[0]["links"]["report"].removeprefix("file://"))
-    assert report.exists() and "Value Drift for column prompt_chars" in report.read_text()
+    assert "report" not in alerts[0]["links"] and "MLflow logging is off" in alerts[0]["details"]["report"]  # said in words
+    report = results[first].report_path
+    assert report is not None and "Value Drift for column prompt_chars" in report.read_text()
     drifted_cols = {c.column for c in results[first].verdict.columns if c.drifted}
     assert {"prompt_chars", "prompt_words"} <= drifted_cols
 
@@ -124,6 +125,7 @@ def test_drift_report_asset_end_to_end(mlflow_server: Settings, kafka: Settings,
     import uuid
 
     import dagster as dg
+    import httpx
     import mlflow
     from deltalake import write_deltalake
 
@@ -162,10 +164,12 @@ def test_drift_report_asset_end_to_end(mlflow_server: Settings, kafka: Settings,
         "monitoring": MonitoringResource(source="kafka", window_minutes=10, embed_sample=64, reference_sample=400)})
     md = res.asset_materializations_for_node("drift_report")[0].metadata
     assert md["drifted"].value is True and md["n_current"].value == 200
-    report = Path(md["report"].value.removeprefix("file://"))
-    assert report.exists()
+    assert md["report"].value.startswith(s.tracking_uri + "/#/experiments/")  # the MLflow page that shows it
+    got = httpx.get(md["report_file"].value, timeout=30)  # what that page loads
+    assert got.status_code == 200 and "<html" in got.text.lower()
     arts = mlflow.MlflowClient(s.tracking_uri).list_artifacts(md["mlflow_run_id"].value, "drift_report")
-    assert [a.path for a in arts] == [f"drift_report/{report.name}"]
+    html = [a.path for a in arts if a.path.endswith(".html")]
+    assert len(html) == 1 and md["report"].value.endswith(f"/artifacts/{html[0]}")
     from deltalake import DeltaTable
 
     rows = DeltaTable(table_uri(s, "monitoring/drift_metrics")).to_pandas()

@@ -148,7 +148,8 @@ def test_better_canary_is_promoted_through_the_steps(mon: Settings, models) -> N
             assert last.n_looks >= 2 and last.canary.n_feedback > first.canary.n_feedback, (first.metrics(), last.metrics())
             assert decisions[-2].to_share == 0.5 and decisions[-1].final
             wait_for(svc.url, lambda b: b["champion"] == v2 and b["canary"] is None)
-        assert [b["@type"] for _, b in rx.received] == ["MessageCard"] and "promoted" in rx.received[0][1]["text"]
+        cards = [a["content"] for _, b in rx.received for a in b["attachments"]]  # Teams Workflows: Adaptive Cards
+        assert [c["type"] for c in cards] == ["AdaptiveCard"] and "promoted" in cards[0]["body"][1]["text"]
     assert rollout.read_status(s).champion == v2
     assert model_store.version_tags(s, v2)[model_store.STATE_TAG] == "champion"
     assert model_store.version_tags(s, v1)[model_store.STATE_TAG] == "retired"

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from infra import links
 from infra.settings import Settings
 from trainers import data as D
 from trainers import evaluate as E
@@ -17,6 +18,7 @@ from trainers import tracking as T
 from trainers.gate import GateConfig, GateDecision, baseline_tags, decide_gate, gate_tag
 
 LINEAGE_PREFIX = "lakeloop."
+CARD, GATE_PNG, CALIBRATION_PNG = "model_card.md", "evaluation/gate.png", "evaluation/calibration.png"  # run artifacts
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class EvalOutcome:
     champion_version: str | None
     model_card: str
     trusted_split: str = ""  # the champion's own eval split the gate also compared on, or why it did not
+    pictures: dict[str, str] = field(default_factory=dict)  # "gate" | "calibration" -> http URL of the run's PNG artifact
 
 
 def candidate_from_run(settings: Settings, run_id: str) -> Candidate:
@@ -147,17 +150,32 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     baselines = decide_gate(_as_tuples(report.metrics), None, baselines=baseline_values, candidate_slices={}, champion_slices=None,
                             config=replace(gate, must_beat_baselines=True), paired=paired, class_counts=report.class_counts)
     T.set_run_tags(settings, run_id, baseline_tags(baselines))
+    pictures = log_pictures(settings, run_id, report, decision)
     card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage={k: v for k, v in cand.lineage.items() if k != "lakeloop.selection"}, gate=decision.summary(),
-                        family=tags.get("lakeloop.candidate.family", "encoder"), selection=tags.get("lakeloop.selection", ""))
+                        family=tags.get("lakeloop.candidate.family", "encoder"), selection=tags.get("lakeloop.selection", ""),
+                        pictures={f"{k} picture": url for k, url in pictures.items()})
     T.log_run_metrics(settings, run_id, report.flat())
     T.set_run_tags(settings, run_id, gate_tag(decision))
-    T.log_run_text(settings, run_id, card, "model_card.md")
+    T.log_run_text(settings, run_id, card, CARD)
     T.log_run_text(settings, run_id, json.dumps(report.to_dict(), indent=1), "evaluation/report.json")
-    return EvalOutcome(cand, report, decision, champ_version, card, trusted_note)
+    return EvalOutcome(cand, report, decision, champ_version, card, trusted_note, pictures)
+
+
+def log_pictures(settings: Settings, run_id: str, report: E.EvalReport, decision: GateDecision) -> dict[str, str]:
+    """The gate's picture (candidate vs champion vs baselines, per slice) and the reliability diagram as PNG
+    artifacts of the run; -> "gate" | "calibration" -> http URL (none for a tracking URI that is not http)."""
+    from trainers import charts as C
+
+    name = f"{settings.registered_model_name} (run {run_id[:8]})"
+    pngs = {GATE_PNG: C.gate_chart(report, verdict=decision.summary(), title=f"Gate: {name}"),
+            CALIBRATION_PNG: C.calibration_chart(report.reliability, title=f"Calibration on the eval split: {name}")}
+    urls = {path: T.log_run_png(settings, run_id, png, path) for path, png in pngs.items()}
+    return {key: url for key, path in (("gate", GATE_PNG), ("calibration", CALIBRATION_PNG)) if (url := urls[path])}
 
 
 def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: dict[str, float]) -> tuple[str, bool, R.AliasChange | None]:
-    """Register the gated run's model once (idempotent on the run) and point ``challenger`` at it."""
+    """Register the gated run's model once (idempotent on the run), its model card as the version's description, and
+    point ``challenger`` at it."""
     tags = T.run_tags(settings, run_id)
     if tags.get("lakeloop.gate") != "passed":
         from infra.errors import DataError
@@ -165,6 +183,11 @@ def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: 
         raise DataError(f"run {run_id} did not pass the gate ({tags.get('lakeloop.gate', 'not evaluated')})", hint="only gated runs are registered")
     cand = candidate_from_run(settings, run_id)
     version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"})
+    card = T.run_text(settings, run_id, CARD)  # None: a run gated without a card (tagged by hand)
+    if card is not None:  # the card (with the gate's picture under its title) is what the version's page shows
+        url = links.mlflow_artifact_file(settings, run_id=run_id, path=CARD)
+        R.describe_version(settings, version, R.fit_description(card, more=f"the whole card: [{CARD}]({url})" if url else
+                                                                f"the whole card: artifact {CARD} of run {run_id}"))
     current = R.get_alias_version(settings, "challenger")
     change = None
     if current != version:

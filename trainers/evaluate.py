@@ -35,6 +35,7 @@ class EvalReport:
     paired: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # "length" | "champion" | family -> candidate minus it
     class_counts: tuple[int, int] = (0, 0)  # eval examples labelled positive, negative
     champion: "EvalReport | None" = None
+    reliability: dict[str, tuple["ReliabilityBin", ...]] = field(default_factory=dict)  # "candidate" | "champion" -> bins
 
     def flat(self, prefix: str = "eval") -> dict[str, float]:
         """Finite numbers only, for MLflow (a failed metric is absent, never 0.0)."""
@@ -54,7 +55,8 @@ class EvalReport:
         table = lambda d: {b: {k: asdict(v) for k, v in ms.items()} for b, ms in d.items()}
         return {"metrics": {k: asdict(v) for k, v in self.metrics.items()}, "slices": {k: list(v) for k, v in self.slices.items()},
                 "baselines": table(self.baselines), "others": table(self.others), "paired": table(self.paired),
-                "class_counts": list(self.class_counts)}
+                "class_counts": list(self.class_counts),
+                "reliability": {k: [asdict(b) for b in bins] for k, bins in self.reliability.items()}}
 
 
 # ---- metrics (each takes optional row weights: a cluster bootstrap draw is a weight per row) ---------------
@@ -91,6 +93,26 @@ def calibration_error(labels: np.ndarray, probs: np.ndarray, w: np.ndarray | Non
         return float("nan")
     which = np.minimum((probs * bins).astype(int), bins - 1)
     return float(sum(abs(np.sum(w[which == b] * (probs[which == b] - labels[which == b]))) for b in range(bins)) / w.sum())
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram: the answers scored in [lo, hi), their mean score and mean label."""
+
+    lo: float
+    hi: float
+    mean_score: float
+    observed: float  # mean label (the share satisfied)
+    n: int
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> tuple[ReliabilityBin, ...]:
+    """The reliability diagram's points over ``calibration_error``'s equal-width bins (empty bins left out): the
+    count-weighted mean of |mean_score - observed| over the bins is that expected calibration error."""
+    labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    return tuple(ReliabilityBin(b / bins, (b + 1) / bins, float(probs[which == b].mean()), float(labels[which == b].mean()),
+                                int((which == b).sum())) for b in range(bins) if (which == b).any())
 
 
 def bootstrap(fn: Callable[..., float], arrays: tuple[np.ndarray, ...], *, n_boot: int, seed: int) -> Estimate:
@@ -297,6 +319,7 @@ def full_report(scorer: Scorer, train: tuple[pd.DataFrame, pd.DataFrame], evalse
     report.class_counts = (int((labels >= 0.5).sum()), int((labels < 0.5).sum()))
     if champion is not None:
         report.champion = EvalReport(metrics["champion"], slices_of(scored["champion"], ex_eval, pr_eval))
+    report.reliability = {name: reliability(labels, scored[name].probs) for name in ("candidate", "champion") if name in scored}
     return report
 
 
@@ -340,7 +363,9 @@ FAMILY_TEXT = {
 
 
 def model_card(report: EvalReport, *, name: str, lineage: dict[str, str], gate: str = "", limitations: str = "",
-               family: str = "encoder", selection: str = "") -> str:
+               family: str = "encoder", selection: str = "", pictures: dict[str, str] | None = None) -> str:
+    """The card in markdown. ``pictures``: alt text -> http URL of a PNG (``trainers.tracking.artifact_url``), shown
+    under the title, so they survive when the card is cut to fit a model version's description."""
     metric_names = list(report.metrics)
     rows = "\n".join(f"| {m} | {_fmt(report.metrics[m])} | " + " | ".join(_fmt(b[m]) for b in report.baselines.values()) + " | n=" + str(report.metrics[m].n) + " |" for m in metric_names)
     head = "| metric | model | " + " | ".join(report.baselines) + " | n |\n|---|---|" + "---|" * (len(report.baselines) + 1)
@@ -350,10 +375,11 @@ def model_card(report: EvalReport, *, name: str, lineage: dict[str, str], gate: 
     others = "\n".join(f"| {c} | {_fmt(ms['pairwise_accuracy'])} | {_fmt(ms['auc'])} |" for c, ms in report.others.items())
     slices = "\n".join(f"| {k.split('|')[0]} | {k.split('|')[1]} | {v:.3f} | {n} |" for k, (v, n) in sorted(report.slices.items()) if math.isfinite(v))
     data = "\n".join(f"- `{k}`: {v}" for k, v in sorted(lineage.items()))
+    images = "".join(f"\n![{alt}]({url})\n" for alt, url in (pictures or {}).items())
     return f"""# Model card: {name}
 
 Reward model (family `{family}`): P(user satisfied | prompt, response) from {FAMILY_TEXT.get(family, family)}.
-
+{images}
 ## Selection (on a validation split carved from the train split by prompt cluster; the eval split is never used)
 {selection or "not recorded"}
 

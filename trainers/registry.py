@@ -284,6 +284,29 @@ def _run_versions(client: Any, name: str, run_id: str) -> list[str]:
     return [str(v) for v in sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"))]
 
 
+DESCRIPTION_LIMIT = 5000  # MLflow's model_versions.description column is String(5000): a longer one fails on MySQL / Postgres
+
+
+def fit_description(text: str, *, more: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """``text`` whole when it fits in ``limit`` characters; else cut at a line end, with a last line that says it was
+    cut and ``more`` (where the whole text is)."""
+    if len(text) <= limit:
+        return text
+    tail = f"\n\n*Cut to fit MLflow's {limit}-character description; {more}*\n"
+    if len(tail) >= limit:
+        raise ValueError(f"the note on where the rest is ({len(tail)} characters) does not fit in {limit}")
+    head = text[: limit - len(tail)]
+    return head[: head.rfind("\n")].rstrip() + tail if "\n" in head else head + tail
+
+
+@needs_mlflow("describing a model version")
+def describe_version(settings: Settings, version: str, description: str, *, model_name: str | None = None) -> None:
+    """Set a model version's description (markdown, shown on its page in the MLflow UI); at most ``DESCRIPTION_LIMIT``."""
+    if len(description) > DESCRIPTION_LIMIT:
+        raise ValueError(f"a model version description holds at most {DESCRIPTION_LIMIT} characters, got {len(description)}: fit_description it")
+    _client(settings).update_model_version(_name(settings, model_name), str(version), description=description)
+
+
 @needs_mlflow("reading a model version")
 def version_info(settings: Settings, version: str, *, model_name: str | None = None) -> Any:
     return _client(settings).get_model_version(_name(settings, model_name), str(version))

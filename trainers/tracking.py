@@ -248,3 +248,35 @@ def set_run_tags(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
 @needs_mlflow("logging a run's text artifact")
 def log_run_text(settings: Settings, run_id: str, text: str, path: str) -> None:
     client(settings).log_text(run_id, text, path)
+
+
+@needs_mlflow("logging a picture")
+def log_run_png(settings: Settings, run_id: str, png: bytes, path: str) -> str | None:
+    """Add a PNG to a run's artifacts at ``path`` (a finished run too: pictures come after the numbers); returns the
+    http URL the MLflow server hands it out at (``infra.links.mlflow_artifact_file``: what a markdown image in Dagster
+    metadata or a model version's description points at), None when MLflow has no http address."""
+    import tempfile
+    from pathlib import PurePosixPath
+
+    from infra import links
+
+    where = PurePosixPath(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / where.name
+        local.write_bytes(png)
+        client(settings).log_artifact(run_id, str(local), None if str(where.parent) == "." else str(where.parent))
+    return links.mlflow_artifact_file(settings, run_id=run_id, path=path)
+
+
+@needs_mlflow("reading a run's text artifact")
+def run_text(settings: Settings, run_id: str, path: str) -> str | None:
+    """A text artifact of a run, or None when the run has none at ``path``."""
+    import tempfile
+    from pathlib import PurePosixPath
+
+    c = client(settings)
+    parent = str(PurePosixPath(path).parent)
+    if path not in {a.path for a in c.list_artifacts(run_id, None if parent == "." else parent)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(c.download_artifacts(run_id, path, tmp)).read_text()

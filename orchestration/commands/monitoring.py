@@ -73,7 +73,8 @@ def rollback(
     actor: Annotated[str | None, typer.Option(help="Who; default cli:<user>.")] = None,
 ) -> None:
     """Canary traffic to 0 and drop the canary alias; the champion stays. Alerts the configured channels."""
-    from monitors import model_store, rollout
+    from infra.links import mlflow_model_version
+    from monitors import rollout
     from monitors.alerts import Alert, notifier_from_settings
 
     s = settings()
@@ -81,7 +82,7 @@ def rollback(
     status = rollout.rollback(s, actor=_actor(actor), reason=reason, expected_canary=expect)
     notifier_from_settings(s).notify(
         Alert("rollback", f"canary v{before.canary} rolled back by {_actor(actor)}: {reason}", "critical",
-              links={"canary_model": model_store.model_url(s, str(before.canary))}, dedup_key=f"rollback:{before.canary}")
+              links={"canary_model": mlflow_model_version(s, str(before.canary))}, dedup_key=f"rollback:{before.canary}")
     )
     _show(status)
 
@@ -188,8 +189,7 @@ def drift(
                               embed_sample=embed_sample, model_version=champion)
     say(result.verdict.summary())
     say(f"streak: {result.streak.length}/{result.streak.required} ({result.streak.action})")
-    if result.report_path:
-        say(f"report: {result.report_path}")
+    say(f"report: {result.report_url or result.report_note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,12 +1,14 @@
 """`drift_report`: one window of live traffic against the champion's own pinned gold data (Evidently 0.7).
 
 Thin adapter over ``monitors.drift_job.run_drift_window``: report link and verdict go to metadata, the
-numbers to monitoring/drift_metrics, the HTML to MLflow; a streak of drifted windows alerts and sets
+numbers to monitoring/drift_metrics, the HTML to MLflow (the link opens it there; without MLflow the metadata says
+so in words); a streak of drifted windows alerts and sets
 ``retrain`` so the retraining sensor can ask for a new reward model.
 """
 
 import dagster as dg
 
+from infra import links
 from infra.errors import DataError
 from monitors import model_store
 from monitors.alerts import notifier_from_settings
@@ -50,7 +52,7 @@ def drift_report(
     result = run_drift_window(
         settings, reference, current, window_start=since, window_end=until, notifier=notifier_from_settings(settings),
         embed_sample=monitoring.embed_sample, model_version=champion, run_id=context.run_id,
-        links={"dagster_run": f"{settings.dagster_url}/runs/{context.run_id}"},
+        links={"dagster_run": links.dagster_run(settings, context.run_id)},
     )
     v = result.verdict
     metadata: dict[str, object] = {
@@ -70,10 +72,14 @@ def drift_report(
             + "\n".join(f"| {c.column} | {c.group} | {c.method} | {c.score:.4f} | {c.threshold:g} | {c.drifted} |" for c in v.columns)
         ),
     }
-    if result.report_path is not None:
-        metadata["report"] = dg.MetadataValue.url(result.report_path.as_uri())
+    for name, url in result.report_links.items():  # report (the MLflow page showing it), report_file, mlflow_run
+        metadata[name] = dg.MetadataValue.url(url)
+    if result.report_url is None:
+        metadata["report"] = dg.MetadataValue.text(result.report_note or "no report")
     if result.mlflow_run_id:
         metadata["mlflow_run_id"] = result.mlflow_run_id
+    if result.chart_url:  # each column's score vs threshold over the last windows, from the MLflow run
+        metadata["drift_picture"] = dg.MetadataValue.md(f"![drift per column, last windows]({result.chart_url})")
     if result.delivery is not None:
         metadata["alert"] = result.delivery.status
     return dg.MaterializeResult(metadata=metadata)

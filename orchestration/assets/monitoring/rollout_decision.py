@@ -10,6 +10,7 @@ ledger, version tags) and the notifier alerts on rollbacks and promotions.
 
 import dagster as dg
 
+from infra import links
 from monitors import rollout
 from monitors.alerts import notifier_from_settings
 from monitors.autopilot import start_next
@@ -46,7 +47,7 @@ def rollout_decision(
     result = run_canary_window(
         settings, since=since, until=until, notifier=notifier_from_settings(settings), policy=policy_from_settings(settings),
         source=monitoring.source, actor=f"dagster:{context.run_id[:8]}", apply=monitoring.apply_rollout,
-        links={"dagster_run": f"{settings.dagster_url}/runs/{context.run_id}"},
+        links={"dagster_run": links.dagster_run(settings, context.run_id)},
     )
     context.log.info("decision: %s (%s)", type(result.decision).__name__, result.decision.reason)
     metadata: dict[str, object] = {
@@ -63,6 +64,8 @@ def rollout_decision(
     }
     if result.comparison is not None:
         metadata["metrics"] = dg.MetadataValue.json(result.comparison.metrics())
+    if result.chart_url:  # agreement per arm with always-valid intervals, traffic share, decisions (the canary's MLflow run)
+        metadata["canary_picture"] = dg.MetadataValue.md(f"![canary vs champion]({result.chart_url})")
     if result.delivery is not None:
         metadata["alert"] = result.delivery.status
     return dg.MaterializeResult(metadata=metadata)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from infra import links
 from infra.errors import LakeloopError
 from monitors import model_store
 from monitors.alerts import Alert, notifier_from_settings
@@ -82,7 +83,7 @@ def rollout_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettin
         if nxt.alert:
             notifier_from_settings(settings).notify(Alert(
                 "autopilot_waiting", nxt.reason, "warning", details={"challenger": status.challenger or "-", "champion": status.champion or "-"},
-                links={"model": model_store.model_url(settings, status.challenger)} if status.challenger else {},
+                links={"model": links.mlflow_model_version(settings, status.challenger)} if status.challenger else {},
                 dedup_key=f"autopilot_waiting:{status.challenger}:{nxt.reason[:80]}"))
         return dg.SensorResult(skip_reason=dg.SkipReason(nxt.reason), cursor=json.dumps(cursor))
     if _in_flight(context.instance, canary_analysis_job.name):
@@ -113,7 +114,7 @@ def registry_watch(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettin
     for c in changes:
         notifier.notify(Alert("external_change", c.summary(), "warning",
                               details={"alias": c.alias, "from": c.from_version or "-", "to": c.to_version or "-", **dict(c.mlflow)},
-                              links={"model": model_store.model_url(settings, c.to_version)} if c.to_version else {},
+                              links={"model": links.mlflow_model_version(settings, c.to_version)} if c.to_version else {},
                               dedup_key=f"external:{c.alias}:{c.ledger_version}"))
     return dg.SkipReason(f"{len(changes)} alias change(s) made outside lakeloop recorded" if changes else "registry agrees with the ledger")
 
@@ -128,7 +129,7 @@ def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSet
         Alert(
             "run_failure", f"Dagster run of {run.job_name} failed: {message}", "critical",
             details={"job": run.job_name, "run_id": run.run_id},
-            links={"dagster_run": f"{settings.dagster_url}/runs/{run.run_id}"},
+            links={"dagster_run": links.dagster_run(settings, run.run_id)},
             dedup_key=f"run_failure:{run.job_name}:{message}",
         )
     )
@@ -158,7 +159,7 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
                 "gate_failed", f"check {ev.check_name} on {asset} failed{' (blocking)' if ev.blocking else ''}", "critical",
                 details={"asset": asset, "check": ev.check_name, "description": ev.description or "-",
                          **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8]}},
-                links={"dagster_run": f"{settings.dagster_url}/runs/{rec.run_id}"},
+                links={"dagster_run": links.dagster_run(settings, rec.run_id)},
                 dedup_key=f"gate_failed:{asset}:{ev.check_name}:{rec.run_id}",
             )
         )

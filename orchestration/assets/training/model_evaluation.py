@@ -1,5 +1,5 @@
 """`model_evaluation`: score the trained run on the pinned eval split beside the baselines and the current
-`champion`, write the model card, and gate it. The gate is a BLOCKING asset check: when it fails,
+`champion`, write the model card (with the gate's and the calibration picture), and gate it. The gate is a BLOCKING asset check: when it fails,
 `registered_model` does not run and no alias moves; the failure is also an MLflow tag on the run."""
 
 import math
@@ -36,12 +36,14 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
     context.log.info("run %s: %s", run_id, out.decision.summary())
     metadata = {
         "run_id": run_id,
-        "mlflow_run": mlflow_run_url(settings.tracking_uri, run_id),
+        "mlflow_run": mlflow_run_url(settings, run_id),
         "gate_passed": out.decision.passed,
         "gate_reasons": "; ".join(out.decision.reasons)[:2000] or "-",
         "champion_version": out.champion_version or "none",
         "champion_eval_split": out.trusted_split,  # the champion's own pinned eval split, also compared on
         "model_card": dg.MetadataValue.md(out.model_card),
+        # the pictures by their MLflow artifact URL (http: the UI's browser fetches them from the tracking server)
+        **{f"{k}_picture": dg.MetadataValue.md(f"![{k}]({url})") for k, url in out.pictures.items()},
         **{f"{k}": float(v.value) for k, v in m.items()},
         **{f"{k}_ci": f"[{v.lo:.3f}, {v.hi:.3f}]" for k, v in m.items()},
         **{f"baseline_{b}_{k}": float(v.value) for b, ms in out.report.baselines.items() for k, v in ms.items()

@@ -4,7 +4,8 @@ compare-and-set of trainers.registry (which writes the promotion ledger)."""
 
 import dagster as dg
 
-from orchestration.assets.training.resources import TrainingResource, latest_metadata, mlflow_run_url
+from infra import links
+from orchestration.assets.training.resources import TrainingResource, latest_metadata, mlflow_run_url, url_or_text
 from orchestration.resources import LakeloopSettings
 from trainers.candidate import register_candidate
 
@@ -27,10 +28,11 @@ def registered_model(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
     return dg.MaterializeResult(metadata={
         "model_name": settings.registered_model_name,
         "model_version": version,
+        "lineage": f"lakeloop lineage model {version} --name {settings.registered_model_name}",  # what it learned from, its gate and rollout
         "created": created,
         "challenger_moved": change is not None,
         "ledger_version": change.ledger_version if change else -1,
         "run_id": run_id,
-        "mlflow_run": mlflow_run_url(settings.tracking_uri, run_id),
-        "model_version_url": dg.MetadataValue.url(f"{settings.tracking_uri.rstrip('/')}/#/models/{settings.registered_model_name}/versions/{version}"),
+        "mlflow_run": mlflow_run_url(settings, run_id),
+        "model_version_url": url_or_text(links.mlflow_model_version(settings, version), f"{settings.registered_model_name} v{version}"),
     })

@@ -8,7 +8,9 @@ from typing import Any
 
 import dagster as dg
 
+from infra import links
 from infra.errors import ConfigError
+from infra.settings import Settings
 from trainers.config import TrainConfig, load_config
 from trainers.gate import GateConfig
 
@@ -64,5 +66,9 @@ def latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict[str, An
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def mlflow_run_url(tracking_uri: str, run_id: str) -> dg.MetadataValue:
-    return dg.MetadataValue.url(f"{tracking_uri.rstrip('/')}/#/runs/{run_id}")
+def url_or_text(url: str | None, missing: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(url) if url else dg.MetadataValue.text(missing)
+
+
+def mlflow_run_url(settings: Settings, run_id: str) -> dg.MetadataValue:
+    return url_or_text(links.mlflow_run(settings, run_id), f"run {run_id} (MLflow at {settings.tracking_uri} has no web pages)")

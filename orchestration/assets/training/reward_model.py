@@ -78,6 +78,6 @@ def reward_model(
     result = invocation.get_materialize_result()
     metadata = {k: v for k, v in (result.metadata or {}).items()}
     run_id = metadata["run_id"].value if hasattr(metadata["run_id"], "value") else metadata["run_id"]
-    metadata["mlflow_run"] = mlflow_run_url(settings.tracking_uri, str(run_id))
+    metadata["mlflow_run"] = mlflow_run_url(settings, str(run_id))
     metadata["train_config"] = dg.MetadataValue.json(cfg.model_dump())
     return dg.MaterializeResult(metadata=metadata)
