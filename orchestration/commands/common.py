@@ -22,7 +22,7 @@ def settings(**flags: Any) -> Settings:
 
 
 def say(msg: str) -> None:
-    console.print(msg)
+    console.print(msg, soft_wrap=True)  # one line per message: a log or a pipe is not cut at 80 columns (a terminal wraps by itself)
 
 
 # Libraries that draw progress bars or print links on stdout (MLflow artifact downloads, "View run at", model weight

@@ -46,26 +46,29 @@ def simulate(
 
 def demo(
     data: Annotated[Path, typer.Option(help="The qa_feedback file to replay.")] = DEFAULT_DATA,
-    backlog: Annotated[int, typer.Option(help="Questions of feedback backlog that train the first model.")] = 400,
-    live: Annotated[int, typer.Option(help="Questions of stationary live traffic.")] = 40,
+    backlog: Annotated[int | None, typer.Option(help="Questions of feedback backlog that train the first model (default: all 500 "
+                                                "on autopilot, 400 scripted).")] = None,
+    live: Annotated[int, typer.Option(help="Questions of stationary live traffic (scripted demo).")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     down: Annotated[bool, typer.Option("--down", help="Stop the services at the end.")] = False,
-    autopilot: Annotated[bool, typer.Option("--autopilot/--scripted", help="autopilot: the daemon runs the loop and the demo only "
-                                            "plays the app (experimental, ~25 min); scripted: the demo drives each step.")] = False,
+    autopilot: Annotated[bool, typer.Option("--autopilot/--scripted", help="autopilot (default): the platform's daemon runs the "
+                                            "loop and the demo only plays the app; scripted: the demo drives each step itself.")] = True,
 ) -> None:
-    """Run the whole loop end to end on embedded defaults with the real qa_feedback data (about 10-15 min on 2 CPUs)."""
+    """Run the whole loop end to end with the real qa_feedback data: start the platform with autopilot on, send the
+    feedback backlog, play live traffic through `lakeloop serve`, drift it, release a buggy app, and narrate what the
+    daemon does (about 10-12 min on 2 CPUs)."""
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
     quiet_third_party_output()  # the narration only: no artifact or weight-loading progress bars
     s = settings()
     say(f"lakeloop demo: LAKELOOP_HOME={s.home}")
-    base = DemoConfig(data_path=data, backlog_questions=backlog, live_questions=live, seed=seed)
     if autopilot:
-        from orchestration.demo_autopilot import AutopilotDemoConfig, run_autopilot_demo
+        from orchestration.demo_autopilot import AutopilotDemoConfig, autopilot_base, run_autopilot_demo
 
+        base = autopilot_base(data, seed=seed, **({"backlog_questions": backlog} if backlog is not None else {}))
         summary = run_autopilot_demo(s, AutopilotDemoConfig(base=base), say=say)
     else:
-        summary = run_demo(s, base, say=say)
+        summary = run_demo(s, DemoConfig(data_path=data, backlog_questions=backlog or 400, live_questions=live, seed=seed), say=say)
     say(render_summary(s, summary, services_stay_up=not down))
     if down:
         from infra import services
