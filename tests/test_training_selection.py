@@ -99,6 +99,20 @@ def test_selection_picks_the_family_best_on_validation_and_says_by_how_much() ->
     assert sel.margins["encoder"].lo > 0
 
 
+@pytest.mark.parametrize(("keep", "unmeasured"), [("pairs", "AUC"), ("ratings", "pairwise")])
+def test_a_one_kind_stream_selection_says_not_measured_never_nan(keep: str, unmeasured: str) -> None:
+    """Comparisons or corrections alone give no AUC, ratings alone no pairwise accuracy: the summary (the run's tag and
+    the model card's selection section) says so in words."""
+    ex, pr = _toy(60)
+    if keep == "pairs":
+        ex = ex.iloc[:0]
+    else:
+        ex, pr = ex.assign(label=ex["label"].map({1.0: 0.75, 0.0: 0.25})), pr.iloc[:0]  # ratings 4 and 2
+    summary = S.compete(ex, pr, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50).summary()
+    assert "won on validation" in summary and "nan" not in summary.lower()
+    assert f"{unmeasured} not measured" in summary
+
+
 def _eval_scrambled(lake: str) -> None:
     """Rewrite the eval split of both gold tables: labels flipped, pairs swapped, texts replaced."""
     from deltalake import write_deltalake

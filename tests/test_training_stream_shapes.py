@@ -1,11 +1,13 @@
 """Every stream shape trains, evaluates and gates (issue 20, item 4): an app that sends only preferences (no
-pointwise rows) and one that sends only thumbs (no pairs) go through the real training group (Dagster Pipes,
-MLflow server) to a gated, registered version; a metric the stream cannot give is "not measured", never NaN."""
+pointwise rows), one that sends only thumbs (no pairs), one that sends only ratings and one that sends only corrections
+go through the real training group (Dagster Pipes, MLflow server) to a gated, registered version (the last two through
+curation and its blocking checks first); a metric the stream cannot give is "not measured", never NaN."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,59 @@ def test_a_preference_only_stream_goes_from_kafka_to_a_champion(mlflow_server: S
     assert (mv.tags or {}).get(BEATS_BASELINES_TAG) == run[BEATS_BASELINES_TAG]  # and the registry shows it
     R.set_alias_cas(s, "champion", None, version, actor="operator", reason="first champion of a preference-only app")
     assert R.get_alias_version(s, "champion") == version
+
+
+@pytest.mark.parametrize(("kind", "measured", "unmeasured", "empty"), [
+    ("rating", "auc", "pairwise_accuracy", "gold_preference_pairs"),
+    ("correction", "pairwise_accuracy", "auc", "gold_training_examples"),
+])
+def test_a_ratings_only_or_corrections_only_stream_curates_trains_evaluates_and_gates(
+        kind: str, measured: str, unmeasured: str, empty: str, mlflow_server: Settings, tmp_path: Path, qa_feedback_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app that sends only 1-5 star ratings (qa_feedback's predictions 2-4, rated by their comparison wins) or only
+    corrections (the annotator's corrected prediction 1: a pair corrected > original): curation's blocking checks
+    pass, counting what the stream produces, and training pins the versions they passed on (one Dagster instance),
+    then trains, evaluates and gates to a registered version; the metric the stream cannot give is "not measured", and
+    the baseline rule judges the one it can."""
+    from infra.tables import table_uri
+    from orchestration.assets import curation
+    from orchestration.assets.curation.resources import CurationResource
+    from orchestration.assets.training.pins import checked_pins
+    from orchestration.assets.training.resources import TrainingResource
+    from tests.curation_fixtures import START, qa_events, write_bronze
+    from trainers import registry as R
+    from trainers import tracking as T
+    from trainers.gate import BEATS_BASELINES_TAG
+
+    name = f"lakeloop-reward-{kind}-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("LAKELOOP_REGISTERED_MODEL_NAME", name)
+    s = load_settings(**{**mlflow_server.model_dump(), "home": tmp_path, "lake_root": str(tmp_path / "lake"), "registered_model_name": name})
+    events = [e for e in qa_events(qa_feedback_path, n_questions=80, days=1) if e["event_type"] == kind]
+    write_bronze(table_uri(s, "bronze/feedback_events"), events)
+    lakeloop = LakeloopSettings(home=str(tmp_path), lake_root=s.lake)
+    with dg.DagsterInstance.ephemeral() as instance:
+        curated = dg.materialize([*curation.defs.assets, *curation.defs.asset_checks], partition_key=START.isoformat(), instance=instance,
+                                 raise_on_error=False, resources={"lakeloop": lakeloop,
+                                                                  "curation": CurationResource(pseudonym_key="k" * 32, eval_fraction=0.25)})
+        checks = {(e.asset_check_key.asset_key.path[0], e.asset_check_key.name): e for e in curated.get_asset_check_evaluations()}
+        failed = [(k, e.description) for k, e in checks.items() if not e.passed]
+        assert curated.success and not failed, failed
+        rows = checks[(empty, "min_rows")].metadata
+        assert rows["rows"].value > 10 and rows["examples" if kind == "correction" else "pairs"].value == 0  # counts what it sends
+        pins = checked_pins(instance, s)
+        assert all(pin.version is not None for pin in pins.values()), pins  # training pins what the checks passed
+        resources = {"lakeloop": lakeloop, "pipes_subprocess_client": dg.PipesSubprocessClient(),
+                     "training": TrainingResource(train_config=json.dumps({**SMALL, "experiment": f"{kind}-{name}"}), n_boot=100,
+                                                  gate_must_beat_baselines=False)}
+        trained = dg.materialize(list(training_defs.assets or []), resources=resources, instance=instance, raise_on_error=False)
+    evaluated = _meta(trained, "model_evaluation")
+    numbers = {k: v for k, v in evaluated.items() if isinstance(v, float)}
+    assert not [k for k, v in numbers.items() if math.isnan(v)], numbers  # what cannot be measured is left out, not NaN
+    assert trained.success, evaluated.get("gate_reasons")
+    assert 0 <= evaluated[measured] <= 1 and unmeasured not in numbers, numbers
+    assert f"{unmeasured}: not measured" in str(evaluated.get("not_measured", "")), evaluated.get("not_measured")
+    run = T.run_tags(s, R.version_info(s, str(_meta(trained, "registered_model")["model_version"])).run_id)
+    reasons = run.get("lakeloop.baselines.reasons", "")
+    assert run.get(BEATS_BASELINES_TAG) in ("true", "false") and unmeasured not in reasons and "has no" not in reasons, run
+    selection = run.get("lakeloop.selection", "")
+    assert "won on validation" in selection and "not measured" in selection and not re.search(r"\bnan\b", selection), selection

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
 APPS = ("qa-web", "qa-mobile")
 LabelRule = Literal["error-share", "any-error"]
+Shape = Literal["mixed", "preferences", "comparisons", "thumbs"]
 
 
 def _h(text: str) -> int:
@@ -96,16 +98,19 @@ def _table(rows: list[dict]) -> pa.Table:
 
 def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, eval_percent: int = 25, offset: int = 0,
                mode: str = "append", label_rule: LabelRule = "error-share", fold: tuple[int, int] | None = None,
-               passages: bool = False, shape: Literal["mixed", "preferences", "thumbs"] = "mixed") -> tuple[int, int]:
+               passages: bool = False, shape: Shape = "mixed") -> tuple[int, int]:
     """Write (append) both gold tables under ``lake_root``; returns their new Delta versions. ``shape``: what the app's
-    stream carries: both kinds, preferences only (no pointwise rows) or thumbs only (no pairs)."""
+    stream carries: both kinds, preferences only (comparisons and corrections, no pointwise rows), comparisons only
+    (the pairwise preferences alone: no thumbs, no corrections) or thumbs only (no pairs)."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule,
                          fold=fold, passages=passages)
-    if shape == "preferences":
+    if shape in ("preferences", "comparisons"):
         ex = ex.slice(0, 0)
-    elif shape == "thumbs":
+    if shape == "comparisons":
+        pr = pr.filter(pc.equal(pr["source"], "preference"))
+    if shape == "thumbs":
         pr = pr.slice(0, 0)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):

@@ -126,9 +126,15 @@ class Selection:
             t = self.best[fam]
             m = self.margins.get(fam)
             margin = f"; winner - it {m.value:+.3f} [{m.lo:+.3f}, {m.hi:+.3f}]" if m is not None and math.isfinite(m.value) else ""
-            lines.append(f"- {fam}{' (winner)' if fam == self.winner else ''}: pairwise {t.pairwise_accuracy:.3f}, AUC {t.auc:.3f}, "
+            lines.append(f"- {fam}{' (winner)' if fam == self.winner else ''}: pairwise {_value(t.pairwise_accuracy)}, AUC {_value(t.auc)}, "
                          f"params {t.params}{margin}")
         return "\n".join(lines)
+
+
+def _value(v: float) -> str:
+    """A validation metric as the summary writes it: a metric the stream cannot give (no pairs, or no labelled answers of
+    both kinds) is "not measured", never "nan"."""
+    return f"{v:.3f}" if math.isfinite(v) else "not measured"
 
 
 def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[str], carved: Carved | None = None,
