@@ -156,6 +156,29 @@ def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: st
     return with_retries(op, retries=retries, what=f"delete from {uri}")[0]
 
 
+def delete_where(uri: str, predicate: str, *, retries: int, metadata: dict[str, str] | None = None,
+                 left: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> int:
+    """Delete the rows ``predicate`` selects, in one commit carrying ``metadata``; returns rows deleted. ``left`` (the
+    gold tables): the rows the delete leaves, given the snapshot's rows; the commit then also records the table's
+    content hash afterwards (``features.lineage``) and lands exactly on that snapshot."""
+    from deltalake import CommitProperties, DeltaTable
+
+    if not exists(uri):
+        return 0
+
+    def op() -> int:
+        dt = DeltaTable(uri)
+        meta = dict(metadata or {})
+        if left is not None:
+            rows = pl.from_arrow(dt.to_pyarrow_table())
+            assert isinstance(rows, pl.DataFrame)
+            meta.update(L.hash_metadata(content_hash(left(rows)), base_version=dt.version()))
+        props = CommitProperties(custom_metadata=meta, max_commit_retries=0 if left is not None else None) if meta else None
+        return int(dt.delete(predicate, commit_properties=props).get("num_deleted_rows", 0))
+
+    return with_retries(op, retries=retries, what=f"delete from {uri}")[0]
+
+
 def as_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     """The frame in the contract's column order and types (timestamps in UTC microseconds)."""
     return df.select([f.name for f in schema]).to_arrow().cast(schema)

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
                                              "promoted once both arms have this many labels and its always-valid confidence "
                                              "sequence rules out a drop of 5 points or more.")
     drift_window_minutes: float = Field(60.0, gt=0, description="Each drift check looks at this many minutes of traffic.")
+    erasure_grace_hours: float = Field(168.0, ge=0, description="`lakeloop forget` deletes a user's rows at once; the files that "
+                                       "held them are deleted from storage this many hours later (`lakeloop forget --vacuum-due`, "
+                                       "`lakeloop lake optimize`), pinned gold versions included.")
 
     # what the daemon's training and drift runs use (the demo and tests size them down through these)
     train_config: str = Field("{}", description="JSON object of TrainConfig fields for autopilot training runs, "

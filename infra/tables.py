@@ -11,7 +11,7 @@ from typing import Literal
 
 from infra.settings import Settings
 
-Layer = Literal["bronze", "silver", "gold", "monitoring", "registry"]
+Layer = Literal["bronze", "silver", "gold", "monitoring", "registry", "governance"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("gold/preference_pairs", "gold", "Chosen/rejected pairs from corrections and preferences, with split; ties kept and flagged."),
     TableSpec("monitoring/drift_metrics", "monitoring", "Per-window drift numbers (data, prediction, feedback) for trends."),
     TableSpec("registry/promotion_ledger", "registry", "Every alias change: who, what, why, metrics."),
+    TableSpec("governance/erasures", "governance", "One row per `lakeloop forget`: when, the pseudonym (never the raw id), rows removed per table, models tagged, files vacuumed."),
 )
 
 _BY_NAME = {t.name: t for t in TABLES}

@@ -5,6 +5,10 @@ Formats: ``json`` (lakeloop's own record), ``slack`` (Block Kit: header, summary
 per link). Links are http(s) only (``infra.links`` builds them). Webhook URLs are secrets: channel names, errors and
 the log file carry them cut to scheme and host.
 
+Pictures (drift, canary, gate) are links too, a button or an ``Action.OpenUrl`` like the others, not an inline image:
+Slack downloads an ``image`` block's URL from its own servers, which cannot reach an MLflow server on a private network,
+and refuses the whole message when the download fails; a link opens in the reader's browser, which can.
+
 De-duplication: an alert with the same key is sent at most once per ``dedup_seconds``. Storm control: at
 most ``storm_limit`` alerts per ``storm_seconds`` leave the machine; the rest are counted and the count
 rides along on the next alert that goes out. State lives in a small JSON file under a file lock, so
@@ -40,7 +44,8 @@ _SLACK_ICONS = {"info": ":information_source:", "warning": ":warning:", "critica
 _CARD_COLORS = {"info": "Accent", "warning": "Warning", "critical": "Attention"}  # Adaptive Card TextBlock colors
 _LINK_LABELS = {"report": "Drift report", "report_file": "Download report", "dagster_run": "Dagster run",
                 "mlflow_run": "MLflow run", "model": "Model version", "canary_model": "Canary model",
-                "champion_model": "Champion model"}
+                "champion_model": "Champion model", "drift_picture": "Drift picture", "canary_picture": "Canary picture",
+                "gate_picture": "Gate picture"}
 # Block Kit limits (docs.slack.dev, reference/block-kit): header text 150, section text 3000, 10 fields of 2000,
 # button text 75 and url 3000, 25 elements in an actions block
 _SLACK_MAX = {"header": 150, "section": 3000, "fields": 10, "field": 2000, "button": 75, "url": 3000, "actions": 25}

@@ -1,4 +1,4 @@
-"""One canary analysis end to end: load, compare, decide (pure), act through the rollout module, alert.
+"""One canary analysis end to end: load, compare, decide (pure), act through the rollout module, draw, alert.
 
 By default the analysis is pooled: every prediction served since the canary started (its latest ``canary``
 entry in the promotion ledger) and all the feedback on them that has arrived, with looks at every window
@@ -9,7 +9,7 @@ many windows are analysed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -77,9 +77,12 @@ def analyze_and_act(
     apply: bool = True,
     links: Mapping[str, str] | None = None,
     look_times: Sequence[datetime] | None = None,
+    picture: Callable[[CanaryResult], str | None] | None = None,
 ) -> CanaryResult:
     """Compare, decide and act on predictions and feedback already loaded. ``look_times``: the analyses so
-    far (the last one now) when the data is pooled since the canary started; None: the data is one look."""
+    far (the last one now) when the data is pooled since the canary started; None: the data is one look.
+    ``picture``: draws and logs the analysis (after acting, before alerting: a promote or rollback alert links it as
+    ``canary_picture``) and returns its http URL; one that fails leaves the alert without it, saying why."""
     before = rollout.read_status(settings)
     if before.canary is None or before.champion is None:
         return CanaryResult(None, Hold("no canary in flight"), before, before, None)
@@ -91,18 +94,34 @@ def analyze_and_act(
     after, delivery = before, None
     if apply and not isinstance(decision, Hold):
         after = rollout.apply_decision(settings, decision, canary_version=before.canary, actor=actor, metrics=comparison.metrics())
+    result = CanaryResult(comparison, decision, before, after, None)
+    chart_url, chart_note = _draw_picture(picture, result) if picture is not None else (None, None)
+    if apply and (isinstance(decision, Rollback) or (isinstance(decision, Promote) and decision.final)):
         all_links = {"canary_model": ui_links.mlflow_model_version(settings, before.canary),
-                     "champion_model": ui_links.mlflow_model_version(settings, before.champion), **(links or {})}
-        details = {k: round(v, 4) for k, v in comparison.metrics().items()}
+                     "champion_model": ui_links.mlflow_model_version(settings, before.champion), "canary_picture": chart_url,
+                     **(links or {})}
+        details = {k: round(v, 4) for k, v in comparison.metrics().items()} | ({"picture": chart_note} if chart_note else {})
         if isinstance(decision, Rollback):
             alert = Alert("rollback", f"canary v{before.canary} rolled back: {decision.reason}", "critical", details, all_links,
                           dedup_key=f"rollback:{before.canary}")
-            delivery = notifier.notify(alert)
-        elif isinstance(decision, Promote) and decision.final:
+        else:
             alert = Alert("promote", f"v{before.canary} promoted to champion (was v{before.champion}): {decision.reason}", "info",
                           details, all_links, dedup_key=f"promote:{before.canary}")
-            delivery = notifier.notify(alert)
-    return CanaryResult(comparison, decision, before, after, delivery)
+        delivery = notifier.notify(alert)
+    return replace(result, delivery=delivery, chart_url=chart_url)
+
+
+def _draw_picture(picture: Callable[[CanaryResult], str | None], result: CanaryResult) -> tuple[str | None, str | None]:
+    """(the picture's URL, None) or (None, why not): the decision is already carried out, and its alert goes out anyway."""
+    try:
+        return picture(result), None
+    except ServiceError as exc:
+        note = f"not logged ({exc.message})"
+        log.warning("canary v%s: the analysis picture was %s", result.before.canary, note)
+    except Exception as exc:  # noqa: BLE001 - a bug in the drawing must not silence a rollback alert: logged with its traceback
+        note = f"not drawn ({type(exc).__name__}: {exc})"[:300]
+        log.warning("canary v%s: the analysis picture was %s", result.before.canary, note, exc_info=True)
+    return None, note
 
 
 def canary_started_at(settings: Settings, canary_version: str) -> datetime | None:
@@ -167,20 +186,17 @@ def run_canary_window(
     if start >= until:
         raise ValueError(f"window start {start} is not before its end {until}")
     window = load_window(settings, since=start, until=until, feedback_until=feedback_until, source=source)
+    rules = policy or policy_from_settings(settings)
+
+    def picture(result: CanaryResult) -> str | None:  # after acting: a picture never holds a rollback back
+        return log_canary_chart(settings, result, window.predictions, look_times=look_times or [until], until=until, applied=apply,
+                                policy=rules)
+
     result = analyze_and_act(
-        settings, window.predictions, window.feedback, policy=policy or policy_from_settings(settings), notifier=notifier,
-        actor=actor, counters=service_counters(settings), apply=apply, links=links, look_times=look_times,
+        settings, window.predictions, window.feedback, policy=rules, notifier=notifier, actor=actor,
+        counters=service_counters(settings), apply=apply, links=links, look_times=look_times, picture=picture,
     )
-    result = replace(result, invalid_records=dict(window.invalid))
-    if result.comparison is None:
-        return result
-    try:  # after acting: a picture that cannot be logged must not hold a rollback back
-        url = log_canary_chart(settings, result, window.predictions, look_times=look_times or [until], until=until, applied=apply,
-                               policy=policy or policy_from_settings(settings))
-    except ServiceError as exc:
-        log.warning("canary analysis at %s: the picture was not logged (%s)", until, exc.message)
-        url = None
-    return replace(result, chart_url=url)
+    return replace(result, invalid_records=dict(window.invalid))
 
 
 def decision_label(decision: Decision) -> str:

@@ -2,7 +2,9 @@
 
 Plain functions with plain inputs; the Dagster asset and `lakeloop drift` are thin adapters over these. The HTML
 report is logged to MLflow and linked there (an http page any browser that reaches the platform opens); when MLflow
-cannot take it, the check still stores its numbers and alerts, and says in words where the report is.
+cannot take it, the check still stores its numbers and alerts, and says in words where the report is. The drift
+picture is logged to the window's run before the alert, so the alert links it (``drift_picture``); a picture that
+cannot be logged leaves the alert without that link and with the reason in its details.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class DriftWindowResult:
     report_links: Mapping[str, str] = field(default_factory=dict)  # mlflow_run, report, report_file (http)
     report_note: str | None = None  # why there is no report link, in words
     chart_url: str | None = None  # http URL of the drift picture in the window's MLflow run (None: not logged)
+    chart_note: str | None = None  # why there is no picture although the window was logged to MLflow, in words
 
     @property
     def report_url(self) -> str | None:
@@ -183,9 +186,19 @@ def run_drift_window(
     )
     version = drift_store.append_verdict(settings, rows)
     streak = judge_streak(drift_store.window_history(settings), required=required or settings.drift_windows_to_alert)
+    chart_url, chart_note = None, None
+    if logged is not None:  # before the alert, which links it; one that cannot be drawn or logged does not hold it back
+        try:
+            chart_url = log_drift_chart(settings, logged.run_id, required=streak.required)
+        except ServiceError as exc:
+            chart_note = f"not logged ({exc.message})"
+            log.warning("drift window %s: the drift picture was %s", window_id, chart_note)
+        except Exception as exc:  # noqa: BLE001 - a bug in the drawing must not silence the alert: logged with its traceback
+            chart_note = f"not drawn ({type(exc).__name__}: {exc})"[:300]
+            log.warning("drift window %s: the drift picture was %s", window_id, chart_note, exc_info=True)
     delivery = None
     if streak.triggered:
-        all_links = {**report_links, **(links or {})}
+        all_links = {**report_links, "drift_picture": chart_url, **(links or {})}
         groups = sorted(g for g, d in verdict.groups.items() if d) or ["earlier windows"]
         delivery = notifier.notify(
             Alert(
@@ -193,19 +206,14 @@ def run_drift_window(
                 severity="warning",
                 summary=f"drift ({', '.join(groups)}) for {streak.length} windows in a row on {settings.registered_model_name}",
                 details={"window": window_id, "verdict": verdict.summary(), "model_version": model_version or "-",
-                         **{k: round(v, 4) for k, v in verdict.rates.items()}, **({"report": note} if note else {})},
+                         **{k: round(v, 4) for k, v in verdict.rates.items()}, **({"report": note} if note else {}),
+                         **({"picture": chart_note} if chart_note else {})},
                 links=all_links,
                 dedup_key=f"drift:{settings.registered_model_name}:{model_version}",
             )
         )
-    chart_url = None
-    if logged is not None:  # after the alert: a picture that cannot be logged must not hold it back
-        try:
-            chart_url = log_drift_chart(settings, logged.run_id, required=streak.required)
-        except ServiceError as exc:
-            log.warning("drift window %s: the drift picture was not logged (%s)", window_id, exc.message)
     return DriftWindowResult(verdict, streak, delivery, report, version, logged.run_id if logged else None, report_links, note,
-                             chart_url=chart_url)
+                             chart_url=chart_url, chart_note=chart_note)
 
 
 def log_drift_chart(settings: Settings, run_id: str, *, required: int, windows: int = CHART_WINDOWS) -> str | None:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from infra.errors import LakeloopError
+from orchestration.commands.common import quiet_third_party_output
 
 app = typer.Typer(
     name="lakeloop",
@@ -21,7 +22,7 @@ app = typer.Typer(
 )
 
 # Domains whose commands exist; a module is skipped only if it is not written yet.
-COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "lineage", "monitoring", "autopilot", "demo")
+COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "lineage", "erasure", "monitoring", "autopilot", "demo")
 
 
 @app.callback()
@@ -30,6 +31,7 @@ def _root(
     config: Annotated[Path | None, typer.Option("--config", help="A lakeloop.toml (env LAKELOOP_CONFIG).")] = None,
 ) -> None:
     """Global options; every setting is also an env var LAKELOOP_<NAME> or a key in lakeloop.toml."""
+    quiet_third_party_output()  # every command: no library progress bars or "View run at" lines (`lakeloop evaluate`'s)
     if home is not None:
         os.environ["LAKELOOP_HOME"] = str(home)
     if config is not None:

@@ -11,11 +11,16 @@ ledger at every look (a disagreement may last only while a change is in flight o
 ledgered); the first champion passed the gate (the daemon made it champion because it beats the baselines, or a person
 did in the MLflow registry and the ledger says so); the drift alert led to a training whose model reached canary or was
 refused by the gate with reasons; the model trained on the bad stretch was refused by the gate or rolled back after at
-most one analysis window with enough labels.
+most one analysis window with enough labels; no link in any materialization's metadata, in the alert logs or in the
+output of the demo and of a few commands is a file:// URI, and the drift, gate and canary pictures are linked (issue 21).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,8 +87,9 @@ class AliasWatch:
 
 
 @pytest.fixture(scope="module")
-def soak(tmp_path_factory: pytest.TempPathFactory, qa_feedback_path: Path) -> Iterator[tuple[Settings, Any, AliasWatch]]:
-    from orchestration.demo import DemoConfig
+def soak(tmp_path_factory: pytest.TempPathFactory, qa_feedback_path: Path) -> Iterator[tuple[Settings, Any, AliasWatch, list[str]]]:
+    """(the platform's settings, the demo's summary, the alias watch, every line the demo said and its summary)."""
+    from orchestration.demo import DemoConfig, render_summary
     from orchestration.demo_autopilot import AutopilotDemoConfig, run_autopilot_demo
 
     settings = load_settings(home=tmp_path_factory.mktemp("soak-home"), jars_dir=_jars_dir(), kafka_port=free_port(),
@@ -94,11 +100,18 @@ def soak(tmp_path_factory: pytest.TempPathFactory, qa_feedback_path: Path) -> It
         drift_window_minutes=0.5, canary_window_minutes=1.0, chunk_questions=6, chunk_every_s=10.0,
         first_model_timeout_s=600, retrain_timeout_s=600, max_drift_windows=6, max_canary_windows=3,
         bad_stretch_questions=400, retrain_min_new_rows=700, promote_after_labels=40, eval_fraction=0.3)
+    said: list[str] = []  # the demo's output, as `lakeloop demo` prints it
+
+    def say(msg: str) -> None:
+        said.append(msg)
+        print(msg)
+
     try:
         with AliasWatch(settings) as watch:
-            summary = run_autopilot_demo(settings, cfg, say=print)
+            summary = run_autopilot_demo(settings, cfg, say=say)
+        said.extend(render_summary(summary.facts["settings"], summary).splitlines())
         # the demo's own settings (the platform it started): read the instance and registry with them
-        yield summary.facts["settings"], summary, watch
+        yield summary.facts["settings"], summary, watch, said
     finally:
         services.down(settings, log=lambda m: None, timeout=15)
 
@@ -115,7 +128,7 @@ def _ledger(s: Settings) -> list[dict[str, Any]]:
 
 
 def test_every_run_was_started_by_autopilot_and_curation_ran_one_at_a_time(soak) -> None:
-    s, summary, _ = soak
+    s, summary, _, _ = soak
     records = _records(s)
     jobs = {r.dagster_run.job_name for r in records}
     assert {"curation_job", "training_job", "drift_check", "canary_analysis"} <= jobs, jobs
@@ -126,7 +139,7 @@ def test_every_run_was_started_by_autopilot_and_curation_ran_one_at_a_time(soak)
 
 
 def test_the_aliases_agreed_with_the_ledger(soak) -> None:
-    _, _, watch = soak
+    _, _, watch, _ = soak
     assert watch.looks > 50
     assert watch.longest <= TRANSIENT_S, f"aliases and ledger disagreed for {watch.longest:.0f}s: {watch.worst}"
 
@@ -135,7 +148,7 @@ def test_the_first_champion_came_through_the_gate(soak) -> None:
     from trainers import registry
     from trainers.gate import BEATS_BASELINES_TAG
 
-    s, _, _ = soak
+    s, _, _, _ = soak
     first = next(e for e in _ledger(s) if e["alias"] == "champion" and e["to_version"])
     tags = registry.version_info(s, first["to_version"]).tags or {}
     assert tags.get("lakeloop.gate") == "passed", tags
@@ -146,7 +159,7 @@ def test_the_first_champion_came_through_the_gate(soak) -> None:
 
 
 def test_drift_led_to_a_retrained_candidate(soak) -> None:
-    s, summary, _ = soak
+    s, summary, _, _ = soak
     stationary = summary.facts.get("stationary_drift", {})
     assert stationary.get("drifted") is False and (stationary.get("n_current") or 0) > 0, stationary  # judged, on rows
     assert "time_to_drift_alert_s" in summary.facts, summary.stages
@@ -166,7 +179,7 @@ def _rollout_decisions(s: Settings) -> list[dict[str, Any]]:
 def test_the_bad_candidate_was_stopped(soak) -> None:
     """The model trained on the bad release never serves as champion: the gate refuses it, or it never gets traffic,
     or its canary is rolled back at the first analysis window that had enough labels to judge."""
-    s, summary, _ = soak
+    s, summary, _, _ = soak
     bad = summary.facts.get("bad_candidate")
     assert bad is not None, summary.stages  # a model was trained on the bad stretch and judged
     if bad.get("stopped_by") == "gate":
@@ -177,3 +190,42 @@ def test_the_bad_candidate_was_stopped(soak) -> None:
     judged = [d for d in windows if not str(d.get("reason", "")).startswith("not enough feedback")]
     if judged:
         assert judged[0]["decision"] == "Rollback", windows
+
+
+def _all_materializations(s: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every asset's materializations in the instance, oldest first, as their metadata."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with dg.DagsterInstance.from_config(str(s.dagster_home)) as inst:
+        for key in inst.get_asset_keys():
+            mats, cursor = out.setdefault(key.to_user_string(), []), None
+            while True:
+                page = inst.fetch_materializations(key, limit=500, cursor=cursor, ascending=True)
+                mats += [dict(r.asset_materialization.metadata) for r in page.records if r.asset_materialization]
+                if not page.has_more:
+                    break
+                cursor = page.cursor
+    return out
+
+
+def test_no_link_is_a_file_uri_and_the_pictures_are_linked(soak) -> None:
+    """Issue 21's acceptance: no link anywhere in metadata, alerts or command output starts with file://; drift_report,
+    model_evaluation and rollout_decision carry http picture links; a drift alert links its picture."""
+    from tests.link_audit import line_file_uris, metadata_file_uris, missing_pictures
+
+    s, _, _, said = soak
+    materializations = _all_materializations(s)
+    assert sum(map(len, materializations.values())) > 20, {k: len(v) for k, v in materializations.items()}
+    problems = metadata_file_uris(materializations) + missing_pictures(materializations)
+    logs = {name: (s.logs_dir / name).read_text().splitlines() for name in ("alerts.jsonl", "alerts-received.jsonl")}
+    assert logs["alerts.jsonl"] and logs["alerts-received.jsonl"], {k: len(v) for k, v in logs.items()}
+    for name, lines in logs.items():
+        problems += line_file_uris(name, lines)
+    env = {**os.environ, **s.env()}
+    for cmd in (["status"], ["aliases"], ["lineage", "model", "champion"]):  # commands people run on the platform
+        done = subprocess.run([sys.executable, "-m", "orchestration.cli", *cmd], env=env, capture_output=True, text=True, timeout=120)
+        assert cmd == ["status"] or done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+        problems += line_file_uris(f"lakeloop {' '.join(cmd)}", (done.stdout + done.stderr).splitlines())
+    problems += line_file_uris("lakeloop demo", said)
+    assert problems == [], "\n".join(problems[:40])
+    drift = [a for a in map(json.loads, logs["alerts.jsonl"]) if a["kind"] == "drift" and a["status"] == "sent"]
+    assert drift and all(a["links"].get("drift_picture", "").startswith("http") for a in drift), drift[:2]

@@ -119,7 +119,8 @@ def test_drift_report_link_opens_the_html_through_mlflow(mlflow_server: Settings
         alert = rx.received[0][1]
     assert result.streak.triggered and result.report_note is None
     got = alert["links"]
-    assert set(got) == {"report", "report_file", "mlflow_run", "dagster_run"}
+    assert set(got) == {"report", "report_file", "mlflow_run", "drift_picture", "dagster_run"}
+    assert got["drift_picture"] == result.chart_url  # logged before the alert, which links it
     assert all(u.startswith(s.tracking_uri + "/") for k, u in got.items() if k != "dagster_run")
     assert got["report"] == f"{s.tracking_uri}/#/experiments/{got['mlflow_run'].rsplit('/experiments/', 1)[1]}" \
         f"/artifacts/drift_report/{result.report_path.name}"

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from infra.settings import Settings
 from tests.monitoring_helpers import Receiver
 
+PICTURE = "http://mlflow.example:5000/get-artifact?path=evaluation%2Fgate.png&run_uuid=r1"
+
 
 def test_definitions_load_with_the_monitoring_group() -> None:
     from orchestration.definitions import build_definitions
@@ -75,7 +77,8 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch) -> None:
 
     @dg.asset_check(asset=candidate, blocking=True)
     def beats_champion() -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=False, metadata={"candidate_auc": 0.41, "champion_auc": 0.83})
+        return dg.AssetCheckResult(passed=False, metadata={"candidate_auc": 0.41, "champion_auc": 0.83,
+                                                           "gate_picture": dg.MetadataValue.url(PICTURE)})
 
     with Receiver() as rx:
         monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", f"slack+{rx.url()}")
@@ -87,8 +90,11 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch) -> None:
         again = dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
         assert gate_failure_alert(again).skip_message == "no new asset check evaluations"  # the cursor moved on
         assert len(rx.received) == 1
-        text = rx.received[0][1]["text"]
-    assert "beats_champion" in text and "blocking" in text
+        body = rx.received[0][1]
+    assert "beats_champion" in body["text"] and "blocking" in body["text"]
+    buttons = {b["text"]["text"]: b["url"] for b in body["blocks"][-1]["elements"]}
+    assert buttons["Gate picture"] == PICTURE and "Dagster run" in buttons  # the check's picture, linked
+    assert PICTURE not in json.dumps(body["blocks"][:-1])  # a link, not a fact
 
 
 def test_a_drift_report_that_asks_for_retraining_is_found_once() -> None:

@@ -108,6 +108,9 @@ def test_worse_canary_is_rolled_back_within_two_windows(mon: Settings, models, m
         assert paths == {"/slack", "/json"}
         body = dict(rx.received)["/json"]
         assert body["kind"] == "rollback" and v2 in body["summary"] and body["links"]["canary_model"].endswith(f"/versions/{v2}")
+        picture = body["links"]["canary_picture"]  # drawn after the rollback, before its alert: the alert links it
+        assert picture.startswith(f"{s.tracking_uri}/get-artifact?") and f"canary%2Fv{v2}-" in picture
+        assert httpx.get(picture, timeout=30).headers["content-type"] == "image/png"
     assert rollout.read_status(s) == rollout.RolloutStatus(champion=v1, canary=None, challenger=None, canary_share=0.0)
     assert model_store.version_tags(s, v2)[model_store.STATE_TAG] == "rolled_back"
     from trainers.registry import ledger_entries

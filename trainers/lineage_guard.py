@@ -19,6 +19,9 @@ from trainers.tracking import client, needs_mlflow, server_answers
 
 # lake table -> the prefix of its lineage tags (``<prefix>.uri``, ``.version``, ``.rows_digest``, ``.curation_hash``)
 PIN_TABLES = {"gold/training_examples": "lakeloop.train_examples", "gold/preference_pairs": "lakeloop.preference_pairs"}
+# set by `lakeloop forget` (``features.erasure``) on a version whose pinned gold versions held an erased user's rows
+ERASED_TAG = "lakeloop.contains_erased_data"
+ERASURES_TAG = "lakeloop.erasure_ids"  # comma-separated, oldest first
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class RegisteredVersion:
     run_id: str | None
     stage: str  # MLflow's stage ("None", "Staging", "Production", "Archived")
     pins: tuple[Pin, ...]
+    erasures: tuple[str, ...] = ()  # the erasures whose user's rows its pinned versions held (``ERASURES_TAG``)
 
     @property
     def archived(self) -> bool:
@@ -88,7 +92,8 @@ def registered_versions(settings: Settings) -> list[RegisteredVersion]:
                 except MlflowException:
                     pass  # the run was deleted: the version names no table
             pins = tuple(pins_from_tags(tags, f"{mv.name} v{mv.version}"))
-            out.append(RegisteredVersion(mv.name, str(mv.version), mv.run_id or None, str(mv.current_stage or "None"), pins))
+            out.append(RegisteredVersion(mv.name, str(mv.version), mv.run_id or None, str(mv.current_stage or "None"), pins,
+                                         erasures_of(dict(mv.tags or {}))))
         token = page.token
         if not token:
             return out
@@ -101,3 +106,20 @@ def pins_of(pins: list[Pin], uri: str) -> dict[int, list[str]]:
         if same_table(p.uri, uri):
             out.setdefault(p.version, []).append(p.model)
     return dict(sorted(out.items()))
+
+
+def erasures_of(tags: dict[str, str]) -> tuple[str, ...]:
+    """The erasure ids a model version's tags name (empty: it learned from no erased data, as far as is known)."""
+    return tuple(e for e in tags.get(ERASURES_TAG, "").split(",") if e)
+
+
+@needs_mlflow("tagging the model versions that learned from erased data")
+def mark_erased(settings: Settings, versions: list[tuple[str, str]], erasure_id: str) -> None:
+    """Tag each (registered model, version): ``lakeloop.contains_erased_data=true`` and the erasure id appended to
+    ``lakeloop.erasure_ids``. Idempotent."""
+    c = client(settings)
+    for name, version in versions:
+        known = erasures_of(dict(c.get_model_version(name, version).tags or {}))
+        c.set_model_version_tag(name, version, ERASED_TAG, "true")
+        if erasure_id not in known:
+            c.set_model_version_tag(name, version, ERASURES_TAG, ",".join((*known, erasure_id)))

@@ -78,9 +78,14 @@ class ModelLineage:
     config_uri: str | None
     params: dict[str, str]
     history: tuple[AliasMove, ...]  # oldest first
+    erasures: tuple[str, ...] = ()  # `lakeloop forget` runs whose user's rows its pinned versions held
+
+    @property
+    def contains_erased_data(self) -> bool:
+        return bool(self.erasures)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "contains_erased_data": self.contains_erased_data}
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Learner:
     archived: bool
     aliases: tuple[str, ...]
     run_id: str | None
+    erasures: tuple[str, ...] = ()  # the version contains erased data (its pinned versions held an erased user's rows)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def _model_lineage(settings: Settings, ref: str, name: str) -> ModelLineage:
         metrics=dict(sorted(metrics.items())), config=config,
         config_uri=f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}" if config is not None else None,
         params=dict(sorted(params.items())), history=_history(settings, name, str(mv.version)),
+        erasures=G.erasures_of(dict(mv.tags or {})),
     )
 
 
@@ -268,7 +275,8 @@ def _table_lineage(settings: Settings, name: str, uri: str, version: int | None,
         for alias, v in (c.get_registered_model(model).aliases or {}).items():
             by_version.setdefault(str(v), []).append(alias)
         aliases[model] = by_version
-    learners = [Learner(mv.name, mv.version, p.version, mv.stage, mv.archived, tuple(sorted(aliases[mv.name].get(mv.version, []))), mv.run_id)
+    learners = [Learner(mv.name, mv.version, p.version, mv.stage, mv.archived, tuple(sorted(aliases[mv.name].get(mv.version, []))), mv.run_id,
+                        mv.erasures)
                 for mv, p in found]
     learners.sort(key=lambda x: (x.model, int(x.version) if x.version.isdigit() else 0))
     return TableLineage(name, uri, version, latest, tuple(learners))
@@ -322,6 +330,9 @@ def format_model(m: ModelLineage) -> str:
     beats = {True: "yes", False: "no", None: "not recorded"}[m.gate.beats_baselines]
     lines += [f"  gate         {m.gate.result or 'not evaluated'} (beats baselines: {beats})",
               f"  gate reasons {_short(m.gate.reasons, 160)}", "data (pinned Delta versions)"]
+    if m.contains_erased_data:
+        lines.append(f"  contains erased data ({', '.join(m.erasures)}): its pinned versions held rows `lakeloop forget` has "
+                     "since deleted; they stop reading once the erasure's vacuum deletes their files (erasure wins over lineage)")
     width = max(len(t.table) for t in m.tables)
     for t in m.tables:
         v = f"v{t.version}" if t.version is not None else "v?"
@@ -354,5 +365,6 @@ def format_table(t: TableLineage) -> str:
     width = max(len(f"{x.model} v{x.version}") for x in t.models)
     for x in t.models:
         status = "archived" if x.archived else "registered"
-        lines.append(f"  {f'{x.model} v{x.version}':<{width}}  table v{x.table_version:<4} {status:<10}  {', '.join(x.aliases) or '-'}")
+        erased = f"  contains erased data ({', '.join(x.erasures)})" if x.erasures else ""
+        lines.append(f"  {f'{x.model} v{x.version}':<{width}}  table v{x.table_version:<4} {status:<10}  {', '.join(x.aliases) or '-'}{erased}")
     return "\n".join(lines)

@@ -6,6 +6,10 @@ judge the rows of the day just written; when the latest such check of a day fail
 stay in every later version until the day is curated again and passes, so no version from that one on is
 pinnable. Table-level checks (leakage, enough rows) judge one version only. Pure: the evaluations come
 from the Dagster instance (``orchestration.assets.training.pins``).
+
+An erasure (`lakeloop forget`, ``features.erasure``) deletes a user's rows in a commit of its own: every version
+before it holds the erased rows and is never pinned again, and the version it makes, which only deletes rows,
+passes the checks its previous version passed (the next curation run checks it for real).
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ class Pin:
     reason: str
 
 
-def checked_version(evals: Iterable[CheckEval], *, latest: int | None, table: str = "gold table") -> Pin:
-    """The latest version <= ``latest`` on which every blocking check passed and which holds no day whose
-    latest day-level check failed."""
+def checked_version(evals: Iterable[CheckEval], *, latest: int | None, table: str = "gold table",
+                    erasures: Iterable[int] = ()) -> Pin:
+    """The latest version <= ``latest`` on which every blocking check passed, which holds no day whose latest
+    day-level check failed, and which is not older than the latest erasure (``erasures``: the versions erasures made)."""
     evals = sorted(evals, key=lambda e: (e.order, e.version))
     if latest is None:
         return Pin(None, f"{table} does not exist yet")
@@ -48,7 +53,15 @@ def checked_version(evals: Iterable[CheckEval], *, latest: int | None, table: st
             last_day_eval[(e.partition, e.check)] = e
     poisoned = [e for e in last_day_eval.values() if not e.passed]
     limit = min((e.version for e in poisoned), default=latest + 1)
-    good = [v for v, ok in by_version.items() if ok and v < limit and v <= latest]
+    erased = sorted(v for v in set(erasures) if v <= latest)
+    for v in erased:  # a deletion only: it inherits its previous version's verdict (in order: erasures in a row chain)
+        if v not in by_version and v - 1 in by_version:
+            by_version[v] = by_version[v - 1]
+    floor = erased[-1] if erased else 0
+    good = [v for v, ok in by_version.items() if ok and floor <= v < limit and v <= latest]
+    if not good and erased and any(ok and v < floor for v, ok in by_version.items()):
+        return Pin(None, f"{table}: no pinnable version: every checked version is older than the erasure at v{floor} (it holds "
+                   "the erased rows); the next curation run makes a checked version after it")
     if good:
         v = max(good)
         note = "" if v == latest else f" (latest v{latest} is not pinnable: " + _why(by_version, failed_checks, poisoned, v, latest) + ")"

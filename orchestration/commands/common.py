@@ -26,7 +26,8 @@ def say(msg: str) -> None:
 
 
 # Libraries that draw progress bars or print links on stdout (MLflow artifact downloads, "View run at", model weight
-# loading): a narrated command (the demo) turns them off for itself and the processes it starts, unless set already.
+# loading): every command turns them off for itself and the processes it starts (the CLI's root callback), unless the
+# user set them already.
 QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 

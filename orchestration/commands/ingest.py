@@ -128,10 +128,13 @@ def lake_optimize(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what vacuum would delete; no compaction.")] = False,
 ) -> None:
     """Compact small files, checkpoint, and vacuum with a safe retention (bronze tables by default); for gold tables,
-    say which pinned versions it kept readable."""
+    say which pinned versions it kept readable. Then vacuum the erasures whose grace has passed (`lakeloop forget`)."""
+    from features.erasure import vacuum_due
     from feedback.maintenance import BRONZE_TABLES, optimize_tables
 
     optimize_tables(settings(), table or BRONZE_TABLES, retention_hours=retention_hours, dry_run=dry_run, say=say)
+    if not dry_run:
+        vacuum_due(settings(), say=say)
 
 
 @lake_app.command("reseed")

@@ -190,6 +190,8 @@ def drift(
     say(result.verdict.summary())
     say(f"streak: {result.streak.length}/{result.streak.required} ({result.streak.action})")
     say(f"report: {result.report_url or result.report_note}")
+    if result.chart_url or result.chart_note:
+        say(f"picture: {result.chart_url or result.chart_note}")
 
 
 def register(app: typer.Typer) -> None:

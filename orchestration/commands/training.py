@@ -43,7 +43,7 @@ def evaluate(
     from trainers.gate import GateConfig
 
     out = evaluate_candidate(settings(), run_id, gate=GateConfig(must_beat_baselines=not no_baselines_gate), n_boot=n_boot)
-    say(out.model_card)
+    typer.echo(out.model_card)  # markdown as written: console markup would take its ![alt] texts for styles
     say(f"gate: {out.decision.summary()}")
     if not out.decision.passed:
         raise typer.Exit(1)

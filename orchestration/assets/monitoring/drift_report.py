@@ -80,6 +80,8 @@ def drift_report(
         metadata["mlflow_run_id"] = result.mlflow_run_id
     if result.chart_url:  # each column's score vs threshold over the last windows, from the MLflow run
         metadata["drift_picture"] = dg.MetadataValue.md(f"![drift per column, last windows]({result.chart_url})")
+    elif result.chart_note:
+        metadata["drift_picture"] = dg.MetadataValue.text(result.chart_note)
     if result.delivery is not None:
         metadata["alert"] = result.delivery.status
     return dg.MaterializeResult(metadata=metadata)

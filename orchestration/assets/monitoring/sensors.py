@@ -7,8 +7,10 @@ LAKELOOP_AUTOPILOT is on, STOPPED when off; `lakeloop autopilot on|off` flips th
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import dagster as dg
 
@@ -135,9 +137,15 @@ def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSet
     )
 
 
+def check_links(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """A check's http URL metadata (``MetadataValue.url``: the gate's picture) as alert links, by metadata key."""
+    return {k: v.value for k, v in metadata.items() if isinstance(v, dg.UrlMetadataValue) and links.is_http(v.value)}
+
+
 @dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=autopilot_default())
 def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SkipReason:
-    """Every failed ERROR-severity asset check (the training gate, data contracts) becomes an alert."""
+    """Every failed ERROR-severity asset check (the training gate, data contracts) becomes an alert; the check's URL
+    metadata (the gate's picture) become its links."""
     records = context.instance.get_event_records(
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
                               after_cursor=int(context.cursor) if context.cursor else None),
@@ -154,12 +162,13 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
             continue
         failed += 1
         asset = ev.asset_key.to_user_string()
+        urls = check_links(ev.metadata)
         notifier.notify(
             Alert(
                 "gate_failed", f"check {ev.check_name} on {asset} failed{' (blocking)' if ev.blocking else ''}", "critical",
                 details={"asset": asset, "check": ev.check_name, "description": ev.description or "-",
-                         **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8]}},
-                links={"dagster_run": links.dagster_run(settings, rec.run_id)},
+                         **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8] if k not in urls}},
+                links={"dagster_run": links.dagster_run(settings, rec.run_id), **urls},
                 dedup_key=f"gate_failed:{asset}:{ev.check_name}:{rec.run_id}",
             )
         )

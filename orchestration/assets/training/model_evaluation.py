@@ -55,6 +55,8 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
         check_name=GATE,
         passed=out.decision.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"reasons": "; ".join(out.decision.reasons) or "-", "champion_version": out.champion_version or "none"},
+        metadata={"reasons": "; ".join(out.decision.reasons) or "-", "champion_version": out.champion_version or "none",
+                  # a failed gate's alert links its picture (gate_failure_alert turns url metadata into links)
+                  **({"gate_picture": dg.MetadataValue.url(out.pictures["gate"])} if "gate" in out.pictures else {})},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])

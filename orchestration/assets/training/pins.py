@@ -40,7 +40,10 @@ def check_evals(instance: dg.DagsterInstance, asset: str, *, limit: int = 2000) 
 
 def checked_pins(instance: dg.DagsterInstance, settings: Settings) -> dict[str, Pin]:
     """Per gold table, the version training may pin now and why."""
-    return {table: checked_version(check_evals(instance, asset), latest=lake.version(table_uri(settings, table)), table=table)
+    from features.erasure import erasure_versions
+
+    return {table: checked_version(check_evals(instance, asset), latest=lake.version(table_uri(settings, table)), table=table,
+                                   erasures=erasure_versions(table_uri(settings, table)))
             for table, asset in GOLD_ASSETS.items()}
 
 
