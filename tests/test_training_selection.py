@@ -91,12 +91,40 @@ def test_selection_picks_the_family_best_on_validation_and_says_by_how_much() ->
     sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50)
     assert sel.winner in ("tfidf_pairwise", "length_support")
     assert sel.best[sel.winner].objective == max(t.objective for t in sel.best.values())
-    assert sel.winner in sel.fitted and "won on validation" in sel.summary()
+    assert sel.winner in sel.fitted and "won: the cheap families by" in sel.summary()
     # an encoder that ranks validation pairs backwards loses, and the margin says so
     worst = lambda p, r: np.array([0.0 if "grounded" in x else 1.0 for x in r])
     sel = S.compete(ex, pr, families=("encoder", "tfidf_pairwise"), encoder_val=worst, seed=0, n_boot=50)
     assert sel.winner == "tfidf_pairwise" and sel.best["encoder"].pairwise_accuracy == 0.0
     assert sel.margins["encoder"].lo > 0
+
+
+def test_cross_validation_folds_hold_each_prompt_cluster_out_once() -> None:
+    ex, pr = _toy(60)
+    folds = S.cv_folds(ex, pr, k=5, seed=13)
+    assert len(folds) == 5
+    held = [set(f.val_examples["cluster_id"]) | set(f.val_pairs["cluster_id"]) for f in folds]
+    assert sorted(c for h in held for c in h) == sorted(set(ex["cluster_id"]))  # every cluster held out exactly once
+    for f, h in zip(folds, held, strict=True):
+        assert h and not h & (set(f.fit_examples["cluster_id"]) | set(f.fit_pairs["cluster_id"]))
+    assert S.cv_folds(ex.head(20), pr.head(10), k=5) == []  # fewer than 5 clusters per fold: no folds
+
+
+def test_cheap_families_are_chosen_on_pooled_out_of_fold_scores_and_the_encoder_on_validation() -> None:
+    ex, pr = _toy(60)
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50)
+    assert sel.cv_folds == 5 and sel.validation[0] == 60  # every train prompt was held out once
+    # "grounded" answers are also the longer ones: both families rank every pair, and a tie goes to the cheaper one
+    assert sel.best["tfidf_pairwise"].pairwise_accuracy == sel.best["length_support"].pairwise_accuracy == 1.0
+    assert sel.winner == "length_support"
+    ex2, pr2 = ex.assign(response=ex["response"].str.replace("vague", "unproven")), pr.assign(
+        rejected=pr["rejected"].str.replace("vague", "unproven"))
+    sel = S.compete(ex2, pr2, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50)
+    assert sel.winner == "tfidf_pairwise" and sel.margins["length_support"].lo > 0  # as long as "grounded": only the words tell
+    perfect = lambda p, r: np.array([1.0 if "grounded" in x else 0.0 for x in r])
+    sel = S.compete(ex2, pr2, families=("encoder", "tfidf_pairwise"), encoder_val=perfect, seed=0, n_boot=50)
+    assert sel.winner == "tfidf_pairwise" and "did not beat tfidf_pairwise" in sel.summary()  # a tie on validation: the cheaper
+    assert "(5-fold CV)" in sel.summary() and "(validation)" in sel.summary()
 
 
 @pytest.mark.parametrize(("keep", "unmeasured"), [("pairs", "AUC"), ("ratings", "pairwise")])
@@ -109,7 +137,7 @@ def test_a_one_kind_stream_selection_says_not_measured_never_nan(keep: str, unme
     else:
         ex, pr = ex.assign(label=ex["label"].map({1.0: 0.75, 0.0: 0.25})), pr.iloc[:0]  # ratings 4 and 2
     summary = S.compete(ex, pr, families=("tfidf_pairwise", "length_support"), seed=0, n_boot=50).summary()
-    assert "won on validation" in summary and "nan" not in summary.lower()
+    assert " won: " in summary and "nan" not in summary.lower()
     assert f"{unmeasured} not measured" in summary
 
 

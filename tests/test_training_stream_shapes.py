@@ -174,4 +174,4 @@ def test_a_ratings_only_or_corrections_only_stream_curates_trains_evaluates_and_
     reasons = run.get("lakeloop.baselines.reasons", "")
     assert run.get(BEATS_BASELINES_TAG) in ("true", "false") and unmeasured not in reasons and "has no" not in reasons, run
     selection = run.get("lakeloop.selection", "")
-    assert "won on validation" in selection and "not measured" in selection and not re.search(r"\bnan\b", selection), selection
+    assert " won: " in selection and "not measured" in selection and not re.search(r"\bnan\b", selection), selection
