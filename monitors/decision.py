@@ -23,7 +23,9 @@ class RolloutPolicy:
     alpha: float = 0.05  # always-valid level of every test (one-sided each)
     max_error_rate: float = 0.05  # a canary above this error rate is rolled back outright
     min_requests: int = 50  # requests per arm before error rate / latency are judged
-    max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back
+    max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back ...
+    min_latency_increase_ms: float = 25.0  # ... when it is also this many ms slower: 2.4 -> 4.8 ms (a lexical model vs
+    # another) is twice as slow and no user feels it; the demo's first canary was rolled back for that
     equivalence_feedback: int = 400  # with this many labels per arm and no significant difference ...
     equivalence_margin: float = 0.05  # ... a canary whose confidence sequence is above -margin is promoted
     tau: float = DEFAULT_TAU  # mixing scale of the agreement tests: ~10-point effects
@@ -104,9 +106,11 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
         and can.latency_p95_ms is not None
         and champ.latency_p95_ms
         and can.latency_p95_ms > policy.max_latency_ratio * champ.latency_p95_ms
+        and can.latency_p95_ms - champ.latency_p95_ms >= policy.min_latency_increase_ms
     ):
         return Rollback(
-            f"canary latency p95 {can.latency_p95_ms:.1f} ms > {policy.max_latency_ratio}x champion {champ.latency_p95_ms:.1f} ms"
+            f"canary latency p95 {can.latency_p95_ms:.1f} ms > {policy.max_latency_ratio}x champion {champ.latency_p95_ms:.1f} ms "
+            f"(and {can.latency_p95_ms - champ.latency_p95_ms:.0f} ms slower, at least {policy.min_latency_increase_ms:.0f})"
         )
     if can.n_feedback < policy.min_feedback or champ.n_feedback < policy.min_feedback:
         return Hold(

@@ -57,6 +57,7 @@ CASES = [
     ("errors-significantly-higher", arms(60, 54, 40, 36, can_req=400, can_err=12, champ_req=4000, champ_err=4), 0.1, Rollback, None),
     ("latency-regression", arms(60, 54, 40, 36, can_p95=50.0, champ_p95=10.0), 0.1, Rollback, None),
     ("latency-few-requests", arms(60, 30, 40, 36, can_p95=50.0, champ_p95=10.0, n_pred=10), 0.1, Promote, 0.5),
+    ("latency-twice-but-a-few-ms", arms(60, 30, 40, 36, can_p95=4.8, champ_p95=2.4), 0.1, Promote, 0.5),
 ]
 
 
