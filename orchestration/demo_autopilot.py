@@ -265,9 +265,9 @@ def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSu
         return None
     summary.facts["time_to_first_model_s"] = round(time.monotonic() - t, 1)  # backlog sent -> gated model registered
     ev = (narrator.latest("model_evaluation") or (0, {}))[1]
-    summary.facts["first_model"] = {k: v for k, v in ev.items() if k != "model_card"}
     aliases = _aliases(settings)
     version = aliases.get("champion") or aliases.get("challenger")
+    summary.facts["first_model"] = {**{k: v for k, v in ev.items() if k != "model_card"}, "version": version}
     figures = (f"pairwise accuracy {ev.get('pairwise_accuracy', float('nan')):.3f} {ev.get('pairwise_accuracy_ci', '')}, AUC "
                f"{ev.get('auc', float('nan')):.3f}; baselines: length {ev.get('baseline_length_pairwise_accuracy', float('nan')):.3f}, "
                f"TF-IDF {ev.get('baseline_tfidf_lr_pairwise_accuracy', float('nan')):.3f}")
