@@ -19,7 +19,7 @@ import pandas as pd
 
 
 class Receiver:
-    """Collects JSON bodies POSTed to http://127.0.0.1:<port>/<path>."""
+    """Collects JSON bodies POSTed to http://127.0.0.1:<port>/<path>; a subclass answers otherwise (``answer``)."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
@@ -27,17 +27,20 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.received.append((self.path, json.loads(body)))
-                self.send_response(200)
+                status, reply = outer.answer(self.path, json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+                self.send_response(status)
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(reply)
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        self.received.append((path, body))
+        return 200, b"ok"
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{path}"

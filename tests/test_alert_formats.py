@@ -4,14 +4,13 @@ by a local receiver that refuses anything else the way those services do; webhoo
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from monitors.alerts import Alert, AlertPolicy, LogFileChannel, Notifier, WebhookChannel, payload, redact_url
+from tests.monitoring_helpers import Receiver
 
 LINKS = {"report": "http://mlflow.example:5000/#/experiments/3/runs/abc/artifacts/drift_report/w.html",
          "dagster_run": "http://dagster.example:3000/runs/0b1c", "model": "http://mlflow.example:5000/#/models/m/versions/7"}
@@ -119,51 +118,24 @@ def teams_problems(body: Any) -> list[str]:
     return out
 
 
-class ValidatingReceiver:
+class ValidatingReceiver(Receiver):
     """Slack at /slack (200 "ok", or 400 "invalid_blocks"), Teams Workflows at /teams (202, or 400); anything else 404."""
 
     def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
+        super().__init__()
         self.rejected: list[tuple[str, list[str]]] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                path = self.path.split("?")[0]
-                check = slack_problems if path.startswith("/slack") else teams_problems if path.startswith("/teams") else None
-                if check is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                problems = check(body)
-                if problems:
-                    outer.rejected.append((path, problems))
-                    self.send_response(400)
-                    self.end_headers()
-                    self.wfile.write(b"invalid_blocks")
-                    return
-                outer.received.append((path, body))
-                self.send_response(200 if path.startswith("/slack") else 202)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def __enter__(self) -> ValidatingReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        path = path.split("?")[0]
+        check = slack_problems if path.startswith("/slack") else teams_problems if path.startswith("/teams") else None
+        if check is None:
+            return 404, b""
+        problems = check(body)
+        if problems:
+            self.rejected.append((path, problems))
+            return 400, b"invalid_blocks"
+        self.received.append((path, body))
+        return (200 if path.startswith("/slack") else 202), b"ok"
 
 
 def notifier(tmp_path: Path, channels: list[WebhookChannel]) -> Notifier:

@@ -15,13 +15,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from deltalake import DeltaTable
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from feedback.collector.keys import key_entry
 from infra.settings import Settings
 from infra.tables import table_uri
 from tests.test_collector import bronze, collector, ingest, local, records_in_topic
-from tests.ui_screenshot import CHROMIUM_ARGS, chromium_path
+from tests.ui_screenshot import chromium
 
 pytestmark = pytest.mark.integration
 ANSWER_S = 30  # generous: a verdict comes once Kafka acknowledged the event
@@ -29,12 +29,8 @@ ANSWER_S = 30  # generous: a verdict comes once Kafka acknowledged the event
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import Browser, Frame, Page
 
 from infra import links
 from infra.settings import Settings, load_settings
-from tests.ui_screenshot import CHROMIUM_ARGS, chromium_path
+from tests.ui_screenshot import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 UI_MS = 60_000  # the MLflow UI's first load on busy cores
@@ -25,12 +25,8 @@ UI_MS = 60_000  # the MLflow UI's first load on busy cores
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()

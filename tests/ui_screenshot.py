@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -16,6 +19,19 @@ def chromium_path() -> str:
     if path is None:
         raise RuntimeError("headless Chromium is not installed (fix: apt-get install chromium; `make test` does it as root)")
     return path
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Headless Chromium through Playwright, closed on exit (the browser tests' module fixture)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def screenshot_asset_graph(dagster_url: str, out: Path, *, width: int = 1600, height: int = 1000) -> Path:
