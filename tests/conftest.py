@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,12 @@ def dagster_platform(platform: Platform) -> Settings:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The end-to-end demo runs last: it is the longest, and a failure elsewhere should show first."""
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_demo_e2e.py"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Playwright) for the browser tests of a module."""
+    from tests.ui_screenshot import chromium
+
+    with chromium() as b:
+        yield b

@@ -36,21 +36,12 @@ def assert_png(url: str) -> None:
 
 @pytest.mark.slow
 def test_evaluation_logs_the_pictures_and_the_version_shows_the_card_with_the_gate_picture(s: Settings, qa_feedback_path: Path) -> None:
-    from tests.training_fixtures import write_gold
+    from tests.training_fixtures import small_evaluated_run
     from trainers import registry as R
-    from trainers.candidate import CALIBRATION_PNG, GATE_PNG, evaluate_candidate, register_candidate
-    from trainers.config import TrainConfig
-    from trainers.gate import GateConfig
+    from trainers.candidate import CALIBRATION_PNG, GATE_PNG, register_candidate
     from trainers.tracking import client
-    from trainers.train import train
 
-    write_gold(s.lake, qa_feedback_path, questions=40)
-    cfg = TrainConfig(candidates=("tfidf_pairwise",), validation_share=0.0, experiment=f"pictures-{s.registered_model_name}",
-                      output_dir=str(s.home / "run"), num_threads=1)
-    run_id = train(cfg, s, say=lambda m: None).run_id
-    assert run_id is not None
-    out = evaluate_candidate(s, run_id, gate=GateConfig(must_beat_baselines=False), n_boot=50)
-    assert out.decision.passed, out.decision.summary()
+    run_id, out = small_evaluated_run(s, qa_feedback_path, experiment=f"pictures-{s.registered_model_name}")
     assert set(out.pictures) == {"gate", "calibration"}
     for url in out.pictures.values():
         assert_png(url)

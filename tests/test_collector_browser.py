@@ -21,16 +21,9 @@ from feedback.collector.keys import key_entry
 from infra.settings import Settings
 from infra.tables import table_uri
 from tests.test_collector import bronze, collector, ingest, local, records_in_topic
-from tests.ui_screenshot import chromium
 
 pytestmark = pytest.mark.integration
 ANSWER_S = 30  # generous: a verdict comes once Kafka acknowledged the event
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture()

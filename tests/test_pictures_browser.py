@@ -17,16 +17,9 @@ from playwright.sync_api import Browser, Frame, Page
 
 from infra import links
 from infra.settings import Settings, load_settings
-from tests.ui_screenshot import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 UI_MS = 60_000  # the MLflow UI's first load on busy cores
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture()
@@ -107,20 +100,11 @@ def test_a_drift_alerts_links_open_the_report_and_the_picture(s: Settings, tmp_p
 
 
 def test_the_model_version_page_shows_the_card_with_the_gate_picture(s: Settings, qa_feedback_path: Path, page: Page) -> None:
-    from tests.training_fixtures import write_gold
+    from tests.training_fixtures import small_evaluated_run
     from trainers import registry as R
-    from trainers.candidate import evaluate_candidate, register_candidate
-    from trainers.config import TrainConfig
-    from trainers.gate import GateConfig
-    from trainers.train import train
+    from trainers.candidate import register_candidate
 
-    write_gold(s.lake, qa_feedback_path, questions=40)
-    cfg = TrainConfig(candidates=("tfidf_pairwise",), validation_share=0.0, experiment=f"browser-{s.registered_model_name}",
-                      output_dir=str(s.home / "run"), num_threads=1)
-    run_id = train(cfg, s, say=lambda m: None).run_id
-    assert run_id is not None
-    out = evaluate_candidate(s, run_id, gate=GateConfig(must_beat_baselines=False), n_boot=50)
-    assert out.decision.passed, out.decision.summary()
+    run_id, out = small_evaluated_run(s, qa_feedback_path, experiment=f"browser-{s.registered_model_name}")
     version, _, _ = register_candidate(s, run_id, actor="test", metrics={})
     description = R.version_info(s, version).description
     assert re.search(r"!\[gate picture\]\(http[^)\s]+\)", description), description[:500]

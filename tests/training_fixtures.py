@@ -19,7 +19,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -121,3 +121,22 @@ def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, e
     return out[0], out[1]
 
 
+
+
+def small_evaluated_run(settings: Any, qa_feedback_path: Path, *, experiment: str) -> tuple[str, Any]:
+    """A real training of the TF-IDF family alone on 40 questions' gold tables in ``settings.lake``, evaluated (gate without
+    the baseline rule, 50 resamples): (run id, ``trainers.candidate.EvalOutcome``). For tests of what an evaluated run
+    shows (pictures, the model card), not of what it learned."""
+    from trainers.candidate import evaluate_candidate
+    from trainers.config import TrainConfig
+    from trainers.gate import GateConfig
+    from trainers.train import train
+
+    write_gold(settings.lake, qa_feedback_path, questions=40)
+    cfg = TrainConfig(candidates=("tfidf_pairwise",), validation_share=0.0, experiment=experiment,
+                      output_dir=str(settings.home / "run"), num_threads=1)
+    run_id = train(cfg, settings, say=lambda m: None).run_id
+    assert run_id is not None
+    out = evaluate_candidate(settings, run_id, gate=GateConfig(must_beat_baselines=False), n_boot=50)
+    assert out.decision.passed, out.decision.summary()
+    return run_id, out

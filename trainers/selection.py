@@ -206,9 +206,11 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
         else:
             best[fam], fam_trials, _, _ = tune(fam, carved, seed=seed)  # type: ignore[arg-type]
         trials += fam_trials
+    val: dict[str, E.Scored] = {}  # scores on the carved validation part
     if "encoder" in families and encoder_val is not None:
         if carved.has_validation:
-            best["encoder"] = _trial("encoder", {}, val_scored(encoder_val, carved), carved)
+            val["encoder"] = val_scored(encoder_val, carved)  # the encoder is scored once: its inference is the costly part
+            best["encoder"] = _trial("encoder", {}, val["encoder"], carved)
         else:
             best["encoder"] = Trial("encoder", {}, float("nan"), float("nan"))
         trials.append(best["encoder"])
@@ -220,13 +222,10 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     rank = lambda fams, score: max(fams, key=lambda f: (score(f), -order.get(f, 99)))
     # every cheap family as fit on the fit part (its chosen point) and scored on the validation part: the encoder's rivals
     fitted: dict[str, L.LexicalScorer] = {}
-    val: dict[str, E.Scored] = {}
     if carved.has_validation:
         for fam in cheap:
             fitted[fam] = L.fit(fam, carved.fit_examples, carved.fit_pairs, seed=seed, **best[fam].params)  # type: ignore[arg-type]
             val[fam] = val_scored(fitted[fam], carved)
-        if "encoder" in best:
-            val["encoder"] = val_scored(encoder_val, carved)  # type: ignore[arg-type]
     encoder_note = ""
     if not carved.has_validation:
         winner = next(f for f in families if f in best)
