@@ -24,8 +24,8 @@ class RolloutPolicy:
     max_error_rate: float = 0.05  # a canary above this error rate is rolled back outright
     min_requests: int = 50  # requests per arm before error rate / latency are judged
     max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back ...
-    min_latency_increase_ms: float = 25.0  # ... when it is also this many ms slower: 2.4 -> 4.8 ms (a lexical model vs
-    # another) is twice as slow and no user feels it; the demo's first canary was rolled back for that
+    min_latency_increase_ms: float = 25.0  # ... when it is also this many ms slower: 2.4 -> 4.8 ms (the demo's champion and
+    # canary) is twice as slow and no user feels it; the demo's first canary was rolled back for that
     equivalence_feedback: int = 400  # with this many labels per arm and no significant difference ...
     equivalence_margin: float = 0.05  # ... a canary whose confidence sequence is above -margin is promoted
     tau: float = DEFAULT_TAU  # mixing scale of the agreement tests: ~10-point effects
