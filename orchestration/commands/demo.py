@@ -56,7 +56,7 @@ def demo(
 ) -> None:
     """Run the whole loop end to end with the real qa_feedback data: start the platform with autopilot on, send the
     feedback backlog, play live traffic through `lakeloop serve`, drift it, release a buggy app, and narrate what the
-    daemon does (about 10-12 min on 2 CPUs)."""
+    daemon does (1,718 s on 2 CPUs, measured 2026-12-06: three trainings with every candidate)."""
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
     quiet_third_party_output()  # the narration only: no artifact or weight-loading progress bars
