@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from infra.errors import LakeloopError
+from infra.shutdown import exit_code, exit_process
 from orchestration.commands.common import quiet_third_party_output
 
 app = typer.Typer(
@@ -55,15 +55,21 @@ _register_all()
 
 
 def main() -> None:
+    """The `lakeloop` entry point: errors as `error:` and `fix:` lines with exit 2, and an exit status that says
+    whether the work succeeded even when a native library would abort in its teardown (``infra.shutdown``)."""
     try:
         app()
+        code = 0
+    except SystemExit as done:  # typer ends every command this way
+        code = exit_code(done.code)
     except LakeloopError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         if exc.hint:
             typer.secho(f"  fix: {exc.hint}", err=True)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    exit_process(code)
 
 
 if __name__ == "__main__":
