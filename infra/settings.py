@@ -135,6 +135,10 @@ class Settings(BaseSettings):
                                            "off: only 'not worse than the champion' (a first champion still needs to beat them).")
     gate_slice_tolerance: float = Field(0.05, ge=0, description="The gate fails a candidate whose metric on a slice (app, "
                                         "model, event type, length) is below the champion's by more than this.")
+    gate_cross_fit: bool = Field(True, description="A first model (no champion) whose winner is a cheap family is judged "
+                                 "against the baselines on the eval split plus its train split scored out of fold by the same "
+                                 "recipe (nested 5-fold cross-fit, trainers/crossfit.py): ~2.5x the prompts, the eval split "
+                                 "never chooses. Off: the eval split alone.")
     eval_n_boot: int = Field(1000, ge=50, description="Bootstrap resamples for the evaluation's 95% intervals.")
     drift_reference_sample: int = Field(5000, ge=50, description="Training rows scored by the champion as drift reference.")
 

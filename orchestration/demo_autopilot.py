@@ -271,6 +271,10 @@ def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSu
     figures = (f"pairwise accuracy {ev.get('pairwise_accuracy', float('nan')):.3f} {ev.get('pairwise_accuracy_ci', '')}, AUC "
                f"{ev.get('auc', float('nan')):.3f}; baselines: length {ev.get('baseline_length_pairwise_accuracy', float('nan')):.3f}, "
                f"TF-IDF {ev.get('baseline_tfidf_lr_pairwise_accuracy', float('nan')):.3f}")
+    if "pooled_minus_length_pairwise" in ev:  # a cheap first model: the baseline rules read the cross-fit train split too
+        figures += (f"; with its train split cross-fit: pairwise {ev['pooled_pairwise_accuracy']:.3f}, minus length "
+                    f"{ev['pooled_minus_length_pairwise']:+.3f} {ev['pooled_minus_length_pairwise_ci']}, minus TF-IDF "
+                    f"{ev.get('pooled_minus_tfidf_lr_pairwise', float('nan')):+.3f} {ev.get('pooled_minus_tfidf_lr_pairwise_ci', '')}")
     if aliases.get("champion"):
         summary.add("2. first champion", f"v{version} by the daemon in {time.monotonic() - t:.0f}s: it beats the baselines ({figures})", say)
         summary.decisions.append(("Champion", f"v{version}: first model, beats the baselines (daemon)"))

@@ -47,6 +47,11 @@ def test_evaluation_logs_the_pictures_and_the_version_shows_the_card_with_the_ga
         assert_png(url)
     assert {GATE_PNG, CALIBRATION_PNG} <= {a.path for a in client(s).list_artifacts(run_id, "evaluation")}
     assert f"![gate picture]({out.pictures['gate']})" in out.model_card  # the card in Dagster's metadata shows it too
+    # a first model with a cheap winner: the baseline rules also read its train split, cross-fit (trainers.crossfit)
+    run = client(s).get_run(run_id).data
+    assert out.report.pooled is not None and "nested cross-fit" in out.evidence, out.evidence
+    assert run.tags["lakeloop.gate.evidence"] == out.evidence and "A first model is gated on more prompts" in out.model_card
+    assert {"pooled.pairwise_accuracy", "pooled.paired.length.pairwise_accuracy.lo"} <= set(run.metrics)
 
     version, created, _ = register_candidate(s, run_id, actor="test", metrics={})
     description = R.version_info(s, version).description

@@ -4,6 +4,7 @@ and the gate's paired rules (trainers/gate.py)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,6 +126,30 @@ def test_cheap_families_are_chosen_on_pooled_out_of_fold_scores_and_the_encoder_
     sel = S.compete(ex2, pr2, families=("encoder", "tfidf_pairwise"), encoder_val=perfect, seed=0, n_boot=50)
     assert sel.winner == "tfidf_pairwise" and "did not beat tfidf_pairwise" in sel.summary()  # a tie on validation: the cheaper
     assert "(5-fold CV)" in sel.summary() and "(validation)" in sel.summary()
+
+
+def test_the_encoder_wins_only_by_more_than_one_standard_error() -> None:
+    """The one-standard-error rule: the encoder, ~100x the serving cost of a cheap family, must beat the best of them by
+    more than the noise of the carved validation part."""
+    ex, pr = _toy(60)
+    rng = np.random.default_rng(1)  # the better answer is marked by a word no other prompt shares: no lexical rule can learn it
+    marks = {f"q{i}": (f"w{rng.integers(10**9)}", f"w{rng.integers(10**9)}") for i in range(60)}
+    good = pr["prompt"].map(lambda q: f"answer {marks[q][0]}")
+    bad = pr["prompt"].map(lambda q: f"answer {marks[q][1]}")
+    pr = pr.assign(chosen=good, rejected=bad)
+    ex = pd.concat([ex.iloc[0::2].assign(response=good.to_numpy()), ex.iloc[1::2].assign(response=bad.to_numpy())]).sort_index()
+    winners = set(good)
+    knows = lambda p, r: np.array([1.0 if x in winners else 0.0 for x in r])
+    sel = S.compete(ex, pr, families=("encoder", "tfidf_pairwise", "length_support"), encoder_val=knows, seed=0, n_boot=200)
+    assert sel.winner == "encoder" and "beat" in sel.summary() and "by more than one standard error" in sel.summary()
+    assert sel.best["encoder"].pairwise_accuracy == 1.0 and max(sel.best[f].pairwise_accuracy for f in ("tfidf_pairwise", "length_support")) < 0.8
+    # right on one validation prompt more than half: ahead of the cheap family, but not beyond the noise of ~12 validation prompts
+    val = sorted(set(S.carve(ex, pr, seed=0).val_pairs["prompt"]))
+    right = set(val[: len(val) // 2 + 1])
+    partly = lambda p, r: np.array([float((x in winners) == (q in right)) for q, x in zip(p, r, strict=True)])
+    sel = S.compete(ex, pr, families=("encoder", "length_support"), encoder_val=partly, seed=0, n_boot=200)
+    gain, se = (float(v) for v in re.search(r": ([+-][\d.]+), SE ([\d.]+)\)", sel.summary()).groups())
+    assert sel.winner == "length_support" and 0 < gain <= se, sel.summary()
 
 
 @pytest.mark.parametrize(("keep", "unmeasured"), [("pairs", "AUC"), ("ratings", "pairwise")])

@@ -36,6 +36,7 @@ class EvalOutcome:
     champion_version: str | None
     model_card: str
     trusted_split: str = ""  # the champion's own eval split the gate also compared on, or why it did not
+    evidence: str = "the eval split"  # what the baseline rules read (a first model: the eval split + the cross-fit train split)
     pictures: dict[str, str] = field(default_factory=dict)  # "gate" | "calibration" -> http URL of the run's PNG artifact
 
 
@@ -108,10 +109,41 @@ def trusted_evalset(settings: Settings, cand: Candidate, champion_run_id: str | 
     return frames, label
 
 
+def cross_fit_evidence(settings: Settings, run_id: str, train: tuple[Any, Any], *, family: str) -> tuple[Any, str]:
+    """A first model's out-of-fold evidence from its train split (``trainers.crossfit``): (OutOfFold, "") or (None, why
+    not). The recipe is the run's own: its cheap candidate families and seed."""
+    from trainers import crossfit as X
+
+    if family == "encoder":
+        return None, "not cross-fit: the encoder won the selection (one fine-tune per fold)"
+    params = T.client(settings).get_run(run_id).data.params
+    if params.get("flip_labels") == "True":
+        return None, "not cross-fit: a flip_labels run (its recipe learns inverted labels)"
+    families = [f for f in ("encoder", "tfidf_pairwise", "length_support", "hybrid") if f"'{f}'" in params.get("candidates", "")] or [family]
+    oof = X.out_of_fold(*train, families, seed=int(params.get("seed", 13)))
+    return (oof, "") if oof is not None else (None, "not cross-fit: too few prompt clusters in the train split for the folds")
+
+
+def _pool(report: E.EvalReport, evalset: tuple[Any, Any], oof: Any, *, n_boot: int) -> E.Pooled:
+    from trainers import crossfit as X
+
+    ex_eval, pr_eval = evalset[0].reset_index(drop=True), evalset[1][~evalset[1]["is_tie"].astype(bool)].reset_index(drop=True)
+    metrics, diffs = X.pooled_paired(report.scored, ex_eval, pr_eval, oof, n_boot=n_boot)
+    labels = list(ex_eval["label"]) + list(oof.examples["label"])
+    n_clusters = lambda *frames: len(set().union(*(set(E._clusters(f)) for f in frames)))
+    return E.Pooled(metrics["candidate"], {k.split(":", 1)[1]: v for k, v in metrics.items() if k.startswith("baseline:")},
+                    {k.split(":", 1)[1]: v for k, v in diffs.items() if k.startswith("baseline:")},
+                    (sum(y >= 0.5 for y in labels), sum(y < 0.5 for y in labels)), n_clusters(ex_eval, pr_eval),
+                    n_clusters(oof.examples, oof.pairs), oof.folds, oof.winners)
+
+
 def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | None = None, n_boot: int = 1000,
-                       max_eval_clusters: int | None = None) -> EvalOutcome:
+                       max_eval_clusters: int | None = None, cross_fit: bool = True) -> EvalOutcome:
     """Score the candidate, the baselines, the champion and the candidates that lost the selection on the
-    candidate's pinned eval split (cluster bootstrap, paired); gate (default GateConfig()); log all to MLflow."""
+    candidate's pinned eval split (cluster bootstrap, paired); gate (default GateConfig()); log all to MLflow.
+
+    A first model (no champion) whose winner is a cheap family is judged against the baselines on more prompts when
+    ``cross_fit``: the eval split and the train split scored out of fold by the same recipe (``trainers.crossfit``)."""
     gate = gate or GateConfig()
     cand = candidate_from_run(settings, run_id)
     tags = T.run_tags(settings, run_id)
@@ -125,6 +157,15 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     scorer = R.load_scorer(cand.model_uri)
     report = E.full_report(scorer, train, evalset, n_boot=n_boot, champion=champion,
                            others=_losing_candidates(settings, run_id))
+    evidence = "the eval split"
+    if champion is None and cross_fit:
+        oof, why_not = cross_fit_evidence(settings, run_id, train, family=tags.get("lakeloop.candidate.family", "encoder"))
+        if oof is not None:
+            report.pooled = _pool(report, evalset, oof, n_boot=n_boot)
+            evidence = report.pooled.evidence()
+        else:
+            evidence = f"the eval split ({why_not})"
+    T.set_run_tags(settings, run_id, {"lakeloop.gate.evidence": evidence[:5000]})
     champ_report = report.champion
     if champ_report is not None:
         T.log_run_metrics(settings, run_id, champ_report.flat(prefix="champion"))
@@ -138,27 +179,29 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
             T.log_run_metrics(settings, run_id, {f"trusted_delta_{k}": v.value for k, v in diffs.items() if math.isfinite(v.value)})
         trusted_note = trusted_label if frames is not None else f"not used: {trusted_label}"
         T.set_run_tags(settings, run_id, {"lakeloop.gate.trusted_split": trusted_note})
-    baseline_values = {b: _as_tuples(m) for b, m in report.baselines.items()}
-    paired = {r: _as_tuples(m) for r, m in report.paired.items()}
+    # the baseline rules read the pooled evidence of a cross-fit first model, the eval split's otherwise
+    base_report = report.pooled or report
+    baseline_values = {b: _as_tuples(m) for b, m in base_report.baselines.items()}
+    paired = {r: _as_tuples(m) for r, m in report.paired.items()} | {r: _as_tuples(m) for r, m in base_report.paired.items()}
     decision = decide_gate(
         _as_tuples(report.metrics), _as_tuples(champ_report.metrics) if champ_report else None,
         baselines=baseline_values, candidate_slices=report.slices, champion_slices=champ_report.slices if champ_report else None,
-        config=gate, paired=paired, class_counts=report.class_counts, trusted=trusted, champion_on_trusted=champion_on_trusted,
+        config=gate, paired=paired, class_counts=base_report.class_counts, trusted=trusted, champion_on_trusted=champion_on_trusted,
         trusted_label=trusted_label,
     )
     # the baseline rule on its own, whatever the gate's config: a first champion must beat the baselines (autopilot)
     baselines = decide_gate(_as_tuples(report.metrics), None, baselines=baseline_values, candidate_slices={}, champion_slices=None,
-                            config=replace(gate, must_beat_baselines=True), paired=paired, class_counts=report.class_counts)
+                            config=replace(gate, must_beat_baselines=True), paired=paired, class_counts=base_report.class_counts)
     T.set_run_tags(settings, run_id, baseline_tags(baselines))
     pictures = log_pictures(settings, run_id, report, decision)
-    card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage={k: v for k, v in cand.lineage.items() if k != "lakeloop.selection"}, gate=decision.summary(),
+    card = E.model_card(report, name=f"{settings.registered_model_name} (run {run_id})", lineage={k: v for k, v in cand.lineage.items() if k != "lakeloop.selection"}, gate=f"{decision.summary()}\n\nThe baseline rules read {evidence}.",
                         family=tags.get("lakeloop.candidate.family", "encoder"), selection=tags.get("lakeloop.selection", ""),
                         pictures={f"{k} picture": url for k, url in pictures.items()})
     T.log_run_metrics(settings, run_id, report.flat())
     T.set_run_tags(settings, run_id, gate_tag(decision))
     T.log_run_text(settings, run_id, card, CARD)
     T.log_run_text(settings, run_id, json.dumps(report.to_dict(), indent=1), "evaluation/report.json")
-    return EvalOutcome(cand, report, decision, champ_version, card, trusted_note, pictures)
+    return EvalOutcome(cand, report, decision, champ_version, card, trusted_note, evidence, pictures)
 
 
 def log_pictures(settings: Settings, run_id: str, report: E.EvalReport, decision: GateDecision) -> dict[str, str]:

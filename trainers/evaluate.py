@@ -36,6 +36,8 @@ class EvalReport:
     class_counts: tuple[int, int] = (0, 0)  # eval examples labelled positive, negative
     champion: "EvalReport | None" = None
     reliability: dict[str, tuple["ReliabilityBin", ...]] = field(default_factory=dict)  # "candidate" | "champion" -> bins
+    scored: dict[str, "Scored"] = field(default_factory=dict, repr=False)  # every scorer's eval-split scores (not saved)
+    pooled: "Pooled | None" = None  # a first model's eval split + the recipe cross-fit on the train split (trainers.crossfit)
 
     def flat(self, prefix: str = "eval") -> dict[str, float]:
         """Finite numbers only, for MLflow (a failed metric is absent, never 0.0)."""
@@ -49,6 +51,13 @@ class EvalReport:
         for ref, ms in self.paired.items():
             for name, e in ms.items():
                 out.update({f"paired.{ref}.{name}": e.value, f"paired.{ref}.{name}.lo": e.lo, f"paired.{ref}.{name}.hi": e.hi})
+        if self.pooled is not None:
+            for name, e in self.pooled.metrics.items():
+                out.update({f"pooled.{name}": e.value, f"pooled.{name}.lo": e.lo, f"pooled.{name}.hi": e.hi})
+            for ref, ms in self.pooled.paired.items():
+                for name, e in ms.items():
+                    out.update({f"pooled.paired.{ref}.{name}": e.value, f"pooled.paired.{ref}.{name}.lo": e.lo,
+                                f"pooled.paired.{ref}.{name}.hi": e.hi})
         return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +65,27 @@ class EvalReport:
         return {"metrics": {k: asdict(v) for k, v in self.metrics.items()}, "slices": {k: list(v) for k, v in self.slices.items()},
                 "baselines": table(self.baselines), "others": table(self.others), "paired": table(self.paired),
                 "class_counts": list(self.class_counts),
-                "reliability": {k: [asdict(b) for b in bins] for k, bins in self.reliability.items()}}
+                "reliability": {k: [asdict(b) for b in bins] for k, bins in self.reliability.items()},
+                "pooled": None if self.pooled is None else asdict(self.pooled)}
+
+
+@dataclass
+class Pooled:
+    """A first model's evidence from both splits (``trainers.crossfit``): the eval split scored by the shipped model and
+    the train split's folds scored out of fold by the same recipe, every prompt cluster of both resampled alike."""
+
+    metrics: dict[str, Estimate]
+    baselines: dict[str, dict[str, Estimate]]
+    paired: dict[str, dict[str, Estimate]]  # baseline name -> candidate minus it
+    class_counts: tuple[int, int]
+    eval_clusters: int
+    train_clusters: int  # the train split's prompt clusters scored out of fold
+    folds: int
+    winners: tuple[str, ...]  # the family the recipe picked in each fold
+
+    def evidence(self) -> str:
+        return (f"the eval split ({self.eval_clusters} prompts) and the train split's {self.train_clusters} prompts scored out of "
+                f"fold by the same recipe ({self.folds}-fold nested cross-fit; fold winners {', '.join(self.winners)})")
 
 
 # ---- metrics (each takes optional row weights: a cluster bootstrap draw is a weight per row) ---------------
@@ -320,6 +349,7 @@ def full_report(scorer: Scorer, train: tuple[pd.DataFrame, pd.DataFrame], evalse
     if champion is not None:
         report.champion = EvalReport(metrics["champion"], slices_of(scored["champion"], ex_eval, pr_eval))
     report.reliability = {name: reliability(labels, scored[name].probs) for name in ("candidate", "champion") if name in scored}
+    report.scored = scored
     return report
 
 
@@ -362,6 +392,16 @@ FAMILY_TEXT = {
 }
 
 
+def _pooled_section(report: EvalReport) -> str:
+    p = report.pooled
+    if p is None:
+        return ""
+    refs = list(p.paired)
+    rows = "\n".join(f"| {m} | {_fmt(p.metrics[m])} | " + " | ".join(_dfmt(p.paired[r][m]) for r in refs) + " |" for m in ("pairwise_accuracy", "auc"))
+    return (f"A first model is gated on more prompts: {p.evidence()}. The eval split never chose anything.\n\n"
+            "| metric | pooled | " + " | ".join(f"model - {r}" for r in refs) + " |\n|---|---|" + "---|" * len(refs) + f"\n{rows}\n\n")
+
+
 def model_card(report: EvalReport, *, name: str, lineage: dict[str, str], gate: str = "", limitations: str = "",
                family: str = "encoder", selection: str = "", pictures: dict[str, str] | None = None) -> str:
     """The card in markdown. ``pictures``: alt text -> http URL of a PNG (``trainers.tracking.artifact_url``), shown
@@ -395,7 +435,7 @@ Paired differences (the same cluster resamples for every scorer):
 {paired_head}
 {paired}
 
-The candidates that lost the selection, on the same eval split:
+{_pooled_section(report)}The candidates that lost the selection, on the same eval split:
 
 | candidate | pairwise_accuracy | auc |
 |---|---|---|

@@ -9,7 +9,8 @@
   competes with the best cheap family on that validation part (the cheap family fit on the same fit part).
 
 The objective is the gate's primary metric, pairwise accuracy (AUC of the thumbs when there are no pairs); ties go to
-the cheaper family (``FAMILY_ORDER``).
+the cheaper family (``FAMILY_ORDER``), and the encoder must beat the best cheap family by more than one standard error
+of the paired difference (the one-standard-error rule).
 """
 
 from __future__ import annotations
@@ -234,10 +235,12 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
         winner = top_cheap or "encoder"
         if "encoder" in best and top_cheap is not None:
             on_val = lambda f: _trial(f, {}, val[f], carved).objective
-            if on_val("encoder") > on_val(top_cheap):
+            gain, se = _encoder_gain(val, top_cheap, carved, n_boot=n_boot, seed=seed)
+            if gain > se:
                 winner = "encoder"
-            encoder_note = (f"the encoder {'beat' if winner == 'encoder' else 'did not beat'} {top_cheap} on a validation part "
-                            f"carved from the train split ({on_val('encoder'):.3f} vs {on_val(top_cheap):.3f})")
+            encoder_note = (f"the encoder {'beat' if winner == 'encoder' else 'did not beat'} {top_cheap} by more than one standard "
+                            f"error on a validation part carved from the train split ({on_val('encoder'):.3f} vs "
+                            f"{on_val(top_cheap):.3f}: {gain:+.3f}, SE {se:.3f})")
     # the winner's margins over the other cheap families on the pooled out-of-fold scores and over the encoder on the
     # validation part; when the encoder won (or without folds), over every family on the validation part
     pooled = bool(folds) and winner in cv_scored
@@ -260,6 +263,21 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     n_clusters = len(set(_cluster(held.val_examples)) | set(_cluster(held.val_pairs))) if carved.has_validation else 0
     return Selection(winner, best, trials, fitted, margins, (n_clusters, len(held.val_examples), len(_non_tie(held.val_pairs))),
                      cv_folds=len(folds), encoder=encoder_note)
+
+
+def _encoder_gain(val: dict[str, E.Scored], top_cheap: str, carved: Carved, *, n_boot: int, seed: int) -> tuple[float, float]:
+    """The encoder minus the best cheap family on the carved validation part (the objective's metric) and the standard
+    error of that difference (cluster-paired bootstrap). The encoder wins only by more than one standard error (the
+    one-standard-error rule: the simpler model unless the costlier one is better beyond noise): it costs ~100x the
+    CPU to serve, and only a cheap winner's recipe can be cross-fit for a first model's gate (``trainers.crossfit``)."""
+    vp, ve = _non_tie(carved.val_pairs), carved.val_examples
+    _, diffs = E.paired_metrics({"encoder": val["encoder"], top_cheap: val[top_cheap]}, ve["label"].to_numpy(float), E._clusters(ve),
+                                E._clusters(vp), reference="encoder", n_boot=n_boot, seed=seed)
+    d = diffs[top_cheap]["pairwise_accuracy" if len(vp) else "auc"]
+    if not math.isfinite(d.value):
+        return float("-inf"), 0.0
+    se = (d.hi - d.lo) / 3.92 if math.isfinite(d.hi - d.lo) else float("inf")
+    return d.value, se
 
 
 def selection_params(sel: Selection) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def evaluate(
     from trainers.candidate import evaluate_candidate
     from trainers.gate import GateConfig
 
-    out = evaluate_candidate(settings(), run_id, gate=GateConfig(must_beat_baselines=not no_baselines_gate), n_boot=n_boot)
+    s = settings()
+    out = evaluate_candidate(s, run_id, gate=GateConfig(must_beat_baselines=not no_baselines_gate), n_boot=n_boot, cross_fit=s.gate_cross_fit)
     typer.echo(out.model_card)  # markdown as written: console markup would take its ![alt] texts for styles
     say(f"gate: {out.decision.summary()}")
     if not out.decision.passed:

@@ -9,9 +9,25 @@ import dagster as dg
 from orchestration.assets.training.resources import TrainingResource, latest_metadata, mlflow_run_url
 from orchestration.resources import LakeloopSettings
 from trainers.candidate import evaluate_candidate
-from trainers.evaluate import why_not_measured
+from trainers.evaluate import Pooled, why_not_measured
 
 GATE = "promotion_gate"
+
+
+def _pooled_metadata(pooled: Pooled | None) -> dict[str, object]:
+    """A cross-fit first model's pooled pairwise accuracy and its paired differences to the baselines, as numbers and
+    intervals (none for a model judged on the eval split alone)."""
+    if pooled is None:
+        return {}
+    out: dict[str, object] = {}
+    e = pooled.metrics.get("pairwise_accuracy")
+    if e is not None and math.isfinite(e.value):
+        out |= {"pooled_pairwise_accuracy": float(e.value), "pooled_pairwise_accuracy_ci": f"[{e.lo:.3f}, {e.hi:.3f}]"}
+    for b, ms in pooled.paired.items():
+        d = ms.get("pairwise_accuracy")
+        if d is not None and math.isfinite(d.value):
+            out |= {f"pooled_minus_{b}_pairwise": float(d.value), f"pooled_minus_{b}_pairwise_ci": f"[{d.lo:+.3f}, {d.hi:+.3f}]"}
+    return out
 
 
 @dg.asset(
@@ -30,7 +46,8 @@ GATE = "promotion_gate"
 def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettings, training: TrainingResource) -> dg.MaterializeResult:
     settings = lakeloop.load()
     run_id = str(latest_metadata(context, "reward_model")["run_id"])
-    out = evaluate_candidate(settings, run_id, gate=training.gate(), n_boot=training.n_boot, max_eval_clusters=training.max_eval_clusters)
+    out = evaluate_candidate(settings, run_id, gate=training.gate(), n_boot=training.n_boot, max_eval_clusters=training.max_eval_clusters,
+                             cross_fit=training.gate_cross_fit)
     m = {k: v for k, v in out.report.metrics.items() if math.isfinite(v.value)}
     missing = sorted(set(out.report.metrics) - set(m))
     context.log.info("run %s: %s", run_id, out.decision.summary())
@@ -48,6 +65,8 @@ def model_evaluation(context: dg.AssetExecutionContext, lakeloop: LakeloopSettin
         **{f"{k}_ci": f"[{v.lo:.3f}, {v.hi:.3f}]" for k, v in m.items()},
         **{f"baseline_{b}_{k}": float(v.value) for b, ms in out.report.baselines.items() for k, v in ms.items()
            if k in ("pairwise_accuracy", "auc") and math.isfinite(v.value)},
+        "gate_evidence": out.evidence,  # what the baseline rules read: a first model's eval split + its cross-fit train split
+        **_pooled_metadata(out.report.pooled),
         # a stream without thumbs has no AUC, one without preferences no pairwise accuracy: said, never NaN
         "not_measured": "; ".join(f"{k}: not measured ({why_not_measured(k)})" for k in missing) or "-",
     }

@@ -22,6 +22,7 @@ class TrainingResource(dg.ConfigurableResource):
     gate_must_beat_baselines: bool = True
     gate_slice_tolerance: float = 0.05
     gate_min_slice_n: int = 30
+    gate_cross_fit: bool = True
     n_boot: int = 1000
     max_eval_clusters: int | None = None
     retrain_min_new_rows: int = 500
@@ -39,7 +40,7 @@ class TrainingResource(dg.ConfigurableResource):
         except _ConfigError:
             return cls()
         return cls(train_config=s.train_config, gate_must_beat_baselines=s.gate_must_beat_baselines, n_boot=s.eval_n_boot,
-                   gate_slice_tolerance=s.gate_slice_tolerance,
+                   gate_slice_tolerance=s.gate_slice_tolerance, gate_cross_fit=s.gate_cross_fit,
                    retrain_min_new_rows=s.retrain_min_new_rows)
 
     def config(self, **overrides: Any) -> TrainConfig:
