@@ -53,6 +53,9 @@ def demo(
     down: Annotated[bool, typer.Option("--down", help="Stop the services at the end.")] = False,
     autopilot: Annotated[bool, typer.Option("--autopilot/--scripted", help="autopilot (default): the platform's daemon runs the "
                                             "loop and the demo only plays the app; scripted: the demo drives each step itself.")] = True,
+    encoder: Annotated[bool, typer.Option("--encoder/--no-encoder", help="Autopilot demo: let the transformer reward model (PyTorch + "
+                                          "transformers) compete with the cheap candidates in every training. Off by default to fit "
+                                          "~15 minutes on 2 CPU cores: it adds 2-6 minutes to each of the three trainings there.")] = False,
 ) -> None:
     """Run the whole loop end to end with the real qa_feedback data: start the platform with autopilot on, send the
     feedback backlog, play live traffic through `lakeloop serve`, drift it, release a buggy app, and narrate what the
@@ -65,7 +68,7 @@ def demo(
     if autopilot:
         from orchestration.demo_autopilot import AutopilotDemoConfig, autopilot_base, run_autopilot_demo
 
-        base = autopilot_base(data, seed=seed, **({"backlog_questions": backlog} if backlog is not None else {}))
+        base = autopilot_base(data, encoder=encoder, seed=seed, **({"backlog_questions": backlog} if backlog is not None else {}))
         summary = run_autopilot_demo(s, AutopilotDemoConfig(base=base), say=say)
     else:
         summary = run_demo(s, DemoConfig(data_path=data, backlog_questions=backlog or 400, live_questions=live, seed=seed), say=say)
