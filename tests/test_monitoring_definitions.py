@@ -67,7 +67,9 @@ def test_cli_commands_have_help() -> None:
         assert "Usage" in r.output
 
 
-def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch) -> None:
+def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch, tmp_path) -> None:
+    """On the platform's own storage (SQLite, its event log sharded by run): each failed check alerts once, a later
+    run's failure too (the sensor's cross-run read once raised on every tick after its first there)."""
     from orchestration.assets.monitoring.sensors import gate_failure_alert
     from orchestration.resources import LakeloopSettings
 
@@ -80,16 +82,20 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch) -> None:
         return dg.AssetCheckResult(passed=False, metadata={"candidate_auc": 0.41, "champion_auc": 0.83,
                                                            "gate_picture": dg.MetadataValue.url(PICTURE)})
 
-    with Receiver() as rx:
+    repo = dg.Definitions(assets=[candidate], asset_checks=[beats_champion]).get_repository_def()
+    with Receiver() as rx, dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"  # sharded by run, as `lakeloop up` makes it
         monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", f"slack+{rx.url()}")
-        instance = dg.DagsterInstance.ephemeral()
-        dg.materialize([candidate, beats_champion], instance=instance, raise_on_error=False)
         resources = {"lakeloop": LakeloopSettings(home=str(settings.home))}
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        gate_failure_alert(ctx)
-        again = dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
-        assert gate_failure_alert(again).skip_message == "no new asset check evaluations"  # the cursor moved on
-        assert len(rx.received) == 1
+        tick = lambda cursor: (lambda c: (gate_failure_alert(c), c.cursor))(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor, repository_def=repo))
+        dg.materialize([candidate, beats_champion], instance=instance, raise_on_error=False)
+        _, cursor = tick(None)
+        result, cursor = tick(cursor)
+        assert result.skip_message == "no new asset check evaluations" and len(rx.received) == 1  # the cursor moved on
+        dg.materialize([candidate, beats_champion], instance=instance, raise_on_error=False)  # a later run fails again
+        result, cursor = tick(cursor)
+        assert result.skip_message == "1 check evaluations read, 1 failures alerted" and len(rx.received) == 2
         body = rx.received[0][1]
     assert "beats_champion" in body["text"] and "blocking" in body["text"]
     buttons = {b["text"]["text"]: b["url"] for b in body["blocks"][-1]["elements"]}

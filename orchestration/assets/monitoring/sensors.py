@@ -142,25 +142,36 @@ def check_links(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {k: v.value for k, v in metadata.items() if isinstance(v, dg.UrlMetadataValue) and links.is_http(v.value)}
 
 
+CHECK_CURSOR = "exec:"  # the cursor: the newest asset check execution id read
+
+
 @dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=autopilot_default())
 def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SkipReason:
     """Every failed ERROR-severity asset check (the training gate, data contracts) becomes an alert; the check's URL
-    metadata (the gate's picture) become its links."""
-    records = context.instance.get_event_records(
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
-                              after_cursor=int(context.cursor) if context.cursor else None),
-        ascending=True, limit=500,
-    )
-    if not records:
+    metadata (the gate's picture) become its links.
+
+    Read from the asset check executions index (one global id sequence), per check of the code location: the default
+    SQLite event log is sharded by run, where a cross-run query of ASSET_CHECK_EVALUATION events after a storage id
+    raises (its ids restart in every run's shard), so the sensor failed on every tick after its first."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    after = int(context.cursor.removeprefix(CHECK_CURSOR)) if context.cursor and context.cursor.startswith(CHECK_CURSOR) else 0
+    repo = context.repository_def
+    keys = sorted(repo.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()) if repo is not None else []
+    newest, read, failures = after, 0, []
+    for key in keys:
+        for rec in context.instance.event_log_storage.get_asset_check_execution_history(key, limit=100):  # newest first
+            if rec.id <= after:
+                break
+            read, newest = read + 1, max(newest, rec.id)
+            ev = rec.event.dagster_event.event_specific_data if rec.event is not None and rec.event.dagster_event else None
+            if rec.status == AssetCheckExecutionRecordStatus.FAILED and ev is not None and ev.severity == dg.AssetCheckSeverity.ERROR:
+                failures.append((rec.id, rec.run_id, ev))
+    if not read:
         return dg.SkipReason("no new asset check evaluations")
     settings = lakeloop.load()
     notifier = notifier_from_settings(settings)
-    failed = 0
-    for rec in records:
-        ev = rec.event_log_entry.dagster_event.event_specific_data if rec.event_log_entry.dagster_event else None
-        if ev is None or ev.passed or ev.severity != dg.AssetCheckSeverity.ERROR:
-            continue
-        failed += 1
+    for _, run_id, ev in sorted(failures, key=lambda f: f[0]):
         asset = ev.asset_key.to_user_string()
         urls = check_links(ev.metadata)
         notifier.notify(
@@ -168,9 +179,10 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
                 "gate_failed", f"check {ev.check_name} on {asset} failed{' (blocking)' if ev.blocking else ''}", "critical",
                 details={"asset": asset, "check": ev.check_name, "description": ev.description or "-",
                          **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8] if k not in urls}},
-                links={"dagster_run": links.dagster_run(settings, rec.run_id), **urls},
-                dedup_key=f"gate_failed:{asset}:{ev.check_name}:{rec.run_id}",
+                links={"dagster_run": links.dagster_run(settings, run_id), **urls},
+                dedup_key=f"gate_failed:{asset}:{ev.check_name}:{run_id}",
             )
         )
-    context.update_cursor(str(records[-1].storage_id))
-    return dg.SkipReason(f"{len(records)} check evaluations read, {failed} failures alerted")
+    context.update_cursor(f"{CHECK_CURSOR}{newest}")
+    failed = len(failures)
+    return dg.SkipReason(f"{read} check evaluations read, {failed} failures alerted")
