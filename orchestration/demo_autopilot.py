@@ -51,11 +51,12 @@ class AutopilotDemoConfig:
     drift_window_minutes: float = 0.5  # ~2.5 bursts, ~80 scored answers per window (thresholds are calibrated to the window's size)
     canary_window_minutes: float = 0.75
     chunk_questions: int = 8  # questions per traffic burst (4 scored answers each, ~1 thumbs verdict per question)
-    chunk_every_s: float = 12.0  # one burst this often: ~160 scored answers and ~40 labels per minute
+    chunk_every_s: float = 9.0  # one burst this often: ~210 scored answers and ~53 labels per minute (at 12 s a canary held
+    # 4 windows at 60 labels per arm, its agreement interval 0.004 short of the non-inferiority margin)
     first_model_timeout_s: float = 900.0
     retrain_timeout_s: float = 900.0  # a retraining with every candidate takes 2-6 min on 2 busy cores
     max_drift_windows: int = 4
-    max_canary_windows: int = 4
+    max_canary_windows: int = 5
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
     # the demo's knobs of the loop (settings of the platform it starts)
     # ~200 eval prompts of the 500-question backlog: on qa_feedback the best scorers beat the length baseline by ~0.05-0.07
