@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from typer.testing import CliRunner
 
 from infra.settings import Settings
@@ -101,6 +102,22 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch, tmp_path
     buttons = {b["text"]["text"]: b["url"] for b in body["blocks"][-1]["elements"]}
     assert buttons["Gate picture"] == PICTURE and "Dagster run" in buttons  # the check's picture, linked
     assert PICTURE not in json.dumps(body["blocks"][:-1])  # a link, not a fact
+
+
+@pytest.mark.parametrize(("after", "seen", "alerted", "cursor"), [
+    (0, [], frozenset(), "exec:0"),
+    (0, [(3, True), (5, True), (4, True)], frozenset(), "exec:5"),
+    # a check planned when its run started (id 4) is still in flight: the cursor stops below it, keeping what it alerted
+    (0, [(3, True), (4, False), (5, True)], frozenset({5}), "exec:3:5"),
+    (3, [(4, True), (5, True)], frozenset({5}), "exec:5"),  # settled: the alerted ids below the cursor are dropped
+    (7, [(9, False)], frozenset({8}), "exec:7:8"),
+])
+def test_the_check_cursor_never_moves_past_a_check_still_in_flight(after, seen, alerted, cursor) -> None:
+    from orchestration.assets.monitoring.sensors import next_check_cursor, parse_check_cursor
+
+    assert next_check_cursor(after, seen, alerted) == cursor
+    assert parse_check_cursor(cursor)[0] == int(cursor.split(":")[1])
+    assert parse_check_cursor("314") == (0, frozenset())  # an older lakeloop's cursor (an event storage id): read all once
 
 
 def test_a_drift_report_that_asks_for_retraining_is_found_once() -> None:

@@ -142,7 +142,33 @@ def check_links(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {k: v.value for k, v in metadata.items() if isinstance(v, dg.UrlMetadataValue) and links.is_http(v.value)}
 
 
-CHECK_CURSOR = "exec:"  # the cursor: the newest asset check execution id read
+CHECK_CURSOR = "exec:"  # the cursor: "exec:<id>[:<alerted id>,...]", every execution at or below <id> settled and read
+
+
+def parse_check_cursor(cursor: str | None) -> tuple[int, frozenset[int]]:
+    """(the id every execution at or below is settled and read, the failures above it already alerted)."""
+    if not cursor or not cursor.startswith(CHECK_CURSOR):
+        return 0, frozenset()  # also the cursor of an older lakeloop (an event storage id): read everything once
+    after, _, alerted = cursor.removeprefix(CHECK_CURSOR).partition(":")
+    return int(after), frozenset(int(i) for i in alerted.split(",") if i)
+
+
+def next_check_cursor(after: int, seen: list[tuple[int, bool]], alerted: frozenset[int]) -> str:
+    """The cursor after reading ``seen`` (id, settled) executions above ``after``: it moves up to the newest id below
+    the oldest one still in flight (a check's execution id is given when its run starts, and it fails or passes later:
+    a cursor moved past an in-flight execution would never see it fail; one still planned in a finished run was never
+    evaluated and counts as settled), keeping the failures already alerted above it."""
+    unsettled = [i for i, settled in seen if not settled]
+    settled = [i for i, ok in seen if ok and (not unsettled or i < min(unsettled))]
+    new_after = max([after, *settled])
+    keep = sorted(i for i in alerted if i > new_after)
+    return f"{CHECK_CURSOR}{new_after}" + (f":{','.join(map(str, keep))}" if keep else "")
+
+
+def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """A check still "planned" in a finished run was never evaluated (a check the step did not yield): settled."""
+    run = instance.get_run_by_id(run_id)
+    return run is None or run.is_finished
 
 
 @dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=autopilot_default())
@@ -153,22 +179,26 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
     Read from the asset check executions index (one global id sequence), per check of the code location: the default
     SQLite event log is sharded by run, where a cross-run query of ASSET_CHECK_EVALUATION events after a storage id
     raises (its ids restart in every run's shard), so the sensor failed on every tick after its first."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
-    after = int(context.cursor.removeprefix(CHECK_CURSOR)) if context.cursor and context.cursor.startswith(CHECK_CURSOR) else 0
+    after, alerted = parse_check_cursor(context.cursor)
     repo = context.repository_def
     keys = sorted(repo.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()) if repo is not None else []
-    newest, read, failures = after, 0, []
+    seen: list[tuple[int, bool]] = []
+    failures = []
     for key in keys:
         for rec in context.instance.event_log_storage.get_asset_check_execution_history(key, limit=100):  # newest first
             if rec.id <= after:
                 break
-            read, newest = read + 1, max(newest, rec.id)
+            seen.append((rec.id, rec.status != Status.PLANNED or _run_finished(context.instance, rec.run_id)))
             ev = rec.event.dagster_event.event_specific_data if rec.event is not None and rec.event.dagster_event else None
-            if rec.status == AssetCheckExecutionRecordStatus.FAILED and ev is not None and ev.severity == dg.AssetCheckSeverity.ERROR:
+            if (rec.status == Status.FAILED and rec.id not in alerted and ev is not None
+                    and ev.severity == dg.AssetCheckSeverity.ERROR):
                 failures.append((rec.id, rec.run_id, ev))
-    if not read:
-        return dg.SkipReason("no new asset check evaluations")
+    read = sum(settled for _, settled in seen)
+    if not failures:
+        context.update_cursor(next_check_cursor(after, seen, alerted))
+        return dg.SkipReason(f"{read} check evaluations read, 0 failures alerted" if seen else "no new asset check evaluations")
     settings = lakeloop.load()
     notifier = notifier_from_settings(settings)
     for _, run_id, ev in sorted(failures, key=lambda f: f[0]):
@@ -183,6 +213,6 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
                 dedup_key=f"gate_failed:{asset}:{ev.check_name}:{run_id}",
             )
         )
-    context.update_cursor(f"{CHECK_CURSOR}{newest}")
+    context.update_cursor(next_check_cursor(after, seen, alerted | {i for i, _, _ in failures}))
     failed = len(failures)
     return dg.SkipReason(f"{read} check evaluations read, {failed} failures alerted")
