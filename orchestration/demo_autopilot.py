@@ -50,13 +50,14 @@ class AutopilotDemoConfig:
     tick_seconds: int = 5
     drift_window_minutes: float = 0.5  # ~2.5 bursts, ~80 scored answers per window (thresholds are calibrated to the window's size)
     canary_window_minutes: float = 0.75
-    chunk_questions: int = 8  # questions per traffic burst (4 scored answers each, ~1 thumbs verdict per question)
-    chunk_every_s: float = 9.0  # one burst this often: ~210 scored answers and ~53 labels per minute (at 12 s a canary held
-    # 4 windows at 60 labels per arm, its agreement interval 0.004 short of the non-inferiority margin)
+    chunk_questions: int = 12  # questions per traffic burst (4 scored answers each, ~1 thumbs verdict per question)
+    chunk_every_s: float = 9.0  # one burst this often: ~320 scored answers and ~80 labels per minute. A canary that agrees
+    # with users as often as the champion (~98%) is promoted once its always-valid interval is inside 5%: ~150 labels per
+    # arm; at ~40 labels per minute a canary held 4 windows (interval [-0.054, +0.096]), at ~53 five ([-0.059, +0.057])
     first_model_timeout_s: float = 900.0
     retrain_timeout_s: float = 900.0  # a retraining with every candidate takes 2-6 min on 2 busy cores
     max_drift_windows: int = 4
-    max_canary_windows: int = 5
+    max_canary_windows: int = 6
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
     # the demo's knobs of the loop (settings of the platform it starts)
     # ~200 eval prompts of the 500-question backlog: on qa_feedback the best scorers beat the length baseline by ~0.05-0.07
