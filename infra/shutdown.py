@@ -3,7 +3,7 @@
 pyarrow's and delta-rs's C++ thread pools can still hold a joinable ``std::thread`` when the interpreter tears its
 modules down; the destructor then calls ``std::terminate`` and the process dies with SIGABRT ("terminate called
 without an active exception", exit -6) after its work and output were complete (delta-io/delta-rs#2184,
-apache/arrow#34314). CI saw it once in ~1,100 runs of `lakeloop lineage model champion`. A command's exit status
+apache/arrow#34314). CI saw it once, on the soak's `lakeloop lineage model champion`. A command's exit status
 must say whether its work succeeded, so :func:`exit_process` does the Python half of finalization itself (join the
 non-daemon threads, run the ``atexit`` handlers: Kafka producers flush, MLflow ends its runs, logging flushes, then
 flush stdout and stderr) and leaves with ``os._exit``, skipping only the native teardown the OS does anyway.

@@ -55,7 +55,7 @@ class AutopilotDemoConfig:
     # with users as often as the champion (~98%) is promoted once its always-valid interval is inside 5%: ~150 labels per
     # arm; at ~40 labels per minute a canary held 4 windows (interval [-0.054, +0.096]), at ~53 five ([-0.059, +0.057])
     first_model_timeout_s: float = 900.0
-    retrain_timeout_s: float = 900.0  # a retraining with every candidate takes 2-6 min on 2 busy cores
+    retrain_timeout_s: float = 900.0  # a retraining with every candidate took up to 574 s on 2 busy cores (--encoder)
     max_drift_windows: int = 4
     max_canary_windows: int = 6
     bad_stretch_questions: int = 400  # the bad release's share must be large enough to make a bad model
@@ -74,8 +74,8 @@ def autopilot_base(data_path: Any, *, encoder: bool = False, **overrides: Any) -
     """The app and training sizes of the demo on autopilot: the whole 500-question backlog (the eval split's prompts
     bound how narrow the paired intervals of the first model's gate can be), the baseline rule for the first champion
     applied by autopilot (challengers are gated against the champion). Without ``encoder`` the three cheap candidate
-    families compete and the transformer is left out: on 2 busy CPU cores it makes each of the demo's three trainings
-    2-6 minutes longer (frozen-layer cache, fine-tune, scoring), and on qa_feedback it does not beat them (the selection
+    families compete and the transformer is left out: on 2 busy CPU cores it made the demo's training jobs 191 s and
+    574 s long instead of 43 s and 40 s (frozen-layer cache, fine-tune, scoring), and on qa_feedback it does not beat them (the selection
     keeps the simpler model unless the encoder is better by more than a standard error)."""
     base = DemoConfig(data_path=data_path, **{"backlog_questions": 500, **overrides})
     if encoder:

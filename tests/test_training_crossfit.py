@@ -57,13 +57,18 @@ def test_pooling_the_train_split_narrows_the_paired_intervals_and_keeps_the_eval
     pooled, alone = diffs["baseline:length"]["pairwise_accuracy"], report.paired["length"]["pairwise_accuracy"]
     assert width(pooled) < 0.85 * width(alone), (pooled, alone)  # 2.5x the prompts: ~1/sqrt(2.5) the width
     assert metrics["candidate"]["pairwise_accuracy"].n == len(pr_eval) + len(oof.pairs)
-    # the eval split's part of the pooled scores is the shipped model's, unchanged
-    eval_part = report.scored["candidate"].chosen
-    assert np.array_equal(np.concatenate([eval_part, oof.scored["candidate"].chosen]) [: len(eval_part)], eval_part)
+    # the pooled accuracy is the shipped model's eval pairs and the recipe's out-of-fold pairs, counted together
+    shipped, recipe = report.scored["candidate"], oof.scored["candidate"]
+    chosen, rejected = np.concatenate([shipped.chosen, recipe.chosen]), np.concatenate([shipped.rejected, recipe.rejected])
+    assert metrics["candidate"]["pairwise_accuracy"].value == pytest.approx(E.pairwise_accuracy(chosen, rejected))
+    assert metrics["candidate"]["pairwise_accuracy"].value != pytest.approx(report.metrics["pairwise_accuracy"].value)
 
 
 def test_no_cheap_family_or_too_few_prompts_means_no_cross_fit(qa_feedback_path: Path) -> None:
     train, _ = _splits(qa_feedback_path, 120)
     assert X.out_of_fold(*train, ("encoder",)) is None
-    small = [f[E._clusters(f) < "~"].head(0) for f in train]
-    assert X.out_of_fold(*small, CHEAP) is None
+    prompts = sorted(_clusters(*train))
+    keep = lambda n: [f[np.isin(E._clusters(f), prompts[:n])].reset_index(drop=True) for f in train]
+    enough = S.CV_FOLDS * S.MIN_VALIDATION_CLUSTERS  # 5 folds of at least 5 prompts
+    assert X.out_of_fold(*keep(enough - 1), CHEAP) is None
+    assert X.out_of_fold(*keep(enough), CHEAP) is not None

@@ -11,6 +11,7 @@ from typing import Any
 
 from infra import links
 from infra.settings import Settings
+from trainers import crossfit as X
 from trainers import data as D
 from trainers import evaluate as E
 from trainers import registry as R
@@ -111,30 +112,14 @@ def trusted_evalset(settings: Settings, cand: Candidate, champion_run_id: str | 
 
 def cross_fit_evidence(settings: Settings, run_id: str, train: tuple[Any, Any], *, family: str) -> tuple[Any, str]:
     """A first model's out-of-fold evidence from its train split (``trainers.crossfit``): (OutOfFold, "") or (None, why
-    not). The recipe is the run's own: its cheap candidate families and seed."""
-    from trainers import crossfit as X
-
+    not). The recipe is the run's own: the candidate families and seed of the TrainConfig it logged."""
     if family == "encoder":
         return None, "not cross-fit: the encoder won the selection (one fine-tune per fold)"
-    params = T.client(settings).get_run(run_id).data.params
-    if params.get("flip_labels") == "True":
+    cfg = T.train_config(T.client(settings), run_id) or {}
+    if cfg.get("flip_labels"):
         return None, "not cross-fit: a flip_labels run (its recipe learns inverted labels)"
-    families = [f for f in ("encoder", "tfidf_pairwise", "length_support", "hybrid") if f"'{f}'" in params.get("candidates", "")] or [family]
-    oof = X.out_of_fold(*train, families, seed=int(params.get("seed", 13)))
+    oof = X.out_of_fold(*train, cfg.get("candidates") or [family], seed=int(cfg.get("seed", 13)))
     return (oof, "") if oof is not None else (None, "not cross-fit: too few prompt clusters in the train split for the folds")
-
-
-def _pool(report: E.EvalReport, evalset: tuple[Any, Any], oof: Any, *, n_boot: int) -> E.Pooled:
-    from trainers import crossfit as X
-
-    ex_eval, pr_eval = evalset[0].reset_index(drop=True), evalset[1][~evalset[1]["is_tie"].astype(bool)].reset_index(drop=True)
-    metrics, diffs = X.pooled_paired(report.scored, ex_eval, pr_eval, oof, n_boot=n_boot)
-    labels = list(ex_eval["label"]) + list(oof.examples["label"])
-    n_clusters = lambda *frames: len(set().union(*(set(E._clusters(f)) for f in frames)))
-    return E.Pooled(metrics["candidate"], {k.split(":", 1)[1]: v for k, v in metrics.items() if k.startswith("baseline:")},
-                    {k.split(":", 1)[1]: v for k, v in diffs.items() if k.startswith("baseline:")},
-                    (sum(y >= 0.5 for y in labels), sum(y < 0.5 for y in labels)), n_clusters(ex_eval, pr_eval),
-                    n_clusters(oof.examples, oof.pairs), oof.folds, oof.winners)
 
 
 def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | None = None, n_boot: int = 1000,
@@ -161,7 +146,7 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     if champion is None and cross_fit:
         oof, why_not = cross_fit_evidence(settings, run_id, train, family=tags.get("lakeloop.candidate.family", "encoder"))
         if oof is not None:
-            report.pooled = _pool(report, evalset, oof, n_boot=n_boot)
+            report.pooled = X.pooled_evidence(report.scored, evalset, oof, n_boot=n_boot)
             evidence = report.pooled.evidence()
         else:
             evidence = f"the eval split ({why_not})"

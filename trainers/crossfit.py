@@ -39,9 +39,8 @@ def recipe(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str],
     """The cheap part of the selection as one recipe: every family's grid tuned on a validation part carved from these
     rows (``selection.carve``), the best on its objective (ties to the cheaper family), refit on all these rows."""
     carved = S.carve(examples, pairs, seed=seed)
-    order = {f: i for i, f in enumerate(S.FAMILY_ORDER)}
     best = {f: S.tune(f, carved, seed=seed)[0] for f in families}  # type: ignore[arg-type]
-    winner = max(best, key=lambda f: (best[f].objective, -order.get(f, 99)))
+    winner = S.best_family(best)
     return winner, L.fit(winner, examples, pairs, seed=seed, **best[winner].params)  # type: ignore[arg-type]
 
 
@@ -78,3 +77,18 @@ def pooled_paired(eval_scored: dict[str, E.Scored], eval_examples: pd.DataFrame,
     ex_clusters = np.concatenate([E._clusters(eval_examples), E._clusters(oof.examples)])
     pr_clusters = np.concatenate([E._clusters(eval_pairs), E._clusters(oof.pairs)])
     return E.paired_metrics(scored, labels, ex_clusters, pr_clusters, reference="candidate", n_boot=n_boot, seed=seed)
+
+
+def pooled_evidence(eval_scored: dict[str, E.Scored], evalset: tuple[pd.DataFrame, pd.DataFrame], oof: OutOfFold, *,
+                    n_boot: int = 1000) -> E.Pooled:
+    """``pooled_paired`` of the eval split (``evalset``'s rows, ties dropped as ``evaluate.full_report`` does) and the
+    out-of-fold scores, as the evaluation report keeps it: the candidate's metrics, the baselines' and the candidate minus
+    each baseline, with the class counts and prompt counts of both parts."""
+    ex_eval, pr_eval = evalset[0].reset_index(drop=True), S._non_tie(evalset[1].reset_index(drop=True))
+    metrics, diffs = pooled_paired(eval_scored, ex_eval, pr_eval, oof, n_boot=n_boot)
+    labels = np.concatenate([ex_eval["label"].to_numpy(float), oof.examples["label"].to_numpy(float)])
+    prompts = lambda *frames: len(set().union(*(set(E._clusters(f)) for f in frames)))
+    baselines = lambda d: {k.split(":", 1)[1]: v for k, v in d.items() if k.startswith("baseline:")}
+    return E.Pooled(metrics["candidate"], baselines(metrics), baselines(diffs), (int((labels >= 0.5).sum()), int((labels < 0.5).sum())),
+                    prompts(ex_eval, pr_eval), prompts(oof.examples, oof.pairs), oof.folds, oof.winners)
+

@@ -9,11 +9,8 @@ archived versions included. ``lakeloop lineage model|table`` prints these datacl
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from infra.errors import ConfigError, DataError, ServiceError
@@ -22,9 +19,8 @@ from infra.tables import spec, table_uri
 from trainers import lineage_guard as G
 from trainers import registry as R
 from trainers.gate import BEATS_BASELINES_TAG
-from trainers.tracking import client, needs_mlflow, server_answers
+from trainers.tracking import CONFIG_ARTIFACT, client, needs_mlflow, server_answers, train_config
 
-CONFIG_ARTIFACT = "config/train_config.json"  # logged by trainers.train._start_tracker
 STATE_TAG = "lakeloop.rollout_state"  # = monitors.model_store.STATE_TAG (trainers never imports monitors)
 HEADLINE = ("pairwise_accuracy", "auc", "log_loss", "calibration_error")  # eval.<metric> in the plain output
 
@@ -147,7 +143,7 @@ def _model_lineage(settings: Settings, ref: str, name: str) -> ModelLineage:
             run = c.get_run(mv.run_id)
             run_tags, params = dict(run.data.tags), dict(run.data.params)
             metrics = {k: (float(v) if math.isfinite(v) else None) for k, v in run.data.metrics.items()}
-            config = _config(c, mv.run_id)
+            config = train_config(c, mv.run_id)
         except MlflowException as exc:
             if not _not_found(exc):
                 raise  # a deleted run leaves only the version's own tags
@@ -172,14 +168,6 @@ def _table_use(table: str, prefix: str, tags: dict[str, str]) -> TableUse:
     known = lambda key: None if tags.get(key) in (None, "", "none") else tags[key]
     return TableUse(table, known(f"{prefix}.uri"), int(version) if version.isdigit() else None,
                     known(f"{prefix}.rows_digest"), known(f"{prefix}.curation_hash"))
-
-
-def _config(c: Any, run_id: str) -> dict[str, Any] | None:
-    folder = CONFIG_ARTIFACT.rsplit("/", 1)[0]
-    if CONFIG_ARTIFACT not in {a.path for a in c.list_artifacts(run_id, folder)}:
-        return None  # not a lakeloop training run, or a resumed one that logged params only
-    with tempfile.TemporaryDirectory() as tmp:
-        return dict(json.loads(Path(c.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text()))
 
 
 def _history(settings: Settings, name: str, version: str) -> tuple[AliasMove, ...]:

@@ -152,6 +152,12 @@ def tuned(family: L.Family, examples: pd.DataFrame, pairs: pd.DataFrame, *, seed
     return L.fit(family, examples, pairs, seed=seed, **best.params)
 
 
+def best_family(best: dict[str, Trial]) -> str:
+    """The family whose trial is best on the objective; a tie goes to the cheaper family (``FAMILY_ORDER``)."""
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return max(best, key=lambda f: (best[f].objective, -order.get(f, 99)))
+
+
 @dataclass
 class Selection:
     winner: str
@@ -219,8 +225,6 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
         from infra.errors import ConfigError
 
         raise ConfigError(f"no candidate family to select from in {list(families)}", hint=f"use some of {FAMILY_ORDER}")
-    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    rank = lambda fams, score: max(fams, key=lambda f: (score(f), -order.get(f, 99)))
     # every cheap family as fit on the fit part (its chosen point) and scored on the validation part: the encoder's rivals
     fitted: dict[str, L.LexicalScorer] = {}
     if carved.has_validation:
@@ -231,7 +235,7 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     if not carved.has_validation:
         winner = next(f for f in families if f in best)
     else:
-        top_cheap = rank([f for f in cheap if f in best], lambda f: best[f].objective) if cheap else None
+        top_cheap = best_family({f: best[f] for f in cheap if f in best}) if cheap else None
         winner = top_cheap or "encoder"
         if "encoder" in best and top_cheap is not None:
             on_val = lambda f: _trial(f, {}, val[f], carved).objective

@@ -224,6 +224,22 @@ def run_tags(settings: Settings, run_id: str) -> dict[str, str]:
     return dict(client(settings).get_run(run_id).data.tags)
 
 
+CONFIG_ARTIFACT = "config/train_config.json"  # the TrainConfig of a training run, logged by trainers.train._start_tracker
+
+
+def train_config(c: Any, run_id: str) -> dict[str, Any] | None:
+    """The TrainConfig a run trained with, as logged (``CONFIG_ARTIFACT``), read through MLflow client ``c``; None for a
+    run that is not a lakeloop training, or a resumed one that logged params only."""
+    import json
+    import tempfile
+
+    folder = CONFIG_ARTIFACT.rsplit("/", 1)[0]
+    if CONFIG_ARTIFACT not in {a.path for a in c.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return dict(json.loads(Path(c.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text()))
+
+
 @needs_mlflow("logging a run's metrics")
 def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
     """Add metrics to a finished run (evaluation happens after training)."""

@@ -410,7 +410,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
 def _start_tracker(cfg: TrainConfig, settings: Settings, ex: D.GoldSnapshot, pr: D.GoldSnapshot, ex_train: Any, pr_train: Any, out: Path, *,
                    run_id: str | None, resumed: int, world: int) -> Any:
     """The MLflow run of this training (continued on resume): lineage tags, params, config, Delta dataset inputs."""
-    from trainers.tracking import Tracker, git_commit, system_info
+    from trainers.tracking import CONFIG_ARTIFACT, Tracker, git_commit, system_info
 
     tracker = Tracker(settings, experiment=cfg.experiment, run_name=cfg.run_name, run_id=run_id)
     lineage = {
@@ -425,7 +425,7 @@ def _start_tracker(cfg: TrainConfig, settings: Settings, ex: D.GoldSnapshot, pr:
     tracker.set_tags({**lineage, **system_info()})
     if not resumed:
         tracker.log_params({**cfg.model_dump(), "train_examples": len(ex_train), "train_pairs": len(pr_train), "world_size": world})
-        tracker.log_dict(cfg.model_dump(), "config/train_config.json")
+        tracker.log_dict(cfg.model_dump(), CONFIG_ARTIFACT)
         tracker.log_delta_input(uri=ex.uri, version=ex.version, name="training_examples", digest=lineage["lakeloop.train_examples.rows_digest"], context="training")
         tracker.log_delta_input(uri=pr.uri, version=pr.version, name="preference_pairs", digest=lineage["lakeloop.preference_pairs.rows_digest"], context="training")
     return tracker

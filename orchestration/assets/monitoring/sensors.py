@@ -195,24 +195,22 @@ def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
             if (rec.status == Status.FAILED and rec.id not in alerted and ev is not None
                     and ev.severity == dg.AssetCheckSeverity.ERROR):
                 failures.append((rec.id, rec.run_id, ev))
-    read = sum(settled for _, settled in seen)
-    if not failures:
-        context.update_cursor(next_check_cursor(after, seen, alerted))
-        return dg.SkipReason(f"{read} check evaluations read, 0 failures alerted" if seen else "no new asset check evaluations")
-    settings = lakeloop.load()
-    notifier = notifier_from_settings(settings)
-    for _, run_id, ev in sorted(failures, key=lambda f: f[0]):
-        asset = ev.asset_key.to_user_string()
-        urls = check_links(ev.metadata)
-        notifier.notify(
-            Alert(
-                "gate_failed", f"check {ev.check_name} on {asset} failed{' (blocking)' if ev.blocking else ''}", "critical",
-                details={"asset": asset, "check": ev.check_name, "description": ev.description or "-",
-                         **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8] if k not in urls}},
-                links={"dagster_run": links.dagster_run(settings, run_id), **urls},
-                dedup_key=f"gate_failed:{asset}:{ev.check_name}:{run_id}",
+    if failures:
+        settings = lakeloop.load()
+        notifier = notifier_from_settings(settings)
+        for _, run_id, ev in sorted(failures, key=lambda f: f[0]):
+            asset = ev.asset_key.to_user_string()
+            urls = check_links(ev.metadata)
+            notifier.notify(
+                Alert(
+                    "gate_failed", f"check {ev.check_name} on {asset} failed{' (blocking)' if ev.blocking else ''}", "critical",
+                    details={"asset": asset, "check": ev.check_name, "description": ev.description or "-",
+                             **{k: str(getattr(v, "value", v))[:200] for k, v in list(ev.metadata.items())[:8] if k not in urls}},
+                    links={"dagster_run": links.dagster_run(settings, run_id), **urls},
+                    dedup_key=f"gate_failed:{asset}:{ev.check_name}:{run_id}",
+                )
             )
-        )
     context.update_cursor(next_check_cursor(after, seen, alerted | {i for i, _, _ in failures}))
-    failed = len(failures)
-    return dg.SkipReason(f"{read} check evaluations read, {failed} failures alerted")
+    if not seen:
+        return dg.SkipReason("no new asset check evaluations")
+    return dg.SkipReason(f"{sum(settled for _, settled in seen)} check evaluations read, {len(failures)} failures alerted")
