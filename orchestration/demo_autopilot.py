@@ -254,7 +254,7 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             if canary is not None:
                 bad = _send_bad_release(settings, cfg, summary, narrator, say)  # its curation and training overlap the canary
                 _watch_canary(settings, cfg, summary, narrator, app, canary, "8", say)
-                _phase_bad_stretch(settings, cfg, summary, narrator, app, serve, bad, say)
+                _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, bad, say)
             summary.facts["traffic"] = dict(app.totals)
         summary.alerts = list(receiver.received)
     summary.facts["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -431,7 +431,7 @@ def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
 
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
-                       app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
+                       receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
     finished = lambda: any(status in ("SUCCESS", "FAILURE") for run_id, status in _training_runs(narrator).items()
                            if run_id not in bad.runs_before)  # a training started after the bad data was sent
     trained = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
@@ -443,8 +443,11 @@ def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: De
     ev = (narrator.latest("model_evaluation") or (0, {}))[1]
     new = lambda: next((str(v) for a, v in _aliases(settings).items() if a in ("challenger", "canary") and str(v) not in bad.versions_before), None)
     if not ev.get("gate_passed"):
+        # the people on call hear of it: the gate's alert (gate_failure_alert, one autopilot tick)
+        alerted = narrator.wait("the gate's alert", lambda: _alerts(receiver, "gate_failed"), 4 * cfg.tick_seconds + 10, between=app.burst)
         summary.add("9. bad candidate", f"stopped by the gate: pairwise {ev.get('pairwise_accuracy', float('nan')):.3f} on its eval split; "
-                    f"{str(ev.get('gate_reasons'))[:300]}; champion stays v{_aliases(settings).get('champion')}", say)
+                    f"{str(ev.get('gate_reasons'))[:300]}; champion stays v{_aliases(settings).get('champion')}; "
+                    + ("gate_failed alert delivered" if alerted else f"no gate_failed alert within {4 * cfg.tick_seconds + 10}s"), say)
         summary.decisions.append(("Stopped", "the gate refused the model trained on the bad release's data"))
         summary.facts["bad_candidate"] = {"stopped_by": "gate"}
         return

@@ -171,7 +171,7 @@ def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is None or run.is_finished
 
 
-@dg.sensor(name="gate_failure_alert", minimum_interval_seconds=60, default_status=autopilot_default())
+@dg.sensor(name="gate_failure_alert", minimum_interval_seconds=tick_seconds(), default_status=autopilot_default())
 def gate_failure_alert(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SkipReason:
     """Every failed ERROR-severity asset check (the training gate, data contracts) becomes an alert; the check's URL
     metadata (the gate's picture) become its links.
