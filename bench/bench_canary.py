@@ -3,11 +3,12 @@ canary 10 points worse in agreement with users is rolled back.
 
     python -m bench.bench_canary [--reps 2000] [--windows 200] [--seed 0]
 
-Model of the traffic (orchestration/demo.py, feedback/simulate.py): a canary window of the demo serves
-``canary_window_questions`` = 70 questions, 4 scored answers each, and each question brings ONE pointwise
-verdict (the thumbs on answer 1, turned unhappy by a correction); conversations are routed sticky by hash,
-so at the demo's canary share 0.5 each labelled question goes to the canary with probability 0.5: about 35
-labelled predictions per arm per window. Per window and arm the verdicts that agree with the score are
+Model of the traffic (orchestration/demo_autopilot.py, feedback/simulate.py): a canary window of the demo serves
+80 questions (12 every 9 s over a 1-minute window), 4 scored answers each, and each question brings ONE pointwise
+verdict (the thumbs on answer 1, turned unhappy by a correction) and six pairwise preferences; conversations are
+routed sticky by hash, so at the demo's canary share 0.5 each labelled question goes to the canary with
+probability 0.5: about 40 verdicts per arm per window. Sections a-c compare the arms on verdicts (the design
+before the paired one); section d is the paired design, the default: both models judged on every label. Per window and arm the verdicts that agree with the score are
 Binomial(n, agreement); champion agreement 0.7 (0.6 and 0.75 also shown), an A/A canary the same, a bad
 one 10 points lower.
 
@@ -19,6 +20,14 @@ Fisher on the pooled counts at every window: pooling alone does not fix repeated
 
 An A/A "false rollback" counts any window at which p_worse < alpha, ignoring that a promotion might have
 ended the canary first: an upper bound. Rows go to bench/results/canary.json (not a timed benchmark).
+
+The paired design (section d, ``monitors.canary.paired_labels`` + ``monitors.sequential.paired_test``): the arm that
+did not serve a labelled response scores it at analysis time, so both models are judged on every label of both arms'
+traffic, verdicts and preferences, and the test reads the mean per-conversation difference. Labels come from a
+latent-quality model of qa_feedback's shape (``LatentQuestions``: four answers per question, one verdict, six
+preferences, the data's tie rate); a model scores the latent quality plus noise, the noise set so that agreement over
+all labels is 0.70 for the champion and 10 points lower for the bad canary; the two then disagree on ~40% of labels
+(the variance the paired test pays for). Peer: the arms design on the same number of verdicts.
 
 The Brier test beside agreement (section c): per labelled prediction a verdict (Bernoulli) and a score drawn
 from a Beta per verdict (the score models below); the canary is rolled back when agreement's p_worse <
@@ -47,9 +56,10 @@ from monitors.sequential import DEFAULT_TAU, log_lr_counts, log_lr_sums, running
 RESULTS = Path(__file__).resolve().parent / "results" / "canary.json"
 ALPHA = 0.05
 MIN_FEEDBACK = 30
-DEMO_QUESTIONS = 70  # DemoConfig.canary_window_questions: one verdict per question
+DEMO_QUESTIONS = 80  # AutopilotDemoConfig: 12 questions a burst every 9 s, 1-minute canary windows; one verdict each
 DEMO_SHARE = 0.5  # DemoConfig.canary_steps = "0.5"
 BRIER_ALPHA = RolloutPolicy().brier_alpha
+DEMO_PAIRED_QUESTIONS = DEMO_QUESTIONS  # labelled conversations per window, both arms: the paired design's units
 SEARCH_REPS = 20_000  # two-window runs are cheap: enough replications that 0.9 is +-0.002 (a noisy search overshoots)
 
 
@@ -190,6 +200,94 @@ def needed_labelled(*, p_champion: float, drop: float, reps: int, seed: int, win
     return hi
 
 
+# ---- (d) the paired design: both models judged on the same labels of both arms' traffic ----------------------------
+PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # qa_feedback: 6 comparisons among 4 answers per question
+TIE_SHARE = 384 / 3000  # qa_feedback's "no preference" share (README)
+
+
+@dataclass(frozen=True)
+class LatentQuestions:
+    """Labelled questions drawn from a latent-quality model of qa_feedback's shape: four answers of quality u ~ N(0, 1),
+    one verdict on answer 1 (satisfied w.p. sigmoid(2u)) and six pairwise preferences (the first preferred w.p.
+    sigmoid(2(u_a - u_b)), ties at the data's rate). A model scores u + N(0, noise): more noise, less agreement."""
+
+    u: NDArray[np.float64]  # questions x 4
+    verdict: NDArray[np.bool_]  # questions
+    first_preferred: NDArray[np.bool_]  # questions x 6
+    tie: NDArray[np.bool_]  # questions x 6
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n: int) -> LatentQuestions:
+        u = rng.normal(0.0, 1.0, (n, 4))
+        verdict = rng.random(n) < 1 / (1 + np.exp(-2 * u[:, 0]))
+        gap = np.stack([u[:, a] - u[:, b] for a, b in PAIRS], axis=1)
+        return cls(u, verdict, rng.random((n, 6)) < 1 / (1 + np.exp(-2 * gap)), rng.random((n, 6)) < TIE_SHARE)
+
+    def agreement(self, rng: np.random.Generator, noise: float) -> NDArray[np.float64]:
+        """questions x 7: 1/0 per label (the verdict, then each preference), NaN for a tie."""
+        s = self.u + rng.normal(0.0, noise, self.u.shape)
+        verdict = ((s[:, 0] > 0) == self.verdict).astype(float)
+        prefs = (np.stack([s[:, a] > s[:, b] for a, b in PAIRS], axis=1) == self.first_preferred).astype(float)
+        return np.concatenate([verdict[:, None], np.where(self.tie, np.nan, prefs)], axis=1)
+
+
+def noise_for(agreement: float, *, seed: int, n: int = 200_000) -> float:
+    """The model noise at which the latent model's agreement over all labels is ``agreement`` (bisection)."""
+    q = LatentQuestions.draw(np.random.default_rng(seed), n)
+    lo, hi = 0.0, 20.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        got = float(np.nanmean(q.agreement(np.random.default_rng(seed + 1), mid)))
+        lo, hi = (mid, hi) if got > agreement else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_windows(*, questions: int, windows: int, reps: int, champion_noise: float, canary_noise: float,
+                   seed: int, tau: float = DEFAULT_TAU) -> tuple[NDArray[np.int64], float, float, float]:
+    """The window each replication is rolled back at by the paired test (``paired_test``'s rule, vectorised:
+    per-conversation mean differences, cumulative per window, p_worse < alpha with min_feedback conversations), and
+    the agreement of champion and canary and the share of labels they disagree on."""
+    from monitors.sequential import log_mixture_lr
+
+    rng = np.random.default_rng(seed)
+    q = LatentQuestions.draw(rng, reps * windows * questions)
+    a_champ, a_can = q.agreement(rng, champion_noise), q.agreement(rng, canary_noise)
+    d = np.nanmean(a_can - a_champ, axis=1).reshape(reps, windows, questions)
+    s = np.cumsum(d.sum(axis=2), axis=1)
+    sq = np.cumsum((d * d).sum(axis=2), axis=1)
+    n = questions * np.arange(1, windows + 1, dtype=float)[None, :]
+    v = np.maximum((sq + 1.0) / (n + 1.0) - (s / (n + 1.0)) ** 2, 1e-12) / n
+    log_lr = np.where(n >= MIN_FEEDBACK, log_mixture_lr(s / n, v, tau=tau, alternative="less"), -np.inf)
+    labelled = ~np.isnan(a_champ)
+    disagree = float(np.mean(a_can[labelled] != a_champ[labelled]))
+    return first_rollback(running_p(log_lr, axis=1) < ALPHA), float(np.nanmean(a_champ)), float(np.nanmean(a_can)), disagree
+
+
+def check_paired_against_decide_rollout(*, questions: int, noise: tuple[float, float], seed: int, reps: int = 8) -> None:
+    """The vectorised paired rule is what paired_test + decide_rollout decide."""
+    from monitors.canary import ArmStats, CanaryComparison, PairedSummary
+    from monitors.decision import Rollback, RolloutPolicy, decide_rollout
+    from monitors.sequential import Paired, paired_test
+
+    policy = RolloutPolicy(steps=(DEMO_SHARE,), min_feedback=MIN_FEEDBACK, alpha=ALPHA)
+    when, *_ = paired_windows(questions=questions, windows=3, reps=reps, champion_noise=noise[0], canary_noise=noise[1], seed=seed)
+    rng = np.random.default_rng(seed)
+    q = LatentQuestions.draw(rng, reps * 3 * questions)
+    a_champ = q.agreement(rng, noise[0])
+    d = np.nanmean(q.agreement(rng, noise[1]) - a_champ, axis=1).reshape(reps, 3 * questions)
+    for r in range(reps):
+        for w in (1, 2, 3):
+            looks = [Paired(float(d[r, :k * questions].sum()), float((d[r, :k * questions] ** 2).sum()), k * questions)
+                     for k in range(1, w + 1)]
+            seq = paired_test(looks, min_count=MIN_FEEDBACK)
+            arm = ArmStats("1", 0, 0, 0, None)
+            cmp = CanaryComparison(arm, arm, seq.p_worse, seq.p_better, None, seq.p_noninferior, seq.diff_low, seq.diff_high,
+                                   w, paired=PairedSummary(looks[-1].n, 7 * looks[-1].n, 0.6, 0.7))
+            rolled = isinstance(decide_rollout(cmp, policy, current_share=DEMO_SHARE), Rollback)
+            if rolled != (when[r] <= w):
+                raise AssertionError(f"paired replication {r}, window {w}: decide_rollout {rolled}, simulation rolled back at {when[r]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=2000)
@@ -268,6 +366,30 @@ def main() -> None:
         add(f"poisoned canary (scores 0.25-0.49 vs ~0.08, 2% satisfied) rolled back within {w} window(s), demo traffic",
             "share of replications", float((agree | brier).mean()), float(agree.mean()), "agreement alone (the rule before)",
             ">= 0.9 within 2 windows")
+    # (d) the paired design (the default since 2026-12-07): every labelled conversation of both arms, both models
+    champion_noise = noise_for(0.70, seed=args.seed + 8)
+    check_paired_against_decide_rollout(questions=DEMO_PAIRED_QUESTIONS, noise=(champion_noise, noise_for(0.60, seed=args.seed + 8)),
+                                        seed=args.seed + 12)
+    print(f"\npaired design: {DEMO_PAIRED_QUESTIONS} labelled conversations per window (the demo's 12 questions every 9 s over a "
+          f"1-minute window, both arms), each 1 verdict + 6 preferences ({TIE_SHARE:.0%} ties); latent-quality model")
+    w_aa, a1, a2, dis = paired_windows(questions=DEMO_PAIRED_QUESTIONS, windows=args.windows, reps=min(args.reps, 1000),
+                                       champion_noise=champion_noise, canary_noise=champion_noise, seed=args.seed + 9)
+    arms_aa = simulate(Traffic(DEMO_PAIRED_QUESTIONS), p_champion=0.7, p_canary=0.7, windows=args.windows, reps=min(args.reps, 1000),
+                       seed=args.seed + 9)
+    add(f"paired A/A (two equally good models, disagreeing on {dis:.0%} of labels) false rollback over {args.windows} windows",
+        "share of replications", within(w_aa, args.windows), within(ours(*arms_aa), args.windows), "the arms design, same traffic",
+        "<= 0.05", agreement=round(a1, 3), disagreement=round(dis, 3))
+    for drop in (0.10, 0.07, 0.05):
+        canary_noise = noise_for(0.70 - drop, seed=args.seed + 8)
+        w_bad, a1, a2, dis = paired_windows(questions=DEMO_PAIRED_QUESTIONS, windows=3, reps=args.reps,
+                                            champion_noise=champion_noise, canary_noise=canary_noise, seed=args.seed + 10)
+        arms = simulate(Traffic(DEMO_PAIRED_QUESTIONS), p_champion=0.7, p_canary=0.7 - drop, windows=3, reps=args.reps,
+                        seed=args.seed + 10)
+        for w in (1, 2):
+            add(f"paired: {drop * 100:.0f}-pt worse ({a1:.3f} vs {a2:.3f}, disagreeing on {dis:.0%}) rolled back within {w} "
+                f"window(s), demo traffic", "share of replications", within(w_bad, w), within(ours(*arms), w),
+                "the arms design, same traffic", ">= 0.9 within 2 windows" if drop == 0.10 else "(context)",
+                champion_agreement=round(a1, 3), canary_agreement=round(a2, 3), disagreement=round(dis, 3))
     print(f"\nper arm and window, a 10-point drop needs ~{Traffic(needed[0.7]).per_arm:.0f} labelled predictions at agreement 0.7 "
           f"(0.6: {Traffic(needed[0.6]).per_arm:.0f}, 0.75: {Traffic(needed[0.75]).per_arm:.0f}); at share 0.5 and one verdict "
           f"per question: canary_window_questions >= {max(needed.values())}. ({time.perf_counter() - t0:.1f}s)")

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     canary_promote_after_labels: int = Field(400, ge=1, description="A canary no better and no worse than the champion is "
                                              "promoted once both arms have this many labels and its always-valid confidence "
                                              "sequence rules out a drop of 5 points or more.")
+    canary_paired: bool = Field(True, description="Judge canary and champion on the SAME labels of both arms' traffic (the "
+                                "arm that did not serve a response scores it at analysis time): several times the power of "
+                                "comparing the arms. Turn off when the app picks what users see by the score.")
     drift_window_minutes: float = Field(60.0, gt=0, description="Each drift check looks at this many minutes of traffic.")
     erasure_grace_hours: float = Field(168.0, ge=0, description="`lakeloop forget` deletes a user's rows at once; the files that "
                                        "held them are deleted from storage this many hours later (`lakeloop forget --vacuum-due`, "

@@ -21,7 +21,7 @@ from infra.errors import ConfigError, ServiceError
 from infra.settings import Settings
 from monitors import rollout
 from monitors.alerts import Alert, Delivery, Notifier
-from monitors.canary import CanaryComparison, analyze_window
+from monitors.canary import CanaryComparison, Replay, analyze_window
 from monitors.decision import (
     Decision,
     Hold,
@@ -78,18 +78,27 @@ def analyze_and_act(
     links: Mapping[str, str] | None = None,
     look_times: Sequence[datetime] | None = None,
     picture: Callable[[CanaryResult], str | None] | None = None,
+    replay: Replay | None = None,
 ) -> CanaryResult:
     """Compare, decide and act on predictions and feedback already loaded. ``look_times``: the analyses so
     far (the last one now) when the data is pooled since the canary started; None: the data is one look.
     ``picture``: draws and logs the analysis (after acting, before alerting: a promote or rollback alert links it as
-    ``canary_picture``) and returns its http URL; one that fails leaves the alert without it, saying why."""
+    ``canary_picture``) and returns its http URL; one that fails leaves the alert without it, saying why.
+    ``replay``: scores texts with a version, for the paired design (``monitors.canary.paired_labels``); None: the arms."""
     before = rollout.read_status(settings)
     if before.canary is None or before.champion is None:
         return CanaryResult(None, Hold("no canary in flight"), before, before, None)
-    comparison = analyze_window(
+    compare = lambda replay: analyze_window(  # noqa: E731
         predictions, feedback, champion_version=before.champion, canary_version=before.canary, counters=counters,
-        look_times=look_times, config=policy.comparison_config(),
-    )
+        look_times=look_times, config=policy.comparison_config(), replay=replay)
+    try:
+        comparison = compare(replay)
+    except Exception as exc:  # noqa: BLE001 - a model that fails to load or score: the arms are still compared
+        if replay is None:
+            raise
+        log.warning("canary v%s: the paired design could not score the labels (%s: %s); comparing the arms instead",
+                    before.canary, type(exc).__name__, str(exc)[:300])
+        comparison = compare(None)
     decision = decide_rollout(comparison, policy, current_share=before.canary_share)
     after, delivery = before, None
     if apply and not isinstance(decision, Hold):
@@ -195,8 +204,26 @@ def run_canary_window(
     result = analyze_and_act(
         settings, window.predictions, window.feedback, policy=rules, notifier=notifier, actor=actor,
         counters=service_counters(settings), apply=apply, links=links, look_times=look_times, picture=picture,
+        replay=registry_replay(settings) if settings.canary_paired else None,
     )
     return replace(result, invalid_records=dict(window.invalid))
+
+
+def registry_replay(settings: Settings) -> Replay:
+    """Scores texts with a registered version (loaded once per analysis, from our own registry): the paired design's
+    scorer. A version that fails to load or score raises, and the analysis falls back to comparing the arms."""
+    from monitors.serve import predict_scores
+
+    loaded: dict[str, object] = {}
+
+    def replay(version: str, texts: pd.DataFrame) -> object:
+        if version not in loaded:
+            from monitors import model_store
+
+            loaded[version] = model_store.load_pyfunc(settings, version)
+        return predict_scores(loaded[version], texts[["prompt", "response"]])
+
+    return replay
 
 
 def decision_label(decision: Decision) -> str:
@@ -231,6 +258,8 @@ def log_canary_chart(settings: Settings, result: CanaryResult, predictions: pd.D
     started = canary_started_at(settings, canary)
     label = decision_label(result.decision) + ("" if applied or isinstance(result.decision, Hold) else " (not applied)")
     events = [*([CanaryEvent(started, "canary start")] if started is not None else []), CanaryEvent(until, label)]
-    png = canary_chart(looks, events=events, config=policy.comparison_config(), title=f"Canary v{canary} vs champion v{champion}")
+    paired = comparison.paired_looks if len(comparison.paired_looks) == len(looks) else None
+    png = canary_chart(looks, events=events, config=policy.comparison_config(), title=f"Canary v{canary} vs champion v{champion}",
+                       paired=paired)
     stamp = pd.Timestamp(until).tz_convert("UTC") if pd.Timestamp(until).tzinfo else pd.Timestamp(until)
     return log_run_png(settings, view.run_id, png, f"canary/v{canary}-{stamp:%Y%m%dT%H%M%SZ}.png")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from monitors.canary import DEFAULT_COMPARISON, ComparisonConfig
 from monitors.drift import EMBEDDING_FEATURES, FEEDBACK_FLAGS, TEXT_DESCRIPTORS
-from monitors.sequential import Counts, confidence_sequence_path, proportion_sequence_path
+from monitors.sequential import Counts, Paired, confidence_sequence_path, paired_sequence_path, proportion_sequence_path
 from monitors.streak import judge_streak
 from trainers.charts import CANDIDATE, CHAMPION, message, render
 
@@ -133,18 +133,22 @@ def _utc(t: datetime) -> datetime:
 
 
 def canary_chart(looks: Sequence[CanaryLook], *, events: Sequence[CanaryEvent] = (), config: ComparisonConfig = DEFAULT_COMPARISON,
-                 last: int = 48, title: str = "") -> bytes:
+                 last: int = 48, title: str = "", paired: Sequence[Paired] | None = None) -> bytes:
     """Agreement with users per arm, each with its always-valid interval (``proportion_sequence_path``), at each
     look; the canary-minus-champion difference with the confidence sequence the rollout reads and the
     non-inferiority margin; and the canary's share of served predictions per window (its traffic steps).
     ``events`` are marked on every panel (those well before the drawn looks left out). The intervals run over all
-    ``looks``; the last ``last`` are drawn."""
+    ``looks``; the last ``last`` are drawn. ``paired`` (one per look): the rollout read the paired design, and the
+    difference panel shows it (both models on the same labels) instead of the arms' difference."""
+    if paired is not None and len(paired) != len(looks):
+        raise ValueError(f"{len(paired)} paired looks for {len(looks)} looks")
     kw = {"alpha": config.alpha, "tau": config.tau, "min_count": config.min_count}
     canary_cs = proportion_sequence_path([c.counts.hits_a for c in looks], [c.counts.n_a for c in looks], **kw)
     champion_cs = proportion_sequence_path([c.counts.hits_b for c in looks], [c.counts.n_b for c in looks], **kw)
-    diff_cs = confidence_sequence_path([c.counts for c in looks], **kw)
+    diff_cs = paired_sequence_path(paired, **kw) if paired is not None else confidence_sequence_path([c.counts for c in looks], **kw)
     keep = slice(max(len(looks) - last, 0), None)
     looks, canary_cs, champion_cs, diff_cs = list(looks)[keep], canary_cs[keep], champion_cs[keep], diff_cs[keep]
+    paired = list(paired)[keep] if paired is not None else None
     t = [_utc(c.at) for c in looks]
     valid = lambda n: [m >= max(config.min_count, 1) for m in n]  # noqa: E731
 
@@ -166,10 +170,15 @@ def canary_chart(looks: Sequence[CanaryLook], *, events: Sequence[CanaryEvent] =
         agree.set_ylim(-0.02, 1.02)
         agree.set_ylabel("agreement")
         agree.legend(loc="best")
-        d = np.array([c.counts.difference if c.counts.difference is not None else np.nan for c in looks])
-        ok = [a and b for a, b in zip(valid([c.counts.n_a for c in looks]), valid([c.counts.n_b for c in looks]), strict=True)]
+        if paired is not None:
+            d = np.array([p.difference if p.difference is not None else np.nan for p in paired])
+            ok, label = valid([p.n for p in paired]), f"canary - champion on the same labels (n={paired[-1].n} conversations)"
+        else:
+            d = np.array([c.counts.difference if c.counts.difference is not None else np.nan for c in looks])
+            ok = [a and b for a, b in zip(valid([c.counts.n_a for c in looks]), valid([c.counts.n_b for c in looks]), strict=True)]
+            label = "canary - champion"
         lo, hi = _band(diff_cs, ok, d)
-        diff.errorbar(t, d, yerr=[d - lo, hi - d], fmt="o-", color=CANDIDATE, capsize=2, ms=3.5, lw=1, label="canary - champion")
+        diff.errorbar(t, d, yerr=[d - lo, hi - d], fmt="o-", color=CANDIDATE, capsize=2, ms=3.5, lw=1, label=label)
         diff.axhline(0, color="#999999", lw=0.8)
         diff.axhline(-config.margin, color=ALERT, lw=0.8, ls="--", label=f"non-inferiority margin -{config.margin:g}")
         diff.set_ylabel("difference")

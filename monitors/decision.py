@@ -112,31 +112,27 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
             f"canary latency p95 {can.latency_p95_ms:.1f} ms > {policy.max_latency_ratio}x champion {champ.latency_p95_ms:.1f} ms "
             f"(and {can.latency_p95_ms - champ.latency_p95_ms:.0f} ms slower, at least {policy.min_latency_increase_ms:.0f})"
         )
-    if can.n_feedback < policy.min_feedback or champ.n_feedback < policy.min_feedback:
-        return Hold(
-            f"not enough feedback yet (canary {can.n_feedback}, champion {champ.n_feedback}, need {policy.min_feedback} each)"
-        )
+    ev = _evidence(comparison)
+    if ev.n < policy.min_feedback:
+        return Hold(f"not enough feedback yet ({ev.count_text}, need {policy.min_feedback}{ev.unit})")
     p_worse, p_better = comparison.p_canary_worse, comparison.p_canary_better
     looks = f"{comparison.n_looks} look{'s' if comparison.n_looks != 1 else ''}"
     if p_worse is not None and p_worse < policy.alpha:
-        return Rollback(f"canary agrees with users less: {can.agreement:.1%} vs {champ.agreement:.1%} "
-                        f"(always-valid p={p_worse:.3g} after {looks})")
+        return Rollback(f"canary agrees with users less: {ev.agreement} (always-valid p={p_worse:.3g} after {looks})")
     b_worse, b_better = comparison.p_brier_worse, comparison.p_brier_better
     if b_worse is not None and b_worse < policy.brier_alpha:
-        return Rollback(f"canary's scores fit users' verdicts worse: Brier {can.brier:.3f} vs {champ.brier:.3f} "
-                        f"(always-valid p={b_worse:.3g} after {looks}; agreement {can.agreement:.1%} vs {champ.agreement:.1%})")
+        return Rollback(f"canary's scores fit users' verdicts worse: {ev.brier} "
+                        f"(always-valid p={b_worse:.3g} after {looks}; agreement {ev.agreement})")
     to = next_step(policy, current_share)
     if p_better is not None and p_better < policy.alpha:
-        return Promote(f"canary agrees with users more: {can.agreement:.1%} vs {champ.agreement:.1%} "
-                       f"(always-valid p={p_better:.3g} after {looks})", to)
+        return Promote(f"canary agrees with users more: {ev.agreement} (always-valid p={p_better:.3g} after {looks})", to)
     if b_better is not None and b_better < policy.brier_alpha:
-        return Promote(f"canary's scores fit users' verdicts better: Brier {can.brier:.3f} vs {champ.brier:.3f} "
-                       f"(always-valid p={b_better:.3g} after {looks}; agreement {can.agreement:.1%} vs {champ.agreement:.1%})", to)
+        return Promote(f"canary's scores fit users' verdicts better: {ev.brier} "
+                       f"(always-valid p={b_better:.3g} after {looks}; agreement {ev.agreement})", to)
     p_ok, b_ok = comparison.p_noninferior, comparison.p_brier_noninferior
     brier_known = comparison.p_brier_worse is not None
     if (
-        can.n_feedback >= policy.equivalence_feedback
-        and champ.n_feedback >= policy.equivalence_feedback
+        ev.n >= policy.equivalence_feedback
         and p_ok is not None
         and p_ok < policy.alpha
         and (comparison.margin is None or comparison.margin <= policy.equivalence_margin + 1e-12)
@@ -144,12 +140,37 @@ def decide_rollout(comparison: CanaryComparison, policy: RolloutPolicy, *, curre
                                  and (comparison.brier_margin or 0.0) <= policy.brier_margin + 1e-12))
     ):
         brier = f"; Brier within +{policy.brier_margin:.2f}, <= {comparison.brier_diff_high:+.3f}" if brier_known else ""
-        return Promote(f"canary not worse than {policy.equivalence_margin:.0%} below the champion on {can.n_feedback} labels "
+        return Promote(f"canary not worse than {policy.equivalence_margin:.0%} below the champion on {ev.count_text} "
                        f"(difference >= {comparison.diff_low:+.3f} always-valid; p={p_ok:.3g}{brier})", to)
     cs = "" if comparison.diff_low is None else f", difference in [{comparison.diff_low:+.3f}, {comparison.diff_high:+.3f}]"
-    brier = "" if can.brier is None or champ.brier is None else f"; Brier {can.brier:.3f} vs {champ.brier:.3f}"
-    return Hold(f"inconclusive: {can.agreement:.1%} vs {champ.agreement:.1%} (p_worse={_p(p_worse)}, p_better={_p(p_better)}"
-                f"{cs} after {looks}{brier})")
+    brier = f"; {ev.brier}" if ev.brier else ""
+    return Hold(f"inconclusive: {ev.agreement} (p_worse={_p(p_worse)}, p_better={_p(p_better)}{cs} after {looks}{brier})")
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What the feedback tests read, in the words the reasons use."""
+
+    n: int  # the count the thresholds apply to: labels per arm (arms), or conversations (paired)
+    unit: str  # what ``n`` counts, after "need <min>"
+    count_text: str
+    agreement: str
+    brier: str
+
+
+def _evidence(comparison: CanaryComparison) -> _Evidence:
+    can, champ, paired = comparison.canary, comparison.champion, comparison.paired
+    if paired is not None:
+        brier = ("" if paired.brier_canary is None or paired.brier_champion is None
+                 else f"Brier {paired.brier_canary:.3f} vs {paired.brier_champion:.3f}")
+        return _Evidence(paired.n_units, " conversations", f"{paired.n_labels} labels of {paired.n_units} conversations judged by both",
+                         f"{paired.agreement_canary:.1%} vs {paired.agreement_champion:.1%} on the same {paired.n_labels} labels",
+                         brier)
+    brier = "" if can.brier is None or champ.brier is None else f"Brier {can.brier:.3f} vs {champ.brier:.3f}"
+    agreement = (f"{can.agreement:.1%} vs {champ.agreement:.1%}" if can.agreement is not None and champ.agreement is not None
+                 else "no agreement yet")
+    return _Evidence(min(can.n_feedback, champ.n_feedback), " each", f"canary {can.n_feedback}, champion {champ.n_feedback} labels",
+                     agreement, brier)
 
 
 def _p(p: float | None) -> str:

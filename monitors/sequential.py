@@ -41,6 +41,13 @@ for the Brier gain ``1 - (score - satisfied)^2`` (a proper scoring rule: it sees
 scores the wrong way even when every score stays on the same side of 0.5, where agreement is blind). The
 variance is smoothed the same way, by half a pseudo-observation at 0 and at 1 (for a proportion this is
 exactly ``(hits + 1/2) / (n + 1)``).
+
+The paired design (``Paired``, ``paired_test``): when both models score the SAME labelled units (the canary
+analysis replays the arm that did not serve a response, ``monitors.canary.paired_labels``), the estimate is the mean
+per-unit difference ``d`` and ``V = s^2 / n`` with ``s^2`` the differences' variance (smoothed by half a
+pseudo-unit at -1 and at +1). Models that agree with each other on most labels have a small ``s^2``, so the same
+mixture, running minima and confidence sequence decide with several times fewer labels than the two-arm ``V``.
+The units must be independent: a conversation (its verdict and preferences averaged), not a label.
 """
 
 from __future__ import annotations
@@ -114,6 +121,33 @@ class Sums:
 
 
 Look = Counts | Sums
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Cumulative sums of per-unit differences ``canary - champion`` in [-1, 1] at one look, each unit (a
+    conversation) judged by BOTH models: the paired design of ``paired_test``. ``n_a`` and ``n_b`` are the unit count."""
+
+    sum_d: float
+    sumsq_d: float
+    n: int
+
+    def __post_init__(self) -> None:
+        tol = 1e-9 * max(self.n, 1)
+        if self.n < 0 or abs(self.sum_d) > self.n + tol or not (-tol <= self.sumsq_d <= self.n + tol):
+            raise ValueError(f"need differences in [-1, 1]: |sum| <= n and 0 <= sum of squares <= n, got {self}")
+
+    @property
+    def n_a(self) -> int:
+        return self.n
+
+    @property
+    def n_b(self) -> int:
+        return self.n
+
+    @property
+    def difference(self) -> float | None:
+        return self.sum_d / self.n if self.n else None
 
 
 def _looks_array(looks: Sequence[Look]) -> NDArray[np.float64]:
@@ -288,3 +322,54 @@ def sequential_test(
         p_better=always_valid_p(looks, alternative="greater", tau=tau, min_count=min_count),
         p_noninferior=p_nonin, diff_low=low, diff_high=high, n_looks=len(looks), n_valid_looks=n_valid,
     )
+
+
+def _paired_arrays(looks: Sequence[Paired], min_count: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Per look: the mean difference, its variance (the per-unit variance smoothed by half a pseudo-unit at -1 and
+    at +1, over n) and whether the look has ``min_count`` units."""
+    s, q, n = (np.array([getattr(p, k) for p in looks], dtype=float) for k in ("sum_d", "sumsq_d", "n"))
+    enough = n >= max(min_count, 1)
+    safe = np.where(enough, n, 1.0)
+    d = np.where(enough, s / safe, 0.0)
+    unit_var = np.maximum((q + 1.0) / (safe + 1.0) - (s / (safe + 1.0)) ** 2, 1e-12)
+    return d, unit_var / safe, enough
+
+
+def paired_test(
+    looks: Sequence[Paired], *, alpha: float = 0.05, tau: float = DEFAULT_TAU, margin: float = 0.05,
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> SequentialResult:
+    """``sequential_test`` for the paired design: both models judged on the same units, so the estimate is the mean
+    per-unit difference and its variance is that of the differences (small when the models mostly agree with each
+    other), not the sum of two arms' variances. The same normal mixture, running minima and confidence sequence; the
+    units must be independent (a conversation, not a label: labels of one conversation are correlated)."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not looks:
+        return SequentialResult(1.0, 1.0, 1.0, -1.0, 1.0, 0, 0)
+    d, v, enough = _paired_arrays(looks, min_count)
+
+    def p(log_lr: NDArray[np.float64]) -> float:
+        return float(running_p(np.where(enough, log_lr, -np.inf))[-1])
+
+    two = log_mixture_lr(d + margin, v, tau=tau, alternative="two-sided")
+    low, high = -1.0, 1.0
+    for di, vi, ok in zip(d, v, enough, strict=True):
+        if ok:
+            r = _radius(float(vi), alpha=alpha, tau=tau)
+            low, high = max(low, float(di) - r), min(high, float(di) + r)
+    return SequentialResult(
+        p_worse=p(log_mixture_lr(d, v, tau=tau, alternative="less")),
+        p_better=p(log_mixture_lr(d, v, tau=tau, alternative="greater")),
+        p_noninferior=p(np.where(d + margin > 0, two, -np.inf)),
+        diff_low=low, diff_high=high, n_looks=len(looks), n_valid_looks=int(enough.sum()),
+    )
+
+
+def paired_sequence_path(looks: Sequence[Paired], *, alpha: float, tau: float = DEFAULT_TAU,
+                         min_count: int = DEFAULT_MIN_COUNT) -> list[tuple[float, float]]:
+    """The paired confidence sequence as it stood after each look (the pictures show it per window)."""
+    return [(r.diff_low, r.diff_high) for r in (paired_test(looks[:k + 1], alpha=alpha, tau=tau, min_count=min_count)
+                                                 for k in range(len(looks)))]

@@ -102,17 +102,21 @@ class ScoreResponse(BaseModel):
     latency_ms: float
 
 
+def predict_scores(model: Any, texts: pd.DataFrame) -> np.ndarray:
+    """The model contract: predict(DataFrame[prompt, response]) -> column `score` in [0, 1], one per row."""
+    out = model.predict(texts[["prompt", "response"]].reset_index(drop=True))
+    scores = np.asarray(out["score"] if isinstance(out, pd.DataFrame) else out, dtype=float).reshape(-1)
+    if len(scores) != len(texts):
+        raise ValueError(f"model returned {len(scores)} scores for {len(texts)} rows")
+    bad = scores[~((scores >= 0.0) & (scores <= 1.0))]
+    if len(bad):
+        raise ValueError(f"model returned score {bad[0]} outside [0, 1]")
+    return scores
+
+
 def predict_score(model: Any, prompt: str, response: str) -> float:
-    """The model contract: predict(DataFrame[prompt, response]) -> column `score` in [0, 1]."""
-    out = model.predict(pd.DataFrame({"prompt": [prompt], "response": [response]}))
-    if isinstance(out, pd.DataFrame):
-        value = out["score"].iloc[0]
-    else:
-        value = np.asarray(out).reshape(-1)[0]
-    score = float(value)
-    if not 0.0 <= score <= 1.0:
-        raise ValueError(f"model returned score {score} outside [0, 1]")
-    return score
+    """``predict_scores`` for one (prompt, response)."""
+    return float(predict_scores(model, pd.DataFrame({"prompt": [prompt], "response": [response]}))[0])
 
 
 def _warm_up(model: Any, version: str, *, calls: int = 3) -> None:

@@ -27,7 +27,7 @@ from monitors.predictions import COLUMNS, TopicRead, Validator, predictions_fram
 
 Source = Literal["lake", "kafka"]
 log = logging.getLogger("lakeloop.monitors.windows")
-FEEDBACK_COLUMNS = ["event_id", "event_type", "response_id", "value", "occurred_at"]
+FEEDBACK_COLUMNS = ["event_id", "event_type", "response_id", "value", "occurred_at", "preferred", "response_b"]
 
 
 def _lake_rows(settings: Settings, name: str, columns: list[str], time_col: str, since: datetime, until: datetime) -> pd.DataFrame:

@@ -49,11 +49,10 @@ class AutopilotDemoConfig:
     base: DemoConfig
     tick_seconds: int = 5
     drift_window_minutes: float = 0.5  # ~2.5 bursts, ~80 scored answers per window (thresholds are calibrated to the window's size)
-    canary_window_minutes: float = 0.75
-    chunk_questions: int = 12  # questions per traffic burst (4 scored answers each, ~1 thumbs verdict per question)
-    chunk_every_s: float = 9.0  # one burst this often: ~320 scored answers and ~80 labels per minute. A canary that agrees
-    # with users as often as the champion (~98%) is promoted once its always-valid interval is inside 5%: ~150 labels per
-    # arm; at ~40 labels per minute a canary held 4 windows (interval [-0.054, +0.096]), at ~53 five ([-0.059, +0.057])
+    canary_window_minutes: float = 1.0  # ~80 labelled conversations a window (both arms): the paired canary test rolls a
+    # canary 10 points worse back within 2 windows in ~93% of simulated cases (bench/bench_canary.py, section d; 60 a window: ~83%)
+    chunk_questions: int = 12  # questions per traffic burst (4 scored answers each: 1 verdict and 6 preferences per question)
+    chunk_every_s: float = 9.0  # one burst this often: ~320 scored answers and ~80 labelled conversations per minute
     first_model_timeout_s: float = 900.0
     retrain_timeout_s: float = 900.0  # a retraining with every candidate took up to 574 s on 2 busy cores (--encoder)
     max_drift_windows: int = 4
@@ -64,7 +63,7 @@ class AutopilotDemoConfig:
     # pairwise, and the cluster-paired 95% interval is ~+-0.065 wide at 120 prompts, ~+-0.05 at 200
     eval_fraction: float = 0.4
     retrain_min_new_rows: int = 1000  # the backlog and the bad release retrain; live traffic alone does not, drift does
-    promote_after_labels: int = 60  # ~2 windows of labels per arm at this traffic (the always-valid sequence still holds)
+    promote_after_labels: int = 60  # labelled conversations judged by both models (paired design): under one window here
 
 
 CHEAP_CANDIDATES = ("tfidf_pairwise", "length_support", "hybrid")

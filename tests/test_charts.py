@@ -144,6 +144,18 @@ def test_canary_chart_is_a_deterministic_png(looks: list[CanaryLook]) -> None:
     assert canary_chart(looks, events=events) == png
 
 
+def test_canary_chart_draws_the_paired_difference_when_the_rollout_read_it() -> None:
+    from monitors.sequential import Paired
+
+    looks = canary_looks(6)
+    paired = [Paired(-0.1 * 30 * i, 0.3 * 30 * i, 30 * i) for i in range(1, 7)]
+    png = canary_chart(looks, paired=paired)
+    decode(png)
+    assert png != canary_chart(looks)
+    with pytest.raises(ValueError, match="paired looks"):
+        canary_chart(looks, paired=paired[:2])
+
+
 def test_per_look_intervals_narrow_and_end_where_the_tests_end() -> None:
     looks = [c.counts for c in canary_looks(20)]
     path = confidence_sequence_path(looks, alpha=0.05)

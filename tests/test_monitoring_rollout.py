@@ -94,6 +94,10 @@ def test_worse_canary_is_rolled_back_within_two_windows(mon: Settings, models, m
                         "lakeloop": LakeloopSettings(), "monitoring": MonitoringResource(source="kafka", window_minutes=5)})
                     md = res.asset_materializations_for_node("rollout_decision")[0].metadata
                     decisions.append(md["decision"].value)
+                    # the paired design (the default): the registered models themselves scored every label of both arms
+                    metrics = md["metrics"].value
+                    assert metrics["paired_n_units"] >= 30 and metrics["paired_n_labels"] == metrics["paired_n_units"]
+                    assert metrics["paired_agreement_canary"] < metrics["paired_agreement_champion"]
                 else:
                     decisions.append(type(analysis(s, since).decision).__name__)
                 if decisions[-1] == "Rollback":
