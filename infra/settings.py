@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     canary_window_minutes: float = Field(10.0, gt=0, description="Canary analysis runs once per this many minutes while a "
                                          "canary is in flight.")
     canary_promote_after_labels: int = Field(400, ge=1, description="A canary no better and no worse than the champion is "
-                                             "promoted once both arms have this many labels and its always-valid confidence "
+                                             "promoted once this many labelled conversations were judged by both models (paired "
+                                             "design; labels per arm without it) and its always-valid confidence "
                                              "sequence rules out a drop of 5 points or more.")
     canary_paired: bool = Field(True, description="Judge canary and champion on the SAME labels of both arms' traffic (the "
                                 "arm that did not serve a response scores it at analysis time): several times the power of "

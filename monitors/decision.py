@@ -19,14 +19,14 @@ class RolloutPolicy:
     probability at most ``alpha + brier_alpha``."""
 
     steps: tuple[float, ...] = (0.1, 0.5)  # canary traffic shares before it becomes champion
-    min_feedback: int = 30  # labelled predictions per arm before agreement is judged (and before a look counts)
+    min_feedback: int = 30  # labelled conversations (paired design) or predictions per arm before agreement is judged
     alpha: float = 0.05  # always-valid level of every test (one-sided each)
     max_error_rate: float = 0.05  # a canary above this error rate is rolled back outright
     min_requests: int = 50  # requests per arm before error rate / latency are judged
     max_latency_ratio: float = 2.0  # canary p95 / champion p95 above this rolls back ...
     min_latency_increase_ms: float = 25.0  # ... when it is also this many ms slower: 2.4 -> 4.8 ms (the demo's champion and
     # canary) is twice as slow and no user feels it; the demo's first canary was rolled back for that
-    equivalence_feedback: int = 400  # with this many labels per arm and no significant difference ...
+    equivalence_feedback: int = 400  # with this many labelled conversations (paired) or labels per arm, no significant difference ...
     equivalence_margin: float = 0.05  # ... a canary whose confidence sequence is above -margin is promoted
     tau: float = DEFAULT_TAU  # mixing scale of the agreement tests: ~10-point effects
     error_tau: float = ERROR_TAU  # mixing scale of the error-rate test
