@@ -135,8 +135,10 @@ class Settings(BaseSettings):
     # what the daemon's training and drift runs use (the demo and tests size them down through these)
     train_config: str = Field("{}", description="JSON object of TrainConfig fields for autopilot training runs, "
                               'e.g. {"epochs": 1, "max_length": 128}.')
-    gate_must_beat_baselines: bool = Field(True, description="The gate requires beating the length and TF-IDF baselines; "
-                                           "off: only 'not worse than the champion' (a first champion still needs to beat them).")
+    gate_must_beat_baselines: bool = Field(True, description="While there is no champion, the gate requires a first model to "
+                                           "beat the length baseline and a constant and be no worse than TF-IDF (challengers "
+                                           "answer to the champion); off: a first model is registered without it, and "
+                                           "autopilot still needs it before making that model champion.")
     gate_slice_tolerance: float = Field(0.05, ge=0, description="The gate fails a candidate whose metric on a slice (app, "
                                         "model, event type, length) is below the champion's by more than this.")
     gate_cross_fit: bool = Field(True, description="A first model (no champion) whose winner is a cheap family is judged "

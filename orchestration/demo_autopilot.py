@@ -269,8 +269,12 @@ def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSu
     sent, bad = _produce(settings, _backlog(cfg.base), cfg.base)
     summary.add("1. feedback backlog", f"{sent} events of {cfg.base.backlog_questions} questions sent to Kafka ({bad} malformed); "
                 "the daemon takes it from here", say)
-    done = narrator.wait("a first model", lambda: _aliases(settings).get("champion") or _alerts(receiver, "autopilot_waiting"),
-                         cfg.first_model_timeout_s)
+    done = narrator.wait("a first model", lambda: (_aliases(settings).get("champion") or _alerts(receiver, "autopilot_waiting")
+                                                   or _alerts(receiver, "gate_failed")), cfg.first_model_timeout_s)
+    if done and not _aliases(settings).get("champion") and not _alerts(receiver, "autopilot_waiting"):
+        why = _alerts(receiver, "gate_failed")[0].get("text", "")[:400]
+        summary.add("2. first model refused", f"the gate refused the first model (the baseline rule is on): {why}", say)
+        return None
     if not done:
         summary.add("2. first model", f"nothing registered after {cfg.first_model_timeout_s:.0f}s: see the Dagster UI's runs "
                     f"and sensor ticks ({settings.dagster_url}/automation)", say)
@@ -289,6 +293,8 @@ def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSu
                     f"{ev.get('pooled_minus_tfidf_lr_pairwise', float('nan')):+.3f} {ev.get('pooled_minus_tfidf_lr_pairwise_ci', '')}")
     if aliases.get("champion"):
         summary.add("2. first champion", f"v{version} by the daemon in {time.monotonic() - t:.0f}s: it beats the baselines ({figures})", say)
+        summary.add("3. operator", "not needed: autopilot made the first champion itself (a person can still move the alias in "
+                    "the MLflow registry: the daemon records that as external and serves it)", say)
         summary.decisions.append(("Champion", f"v{version}: first model, beats the baselines (daemon)"))
         return str(version)
     why = _alerts(receiver, "autopilot_waiting")[0].get("text", "")[:300]

@@ -308,6 +308,10 @@ def _paired(length=WIN, constant=WIN, tfidf=LEVEL, auc=LEVEL, champion=None):  #
         (_paired(length=LOSE, tfidf=LOSE), (40, 40), None, GateConfig(must_beat_baselines=False), True, ""),
         (_paired(champion=LEVEL), (40, 40), {"pairwise_accuracy": (0.61, 0.58, 0.64)}, GateConfig(), True, ""),
         (_paired(champion=LOSE), (40, 40), {"pairwise_accuracy": (0.66, 0.63, 0.69)}, GateConfig(), False, "worse than champion"),
+        # a challenger answers to the champion (the baseline rules proved the first model): level with it passes even where
+        # it does not beat length on its own eval split; worse than the champion fails whatever the baselines say
+        (_paired(champion=LEVEL, length=LOSE, tfidf=LOSE), (40, 40), {"pairwise_accuracy": (0.61, 0.58, 0.64)}, GateConfig(), True, ""),
+        (_paired(champion=LOSE, length=WIN), (40, 40), {"pairwise_accuracy": (0.66, 0.63, 0.69)}, GateConfig(), False, "worse than champion"),
         ({"constant": {}, "length": {}, "tfidf_lr": {}}, (40, 40), None, GateConfig(), False, "does not beat baseline constant"),
     ],
 )

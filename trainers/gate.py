@@ -3,7 +3,8 @@
 With ``paired`` differences (candidate minus reference, each (value, lo, hi) from the cluster bootstrap that
 resamples the same prompt clusters for every scorer; what ``trainers.evaluate.full_report`` gives), a candidate
 becomes ``challenger`` only if
-- (first-model rule, ``must_beat_baselines``) it BEATS each of ``beat_baselines`` (the length baseline and a
+- (first-model rule, ``must_beat_baselines``; only while there is no ``champion``: a challenger answers to the
+  champion, which the rule already proved) it BEATS each of ``beat_baselines`` (the length baseline and a
   constant) on the primary metric with the paired 95% interval above 0, and is NOT WORSE than each of
   ``match_baselines`` (the strong TF-IDF baseline) beyond the paired interval (its upper end >= 0); on AUC, when the
   eval split has at least ``min_class_n`` answers of each class, it is not worse than any baseline beyond the paired
@@ -114,9 +115,10 @@ def decide_gate(
             return GateDecision(False, (f"candidate has no {config.primary} (nor {', '.join(config.also_beat_baselines_on) or 'other metric'})",))
         config = replace(config, primary=usable[0], also_beat_baselines_on=tuple(m for m in config.also_beat_baselines_on if m != usable[0]))
         primary = candidate[config.primary]
-    if config.must_beat_baselines and paired is not None:
+    first_model = champion is None  # the baseline rules prove a first model; a challenger answers to the champion
+    if config.must_beat_baselines and first_model and paired is not None:
         reasons += _paired_baseline_rules(paired, baselines, config, class_counts)
-    elif config.must_beat_baselines:
+    elif config.must_beat_baselines and first_model:
         for metric in (config.primary, *config.also_beat_baselines_on):
             mine = candidate.get(metric, NAN3)[0]
             for name, base in baselines.items():
