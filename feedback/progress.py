@@ -15,6 +15,7 @@ class IngestStats:
     records: int = 0  # consumed and flushed
     valid: int = 0  # rows written to the target table
     dead: int = 0  # rows written to dead_letters
+    requests: int = 0  # erasure requests written to governance/erasure_requests
     skipped: int = 0  # rows another writer had already stored
     flushes: int = 0
     flush_reasons: dict[str, int] = field(default_factory=dict)
