@@ -30,9 +30,10 @@ AUTOPILOT_SENSORS: tuple[str, ...] = (
     "registry_watch",
     "erasure_requests_sensor",  # governance: the erasure requests apps send on the feedback topic
 )
-# the maintenance the loop owes: the deferred purge of erased rows' files
+# the maintenance the loop owes: the deferred purge of erased rows' files, bronze raw retention
 AUTOPILOT_SCHEDULES: tuple[str, ...] = (
     "erasure_purge_schedule",
+    "raw_retention_schedule",
 )
 AUTOPILOT: tuple[str, ...] = AUTOPILOT_SENSORS + AUTOPILOT_SCHEDULES
 LOCATION = "lakeloop"

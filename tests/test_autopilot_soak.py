@@ -37,7 +37,7 @@ from tests.conftest import _jars_dir, free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 AUTOPILOT_RUN_SENSORS = {"curate_on_arrival", "retrain_on_new_data", "rollout_sensor", "drift_check_sensor"}
-AUTOPILOT_RUN_SCHEDULES = {"erasure_purge_schedule"}  # hourly maintenance: may tick during the test
+AUTOPILOT_RUN_SCHEDULES = {"erasure_purge_schedule", "raw_retention_schedule"}  # maintenance: may tick during the test
 SMALL_TRAIN = {"epochs": 1, "max_length": 64, "batch_size": 16, "max_train_examples": 200, "max_train_pairs": 300,
                "rater_length_bias": True, "pointwise_trains_text": False, "probe_steps": 100, "head_l2": 0.01, "pair_center_weight": 1.0}
 TRANSIENT_S = 120.0  # a hand-made alias change is ledgered by registry_watch within its settle time (60 s) + a tick
