@@ -66,49 +66,56 @@ def _redact_column(redactor: Redactor, col: pa.ChunkedArray) -> tuple[pa.Array, 
     return pa.array(out, col.type), changed
 
 
-def redact_expired(settings: Settings, *, tables: tuple[str, ...] = tuple(RAW_COLUMNS), now: datetime | None = None,
-                   redactor: Redactor | None = None, say: Callable[[str], None] = lambda m: None) -> list[RetentionResult]:
-    """Replace the raw text of every row past its retention with the redacted text, in each existing table."""
+def redact_table(settings: Settings, table: str, *, now: datetime, redactor: Redactor) -> RetentionResult:
+    """One table's rows newly past the retention, redacted in one commit that also moves the cutoff. Safe to re-run
+    (a lost commit race re-reads the table: ``redact_expired`` retries)."""
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
+    uri = table_uri(settings, table)
+    cutoff = (now - timedelta(days=retention_days(settings, table))).replace(microsecond=0)
+    dt = DeltaTable(uri)
+    since = stored_cutoff(dt, table)
+    if since is not None and since >= cutoff:
+        return RetentionResult(table, since, 0, 0, None)
+    cols = RAW_COLUMNS[table]
+    ts = pa.timestamp("us", tz="UTC")
+    filters = [("ingested_at", "<", pa.scalar(cutoff, ts)), *([("ingested_at", ">=", pa.scalar(since, ts))] if since else [])]
+    rows = dt.to_pyarrow_table(columns=[*KEY, *cols], filters=filters)
+    changed = [False] * rows.num_rows
+    redacted: dict[str, pa.Array] = {}
+    for c in cols:
+        redacted[c], ch = _redact_column(redactor, rows.column(c))
+        changed = [a or b for a, b in zip(changed, ch)]
+    txn = CommitProperties(app_transactions=[Transaction(f"{APP_PREFIX}:{table}", int(cutoff.timestamp()))],
+                           custom_metadata={"lakeloop.retention.cutoff": cutoff.isoformat()})
+    n = sum(changed)
+    if n:  # the rows whose text changes, matched by their Kafka coordinates (ids and the rest stay as they are)
+        source = pa.table({**{k: rows.column(k) for k in KEY}, **redacted}).filter(pa.array(changed))
+        on = " AND ".join(f"t.{k} = s.{k}" for k in KEY)
+        dt.merge(source, on, source_alias="s", target_alias="t", commit_properties=txn) \
+          .when_matched_update({c: f"s.{c}" for c in cols}).execute()
+    else:  # nothing to rewrite: a commit without rows moves the cutoff
+        write_deltalake(dt, pa.Table.from_pylist([], schema=SCHEMAS[table]), mode="append", commit_properties=txn)
+    return RetentionResult(table, cutoff, rows.num_rows, n, DeltaTable(uri).version())
+
+
+def redact_expired(settings: Settings, *, tables: tuple[str, ...] = tuple(RAW_COLUMNS), now: datetime | None = None,
+                   redactor: Redactor | None = None, retries: int = 8,
+                   say: Callable[[str], None] = lambda m: None) -> list[RetentionResult]:
+    """Replace the raw text of every row past its retention with the redacted text, in each existing table (a table
+    not created yet is skipped)."""
     from features import lake
 
     at = now or datetime.now(timezone.utc)
     red = redactor or Redactor()
     out = []
     for table in tables:
-        uri = table_uri(settings, table)
-        cutoff = (at - timedelta(days=retention_days(settings, table))).replace(microsecond=0)
-        if not lake.exists(uri):
+        if not lake.exists(table_uri(settings, table)):
             continue
-        dt = DeltaTable(uri)
-        since = stored_cutoff(dt, table)
-        if since is not None and since >= cutoff:
-            out.append(RetentionResult(table, since, 0, 0, None))
-            continue
-        cols = RAW_COLUMNS[table]
-        filters = [("ingested_at", "<", pa.scalar(cutoff, pa.timestamp("us", tz="UTC")))]
-        if since is not None:
-            filters.append(("ingested_at", ">=", pa.scalar(since, pa.timestamp("us", tz="UTC"))))
-        rows = dt.to_pyarrow_table(columns=[*KEY, *cols], filters=filters)
-        changed = [False] * rows.num_rows
-        redacted: dict[str, pa.Array] = {}
-        for c in cols:
-            redacted[c], ch = _redact_column(red, rows.column(c))
-            changed = [a or b for a, b in zip(changed, ch)]
-        txn = CommitProperties(app_transactions=[Transaction(f"{APP_PREFIX}:{table}", int(cutoff.timestamp()))],
-                               custom_metadata={"lakeloop.retention.cutoff": cutoff.isoformat()})
-        n = sum(changed)
-        if n:
-            source = pa.table({**{k: rows.column(k) for k in KEY}, **redacted}).filter(pa.array(changed))
-            on = " AND ".join(f"t.{k} = s.{k}" for k in KEY)
-            dt.merge(source, on, source_alias="s", target_alias="t", commit_properties=txn) \
-              .when_matched_update({c: f"s.{c}" for c in cols}).execute()
-        else:  # nothing to rewrite: a commit without rows moves the cutoff
-            write_deltalake(dt, pa.Table.from_pylist([], schema=SCHEMAS[table]), mode="append", commit_properties=txn)
-        dt = DeltaTable(uri)
-        out.append(RetentionResult(table, cutoff, rows.num_rows, n, dt.version()))
-        say(f"{table}: {rows.num_rows} row(s) ingested before {cutoff.isoformat()} passed the retention; the raw text of {n} "
-            f"held PII and was replaced by the redacted text (v{dt.version()})")
+        res, _ = lake.with_retries(lambda: redact_table(settings, table, now=at, redactor=red), retries=retries,  # noqa: B023
+                                   what=f"raw retention of {table}")
+        out.append(res)
+        if res.version is not None:
+            say(f"{table}: {res.scanned} row(s) ingested before {res.cutoff.isoformat()} passed the retention; the raw text "
+                f"of {res.redacted} held PII and was replaced by the redacted text (v{res.version})")
     return out
-
