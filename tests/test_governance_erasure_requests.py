@@ -179,3 +179,54 @@ def test_an_erasure_request_on_kafka_erases_the_user_and_the_purge_deletes_the_f
     assert purged.success and records(s)[0].vacuumed_at is not None
     assert _bytes_holding(s.lake, USER.encode()) == []
     assert lake.read(table_uri(s, F.FEEDBACK)).height == sum(e["user_id"] != USER for e in events)  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_daemon_fulfils_an_erasure_request_and_the_switch_covers_the_schedules(
+        kafka: Settings, mlflow_server: Settings, dagster_platform: Settings, qa_feedback_path: Path) -> None:
+    """The real platform: Kafka, MLflow, the Dagster webserver and daemon (autopilot off in the test platform). The
+    switch lists and flips the sensors and the schedules through the webserver's GraphQL API; the daemon's
+    erasure_requests_sensor, once on, starts erasure_job for a request produced to Kafka and ingested."""
+    import time
+
+    from features.config import CurationConfig
+    from features.engine import STAGES, curate
+    from features.pseudonymize import load_or_create_key
+    from feedback.ingestor import Ingestor
+    from feedback.producer import FeedbackProducer
+    from orchestration.assets.curation.resources import dev_key_file
+    from orchestration.automation import AUTOPILOT, sensor_states, set_autopilot
+
+    tag = uuid.uuid4().hex[:8]
+    s = dagster_platform.model_copy(update={"feedback_topic": f"fb-daemon-{tag}"})  # the daemon's lake, a topic of our own
+    states = sensor_states(s)
+    assert [st.name for st in states] == list(AUTOPILOT) and not any(st.running for st in states)
+    assert {st.kind for st in states} == {"sensor", "schedule"}
+
+    key = load_or_create_key(dev_key_file(s))  # the key the daemon's runs use (no LAKELOOP_PSEUDONYM_KEY here)
+    events = [_as_sent(e) for e in qa_events(qa_feedback_path, n_questions=4, days=1)]
+    with FeedbackProducer(s) as producer:
+        for e in events:
+            producer.send(json.dumps(e).encode(), key=e["conversation_id"])
+        producer.send(json.dumps(request(7)).encode(), key="erase-7")
+    assert Ingestor(s, get_stream(s, "feedback"), group=f"g-{tag}", say=print).run(once=True).requests == 1
+    for stage in STAGES:
+        curate(stage, s, START, cfg=CurationConfig(), key=key)
+    assert pending_count(s)[0] == 1
+
+    names = ["erasure_requests_sensor", "erasure_purge_schedule"]
+    try:
+        on = {st.name: st.running for st in set_autopilot(s, True, names=names)}
+        assert on == {n: n in names for n in AUTOPILOT}
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and not records(s):
+            time.sleep(3)
+    finally:
+        off = set_autopilot(s, False, names=names)
+    assert not any(st.running for st in off)
+    [rec] = records(s)
+    assert rec.rows_removed[F.REQUESTS] == 1 and rec.rows_removed[F.FEEDBACK] == sum(e["user_id"] == USER for e in events)
+    assert pending_count(s)[0] == 0
+    silver = lake.read(table_uri(s, F.SILVER))
+    assert silver is not None and silver.height > 0 and rec.pseudonym not in silver["user_id"].to_list()
