@@ -24,7 +24,6 @@ SCHEMA_PATH = Path(__file__).with_name("event_schema_v1.json")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 EVENT_TYPES = ("thumbs", "rating", "correction", "preference", "erasure_request")
 EventType = Literal["thumbs", "rating", "correction", "preference", "erasure_request"]
-ERASURE_REQUEST = "erasure_request"
 
 # RFC 3339 date-time with a mandatory offset, for JSON Schema validators that skip `format`.
 RFC3339 = (
