@@ -18,6 +18,9 @@ BRONZE_EVENTS = pa.schema([
 
 #: Free-text columns that are normalized and PII-redacted in silver.
 TEXT_COLUMNS = ("prompt", "response", "corrected_response", "response_b", "comment", "metadata")
+#: Id columns the apps choose, scanned for PII in silver too: an id that holds PII is replaced whole by a keyed
+#: pseudonym (``pii_<hex>``), so it still tells responses and conversations apart (a placeholder inside it would not).
+ID_COLUMNS = ("conversation_id", "response_id", "app_id")
 
 SILVER_FEEDBACK = pa.schema(
     [f for f in BRONZE_EVENTS if f.name != "raw"]

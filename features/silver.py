@@ -13,8 +13,8 @@ import pyarrow as pa
 
 from features.normalize import normalize_text
 from features.pii import Redactor, format_counts, parse_counts
-from features.pseudonymize import pseudonymize_many
-from features.schema import SILVER_FEEDBACK, TEXT_COLUMNS
+from features.pseudonymize import pseudonymize, pseudonymize_many
+from features.schema import ID_COLUMNS, SILVER_FEEDBACK, TEXT_COLUMNS
 from features.split import text_hashes
 
 #: Which copy of a repeated event_id survives: the earliest Kafka record.
@@ -33,9 +33,17 @@ def dedup_events(bronze: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return out, bronze.height - out.height
 
 
+def pseudonymize_pii_ids(ids: list[str | None], *, key: bytes, redactor: Redactor) -> tuple[list[str | None], list[Counter[str]]]:
+    """Ids with PII (by the redaction detectors) replaced whole by ``pii_<keyed hash>``; the PII found per row."""
+    _, counts = redactor.redact_many(ids)
+    out = [f"pii_{(pseudonymize(v, key) or '')[2:]}" if c and v is not None else v for v, c in zip(ids, counts)]
+    return out, counts
+
+
 def transform_batch(batch: pa.Table, *, key: bytes, redactor: Redactor) -> pa.Table:
-    """Normalize + redact every text column, pseudonymize ``user_id``, drop ``raw``, add ``pii_counts`` and
-    ``prompt_hash``. Cluster columns are left null (filled after prompt clustering)."""
+    """Normalize + redact every text column, replace ids holding PII by a keyed pseudonym (``ID_COLUMNS``),
+    pseudonymize ``user_id``, drop ``raw``, add ``pii_counts`` (text and ids) and ``prompt_hash``. Cluster columns are
+    left null (filled after prompt clustering)."""
     n = batch.num_rows
     cols: dict[str, list] = {}
     per_row: list[Counter[str]] = [Counter() for _ in range(n)]
@@ -47,6 +55,12 @@ def transform_batch(batch: pa.Table, *, key: bytes, redactor: Redactor) -> pa.Ta
                 acc.update(c)
         cols[name] = redacted
     cols["user_id"] = pseudonymize_many(batch.column("user_id").to_pylist(), key)
+    for name in ID_COLUMNS:
+        ids, counts = pseudonymize_pii_ids(batch.column(name).to_pylist(), key=key, redactor=redactor)
+        if any(counts):
+            cols[name] = ids
+            for acc, c in zip(per_row, counts):
+                acc.update(c)
     cols["pii_counts"] = [format_counts(c) for c in per_row]
     cols["prompt_hash"] = text_hashes(pl.Series("p", cols["prompt"], dtype=pl.String)).to_list()
     out = {}

@@ -64,6 +64,20 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
+# governance/erasure_requests: the erasure requests apps send on the feedback topic (event_type erasure_request).
+# The raw user id stays only until the erasure it asks for runs: ``lakeloop forget`` deletes the user's requests with
+# their other rows, and vacuums their files after the grace. No raw payload is kept.
+ERASURE_REQUESTS_TABLE = "governance/erasure_requests"
+ERASURE_REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("occurred_at", TS, nullable=False),
+        pa.field("app_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        *KAFKA_FIELDS,
+    ]
+)
+
 DEAD_LETTERS_SCHEMA = pa.schema(
     [
         pa.field("raw", pa.binary(), nullable=False),
@@ -87,8 +101,12 @@ PREDICTION_ROW_COLUMNS = (
 
 
 def feedback_row(event: Any) -> tuple:
-    """A validated feedback event model -> the values of FEEDBACK_ROW_COLUMNS."""
+    """A validated feedback event model -> the values of FEEDBACK_ROW_COLUMNS (an erasure request fills only its own
+    columns; ``split_erasure_requests`` takes it out before the commit)."""
     d = event.__dict__
+    if d["event_type"] == "erasure_request":
+        return (d["event_id"], d["event_type"], epoch_us(d["occurred_at"]), d["app_id"], d["user_id"],
+                *(None,) * 12, d["schema_version"])
     meta = d["metadata"]
     value = d.get("value")
     return (
@@ -145,6 +163,15 @@ def columns_table(schema: pa.Schema, time_column: str, cols: dict[str, pa.Array]
     cols = {**cols, "event_date": cols[time_column].cast(pa.date32())}
     cols.update(_kafka_columns(topic, partitions, offsets, timestamps_ms, ingested_at))
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def split_erasure_requests(valid: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """(the feedback rows of ``valid``, its erasure requests as ERASURE_REQUESTS_SCHEMA rows or None if it has none)."""
+    is_request = pc.equal(valid.column("event_type"), "erasure_request")
+    if not pc.any(is_request).as_py():
+        return valid, None
+    requests = valid.filter(is_request).select(ERASURE_REQUESTS_SCHEMA.names).cast(ERASURE_REQUESTS_SCHEMA)
+    return valid.filter(pc.invert(is_request)), requests
 
 
 def dead_letters_table(raws: Sequence[bytes], stages: Sequence[str], reasons: Sequence[str], *, topic: str,

@@ -15,6 +15,7 @@ final: it is in ``result.rejected`` and logged, never retried. When the retries 
 
 The helpers build schema v1 events, which still carry the prompt, response and model of the rated answer
 (reference feedback by response_id alone needs a schema change; a later slice of issue 16).
+``request_erasure(user_id)`` sends an ``erasure_request`` at once (issue 17): the autopilot erases the user.
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ def feedback_event(event_type: Literal["thumbs", "rating", "correction", "prefer
         **specific,
     }
     return {k: v for k, v in event.items() if v is not None}
+
+
+def erasure_request_event(user_id: str, *, app_id: str | None, event_id: str | None = None,
+                          occurred_at: datetime | str | None = None) -> dict[str, Any]:
+    """A schema v1 ``erasure_request``: the user asks that every row of theirs be erased (issue 17)."""
+    if not app_id:
+        raise ValueError("an erasure request needs an app_id: pass app_id= to the client")
+    when = occurred_at or datetime.now(timezone.utc)
+    return {"event_id": event_id or str(uuid.uuid4()), "event_type": "erasure_request",
+            "occurred_at": when.isoformat() if isinstance(when, datetime) else when, "app_id": app_id, "user_id": user_id}
 
 
 # ---- what one answer of the collector means --------------------------------------------------------------
@@ -231,6 +242,10 @@ class FeedbackClient(_Base):
                    **about: Unpack[About]) -> str:
         return self.add(self._event("preference", response_id, about, response_b=response_b, preferred=preferred))
 
+    def request_erasure(self, user_id: str) -> SendResult:
+        """Ask that every row of ``user_id`` be erased (sent now, past the buffer; the autopilot's erasure job runs it)."""
+        return self.send([erasure_request_event(user_id, app_id=self.app_id)])
+
     def add(self, event: Mapping[str, Any]) -> str:
         """Buffer one event (sent once ``batch_size`` are buffered); returns its event_id."""
         (prepared,) = self._prepared([event])
@@ -320,6 +335,10 @@ class AsyncFeedbackClient(_Base):
     async def preference(self, response_id: str, response_b: str, preferred: Literal["a", "b", "tie"],
                          **about: Unpack[About]) -> str:
         return await self.add(self._event("preference", response_id, about, response_b=response_b, preferred=preferred))
+
+    async def request_erasure(self, user_id: str) -> SendResult:
+        """``FeedbackClient.request_erasure``."""
+        return await self.send([erasure_request_event(user_id, app_id=self.app_id)])
 
     async def add(self, event: Mapping[str, Any]) -> str:
         (prepared,) = self._prepared([event])

@@ -2,7 +2,9 @@
 
 An event is a JSON object (UTF-8). Fields common to every type live on ``_EventBase``; each
 ``event_type`` adds its own (``thumbs``/``rating``: ``value``; ``correction``: ``corrected_response``;
-``preference``: ``response_b`` + ``preferred``). Unknown extra fields are accepted and ignored by the
+``preference``: ``response_b`` + ``preferred``). ``erasure_request`` is no feedback: an app asks that everything of
+``user_id`` be erased (``ErasureRequestEvent``, the identifying fields only; the ingestor lands it in
+``governance/erasure_requests``, not in ``bronze/feedback_events``). Unknown extra fields are accepted and ignored by the
 model; the ingestor keeps them in the ``raw`` column. ``feedback/event_schema_v1.json`` is generated
 from these models (``write_json_schema``) and a test keeps the two in sync.
 """
@@ -20,8 +22,8 @@ from feedback.validation import DEFAULT_BOUNDS, MAX_MEMBERS, Invalid, TimeBounds
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("event_schema_v1.json")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-EVENT_TYPES = ("thumbs", "rating", "correction", "preference")
-EventType = Literal["thumbs", "rating", "correction", "preference"]
+EVENT_TYPES = ("thumbs", "rating", "correction", "preference", "erasure_request")
+EventType = Literal["thumbs", "rating", "correction", "preference", "erasure_request"]
 
 # RFC 3339 date-time with a mandatory offset, for JSON Schema validators that skip `format`.
 RFC3339 = (
@@ -82,8 +84,23 @@ class PreferenceEvent(_EventBase):
     preferred: Literal["a", "b", "tie"]
 
 
+class ErasureRequestEvent(BaseModel):
+    """An app asks that every row of ``user_id`` be erased (``lakeloop forget``, run by the autopilot's
+    ``erasure_requests_sensor``). Same rules as the feedback events; none of their conversation fields."""
+
+    model_config = _EventBase.model_config
+
+    event_type: Literal["erasure_request"]
+    event_id: EventId = Field(description="Idempotency key chosen by the sender (1..128 chars).")
+    occurred_at: Timestamp = Field(description="When the user asked: RFC 3339 with an offset.")
+    app_id: Ident
+    user_id: Ident = Field(description="The user to erase, exactly as the app sends it in feedback events.")
+    schema_version: Literal[1] = 1
+
+
 FeedbackEvent = Annotated[
-    Union[ThumbsEvent, RatingEvent, CorrectionEvent, PreferenceEvent], Field(discriminator="event_type")
+    Union[ThumbsEvent, RatingEvent, CorrectionEvent, PreferenceEvent, ErasureRequestEvent],
+    Field(discriminator="event_type"),
 ]
 EVENT_ADAPTER: TypeAdapter[FeedbackEvent] = TypeAdapter(FeedbackEvent)
 _TAGS = frozenset(EVENT_TYPES)

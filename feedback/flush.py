@@ -1,5 +1,5 @@
 """A flush in two steps: ``prepare`` (validate, build Arrow tables; pure CPU) and ``commit_prepared``
-(the two commits of the offset protocol: dead letters first, then the target with the offsets).
+(the commits of the offset protocol: erasure requests and dead letters first, then the target with the offsets).
 
 Where a flush runs is a choice (``FlushMode``). ``"thread"``: on the ingestor's writer thread, sharing
 the GIL with the consumer loop. ``"process"`` (default): in one spawned worker process, the committer,
@@ -42,6 +42,7 @@ from feedback.handoff import Mappings, Segments, Ticket
 from feedback.streams import DEAD_LETTERS_TABLE, Stream, get_stream
 from infra.errors import OffsetError
 from infra.settings import Settings
+from infra.tables import table_uri
 
 FlushMode = Literal["process", "thread"]
 
@@ -51,6 +52,7 @@ class FlushOutcome:
     rows: int  # written to the target
     dead: int  # written to dead_letters
     skipped: int  # already stored by another writer
+    requests: int = 0  # erasure requests written to governance/erasure_requests
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,21 @@ class Prepared:
     dead_last_offsets: dict[int, int]  # per partition holding dead letters (dead_letters commit)
     after: dict[int, int | None] = field(default_factory=dict)  # the offsets the batch follows (RawBatch.after)
     topic_fingerprint: int | None = None
+    requests: pa.Table | None = None  # erasure requests (streams with a ``requests_table``)
+    requests_last_offsets: dict[int, int] = field(default_factory=dict)  # per partition holding requests
 
 
-def sinks_for(settings: Settings, stream: Stream) -> tuple[DeltaSink, DeltaSink]:
-    """(target, dead letters) sinks of ``stream``."""
+Sinks = tuple[DeltaSink, ...]  # target, dead letters, then the erasure requests' table if the stream has one
+
+
+def sinks_for(settings: Settings, stream: Stream) -> Sinks:
+    """(target, dead letters[, erasure requests]) sinks of ``stream``."""
     target = DeltaSink(stream.target_uri(settings), stream.schema, table=stream.table, partition_by=stream.partition_by)
-    return target, DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE)
+    dead = DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE)
+    if stream.requests_table is None:
+        return target, dead
+    return target, dead, DeltaSink(table_uri(settings, stream.requests_table), bronze.ERASURE_REQUESTS_SCHEMA,
+                                   table=stream.requests_table)
 
 
 def prepare(stream: Stream, raw: RawBatch) -> Prepared:
@@ -96,28 +107,39 @@ def prepare(stream: Stream, raw: RawBatch) -> Prepared:
             valid = valid.take(pc.sort_indices(valid, [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]))
         else:
             valid = fast
+    requests, requests_last = None, {}
+    if stream.requests_table is not None and valid.num_rows:
+        valid, requests = bronze.split_erasure_requests(valid)
+        if requests is not None:
+            requests_last = {p: raw.last_offset[p] for p in set(requests.column("kafka_partition").to_pylist())}
     return Prepared(valid, dead, dict(raw.last_offset), batch.dead_last_offsets(), dict(raw.after),
-                    raw.topic_fingerprint)
+                    raw.topic_fingerprint, requests, requests_last)
 
 
-def commit_prepared(stream: Stream, target: DeltaSink, dead: DeltaSink, prepared: Prepared, reason: str) -> FlushOutcome:
-    """Refuse a gap (``DeltaSink.check_continues``), then dead letters, then the target (always: it carries
-    the offsets and the topic's identity)."""
+def commit_prepared(stream: Stream, sinks: Sinks, prepared: Prepared, reason: str) -> FlushOutcome:
+    """Refuse a gap (``DeltaSink.check_continues``), then erasure requests and dead letters, then the target
+    (always: it carries the offsets and the topic's identity). A side table (requests, dead letters) keeps its own
+    offsets per partition, so a crash between the commits neither loses nor doubles its rows."""
+    target, dead, *side = sinks
     topic, meta = stream.topic, {"lakeloop.stream": stream.name, "lakeloop.flush": reason}
-    target.check_continues(topic, prepared.after)  # before the dead letters: they too must not skip ahead
-    dead_rows = skipped = 0
+    target.check_continues(topic, prepared.after)  # before the side tables: they too must not skip ahead
+    dead_rows = skipped = requests = 0
+    if prepared.requests is not None:
+        out = side[0].commit(prepared.requests, topic=topic, last_offsets=prepared.requests_last_offsets,
+                             metadata=meta, topic_fingerprint=prepared.topic_fingerprint)
+        requests, skipped = out.rows, out.skipped_rows
     if prepared.dead is not None:
         out = dead.commit(prepared.dead, topic=topic, last_offsets=prepared.dead_last_offsets, metadata=meta,
                           topic_fingerprint=prepared.topic_fingerprint)
-        dead_rows, skipped = out.rows, out.skipped_rows
+        dead_rows, skipped = out.rows, skipped + out.skipped_rows
     out = target.commit(prepared.valid, topic=topic, last_offsets=prepared.last_offsets, metadata=meta,
                         topic_fingerprint=prepared.topic_fingerprint)
-    return FlushOutcome(out.rows, dead_rows, skipped + out.skipped_rows)
+    return FlushOutcome(out.rows, dead_rows, skipped + out.skipped_rows, requests)
 
 
-def flush(stream: Stream, target: DeltaSink, dead: DeltaSink, raw: RawBatch, reason: str) -> FlushOutcome:
+def flush(stream: Stream, sinks: Sinks, raw: RawBatch, reason: str) -> FlushOutcome:
     """Prepare ``raw`` and commit it: one whole flush."""
-    return commit_prepared(stream, target, dead, prepare(stream, raw), reason)
+    return commit_prepared(stream, sinks, prepare(stream, raw), reason)
 
 
 class Flusher:
@@ -141,7 +163,7 @@ class Flusher:
         self._failed: str | None = None  # inline mode: the first failure (the workers share their own flag)
         self._pools: list[ProcessPoolExecutor] = []
         self._seq = 0
-        self._sinks: tuple[DeltaSink, DeltaSink] | None = None  # inline mode only: the workers have their own
+        self._sinks: Sinks | None = None  # inline mode only: the workers have their own
         if mode == "thread":
             self._sinks = sinks_for(settings, stream)
             return
@@ -208,7 +230,7 @@ class Flusher:
             try:
                 if self._fault is not None:
                     self._fault(started, reason)
-                return flush(self._stream, *self._sinks, started, reason)
+                return flush(self._stream, self._sinks, started, reason)
             except BaseException as exc:
                 self._failed = f"{type(exc).__name__}: {str(exc)[:200]}"
                 raise
@@ -304,7 +326,7 @@ def _worker_flush(raw: RawBatch, reason: str, seq: int, ticket: Ticket | None = 
     queues batch k+1 before it knows k's fate, and k+1 must not commit offsets past k's records.
     ``ticket``: where the batch's values wait in shared memory (else they came with ``raw``)."""
     turn, committed, broken = _WORKER["turn"], _WORKER["committed"], _WORKER["broken"]
-    target, dead = _WORKER["sinks"]
+    sinks = _WORKER["sinks"]
     stream = _WORKER["stream"]
     try:
         if ticket is not None:
@@ -322,7 +344,7 @@ def _worker_flush(raw: RawBatch, reason: str, seq: int, ticket: Ticket | None = 
                     os._exit(0)
             if broken.value:
                 raise _refused(raw)
-        out = commit_prepared(stream, target, dead, prepared, reason)
+        out = commit_prepared(stream, sinks, prepared, reason)
     except BaseException:
         with turn:
             broken.value = 1

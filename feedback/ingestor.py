@@ -54,7 +54,7 @@ class Ingestor:
         self.max_poll_records = max_poll_records
         self.flush_mode: FlushMode = flush_mode or settings.ingest_flush_mode
         self.say = say
-        self.target, self.dead = sinks_for(settings, stream)
+        self.target, self.dead, *self.side = sinks_for(settings, stream)  # side: the erasure requests' table
         self.stats = IngestStats(stream.name, stream.topic)
         self._lock = threading.RLock()
         self._batch = RawBatch(stream.topic)
@@ -89,6 +89,8 @@ class Ingestor:
         self._fingerprint = topic_fingerprint(topic_id)
         self.target.open()
         self.dead.open()
+        for sink in self.side:
+            sink.open()
         # explicit first offsets: a seek to a known offset fetches sooner than a reset to "earliest"
         self._beginnings, ends = offset_bounds(self.settings, self.stream.topic)
         # the stored offsets must belong to this topic and lie within it: else stop and say how to re-seed
@@ -279,6 +281,7 @@ class Ingestor:
         with self._stats_lock:
             st = self.stats
             st.valid, st.dead, st.skipped = st.valid + out.rows, st.dead + out.dead, st.skipped + out.skipped
+            st.requests += out.requests
             st.flushes += 1
             st.flush_reasons[reason] = st.flush_reasons.get(reason, 0) + 1
             st.finished_at = time.monotonic()

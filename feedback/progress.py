@@ -15,6 +15,7 @@ class IngestStats:
     records: int = 0  # consumed and flushed
     valid: int = 0  # rows written to the target table
     dead: int = 0  # rows written to dead_letters
+    requests: int = 0  # erasure requests written to governance/erasure_requests
     skipped: int = 0  # rows another writer had already stored
     flushes: int = 0
     flush_reasons: dict[str, int] = field(default_factory=dict)
@@ -53,7 +54,8 @@ class IngestStats:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.flush_reasons.items())) or "none"
         return (
             f"ingested {self.records:,} records from {self.topic} in {el:.1f}s ({self.records / max(el, 1e-9):,.0f}/s): "
-            f"{self.valid:,} rows, {self.dead:,} dead letters, {self.skipped:,} already stored; "
+            f"{self.valid:,} rows, {self.dead:,} dead letters, "
+            f"{f'{self.requests:,} erasure requests, ' if self.requests else ''}{self.skipped:,} already stored; "
             f"{self.flushes} flushes ({reasons}), {self.rebalances} rebalances; "
             f"table v{self.target_version}, dead_letters v{self.dead_letters_version}"
         )
@@ -61,7 +63,7 @@ class IngestStats:
     def as_dict(self) -> dict:
         return {
             "stream": self.stream, "topic": self.topic, "elapsed_s": round(self.elapsed_s, 3), "records": self.records,
-            "valid": self.valid, "dead": self.dead, "skipped": self.skipped, "flushes": self.flushes,
+            "valid": self.valid, "dead": self.dead, "requests": self.requests, "skipped": self.skipped, "flushes": self.flushes,
             "rebalances": self.rebalances, "target_version": self.target_version,
             "dead_letters_version": self.dead_letters_version,
             "stored_offsets": {str(k): v for k, v in sorted(self.stored_offsets.items())},

@@ -1,7 +1,8 @@
 """Streams the ingestor knows: a Kafka topic, the bronze table it lands in, and how a record is checked.
 
 A stream = (topic, target table, validator, row builder, Arrow schema, optional batch fast path). Every
-stream shares the ``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``;
+stream shares the ``bronze/dead_letters`` table. ``feedback``: the feedback topic -> ``bronze/feedback_events``, and
+its erasure requests -> ``governance/erasure_requests``;
 ``predictions``: the scoring service's predictions topic -> ``bronze/predictions``.
 """
 
@@ -40,6 +41,8 @@ class Stream:
     # Optional batch fast path: (indices of plainly valid records, their row columns + raw); the model
     # (``to_row``) judges every record it leaves out.
     fast_columns: Callable[..., tuple[list[int], dict[str, pa.Array]]] | None = None
+    # The table the stream's erasure requests land in (``bronze.split_erasure_requests``), if it has any.
+    requests_table: str | None = None
 
     def to_row(self, raw: bytes | None, now: datetime | None = None) -> tuple[tuple, str] | Invalid:
         """(row values, raw text) of a valid record, else why it is a dead letter (the model decides).
@@ -86,6 +89,7 @@ def get_stream(settings: Settings, name: StreamName = "feedback", *, topic: str 
             max_bytes=max_bytes,
             bounds=bounds,
             fast_columns=fast_feedback_columns,
+            requests_table=bronze.ERASURE_REQUESTS_TABLE,
         )
     if name == "predictions":
         from feedback.predictions import PREDICTION_ADAPTER

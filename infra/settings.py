@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     erasure_grace_hours: float = Field(168.0, ge=0, description="`lakeloop forget` deletes a user's rows at once; the files that "
                                        "held them are deleted from storage this many hours later (`lakeloop forget --vacuum-due`, "
                                        "`lakeloop lake optimize`), pinned gold versions included.")
+    raw_retention_days: float = Field(30.0, ge=0, description="bronze/feedback_events and bronze/predictions keep the raw text "
+                                      "(the payload and the text columns) this many days after ingestion; then the autopilot's "
+                                      "raw_retention_schedule replaces it with the PII-redacted text (`lakeloop lake redact-expired`).")
+    dead_letter_retention_days: float = Field(7.0, ge=0, description="bronze/dead_letters keep the raw bytes this many days after "
+                                              "ingestion; then they are replaced by their PII-redacted text.")
 
     # what the daemon's training and drift runs use (the demo and tests size them down through these)
     train_config: str = Field("{}", description="JSON object of TrainConfig fields for autopilot training runs, "

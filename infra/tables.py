@@ -31,6 +31,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("gold/preference_pairs", "gold", "Chosen/rejected pairs from corrections and preferences, with split; ties kept and flagged."),
     TableSpec("monitoring/drift_metrics", "monitoring", "Per-window drift numbers (data, prediction, feedback) for trends."),
     TableSpec("registry/promotion_ledger", "registry", "Every alias change: who, what, why, metrics."),
+    TableSpec("governance/erasure_requests", "governance", "Erasure requests apps sent on the feedback topic (event_type erasure_request), with Kafka coordinates; a request leaves with the user's rows when its erasure runs."),
     TableSpec("governance/erasures", "governance", "One row per `lakeloop forget`: when, the pseudonym (never the raw id), rows removed per table, models tagged, files vacuumed."),
 )
 

@@ -69,7 +69,9 @@ def _predictions(settings: Settings, since: datetime, until: datetime, source: S
 def _feedback(settings: Settings, since: datetime, until: datetime, source: Source) -> tuple[pd.DataFrame, int]:
     if source == "kafka":
         read = _read_kafka(settings, settings.feedback_topic, _validator(settings, "feedback"), since, until)
-        return pd.DataFrame.from_records(read.records, columns=FEEDBACK_COLUMNS), read.invalid
+        # erasure requests share the topic but are no feedback: the ingestor lands them in governance/erasure_requests
+        feedback = [r for r in read.records if r.get("event_type") != "erasure_request"]
+        return pd.DataFrame.from_records(feedback, columns=FEEDBACK_COLUMNS), read.invalid
     return _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until), 0
 
 

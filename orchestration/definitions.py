@@ -13,7 +13,7 @@ import dagster as dg
 from orchestration.assets import platform
 from orchestration.resources import LakeloopSettings
 
-DOMAINS = ("feedback", "curation", "training", "monitoring")
+DOMAINS = ("feedback", "curation", "training", "monitoring", "governance")
 
 
 def _domain_defs() -> list[dg.Definitions]:

@@ -37,6 +37,7 @@ from tests.conftest import _jars_dir, free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 AUTOPILOT_RUN_SENSORS = {"curate_on_arrival", "retrain_on_new_data", "rollout_sensor", "drift_check_sensor"}
+AUTOPILOT_RUN_SCHEDULES = {"erasure_purge_schedule", "raw_retention_schedule"}  # maintenance: may tick during the test
 SMALL_TRAIN = {"epochs": 1, "max_length": 64, "batch_size": 16, "max_train_examples": 200, "max_train_pairs": 300,
                "rater_length_bias": True, "pointwise_trains_text": False, "probe_steps": 100, "head_l2": 0.01, "pair_center_weight": 1.0}
 TRANSIENT_S = 120.0  # a hand-made alias change is ledgered by registry_watch within its settle time (60 s) + a tick
@@ -136,7 +137,8 @@ def test_every_run_was_started_by_autopilot_and_curation_ran_one_at_a_time(soak)
     jobs = {r.dagster_run.job_name for r in records}
     assert {"curation_job", "training_job", "drift_check", "canary_analysis"} <= jobs, jobs
     for r in records:
-        assert r.dagster_run.tags.get("dagster/sensor_name") in AUTOPILOT_RUN_SENSORS, (r.dagster_run.job_name, r.dagster_run.tags)
+        assert (r.dagster_run.tags.get("dagster/sensor_name") in AUTOPILOT_RUN_SENSORS
+                or r.dagster_run.tags.get("dagster/schedule_name") in AUTOPILOT_RUN_SCHEDULES), (r.dagster_run.job_name, r.dagster_run.tags)
     spans = sorted((r.start_time, r.end_time or time.time()) for r in records if r.dagster_run.job_name == "curation_job" and r.start_time)
     assert all(a_end <= b_start + 0.5 for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), spans
 

@@ -149,3 +149,30 @@ def test_bulk_redaction_equals_row_by_row(labelled: list[tuple[str, str, str]], 
     bulk, counts = r.redact_many(texts)
     single = [r.redact(t) for t in texts]
     assert bulk == [s[0] for s in single] and counts == [s[1] for s in single]
+
+
+def test_ids_holding_pii_are_pseudonymized_in_silver_and_counted() -> None:
+    """Issue 17: conversation, response and app ids are scanned like the text columns; an id with PII is replaced whole
+    by a keyed pseudonym (same id -> same pseudonym, so grouping by response still holds), and counted in pii_counts."""
+    from features.silver import transform_batch
+    from tests.curation_fixtures import START, _event, to_bronze
+
+    key = b"id-pii-test-key-0123456789abcdef"
+    events = [
+        _event(0, "thumbs", 0, START, prompt="q", response="a", value=1.0),  # plain ids
+        _event(1, "thumbs", 0, START, prompt="q", response="a", value=1.0, conversation_id="chat-jane.doe@example.com",
+               response_id="resp-for-jane.doe@example.com", app_id="app 555-123-4567"),
+        _event(2, "rating", 2, START, prompt="q", response="b", value=4.0, conversation_id="chat-jane.doe@example.com",
+               response_id="resp-for-jane.doe@example.com"),
+    ]
+    silver = transform_batch(to_bronze(events), key=key, redactor=Redactor()).to_pylist()
+    assert {k: silver[0][k] for k in ("conversation_id", "response_id", "app_id")} == \
+           {"conversation_id": "conv-0000", "response_id": "resp-0000-1", "app_id": "qa-app"}
+    assert silver[0]["pii_counts"] == ""
+    for row in silver[1:]:
+        for col in ("conversation_id", "response_id"):
+            assert row[col].startswith("pii_") and "example.com" not in row[col]
+    assert silver[1]["response_id"] == silver[2]["response_id"] != silver[1]["conversation_id"]  # stable, distinct
+    assert silver[1]["app_id"].startswith("pii_") and silver[2]["app_id"] == "qa-app"
+    assert parse_counts(silver[1]["pii_counts"]) == Counter({"EMAIL": 2, "PHONE": 1})
+    assert parse_counts(silver[2]["pii_counts"]) == Counter({"EMAIL": 2})

@@ -80,6 +80,19 @@ def test_the_helpers_build_valid_v1_events_with_fresh_ids() -> None:
     assert fb.result.accepted == ids
 
 
+def test_an_erasure_request_is_sent_at_once_as_a_valid_v1_event() -> None:
+    """Issue 17: an app asks that a user be erased; the request goes now, past the buffer."""
+    c = Collector()
+    fb = client(c, batch_size=10)
+    fb.thumbs("r1", 1, **ABOUT)
+    result = fb.request_erasure("u7")
+    [[sent]] = c.requests
+    assert sent["event_type"] == "erasure_request" and sent["user_id"] == "u7" and sent["app_id"] == "support-bot"
+    assert isinstance(validate_event(sent), Valid) and result.accepted == [sent["event_id"]] and len(fb.buffer) == 1
+    with pytest.raises(ValueError, match="app_id"):
+        FeedbackClient(URL, transport=httpx.MockTransport(Collector())).request_erasure("u7")
+
+
 def test_an_event_needs_an_app_id() -> None:
     fb = FeedbackClient(URL, transport=httpx.MockTransport(Collector()))
     with pytest.raises(ValueError, match="app_id"):

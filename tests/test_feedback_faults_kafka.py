@@ -134,7 +134,7 @@ def test_offsets_stored_beyond_the_end_stop_the_ingestor(kafka: Settings, tmp_pa
     stream = get_stream(s, "feedback")
     from feedback.flush import sinks_for
 
-    target, _ = sinks_for(s, stream)
+    target, *_ = sinks_for(s, stream)
     target.open()
     target.set_offsets(target.schema.empty_table(), topic=topic, offsets={p: 500 for p in range(s.topic_partitions)},
                        topic_fingerprint=None)  # as a lake from before fingerprints, or from another cluster

@@ -102,6 +102,8 @@ def test_kafka_window_skips_and_counts_malformed_records(kafka: Settings, caplog
             producer.send(s.feedback_topic, bad_feedback[i], key=f"c{i}".encode())
     producer.send(s.predictions_topic, bad_predictions[-1], key=b"c-last")
     producer.send(s.feedback_topic, bad_feedback[-1], key=b"c-last")
+    erasure = {"event_type": "erasure_request", "event_id": "erase-1", "occurred_at": rfc3339_now(), "app_id": "a", "user_id": "u1"}
+    producer.send(s.feedback_topic, json.dumps(erasure).encode(), key=b"erase-1")  # valid, but no feedback: not in the window
     producer.flush()
     producer.close()
     until = datetime.now(timezone.utc) + timedelta(seconds=1)

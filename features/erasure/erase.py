@@ -9,9 +9,10 @@ Steps, each safe to repeat (a run cut short is finished by running it again):
 3. ``footprint.scan``: every data file on disk of every table, current or held by older versions, read for the
    user's rows: the ids that lead from table to table and the files to vacuum;
 4. which registered versions pinned a gold version holding the user (each pinned version read as it is pinned);
-5. deletes by predicate (delta-rs), downstream first (index, gold, silver, predictions, dead letters, bronze), so a
+5. deletes by predicate (delta-rs), downstream first (index, gold, silver, predictions, dead letters, bronze, and last
+   the user's erasure requests, so a request stays pending until the rest is done), so a
    curation run racing it cannot rebuild gold from rows not deleted yet; then the current versions are read again and
-   the deletes repeated until none holds the user (``MAX_PASSES``). Bronze rows are deleted by their Kafka
+   the deletes repeated until none holds the user (``MAX_PASSES``). Bronze rows and requests are deleted by their Kafka
    coordinates, gold rows by their ids, silver rows by the pseudonym: the raw id is never written into a predicate
    (a commit's predicate is kept in the log). Gold commits record the content hash of what they leave, like curation's;
 6. the record (``governance/erasures``), the MLflow tags, and the vacuum, now or after ``erasure_grace_hours``.
@@ -114,7 +115,7 @@ def _in(column: str, values: list[Any]) -> str:
 
 def predicate(table: str, rows: pl.DataFrame, fp: F.Footprint) -> str:
     """The delete predicate of the user's ``rows`` of ``table``; it never names the raw user id."""
-    if table in (F.FEEDBACK, F.DEAD, F.PREDICTIONS):
+    if table in (F.REQUESTS, F.FEEDBACK, F.DEAD, F.PREDICTIONS):
         parts = []
         for (topic, partition), grp in rows.group_by(["kafka_topic", "kafka_partition"], maintain_order=True):
             parts.append(f"(kafka_topic = {_quote(topic)} AND kafka_partition = {int(partition)} AND "  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ Raw user ids are in ``bronze/feedback_events`` and in the dead letters that stil
 
 | table | the user's rows |
 |---|---|
+| ``governance/erasure_requests`` | ``user_id`` = the raw id (the requests an app sent; deleted last, so a request stays pending until its erasure is done) |
 | ``bronze/feedback_events`` | ``user_id`` = the raw id |
 | ``bronze/dead_letters`` | raw bytes whose JSON names the user, or one of their responses or conversations |
 | ``silver/feedback`` | ``user_id`` = the pseudonym |
@@ -31,15 +32,17 @@ from features.erasure import storage
 from infra.settings import Settings
 from infra.tables import table_uri
 
+REQUESTS = "governance/erasure_requests"
 FEEDBACK, DEAD, PREDICTIONS = "bronze/feedback_events", "bronze/dead_letters", "bronze/predictions"
 SILVER, INDEX = "silver/feedback", "silver/minhash_index"
 EXAMPLES, PAIRS = "gold/training_examples", "gold/preference_pairs"
-#: the order ids are learned in (each table's ids find rows of the later ones)
-FLOW = (FEEDBACK, DEAD, SILVER, PREDICTIONS, EXAMPLES, PAIRS, INDEX)
+#: the order ids are learned in (each table's ids find rows of the later ones); deletes run in reverse
+FLOW = (REQUESTS, FEEDBACK, DEAD, SILVER, PREDICTIONS, EXAMPLES, PAIRS, INDEX)
 BRONZE_KEY = ("kafka_topic", "kafka_partition", "kafka_offset")  # a bronze row's identity (never the user id)
 POINTWISE = ("thumbs", "rating")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
+    REQUESTS: ("user_id", *BRONZE_KEY),
     FEEDBACK: ("user_id", "event_type", "response_id", "conversation_id", *BRONZE_KEY),
     DEAD: ("raw", *BRONZE_KEY),
     PREDICTIONS: ("response_id", "conversation_id", *BRONZE_KEY),
@@ -71,7 +74,7 @@ class Footprint:
         """Which rows of ``df`` (the ``COLUMNS`` of ``table``) are the user's; learns their ids on the way."""
         if table == DEAD:
             return self._dead_letters(df)
-        if table == FEEDBACK:
+        if table in (FEEDBACK, REQUESTS):
             hit = (df["user_id"] == self.user_id).fill_null(False)
         elif table == SILVER:
             hit = (df["user_id"] == self.pseudonym).fill_null(False)

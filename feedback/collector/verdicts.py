@@ -104,7 +104,8 @@ def check_events(stream: Stream, raws: list[bytes], caller: Caller, *,
         if not caller.may_send_for(row[_APP_ID]):
             out.append(Rejected("forbidden", "this API key may not send events for the event's app_id"))
             continue
-        out.append(Publishable(row[_EVENT_ID], row[_CONVERSATION_ID].encode("utf-8"), raw))
+        key = row[_CONVERSATION_ID] or row[_EVENT_ID]  # an erasure request has no conversation
+        out.append(Publishable(row[_EVENT_ID], key.encode("utf-8"), raw))
     return out
 
 

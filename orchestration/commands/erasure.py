@@ -26,7 +26,9 @@ def forget(
 
     Where: bronze/feedback_events, the dead letters that parse, bronze/predictions
     (the user's responses and conversations), silver/feedback, both gold tables
-    (an example that averages the user's vote goes whole), silver/minhash_index.
+    (an example that averages the user's vote goes whole), silver/minhash_index,
+    and the user's pending requests in governance/erasure_requests (apps ask with
+    an erasure_request event; the autopilot's erasure_job runs this for them).
 
     When: the rows leave the current versions at once (the next curation and
     training never see them); the files that held them, in every version, are

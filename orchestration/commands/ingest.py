@@ -1,4 +1,4 @@
-"""`lakeloop produce | ingest | lake optimize`: feedback into Kafka, Kafka into bronze Delta tables.
+"""`lakeloop produce | ingest | lake optimize | lake redact-expired`: feedback into Kafka, Kafka into bronze Delta tables.
 
 Every flag falls back to an environment variable (LAKELOOP_<NAME>, see `infra.settings`), then a default.
 """
@@ -137,6 +137,18 @@ def lake_optimize(
         vacuum_due(settings(), say=say)
 
 
+@lake_app.command("redact-expired")
+def lake_redact_expired() -> None:
+    """Replace the raw text of bronze rows past their retention with the PII-redacted text: feedback events and
+    predictions after raw_retention_days (30), dead letters after dead_letter_retention_days (7), counted from
+    ingestion. The autopilot's raw_retention_schedule runs this daily; running it again is a no-op."""
+    from feedback.retention import redact_expired
+
+    done = redact_expired(settings(), say=say)
+    if not done:
+        say("no bronze table yet")
+
+
 @lake_app.command("reseed")
 def lake_reseed(
     stream: Annotated[Stream, typer.Option(help="Whose offsets: feedback (bronze/feedback_events) or predictions.")] = "feedback",
@@ -153,7 +165,7 @@ def lake_reseed(
     st = get_stream(s, stream, topic=topic)
     nxt = reseed(s, st, start=start)
     shown = ", ".join(f"p{p}@{o}" for p, o in sorted(nxt.items())) or "(no partitions)"
-    say(f"re-seeded {st.table} and bronze/dead_letters for {st.topic}: the ingestor reads from {shown}")
+    say(f"re-seeded {st.table}, bronze/dead_letters{' and ' + st.requests_table if st.requests_table else ''} for {st.topic}: the ingestor reads from {shown}")
 
 
 def register(app: typer.Typer) -> None:
