@@ -1,7 +1,8 @@
 """A fast path for the common case: a batch of well-formed v1 feedback events straight to bronze columns.
 
 ``fast_feedback_columns`` decodes each record with msgspec into per-type structs that carry the
-pydantic model's types and bounds (``feedback.events``), then checks the timestamps and builds the
+pydantic model's types and bounds (``feedback.events``; a reference event, without prompt, response and
+model, is always left to the model), then checks the timestamps and builds the
 Arrow columns for the whole batch at once (Arrow kernels, no row tuples). It may be *more* cautious
 than the model, never less: whenever anything is unusual (a wrong type, an out-of-range value, an
 unknown field, a timestamp outside the plain ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+hh:mm)`` form, an
@@ -19,6 +20,7 @@ so a duplicate key always makes the counts differ, and an odd string merely send
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter
@@ -30,10 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec import UNSET, UnsetType
 
+from feedback.events import SIGNAL_NAME
 from feedback.packed import PackedValues
 from feedback.validation import MAX_MEMBERS
 
 _EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_SIGNAL_NAME = SIGNAL_NAME.removesuffix("$") + r"\Z"  # Python's $ also matches before a final newline; the model's does not
+_DOUBLE_MAX = sys.float_info.max
 _Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
@@ -105,10 +110,17 @@ class _Preference(_Base, tag="preference"):
     preferred: Literal["a", "b", "tie"]
 
 
+class _Signal(_Base, tag="signal"):
+    kind: ClassVar[str] = "signal"
+    required_keys: ClassVar[int] = _BASE_KEYS + 2
+    name: Annotated[str, msgspec.Meta(pattern=_SIGNAL_NAME)]  # no column: bronze keeps it in raw
+    value: Annotated[float, msgspec.Meta(ge=-_DOUBLE_MAX, le=_DOUBLE_MAX)]  # finite, as the model's allow_inf_nan=False
+
+
 # Unknown fields are refused here (the model takes them: it alone must judge how deep they nest), and
 # so is a field of another event type (the model ignores it). msgspec also refuses invalid UTF-8, raw
 # control characters (NUL included) and lone surrogates, all of which the model rejects or judges.
-_decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference]).decode
+_decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference, _Signal]).decode
 _encode_json = msgspec.json.Encoder().encode
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')  # what ends a key (counted per record by _screen)
 _SPACES_COLON = re.compile(rb"[ \t\n\r]+:")  # the rest of a key end after a quote and whitespace
