@@ -101,7 +101,8 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
     new_hash = content_hash(data, key=key)
     if exists(uri):
         current = read(uri, filters=filters)
-        if current is not None and content_hash(current.select(data.column_names), key=key) == new_hash:
+        if (current is not None and set(data.column_names) <= set(current.columns)
+                and content_hash(current.select(data.column_names), key=key) == new_hash):
             return WriteResult(DeltaTable(uri).version(), True, new_hash, 0)
 
     def commit() -> int:
@@ -123,7 +124,8 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
             dt = DeltaTable(uri)
         if lineage:
             meta.update(L.hash_metadata(_hash_after_replace(dt, data, filters), base_version=dt.version()))
-        write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by,
+        # schema_mode="merge": a column added to the contract (silver's signal_name) joins a table made before it
+        write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by, schema_mode="merge",
                         commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0))
         return DeltaTable(uri).version()
 

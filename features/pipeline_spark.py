@@ -24,6 +24,7 @@ from features import dedup, minhash
 from features import lineage as L
 from features.config import CurationConfig
 from features.labels import doc_text, pair_rows, pointwise_events
+from features.references import resolve_day_references
 from features.manifest import combine, row_hashes
 from features.pii import Redactor
 from features.poisoning import allowed_per_user
@@ -230,6 +231,12 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     extra = dict(cfg.extra_pii_patterns)
     from features.schema import BRONZE_EVENTS
 
+    # reference events (few: the driver joins them to bronze/predictions with the local engine's function)
+    is_ref = F.col("model_name") == F.lit("")
+    refs = resolve_day_references(settings, _to_polars(events.where(is_ref)), wait_minutes=cfg.reference_wait_minutes)
+    if refs.events.height or refs.pending.height:
+        events = events.where(~is_ref).unionByName(_from_polars(spark, refs.events, BRONZE_EVENTS))
+
     silver = arrow_map(events, lambda t: transform_batch(t, key=key, redactor=Redactor(extra)), BRONZE_EVENTS, SILVER_FEEDBACK).cache()
     n = silver.count()
     rep.drops["duplicate_event_id"] = rep.rows_in - n
@@ -241,6 +248,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     assign_schema = pa.schema([("prompt_hash", pa.string()), ("cluster_id", pa.string()), ("split", pa.string()), ("split_conflict", pa.bool_())])
     assign_df = _from_polars(spark, assign.rename({"text_hash": "prompt_hash"}), assign_schema)
     silver = silver.drop("cluster_id", "split", "split_conflict").join(F.broadcast(assign_df), on="prompt_hash", how="left")
+    rep.stats.update(refs.stats())
     rep.pii = pii_totals([r[0] for r in silver.where("pii_counts != ''").select("pii_counts").collect()])
     _write_index(spark, settings, "prompt", day, index_rows, cfg)
     res = replace_partition(spark, uri, silver, SILVER_FEEDBACK, where=f"event_date = '{day.isoformat()}'", partition_by=["event_date"],
@@ -271,8 +279,9 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
     rep = StageReport(name, day, "spark", rows_in=silver.count(), uri=uri)
     if kind == "example":
         typed = silver.where(F.col("event_type").isin("thumbs", "rating"))
-        events = arrow_map(typed, _polars_fn(lambda df: pointwise_events(df)[0]), SILVER_FEEDBACK)
-        in_schema = _plain(_polars_fn(lambda df: pointwise_events(df)[0])(SILVER_FEEDBACK.empty_table()).schema)
+        labelled = silver.where(F.col("event_type").isin("thumbs", "rating", *(["signal"] if cfg.signal_labels else [])))
+        events = arrow_map(labelled, _polars_fn(lambda df: pointwise_events(df, signals=cfg.signal_labels)[0]), SILVER_FEEDBACK)
+        in_schema = _plain(_polars_fn(lambda df: pointwise_events(df, signals=cfg.signal_labels)[0])(SILVER_FEEDBACK.empty_table()).schema)
         filters = pointwise_filters(cfg.quality)
     else:
         events = arrow_map(silver, _polars_fn(pair_rows), SILVER_FEEDBACK)
@@ -280,7 +289,7 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
         filters = pair_filters(cfg.quality)
     events = arrow_map(events, _with_reasons(filters), in_schema).cache()
     if kind == "example":
-        rep.drops["invalid_value"] = typed.count() - events.count()
+        rep.drops["invalid_value"] = typed.count() - events.where(F.col("event_type") != "signal").count()
     rep.drops.update({r[0]: r[1] for r in events.where("drop_reason IS NOT NULL").groupBy("drop_reason").count().collect()})
     events = events.where("drop_reason IS NULL").drop("drop_reason")
     limit = allowed_per_user(events.count(), cap=cfg.user_cap, floor=cfg.user_cap_floor)

@@ -22,7 +22,7 @@ TEXT_COLUMNS = ("prompt", "response", "corrected_response", "response_b", "comme
 SILVER_FEEDBACK = pa.schema(
     [f for f in BRONZE_EVENTS if f.name != "raw"]
     + [("pii_counts", pa.string()), ("prompt_hash", pa.string()), ("cluster_id", pa.string()),
-       ("split", pa.string()), ("split_conflict", pa.bool_())]
+       ("split", pa.string()), ("split_conflict", pa.bool_()), ("signal_name", pa.string())]
 )
 
 TRAINING_EXAMPLES = pa.schema([
