@@ -56,6 +56,10 @@ Timestamp = Annotated[AwareDatetime, Field(json_schema_extra={"pattern": RFC3339
 _Text = Annotated[str | None, WithJsonSchema({"type": "string"})]
 _OptIdent = Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256})]
 _REFERENCE_NOTE = " Left out of a reference event (filled from the prediction record); a full event has all four."
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # the model's None means "left out", not a JSON null default
+
+
 # JSON Schema: whoever sends one of the four sends all of them (a full event); none of them is a reference event
 _ALL_OR_NONE = {f: [g for g in REFERENCE_FIELDS if g != f] for f in REFERENCE_FIELDS}
 
@@ -72,10 +76,12 @@ class _EventBase(BaseModel):
     conversation_id: Ident = Field(description="Also the Kafka message key.")
     response_id: Ident = Field(description="The model response the feedback is about; in a reference event, the "
                                "response_id or request_id that the scoring service returned.")
-    model_name: _OptIdent = Field(None, description="Model that wrote the response." + _REFERENCE_NOTE)
-    model_version: _OptIdent = Field(None, description="Its version." + _REFERENCE_NOTE)
-    prompt: _Text = Field(None, description="What the user asked." + _REFERENCE_NOTE)
-    response: _Text = Field(None, description="What the model answered." + _REFERENCE_NOTE)
+    model_name: _OptIdent = Field(None, description="Model that wrote the response." + _REFERENCE_NOTE,
+                                  json_schema_extra=_no_default)
+    model_version: _OptIdent = Field(None, description="Its version." + _REFERENCE_NOTE, json_schema_extra=_no_default)
+    prompt: _Text = Field(None, description="What the user asked." + _REFERENCE_NOTE, json_schema_extra=_no_default)
+    response: _Text = Field(None, description="What the model answered." + _REFERENCE_NOTE,
+                            json_schema_extra=_no_default)
     comment: str | None = None
     metadata: dict[str, str] | None = Field(None, max_length=MAX_MEMBERS,
                                             description=f"Free-form string -> string map (at most {MAX_MEMBERS} keys).")
