@@ -67,6 +67,21 @@ def test_a_failing_blocking_check_stops_the_downstream_assets(settings, qa_feedb
     assert not DeltaTable.is_deltatable(table_uri(settings, "gold/training_examples"))
 
 
+def test_a_late_reference_event_is_reported_and_stops_nothing(settings, qa_feedback_path) -> None:
+    from tests.test_curation_pipeline import ev
+
+    late = ev(900, day=START, response_id="resp-not-scored", prompt="", response="", model_name="", model_version="")
+    write_bronze(table_uri(settings, "bronze/feedback_events"), [late], first_offset=10_000)
+    result = _run(settings, qa_feedback_path)
+    assert result.success  # a warning, not a gate
+    mats = {e.asset_key.path[0]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    silver = mats["silver_feedback"]
+    assert (silver["reference_pending"].value, silver["reference_late"].value, silver["reference_joined"].value) == (1, 1, 0)
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "silver_reference_late"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "1 reference feedback event(s) waited over 60 min" in (check.description or "")
+
+
 # ---- through the real webserver --------------------------------------------------------------------
 LAUNCH = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message } } }"""
