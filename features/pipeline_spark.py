@@ -239,7 +239,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
 
     silver = arrow_map(events, lambda t: transform_batch(t, key=key, redactor=Redactor(extra)), BRONZE_EVENTS, SILVER_FEEDBACK).cache()
     n = silver.count()
-    rep.drops["duplicate_event_id"] = rep.rows_in - n
+    rep.drops["duplicate_event_id"] = rep.rows_in - n - refs.pending.height  # pending references wait, not dropped
     prompts = _to_polars(silver.groupBy("prompt_hash").agg(F.first("prompt").alias("prompt"), F.min("occurred_at").alias("first_occurred_at"))
                          ).rename({"prompt_hash": "text_hash"}).sort("text_hash")
     sig = minhash.signatures(prompts["prompt"], cfg.minhash)

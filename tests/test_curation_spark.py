@@ -3,9 +3,11 @@ local engine in every curation table, including cross-day de-duplication through
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from features import lake
@@ -38,7 +40,27 @@ def _events(qa_feedback_path):
     later = [dict(e, event_id=e["event_id"] + "-again", event_date=START + timedelta(days=1), occurred_at=e["occurred_at"] + timedelta(days=1),
                   response_id=e["response_id"] + "-again") for e in events[:2]]
     later[1]["response"] = later[1]["response"] + " Also released on vinyl."
-    return events + later + [dict(events[3])]
+    # reference events (one with its prediction in bronze/predictions, one still waiting) and an implicit signal
+    ref = {"prompt": "", "response": "", "model_name": "", "model_version": ""}
+    refs = [dict(events[0], event_id="ref-1", response_id="req-scored", **ref),
+            dict(events[0], event_id="ref-2", response_id="resp-not-scored", **ref),
+            dict(events[0], event_id="sig-1", event_type="signal", raw=json.dumps({"name": "copy", "value": 1.0}))]
+    return events + later + [dict(events[3])] + refs
+
+
+def _write_prediction(s) -> None:
+    from deltalake import write_deltalake
+
+    from feedback.bronze import PREDICTIONS_SCHEMA
+
+    t = datetime(START.year, START.month, START.day, 7, tzinfo=timezone.utc)
+    row = {"request_id": "req-scored", "response_id": "resp-scored", "conversation_id": "c", "model_name": "reward",
+           "model_version": "7", "alias": "champion", "score": 0.5, "latency_ms": 2.0, "served_at": t, "event_date": START,
+           "prompt": "Which river flows through Lima? Mail me at jane.roe@example.org", "response": "The Rimac river does.",
+           "raw": "{}", "kafka_topic": "predictions", "kafka_partition": 0, "kafka_offset": 0, "kafka_timestamp": t,
+           "ingested_at": t}
+    write_deltalake(table_uri(s, "bronze/predictions"), pa.Table.from_pylist([row], schema=PREDICTIONS_SCHEMA),
+                    partition_by=["event_date"])
 
 
 @pytest.mark.slow
@@ -51,6 +73,7 @@ def test_local_and_spark_engines_write_the_same_rows(spark_settings, tmp_path, q
     for engine, mod in (("local", local), ("spark", pipeline_spark)):
         s = spark_settings if engine == "spark" else load_settings(home=tmp_path / "local")
         write_bronze(table_uri(s, "bronze/feedback_events"), events)
+        _write_prediction(s)
         cfg = CurationConfig(engine=engine)
         reports = []
         for d in days:
@@ -66,6 +89,13 @@ def test_local_and_spark_engines_write_the_same_rows(spark_settings, tmp_path, q
         assert content_hash(a) == content_hash(b), t
     for x, y in zip(lr, sr):
         assert (x.table, x.rows_out, dict(x.drops), x.partition_hash, x.content_hash) == (y.table, y.rows_out, dict(y.drops), y.partition_hash, y.content_hash)
+    refs = {k: v for k, v in lr[0].stats.items() if k.startswith("reference_")}
+    assert refs == {k: v for k, v in sr[0].stats.items() if k.startswith("reference_")}
+    assert refs == {"reference_joined": 1, "reference_pending": 1, "reference_late": 1}
+    joined = st["silver/feedback"].filter(pl.col("event_id") == "ref-1").row(0, named=True)
+    assert (joined["response_id"], joined["model_version"], joined["prompt"]) == (
+        "resp-scored", "7", "Which river flows through Lima? Mail me at [EMAIL]")
+    assert st["silver/feedback"].filter(pl.col("event_id") == "sig-1")["signal_name"].to_list() == ["copy"]
     assert lr[0].drops["duplicate_event_id"] == 1 and sum(r.drops.get("exact_duplicate", 0) for r in lr) > 0
     assert pl.Series([r.drops.get("near_duplicate", 0) for r in lr]).sum() > 0
 
