@@ -1,11 +1,12 @@
 """Reference feedback end to end on real services: a response scored by the real scoring service (a model from the
 real MLflow registry, its prediction record through the real Kafka), feedback sent by the Python client through the
-real collector with only the ids the service returned, both topics ingested by the real ingestor, then curated: the
+real collector (sync and async clients, thumbs, a rating, implicit signals) with only the ids the service returned, both topics ingested by the real ingestor, then curated: the
 silver and gold rows carry the scored prompt (PII redacted), response, model name and version; a reference whose
 prediction never came stays pending, out of silver, still in bronze."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from features import lake
 from features import pipeline_local as local
 from features.config import CurationConfig
-from feedback.client import FeedbackClient
+from feedback.client import AsyncFeedbackClient, FeedbackClient
 from feedback.kafka_io import ensure_topic
 from infra.settings import Settings
 from infra.tables import table_uri
@@ -63,24 +64,32 @@ def test_reference_feedback_gets_the_scored_prompt_response_and_model(mlflow_ser
         fb.rating(scored["request_id"], 5, **who)  # by request_id
         fb.signal(scored["response_id"], "copy", **who)
         fb.thumbs("resp-never-scored", -1, **who)  # its prediction never comes
-    assert len(fb.result.accepted) == 4 and fb.result.rejected == []
+
+        async def dwell() -> AsyncFeedbackClient:
+            async with AsyncFeedbackClient(url, app_id="ref-app") as afb:
+                await afb.signal(scored["response_id"], "dwell", 12.5, **who)
+            return afb
+
+        afb = asyncio.run(dwell())
+    assert len(fb.result.accepted) == 4 and fb.result.rejected == [] and len(afb.result.accepted) == 1
 
     ingest(s)
     from feedback.ingestor import Ingestor
     from feedback.streams import get_stream
 
     Ingestor(s, get_stream(s, "predictions"), group=f"g-{tag}", say=print).run(once=True)
-    assert len(bronze(s)) == 4 and len(bronze(s, "bronze/predictions")) == 1
+    assert len(bronze(s)) == 5 and len(bronze(s, "bronze/predictions", ("response_id",))) == 1
 
     day = datetime.now(timezone.utc).date()
     rep = local.curate_silver(s, day, cfg=CurationConfig(), key=KEY)
-    assert rep.stats["reference_joined"] == 3 and rep.stats["reference_pending"] == 1 and rep.stats["reference_late"] == 0
+    assert rep.stats["reference_joined"] == 4 and rep.stats["reference_pending"] == 1 and rep.stats["reference_late"] == 0
     silver = lake.read(table_uri(s, "silver/feedback"))
-    assert silver is not None and silver.height == 3
+    assert silver is not None and silver.height == 4
     redacted = PROMPT.replace("jane.roe@example.org", "[EMAIL]")
     assert set(silver.select("prompt", "response", "model_name", "model_version", "response_id").rows()) == {
         (redacted, ANSWER, s.registered_model_name, version, scored["response_id"])}
-    assert sorted(silver["signal_name"].drop_nulls().to_list()) == ["copy"]
+    signals = silver.filter(pl.col("event_type") == "signal").sort("signal_name")
+    assert signals.select("signal_name", "value").rows() == [("copy", 1.0), ("dwell", 12.5)]
     assert "resp-never-scored" in [r["response_id"] for r in bronze(s, columns=("response_id",))]  # kept in bronze
 
     local.curate_examples(s, day, cfg=CurationConfig())
