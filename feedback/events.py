@@ -54,8 +54,10 @@ Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Timestamp = Annotated[AwareDatetime, Field(json_schema_extra={"pattern": RFC3339})]
 # Optional in the model (None: left out), but never JSON null: the schema states them as plain strings.
 _Text = Annotated[str | None, WithJsonSchema({"type": "string"})]
-_OptIdent = Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256})]
+_OptIdent = Annotated[Ident | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256})]
 _REFERENCE_NOTE = " Left out of a reference event (filled from the prediction record); a full event has all four."
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # the model's None means "left out", not a JSON null default
 

@@ -314,6 +314,7 @@ _EDGE_CASES = {
         {"prompt": None, "response": None, "model_name": None, "model_version": None, "event_type": "preference",
          "response_b": "o", "preferred": "a"},
         {"prompt": None}, {"model_version": None, "event_type": "signal", "name": "copy", "value": 1},
+        {"model_name": ""}, {"model_version": ""}, {"model_name": "m" * 257}, {"model_version": "\U0001f600" * 257},
         {"prompt": None, "response": None, "model_name": None, "model_version": None, "unknown": "x"},
         {"model_name": "", "prompt": None, "response": None, "model_version": None},
         # signals the fast path must leave to the model
