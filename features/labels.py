@@ -73,6 +73,14 @@ def _empty_examples() -> pl.DataFrame:
     return df.with_columns(pl.lit(False).alias("split_conflict"))
 
 
+def with_signals(examples: pl.DataFrame, silver: pl.DataFrame) -> pl.DataFrame:
+    """``examples`` with ``signals``: the implicit signals seen on each response that day (names, sorted, comma-joined;
+    null for none), whether or not signals are labels, so evaluation can slice by them."""
+    sig = (silver.filter(pl.col("event_type") == "signal").group_by(["response_id", "event_date"])
+           .agg(pl.col("signal_name").unique().sort().str.join(",").alias("signals")))
+    return examples.drop("signals", strict=False).join(sig, on=["response_id", "event_date"], how="left")
+
+
 def pair_rows(silver: pl.DataFrame) -> pl.DataFrame:
     """One pair per correction / preference event (chosen/rejected may be null when the event lacks them)."""
     ev = silver.filter(pl.col("event_type").is_in(PAIR_TYPES))

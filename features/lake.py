@@ -87,8 +87,13 @@ def _matching(filters: list[tuple]) -> pl.Expr:
 
 def _hash_after_replace(dt: Any, data: pa.Table, filters: list[tuple]) -> str:
     """The table's content hash once the rows matching ``filters`` are replaced by ``data`` (``dt``: the snapshot)."""
-    rest = pl.from_arrow(dt.to_pyarrow_table(columns=data.column_names))
+    have = {f.name for f in dt.schema().fields}
+    rest = pl.from_arrow(dt.to_pyarrow_table(columns=[c for c in data.column_names if c in have]))
     assert isinstance(rest, pl.DataFrame)
+    missing = [c for c in data.column_names if c not in have]
+    if missing:  # a column the contract gained since (gold's signals): the merged table reads it as nulls
+        types = pl.from_arrow(data.schema.empty_table()).schema
+        rest = rest.with_columns(pl.lit(None, dtype=types[c]).alias(c) for c in missing).select(data.column_names)
     return combine(data.column_names, row_hashes(rest.filter(~_matching(filters))) + row_hashes(data))
 
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from features import dedup, lake, minhash
 from features.config import CurationConfig
-from features.labels import aggregate_pointwise, doc_text, pair_rows, pointwise_events
+from features.labels import aggregate_pointwise, doc_text, pair_rows, pointwise_events, with_signals
 from features.manifest import content_hash
 from features.pii import Redactor
 from features.poisoning import cap_per_user
@@ -106,7 +106,7 @@ def gold_candidates(kind: GoldKind, silver: pl.DataFrame, cfg: CurationConfig, d
     events = step(events)
     drops.update(step.dropped)
     events, drops["user_cap"] = cap_per_user(events, cap=cfg.user_cap, floor=cfg.user_cap_floor)
-    rows = aggregate_pointwise(events) if kind == "example" else events
+    rows = with_signals(aggregate_pointwise(events), silver) if kind == "example" else events
     conflict = rows["split_conflict"].fill_null(False)
     drops["split_conflict"] = int(conflict.sum())
     return rows.filter(~conflict)

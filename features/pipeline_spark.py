@@ -304,6 +304,9 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
             F.array_join(F.array_sort(F.collect_set("event_type")), ",").alias("event_types"), first["app_id"], first["model_name"],
             first["model_version"], first["user_id"], F.min("occurred_at").alias("first_occurred_at"), first["cluster_id"], first["split"],
             F.max("split_conflict").alias("split_conflict"))
+        signals = silver.where(F.col("event_type") == "signal").groupBy("response_id", "event_date").agg(
+            F.array_join(F.array_sort(F.collect_set("signal_name")), ",").alias("signals"))  # labels.with_signals
+        rows = rows.join(signals, on=["response_id", "event_date"], how="left")
         agg_schema = pa.schema([f for f in schema if f.name != "example_id"] + [("split_conflict", pa.bool_())])
         rows = arrow_map(rows, _polars_fn(lambda df: df.with_columns(pl.Series("example_id", [stable_id("ex", r, d) for r, d in zip(
             df["response_id"].to_list(), df["event_date"].to_list())], dtype=pl.String))), agg_schema)

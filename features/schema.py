@@ -27,7 +27,7 @@ SILVER_FEEDBACK = pa.schema(
 
 TRAINING_EXAMPLES = pa.schema([
     ("example_id", pa.string()), ("response_id", pa.string()), ("prompt", pa.string()), ("response", pa.string()),
-    ("label", pa.float64()), ("n_events", pa.int64()), ("event_types", pa.string()), ("app_id", pa.string()),
+    ("label", pa.float64()), ("n_events", pa.int64()), ("event_types", pa.string()), ("signals", pa.string()), ("app_id", pa.string()),
     ("model_name", pa.string()), ("model_version", pa.string()), ("user_id", pa.string()),
     ("first_occurred_at", TS), ("event_date", pa.date32()), ("cluster_id", pa.string()), ("split", pa.string()),
 ])

@@ -110,13 +110,19 @@ def test_signals_reach_silver_and_become_labels_only_when_asked(settings) -> Non
              for n, t in zip((1, 2, 3, 9), topics)}
     signals = [ev(n, "signal", response_id=f"r{n}", value=v, raw=json.dumps({"event_type": "signal", "name": name, "value": v}),
                   **texts[n]) for n, (name, v) in enumerate([("copy", 1.0), ("dwell", 42.0), ("regenerate", 1.0)], start=1)]
-    write_bronze(bronze, [*signals, ev(9, value=1.0, **texts[9])])
+    thumb_on_r1 = ev(9, value=-1.0, response_id="r1", minute=1, **texts[9])
+    write_bronze(bronze, [*signals, thumb_on_r1])
     off = CurationConfig()
     local.curate_silver(settings, D1, cfg=off, key=KEY)
     silver = table(settings, "silver/feedback").sort("event_id")
     assert silver.select("event_id", "signal_name", "value").rows() == [
-        ("e1", "copy", 1.0), ("e2", "dwell", 42.0), ("e3", "regenerate", 1.0), ("e9", None, 1.0)]
-    assert local.curate_examples(settings, D1, cfg=off).rows_out == 1  # the thumb alone: signals are no labels
+        ("e1", "copy", 1.0), ("e2", "dwell", 42.0), ("e3", "regenerate", 1.0), ("e9", None, -1.0)]
+    # signals are no labels: the thumb alone makes r1's example, which carries the copy as a slice column
+    assert local.curate_examples(settings, D1, cfg=off).rows_out == 1
+    gold = table(settings, "gold/training_examples")
+    assert gold.select("response_id", "label", "n_events", "event_types", "signals").rows() == [("r1", 0.0, 1, "thumbs", "copy")]
     on = local.curate_examples(settings, D1, cfg=CurationConfig(signal_labels=True))
-    labels = dict(table(settings, "gold/training_examples").select("response_id", "label").rows())
-    assert on.rows_out == 3 and labels == {"r1": 1.0, "r3": 0.0, "r9": 1.0} and not on.drops.get("invalid_value")
+    gold = table(settings, "gold/training_examples").sort("response_id")
+    assert on.rows_out == 2 and not on.drops.get("invalid_value")  # dwell gives no label and is no invalid value
+    assert gold.select("response_id", "label", "n_events", "event_types", "signals").rows() == [
+        ("r1", 0.5, 2, "signal,thumbs", "copy"), ("r3", 0.0, 1, "signal", "regenerate")]
