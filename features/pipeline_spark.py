@@ -107,6 +107,18 @@ def _row_hashes(df: "DataFrame", schema: pa.Schema) -> list[str]:
     return [r[0] for r in arrow_map(df, lambda t: pa.table({"h": pa.array(row_hashes(t), pa.string())}), schema).collect()]
 
 
+def _padded(df: "DataFrame", schema: pa.Schema) -> "DataFrame":
+    """``df`` with every column of ``schema``: one the contract gained since the table was written (silver's
+    signal_name, gold's signals) reads as null, as in ``features.lake``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    for f in _plain(schema):
+        if f.name not in df.columns:
+            df = df.withColumn(f.name, F.lit(None).cast(from_arrow_type(f.type)))
+    return df
+
+
 def _hash(df: "DataFrame", schema: pa.Schema) -> str:
     return combine(schema.names, _row_hashes(df, schema))
 
@@ -146,7 +158,7 @@ def _hash_meta(spark: "SparkSession", uri: str, schema: pa.Schema, keep: Any, ne
     """``features.lineage`` metadata: the table's content hash once the rows ``keep`` selects (on the latest snapshot)
     are joined by ``new_rows`` (row hashes); valid only if the commit lands right on that snapshot."""
     base = _latest(spark, uri)
-    rest = spark.read.format("delta").option("versionAsOf", base).load(uri).where(keep)
+    rest = _padded(spark.read.format("delta").option("versionAsOf", base).load(uri).where(keep), schema)
     return L.hash_metadata(combine(schema.names, _row_hashes(rest, schema) + new_rows), base_version=base)
 
 
@@ -161,7 +173,7 @@ def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: 
     new_hash = combine(schema.names, rows)
     if _exists(spark, uri):
         current = spark.read.format("delta").load(uri).where(where)
-        if _hash(current, schema) == new_hash:
+        if set(schema.names) <= set(current.columns) and _hash(current, schema) == new_hash:
             return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], True, new_hash, 0
 
     def op() -> None:
@@ -178,7 +190,8 @@ def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: 
                     raise
         if lineage:
             meta.update(_hash_meta(spark, uri, schema, f"NOT coalesce({where}, false)", rows))
-        _writer(df, partition_by, meta).mode("overwrite").option("replaceWhere", where).save(uri)
+        # mergeSchema: a column the contract gained joins a table made before it (features.lake: schema_mode="merge")
+        _writer(df, partition_by, meta).mode("overwrite").option("replaceWhere", where).option("mergeSchema", "true").save(uri)
 
     n = _retry(op, retries=retries, what=f"replace {where} in {uri}")
     return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], False, new_hash, n

@@ -4,6 +4,7 @@ local engine in every curation table, including cross-day de-duplication through
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -126,3 +127,38 @@ def test_spark_replace_into_a_table_created_after_the_check_does_not_append(spar
     monkeypatch.setattr(pipeline_spark, "_exists", real_exists)
     assert not skipped
     assert sorted(r["id"] for r in spark.read.format("delta").load(uri).collect()) == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_spark_takes_silver_and_gold_tables_made_before_their_new_columns(spark_settings, tmp_path, qa_feedback_path) -> None:
+    """Silver without signal_name and gold without signals (an older lakeloop): Spark merges the columns in, and the
+    gold commit's lineage hash is the merged table's content hash."""
+    from deltalake import write_deltalake
+
+    from features import lineage as L
+    from features import pipeline_spark
+    from features.schema import SILVER_FEEDBACK, TRAINING_EXAMPLES
+    from trainers import data as D
+
+    s = spark_settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
+    write_bronze(table_uri(s, "bronze/feedback_events"), qa_events(qa_feedback_path, n_questions=8, days=2))
+    local.curate_silver(s, START, cfg=CurationConfig(), key=KEY)
+    local.curate_examples(s, START, cfg=CurationConfig())
+    for name, schema, new, props in (("silver/feedback", SILVER_FEEDBACK, "signal_name", None),
+                                      ("gold/training_examples", TRAINING_EXAMPLES, "signals", L.KEEP_HISTORY)):
+        uri = table_uri(s, name)
+        old = lake.read(uri)
+        assert old is not None
+        shutil.rmtree(uri)
+        before = pa.schema([f for f in schema if f.name != new])
+        write_deltalake(uri, old.drop(new).to_arrow().select(before.names).cast(before), partition_by=["event_date"],
+                        configuration=props)
+    cfg = CurationConfig(engine="spark")
+    day2 = START + timedelta(days=1)
+    pipeline_spark.curate_silver(s, day2, cfg=cfg, key=KEY)
+    rep = pipeline_spark.curate_examples(s, day2, cfg=cfg)
+    silver, gold = lake.read(table_uri(s, "silver/feedback")), lake.read(table_uri(s, "gold/training_examples"))
+    assert silver is not None and "signal_name" in silver.columns and set(silver["event_date"]) == {START, day2}
+    assert gold is not None and "signals" in gold.columns and set(gold["event_date"]) == {START, day2}
+    snap = D.read_gold(table_uri(s, "gold/training_examples"), D.EXAMPLES, version=rep.version)
+    assert snap.curation_hash == content_hash(gold) == rep.content_hash
