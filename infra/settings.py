@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     gate_must_beat_baselines: bool = Field(True, description="The gate requires beating the length and TF-IDF baselines; "
                                            "off: only 'not worse than the champion' (a first champion still needs to beat them).")
     gate_slice_tolerance: float = Field(0.05, ge=0, description="The gate fails a candidate whose metric on a slice (app, "
-                                        "model, event type, length) is below the champion's by more than this.")
+                                        "model, event type, length, implicit signals) is below the champion's by more than this.")
     gate_cross_fit: bool = Field(True, description="A first model (no champion) whose winner is a cheap family is judged "
                                  "against the baselines on the eval split plus its train split scored out of fold by the same "
                                  "recipe (nested 5-fold cross-fit, trainers/crossfit.py): ~2.5x the prompts, the eval split "
