@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from features import lake
+from features.arrivals import reference_days
 from features import pipeline_local as local
 from features.config import CurationConfig
 from feedback.client import AsyncFeedbackClient, FeedbackClient
@@ -81,6 +82,9 @@ def test_reference_feedback_gets_the_scored_prompt_response_and_model(mlflow_ser
     assert len(bronze(s)) == 5 and len(bronze(s, "bronze/predictions", ("response_id",))) == 1
 
     day = datetime.now(timezone.utc).date()
+    # the arrival sensor sees the reference rows in the real ingestor's Delta log (min model_name ""), so a late
+    # prediction would make the day due again
+    assert reference_days(table_uri(s, "bronze/feedback_events")) == {day.isoformat()}
     rep = local.curate_silver(s, day, cfg=CurationConfig(), key=KEY)
     assert rep.stats["reference_joined"] == 4 and rep.stats["reference_pending"] == 1 and rep.stats["reference_late"] == 0
     silver = lake.read(table_uri(s, "silver/feedback"))
