@@ -7,7 +7,8 @@ its ``response_id`` (its ``response_id`` becomes the prediction's, so all feedba
 example). The texts then go through silver's normalization and PII redaction like every other event's.
 
 A reference event whose prediction has not landed yet is *pending*: it stays in bronze, is left out of silver,
-and is tried again at the next curation of its day. Pending longer than ``reference_wait_minutes`` after it was
+and is tried again at the next curation of its day (the arrival sensor makes the day due when its predictions
+grow: ``features.arrivals.reference_days``). Pending longer than ``reference_wait_minutes`` after it was
 ingested it is *late*: reported (metadata, a warning, an asset check), never dropped without a word.
 """
 
