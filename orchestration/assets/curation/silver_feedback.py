@@ -98,7 +98,7 @@ def _reference_check(context: dg.AssetCheckExecutionContext, settings: Settings,
     text = (late_line(key or "all days", refs.late, refs.pending.height, wait) if refs.late
             else f"{refs.pending.height} reference event(s) pending, none older than {wait:g} min")
     return dg.AssetCheckResult(check_name="silver_reference_late", passed=refs.late == 0, description=text,
-                               severity=dg.AssetCheckSeverity.WARN, metadata={k: v for k, v in stats.items()})
+                               severity=dg.AssetCheckSeverity.WARN, metadata=dict(stats))
 
 
 checks = [silver_checks]
