@@ -7,6 +7,10 @@ counts, so "rows now minus rows when the day was last curated" is exactly what a
 The debounce: a day whose count grew is curated at once when ``min_new_rows`` arrived, else once the
 first of its pending rows waited ``debounce_s`` and the day was not curated in the last ``debounce_s``.
 Late data for an old day makes only that day due.
+
+A day whose bronze holds reference feedback (``features.references``: ``model_name == ""``, seen in the log's
+per-file minimum of ``model_name``) also counts the rows of ``bronze/predictions`` of that day, so a prediction that
+lands after its feedback makes the day due again and the waiting references are joined.
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ def rows_per_day(uri: str, *, column: str = "event_date") -> dict[str, int]:
         if day is not None:
             out[str(day)] = out.get(str(day), 0) + int(n or 0)
     return out
+
+
+def reference_days(uri: str) -> set[str]:
+    """Event days with a file whose smallest ``model_name`` is "": a reference event (from the log's statistics; a file
+    without them counts as none)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        actions = DeltaTable(uri).get_add_actions(flatten=True)
+    except TableNotFoundError:
+        return set()
+    if "min.model_name" not in actions.column_names:
+        return set()
+    days = actions.column("partition.event_date").to_pylist()
+    mins = actions.column("min.model_name").to_pylist()
+    return {str(d) for d, m in zip(days, mins, strict=True) if d is not None and m == ""}
+
+
+def with_predictions(feedback_rows: Mapping[str, int], prediction_rows: Mapping[str, int],
+                     days: set[str]) -> dict[str, int]:
+    """Rows per day as the sensor counts them: feedback rows, plus the day's prediction rows for ``days``."""
+    return {d: n + (prediction_rows.get(d, 0) if d in days else 0) for d, n in feedback_rows.items()}
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 - Pointwise: thumbs (-1/1) -> 0/1 and ratings (1..5) -> (v-1)/4; all events on one response in one day
   are averaged into one label in [0, 1], with their count and the event types seen.
+- Signals (``signal_labels`` on; off by default): a copy -> 1, a regenerate or abandon -> 0, one event each like a
+  thumb; dwell and other names give no label. Off, signals stay in silver for slices only.
 - Pairs: a correction is (chosen = corrected response, rejected = original response); a preference event is
   (chosen, rejected) by ``preferred``; a ``tie`` is kept as a pair with ``is_tie = true`` (the order is then
   response, response_b) so a trainer can use or skip it deliberately.
@@ -14,24 +16,32 @@ import polars as pl
 from features.split import stable_id
 
 POINTWISE_TYPES = ("thumbs", "rating")
+#: Signal name -> label, when signals become labels.
+SIGNAL_LABELS = {"copy": 1.0, "regenerate": 0.0, "abandon": 0.0}
 PAIR_TYPES = ("correction", "preference")
 
 
 def label_expr() -> pl.Expr:
-    """The label of one event, null when its value is outside its type's range."""
+    """The label of one event, null when its value is outside its type's range (or a signal gives none)."""
     v, t = pl.col("value"), pl.col("event_type")
+    signal = pl.col("signal_name").replace_strict(SIGNAL_LABELS, default=None, return_dtype=pl.Float64)
     return (
         pl.when((t == "thumbs") & v.is_in([-1.0, 1.0])).then((v + 1.0) / 2.0)
         .when((t == "rating") & (v >= 1.0) & (v <= 5.0)).then((v - 1.0) / 4.0)
+        .when(t == "signal").then(signal)
         .otherwise(None)
     )
 
 
-def pointwise_events(silver: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Thumbs/rating events with their event label; (events, number dropped for an invalid value)."""
+def pointwise_events(silver: pl.DataFrame, *, signals: bool = False) -> tuple[pl.DataFrame, int]:
+    """Thumbs/rating events (and with ``signals`` the labelled signals) with their event label; (events, number
+    dropped for an invalid value). A signal without a label is not counted as dropped."""
     ev = silver.filter(pl.col("event_type").is_in(POINTWISE_TYPES)).with_columns(label_expr().alias("event_label"))
     good = ev.filter(pl.col("event_label").is_not_null())
-    return good, ev.height - good.height
+    if signals:
+        sig = silver.filter(pl.col("event_type") == "signal").with_columns(label_expr().alias("event_label"))
+        good = pl.concat([good, sig.filter(pl.col("event_label").is_not_null())])
+    return good, ev.height - good.filter(pl.col("event_type") != "signal").height
 
 
 def aggregate_pointwise(events: pl.DataFrame) -> pl.DataFrame:
@@ -61,6 +71,14 @@ def _empty_examples() -> pl.DataFrame:
     df = pl.from_arrow(TRAINING_EXAMPLES.empty_table())
     assert isinstance(df, pl.DataFrame)
     return df.with_columns(pl.lit(False).alias("split_conflict"))
+
+
+def with_signals(examples: pl.DataFrame, silver: pl.DataFrame) -> pl.DataFrame:
+    """``examples`` with ``signals``: the implicit signals seen on each response that day (names, sorted, comma-joined;
+    null for none), whether or not signals are labels, so evaluation can slice by them."""
+    sig = (silver.filter(pl.col("event_type") == "signal").group_by(["response_id", "event_date"])
+           .agg(pl.col("signal_name").unique().sort().str.join(",").alias("signals")))
+    return examples.drop("signals", strict=False).join(sig, on=["response_id", "event_date"], how="left")
 
 
 def pair_rows(silver: pl.DataFrame) -> pl.DataFrame:

@@ -87,8 +87,13 @@ def _matching(filters: list[tuple]) -> pl.Expr:
 
 def _hash_after_replace(dt: Any, data: pa.Table, filters: list[tuple]) -> str:
     """The table's content hash once the rows matching ``filters`` are replaced by ``data`` (``dt``: the snapshot)."""
-    rest = pl.from_arrow(dt.to_pyarrow_table(columns=data.column_names))
+    have = {f.name for f in dt.schema().fields}
+    rest = pl.from_arrow(dt.to_pyarrow_table(columns=[c for c in data.column_names if c in have]))
     assert isinstance(rest, pl.DataFrame)
+    missing = [c for c in data.column_names if c not in have]
+    if missing:  # a column the contract gained since (gold's signals): the merged table reads it as nulls
+        types = pl.from_arrow(data.schema.empty_table()).schema
+        rest = rest.with_columns(pl.lit(None, dtype=types[c]).alias(c) for c in missing).select(data.column_names)
     return combine(data.column_names, row_hashes(rest.filter(~_matching(filters))) + row_hashes(data))
 
 
@@ -101,7 +106,8 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
     new_hash = content_hash(data, key=key)
     if exists(uri):
         current = read(uri, filters=filters)
-        if current is not None and content_hash(current.select(data.column_names), key=key) == new_hash:
+        if (current is not None and set(data.column_names) <= set(current.columns)
+                and content_hash(current.select(data.column_names), key=key) == new_hash):
             return WriteResult(DeltaTable(uri).version(), True, new_hash, 0)
 
     def commit() -> int:
@@ -123,7 +129,8 @@ def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list
             dt = DeltaTable(uri)
         if lineage:
             meta.update(L.hash_metadata(_hash_after_replace(dt, data, filters), base_version=dt.version()))
-        write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by,
+        # schema_mode="merge": a column added to the contract (silver's signal_name) joins a table made before it
+        write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by, schema_mode="merge",
                         commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0))
         return DeltaTable(uri).version()
 

@@ -1,6 +1,7 @@
 """The local engine: polars/pyarrow + delta-rs, one machine. Three steps, one day partition each:
 
-``curate_silver`` (bronze -> silver/feedback + prompt clusters in silver/minhash_index),
+``curate_silver`` (bronze -> silver/feedback + prompt clusters in silver/minhash_index; reference events joined to
+bronze/predictions first, ``features.references``),
 ``curate_examples`` (silver -> gold/training_examples) and ``curate_pairs`` (silver -> gold/preference_pairs).
 Each replaces exactly its day partition, so re-running a day is a no-op and a backfill never doubles rows.
 """
@@ -16,11 +17,12 @@ import polars as pl
 
 from features import dedup, lake, minhash
 from features.config import CurationConfig
-from features.labels import aggregate_pointwise, doc_text, pair_rows, pointwise_events
+from features.labels import aggregate_pointwise, doc_text, pair_rows, pointwise_events, with_signals
 from features.manifest import content_hash
 from features.pii import Redactor
 from features.poisoning import cap_per_user
 from features.quality import FilterStep, pair_filters, pointwise_filters
+from features.references import resolve_day_references
 from features.report import StageReport
 from features.schema import BRONZE_EVENTS, GOLD, MINHASH_INDEX, SILVER_FEEDBACK
 from features.silver import dedup_events, pii_totals, transform_batch
@@ -81,9 +83,11 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     check_bronze(bronze)
     rep = StageReport("silver/feedback", day, "local", rows_in=bronze.height, uri=uri)
     events, rep.drops["duplicate_event_id"] = dedup_events(bronze)
-    silver = pl.from_arrow(transform_batch(events.to_arrow(), key=key, redactor=Redactor(cfg.extra_pii_patterns)))
+    refs = resolve_day_references(settings, events, wait_minutes=cfg.reference_wait_minutes)
+    silver = pl.from_arrow(transform_batch(refs.events.to_arrow(), key=key, redactor=Redactor(cfg.extra_pii_patterns)))
     assert isinstance(silver, pl.DataFrame)
     silver, index_rows, rep.stats = cluster_prompts(silver, settings, day, cfg)
+    rep.stats.update(refs.stats())
     rep.pii = pii_totals(silver["pii_counts"].to_list())
     write_index(settings, "prompt", day, index_rows, cfg)
     res = lake.replace_partition(uri, lake.as_arrow(silver, SILVER_FEEDBACK), predicate=_day_pred(day),
@@ -94,7 +98,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
 def gold_candidates(kind: GoldKind, silver: pl.DataFrame, cfg: CurationConfig, drops: Counter[str]) -> pl.DataFrame:
     """Labelled rows before de-duplication: labels, quality filters, the per-user cap, split conflicts."""
     if kind == "example":
-        events, drops["invalid_value"] = pointwise_events(silver)
+        events, drops["invalid_value"] = pointwise_events(silver, signals=cfg.signal_labels)
         step = FilterStep(pointwise_filters(cfg.quality))
     else:
         events = pair_rows(silver)
@@ -102,7 +106,7 @@ def gold_candidates(kind: GoldKind, silver: pl.DataFrame, cfg: CurationConfig, d
     events = step(events)
     drops.update(step.dropped)
     events, drops["user_cap"] = cap_per_user(events, cap=cfg.user_cap, floor=cfg.user_cap_floor)
-    rows = aggregate_pointwise(events) if kind == "example" else events
+    rows = with_signals(aggregate_pointwise(events), silver) if kind == "example" else events
     conflict = rows["split_conflict"].fill_null(False)
     drops["split_conflict"] = int(conflict.sum())
     return rows.filter(~conflict)

@@ -24,6 +24,7 @@ from features import dedup, minhash
 from features import lineage as L
 from features.config import CurationConfig
 from features.labels import doc_text, pair_rows, pointwise_events
+from features.references import resolve_day_references
 from features.manifest import combine, row_hashes
 from features.pii import Redactor
 from features.poisoning import allowed_per_user
@@ -106,6 +107,18 @@ def _row_hashes(df: "DataFrame", schema: pa.Schema) -> list[str]:
     return [r[0] for r in arrow_map(df, lambda t: pa.table({"h": pa.array(row_hashes(t), pa.string())}), schema).collect()]
 
 
+def _padded(df: "DataFrame", schema: pa.Schema) -> "DataFrame":
+    """``df`` with every column of ``schema``: one the contract gained since the table was written (silver's
+    signal_name, gold's signals) reads as null, as in ``features.lake``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    for f in _plain(schema):
+        if f.name not in df.columns:
+            df = df.withColumn(f.name, F.lit(None).cast(from_arrow_type(f.type)))
+    return df
+
+
 def _hash(df: "DataFrame", schema: pa.Schema) -> str:
     return combine(schema.names, _row_hashes(df, schema))
 
@@ -145,7 +158,7 @@ def _hash_meta(spark: "SparkSession", uri: str, schema: pa.Schema, keep: Any, ne
     """``features.lineage`` metadata: the table's content hash once the rows ``keep`` selects (on the latest snapshot)
     are joined by ``new_rows`` (row hashes); valid only if the commit lands right on that snapshot."""
     base = _latest(spark, uri)
-    rest = spark.read.format("delta").option("versionAsOf", base).load(uri).where(keep)
+    rest = _padded(spark.read.format("delta").option("versionAsOf", base).load(uri).where(keep), schema)
     return L.hash_metadata(combine(schema.names, _row_hashes(rest, schema) + new_rows), base_version=base)
 
 
@@ -160,7 +173,7 @@ def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: 
     new_hash = combine(schema.names, rows)
     if _exists(spark, uri):
         current = spark.read.format("delta").load(uri).where(where)
-        if _hash(current, schema) == new_hash:
+        if set(schema.names) <= set(current.columns) and _hash(current, schema) == new_hash:
             return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], True, new_hash, 0
 
     def op() -> None:
@@ -177,7 +190,8 @@ def replace_partition(spark: "SparkSession", uri: str, df: "DataFrame", schema: 
                     raise
         if lineage:
             meta.update(_hash_meta(spark, uri, schema, f"NOT coalesce({where}, false)", rows))
-        _writer(df, partition_by, meta).mode("overwrite").option("replaceWhere", where).save(uri)
+        # mergeSchema: a column the contract gained joins a table made before it (features.lake: schema_mode="merge")
+        _writer(df, partition_by, meta).mode("overwrite").option("replaceWhere", where).option("mergeSchema", "true").save(uri)
 
     n = _retry(op, retries=retries, what=f"replace {where} in {uri}")
     return DeltaTable.forPath(spark, uri).history(1).collect()[0]["version"], False, new_hash, n
@@ -230,9 +244,15 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     extra = dict(cfg.extra_pii_patterns)
     from features.schema import BRONZE_EVENTS
 
+    # reference events (few: the driver joins them to bronze/predictions with the local engine's function)
+    is_ref = F.col("model_name") == F.lit("")
+    refs = resolve_day_references(settings, _to_polars(events.where(is_ref)), wait_minutes=cfg.reference_wait_minutes)
+    if refs.events.height or refs.pending.height:
+        events = events.where(~is_ref).unionByName(_from_polars(spark, refs.events, BRONZE_EVENTS))
+
     silver = arrow_map(events, lambda t: transform_batch(t, key=key, redactor=Redactor(extra)), BRONZE_EVENTS, SILVER_FEEDBACK).cache()
     n = silver.count()
-    rep.drops["duplicate_event_id"] = rep.rows_in - n
+    rep.drops["duplicate_event_id"] = rep.rows_in - n - refs.pending.height  # pending references wait, not dropped
     prompts = _to_polars(silver.groupBy("prompt_hash").agg(F.first("prompt").alias("prompt"), F.min("occurred_at").alias("first_occurred_at"))
                          ).rename({"prompt_hash": "text_hash"}).sort("text_hash")
     sig = minhash.signatures(prompts["prompt"], cfg.minhash)
@@ -241,6 +261,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     assign_schema = pa.schema([("prompt_hash", pa.string()), ("cluster_id", pa.string()), ("split", pa.string()), ("split_conflict", pa.bool_())])
     assign_df = _from_polars(spark, assign.rename({"text_hash": "prompt_hash"}), assign_schema)
     silver = silver.drop("cluster_id", "split", "split_conflict").join(F.broadcast(assign_df), on="prompt_hash", how="left")
+    rep.stats.update(refs.stats())
     rep.pii = pii_totals([r[0] for r in silver.where("pii_counts != ''").select("pii_counts").collect()])
     _write_index(spark, settings, "prompt", day, index_rows, cfg)
     res = replace_partition(spark, uri, silver, SILVER_FEEDBACK, where=f"event_date = '{day.isoformat()}'", partition_by=["event_date"],
@@ -271,8 +292,9 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
     rep = StageReport(name, day, "spark", rows_in=silver.count(), uri=uri)
     if kind == "example":
         typed = silver.where(F.col("event_type").isin("thumbs", "rating"))
-        events = arrow_map(typed, _polars_fn(lambda df: pointwise_events(df)[0]), SILVER_FEEDBACK)
-        in_schema = _plain(_polars_fn(lambda df: pointwise_events(df)[0])(SILVER_FEEDBACK.empty_table()).schema)
+        labelled = silver.where(F.col("event_type").isin("thumbs", "rating", *(["signal"] if cfg.signal_labels else [])))
+        events = arrow_map(labelled, _polars_fn(lambda df: pointwise_events(df, signals=cfg.signal_labels)[0]), SILVER_FEEDBACK)
+        in_schema = _plain(_polars_fn(lambda df: pointwise_events(df, signals=cfg.signal_labels)[0])(SILVER_FEEDBACK.empty_table()).schema)
         filters = pointwise_filters(cfg.quality)
     else:
         events = arrow_map(silver, _polars_fn(pair_rows), SILVER_FEEDBACK)
@@ -280,7 +302,7 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
         filters = pair_filters(cfg.quality)
     events = arrow_map(events, _with_reasons(filters), in_schema).cache()
     if kind == "example":
-        rep.drops["invalid_value"] = typed.count() - events.count()
+        rep.drops["invalid_value"] = typed.count() - events.where(F.col("event_type") != "signal").count()
     rep.drops.update({r[0]: r[1] for r in events.where("drop_reason IS NOT NULL").groupBy("drop_reason").count().collect()})
     events = events.where("drop_reason IS NULL").drop("drop_reason")
     limit = allowed_per_user(events.count(), cap=cfg.user_cap, floor=cfg.user_cap_floor)
@@ -295,6 +317,9 @@ def curate_gold(settings: Settings, day: date, kind: str, *, cfg: CurationConfig
             F.array_join(F.array_sort(F.collect_set("event_type")), ",").alias("event_types"), first["app_id"], first["model_name"],
             first["model_version"], first["user_id"], F.min("occurred_at").alias("first_occurred_at"), first["cluster_id"], first["split"],
             F.max("split_conflict").alias("split_conflict"))
+        signals = silver.where(F.col("event_type") == "signal").groupBy("response_id", "event_date").agg(
+            F.array_join(F.array_sort(F.collect_set("signal_name")), ",").alias("signals"))  # labels.with_signals
+        rows = rows.join(signals, on=["response_id", "event_date"], how="left")
         agg_schema = pa.schema([f for f in schema if f.name != "example_id"] + [("split_conflict", pa.bool_())])
         rows = arrow_map(rows, _polars_fn(lambda df: df.with_columns(pl.Series("example_id", [stable_id("ex", r, d) for r, d in zip(
             df["response_id"].to_list(), df["event_date"].to_list())], dtype=pl.String))), agg_schema)

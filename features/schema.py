@@ -25,12 +25,12 @@ ID_COLUMNS = ("conversation_id", "response_id", "app_id")
 SILVER_FEEDBACK = pa.schema(
     [f for f in BRONZE_EVENTS if f.name != "raw"]
     + [("pii_counts", pa.string()), ("prompt_hash", pa.string()), ("cluster_id", pa.string()),
-       ("split", pa.string()), ("split_conflict", pa.bool_())]
+       ("split", pa.string()), ("split_conflict", pa.bool_()), ("signal_name", pa.string())]
 )
 
 TRAINING_EXAMPLES = pa.schema([
     ("example_id", pa.string()), ("response_id", pa.string()), ("prompt", pa.string()), ("response", pa.string()),
-    ("label", pa.float64()), ("n_events", pa.int64()), ("event_types", pa.string()), ("app_id", pa.string()),
+    ("label", pa.float64()), ("n_events", pa.int64()), ("event_types", pa.string()), ("signals", pa.string()), ("app_id", pa.string()),
     ("model_name", pa.string()), ("model_version", pa.string()), ("user_id", pa.string()),
     ("first_occurred_at", TS), ("event_date", pa.date32()), ("cluster_id", pa.string()), ("split", pa.string()),
 ])

@@ -6,6 +6,7 @@ batch (``mapInArrow``) and both engines produce identical silver rows.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import polars as pl
@@ -40,10 +41,15 @@ def pseudonymize_pii_ids(ids: list[str | None], *, key: bytes, redactor: Redacto
     return out, counts
 
 
+def signal_names(event_types: list[str], raws: list[str]) -> list[str | None]:
+    """The ``name`` of each signal event, read from its raw payload (bronze has no column for it); None for others."""
+    return [json.loads(raw)["name"] if kind == "signal" else None for kind, raw in zip(event_types, raws)]
+
+
 def transform_batch(batch: pa.Table, *, key: bytes, redactor: Redactor) -> pa.Table:
     """Normalize + redact every text column, replace ids holding PII by a keyed pseudonym (``ID_COLUMNS``),
-    pseudonymize ``user_id``, drop ``raw``, add ``pii_counts`` (text and ids) and ``prompt_hash``. Cluster columns are
-    left null (filled after prompt clustering)."""
+    pseudonymize ``user_id``, drop ``raw``, add ``pii_counts`` (text and ids), ``prompt_hash`` and ``signal_name``.
+    Cluster columns are left null (filled after prompt clustering)."""
     n = batch.num_rows
     cols: dict[str, list] = {}
     per_row: list[Counter[str]] = [Counter() for _ in range(n)]
@@ -62,6 +68,7 @@ def transform_batch(batch: pa.Table, *, key: bytes, redactor: Redactor) -> pa.Ta
             for acc, c in zip(per_row, counts):
                 acc.update(c)
     cols["pii_counts"] = [format_counts(c) for c in per_row]
+    cols["signal_name"] = signal_names(batch.column("event_type").to_pylist(), batch.column("raw").to_pylist())
     cols["prompt_hash"] = text_hashes(pl.Series("p", cols["prompt"], dtype=pl.String)).to_list()
     out = {}
     for field in SILVER_FEEDBACK:

@@ -111,7 +111,8 @@ def feedback_row(event: Any) -> tuple:
     value = d.get("value")
     return (
         d["event_id"], d["event_type"], epoch_us(d["occurred_at"]), d["app_id"], d["user_id"], d["conversation_id"],
-        d["response_id"], d["model_name"], d["model_version"], d["prompt"], d["response"],
+        # a reference event's model and texts: "" (the columns are not nullable; curation fills them)
+        d["response_id"], d["model_name"] or "", d["model_version"] or "", d["prompt"] or "", d["response"] or "",
         None if value is None else float(value), d.get("corrected_response"), d.get("response_b"),
         d.get("preferred"), d["comment"], None if meta is None else to_json(meta).decode(),
         d["schema_version"],

@@ -13,8 +13,13 @@ after a 503. An event the collector rejects (it fails schema v1, or the key may 
 final: it is in ``result.rejected`` and logged, never retried. When the retries run out,
 ``FeedbackUnavailable`` is raised and the unsent events stay buffered for the next flush.
 
-The helpers build schema v1 events, which still carry the prompt, response and model of the rated answer
-(reference feedback by response_id alone needs a schema change; a later slice of issue 16).
+The helpers build schema v1 events. An answer scored by ``lakeloop serve`` needs only the ``response_id`` (or
+``request_id``) that the service returned: leave out prompt, response and model, and curation fills them from the
+prediction record (a reference event). Otherwise pass all four. Implicit signals go through ``signal()``:
+
+        fb.signal(resp["response_id"], "copy", user_id="u7", conversation_id="c9")  # what the user did
+        fb.signal(resp["response_id"], "dwell", 12.5, user_id="u7", conversation_id="c9")  # seconds
+
 ``request_erasure(user_id)`` sends an ``erasure_request`` at once (issue 17): the autopilot erases the user.
 """
 
@@ -71,14 +76,15 @@ class SendResult:
 
 
 class About(TypedDict, total=False):
-    """What a feedback event is about (schema v1 requires all but the optional ones)."""
+    """What a feedback event is about. prompt, response, model_name, model_version: all four (a full event) or none
+    (a reference event: the response_id is one that ``lakeloop serve`` returned; never for a preference)."""
 
-    prompt: Required[str]
-    response: Required[str]
+    prompt: str
+    response: str
     user_id: Required[str]
     conversation_id: Required[str]
-    model_name: Required[str]
-    model_version: Required[str]
+    model_name: str
+    model_version: str
     app_id: str  # default: the client's app_id
     comment: str
     metadata: dict[str, str]
@@ -86,7 +92,7 @@ class About(TypedDict, total=False):
     event_id: str  # default: a new UUID
 
 
-def feedback_event(event_type: Literal["thumbs", "rating", "correction", "preference"], response_id: str, *,
+def feedback_event(event_type: Literal["thumbs", "rating", "correction", "preference", "signal"], response_id: str, *,
                    app_id: str | None, about: Mapping[str, Any], **specific: Any) -> dict[str, Any]:
     """A schema v1 event (a JSON-ready dict) with a fresh event_id and occurred_at unless ``about`` has them."""
     fields = dict(about)
@@ -242,6 +248,10 @@ class FeedbackClient(_Base):
                    **about: Unpack[About]) -> str:
         return self.add(self._event("preference", response_id, about, response_b=response_b, preferred=preferred))
 
+    def signal(self, response_id: str, name: str, value: float = 1.0, **about: Unpack[About]) -> str:
+        """An implicit signal: ``name`` copy, regenerate, dwell (``value`` in seconds), abandon, or an app's own."""
+        return self.add(self._event("signal", response_id, about, name=name, value=value))
+
     def request_erasure(self, user_id: str) -> SendResult:
         """Ask that every row of ``user_id`` be erased (sent now, past the buffer; the autopilot's erasure job runs it)."""
         return self.send([erasure_request_event(user_id, app_id=self.app_id)])
@@ -335,6 +345,10 @@ class AsyncFeedbackClient(_Base):
     async def preference(self, response_id: str, response_b: str, preferred: Literal["a", "b", "tie"],
                          **about: Unpack[About]) -> str:
         return await self.add(self._event("preference", response_id, about, response_b=response_b, preferred=preferred))
+
+    async def signal(self, response_id: str, name: str, value: float = 1.0, **about: Unpack[About]) -> str:
+        """An implicit signal: ``name`` copy, regenerate, dwell (``value`` in seconds), abandon, or an app's own."""
+        return await self.add(self._event("signal", response_id, about, name=name, value=value))
 
     async def request_erasure(self, user_id: str) -> SendResult:
         """``FeedbackClient.request_erasure``."""

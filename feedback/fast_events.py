@@ -1,7 +1,8 @@
 """A fast path for the common case: a batch of well-formed v1 feedback events straight to bronze columns.
 
 ``fast_feedback_columns`` decodes each record with msgspec into per-type structs that carry the
-pydantic model's types and bounds (``feedback.events``), then checks the timestamps and builds the
+pydantic model's types and bounds (``feedback.events``; a reference event leaves out prompt, response and
+model, all four, else the model judges it), then checks the timestamps and builds the
 Arrow columns for the whole batch at once (Arrow kernels, no row tuples). It may be *more* cautious
 than the model, never less: whenever anything is unusual (a wrong type, an out-of-range value, an
 unknown field, a timestamp outside the plain ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+hh:mm)`` form, an
@@ -19,6 +20,7 @@ so a duplicate key always makes the counts differ, and an odd string merely send
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter
@@ -30,10 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec import UNSET, UnsetType
 
+from feedback.events import REFERENCE_FIELDS, SIGNAL_NAME
 from feedback.packed import PackedValues
 from feedback.validation import MAX_MEMBERS
 
 _EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_SIGNAL_NAME = SIGNAL_NAME.removesuffix("$") + r"\Z"  # Python's $ also matches before a final newline; the model's does not
+_DOUBLE_MAX = sys.float_info.max
 _Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
@@ -57,10 +62,11 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
     user_id: _Ident
     conversation_id: _Ident
     response_id: _Ident
-    model_name: _Ident
-    model_version: _Ident
-    prompt: str
-    response: str
+    # all four (a full event) or none (a reference event; bronze holds ""): checked in fast_feedback_columns
+    model_name: Union[_Ident, UnsetType] = UNSET
+    model_version: Union[_Ident, UnsetType] = UNSET
+    prompt: Union[str, UnsetType] = UNSET
+    response: Union[str, UnsetType] = UNSET
     # UNSET when absent: a key the record has counts, one it lacks does not (duplicate-key check)
     comment: Union[str, None, UnsetType] = UNSET
     metadata: Union[Annotated[dict[str, str], msgspec.Meta(max_length=MAX_MEMBERS)], None, UnsetType] = UNSET
@@ -69,6 +75,8 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
     def keys(self) -> int:
         """How many keys the record has: its required ones, the optional ones present, metadata's."""
         n = self.required_keys
+        if self.model_name is not UNSET:
+            n += 4  # a full event (fast_feedback_columns leaves any other mix to the model)
         if self.comment is not UNSET:
             n += 1
         meta = self.metadata
@@ -77,7 +85,7 @@ class _Base(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, 
         return n if self.schema_version is UNSET else n + 1
 
 
-_BASE_KEYS = 11  # event_type and the 10 required fields of _Base
+_BASE_KEYS = 7  # event_type and the 6 required fields of _Base (+ 4 in a full event)
 
 
 class _Thumbs(_Base, tag="thumbs"):
@@ -100,15 +108,26 @@ class _Correction(_Base, tag="correction"):
 
 class _Preference(_Base, tag="preference"):
     kind: ClassVar[str] = "preference"
-    required_keys: ClassVar[int] = _BASE_KEYS + 2
+    required_keys: ClassVar[int] = _BASE_KEYS + 2  # + 4: a preference is always a full event (required here)
+    model_name: _Ident
+    model_version: _Ident
+    prompt: str
+    response: str
     response_b: str
     preferred: Literal["a", "b", "tie"]
+
+
+class _Signal(_Base, tag="signal"):
+    kind: ClassVar[str] = "signal"
+    required_keys: ClassVar[int] = _BASE_KEYS + 2
+    name: Annotated[str, msgspec.Meta(pattern=_SIGNAL_NAME)]  # no column: bronze keeps it in raw
+    value: Annotated[float, msgspec.Meta(ge=-_DOUBLE_MAX, le=_DOUBLE_MAX)]  # finite, as the model's allow_inf_nan=False
 
 
 # Unknown fields are refused here (the model takes them: it alone must judge how deep they nest), and
 # so is a field of another event type (the model ignores it). msgspec also refuses invalid UTF-8, raw
 # control characters (NUL included) and lone surrogates, all of which the model rejects or judges.
-_decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference]).decode
+_decode = msgspec.json.Decoder(Union[_Thumbs, _Rating, _Correction, _Preference, _Signal]).decode
 _encode_json = msgspec.json.Encoder().encode
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')  # what ends a key (counted per record by _screen)
 _SPACES_COLON = re.compile(rb"[ \t\n\r]+:")  # the rest of a key end after a quote and whitespace
@@ -275,12 +294,24 @@ def fast_feedback_columns(values: Sequence[bytes | None], max_bytes: int, *,
             idx, events, raws, occurred = _kept(inside, idx, events, raws, occurred)
             if not events:
                 return [], {}
+    texts = {name: list(map(attrgetter(name), events)) for name in REFERENCE_FIELDS}
+    if any(UNSET in values for values in texts.values()):  # reference events: all four absent, or the model judges
+        absent = [[v is UNSET for v in texts[name]] for name in REFERENCE_FIELDS]
+        whole = pa.array([all(a) or not any(a) for a in zip(*absent)])
+        if not pc.all(whole).as_py():
+            idx, events, raws, occurred = _kept(whole, idx, events, raws, occurred)
+            if not events:
+                return [], {}
+        # a reference event's: "" (feedback.bronze.feedback_row does the same)
+        texts = {name: ["" if v is UNSET else v for v in map(attrgetter(name), events)] for name in REFERENCE_FIELDS}
     string = pa.string()
     cols: dict[str, pa.Array] = {
         name: pa.array(list(map(attrgetter(name), events)), string)
-        for name in ("event_id", "app_id", "user_id", "conversation_id", "response_id", "model_name", "model_version",
-                     "prompt", "response", "corrected_response", "response_b", "preferred")
+        for name in ("event_id", "app_id", "user_id", "conversation_id", "response_id", "corrected_response",
+                     "response_b", "preferred")
     }
+    for name, values in texts.items():
+        cols[name] = pa.array(values, string)
     cols["event_type"] = pa.array([e.kind for e in events], string)
     cols["occurred_at"] = occurred
     cols["value"] = pa.array([e.value for e in events], pa.float64())

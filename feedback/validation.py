@@ -255,9 +255,11 @@ def _describe(err: dict, tags: frozenset[str]) -> str:
         return f"missing required field {tag_field!r} (or it is not a string)"
     if kind == "union_tag_invalid":
         return f"{tag_field}: unknown value {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})"
-    field = ".".join(loc[1:] if len(loc) > 1 and loc[0] in tags else loc) or "record"
+    field = ".".join(loc[1:] if loc and loc[0] in tags else loc) or "record"
     if kind == "missing":
         return f"missing required field {field!r}"
+    if field == "record":  # a rule over several fields (the model's own check): its message says it all
+        return str(err["msg"]).removeprefix("Value error, ")
     shown = repr(err.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
                                        "arrived for it ...")
     curation_debounce_minutes: float = Field(2.0, ge=0, description="... else at most every this many minutes per day "
                                              "while it has new rows.")
+    reference_wait_minutes: float = Field(60.0, ge=0, description="A reference feedback event (only the response_id "
+                                          "or request_id of a scored response) whose prediction record is not in "
+                                          "bronze/predictions this many minutes after it was ingested is reported as late "
+                                          "(curation metadata, a warning, the silver_reference_late check); it stays "
+                                          "pending and is tried again at each curation of its day.")
+    signal_labels: bool = Field(False, description="Implicit signals (event_type signal) become training labels: copy -> 1, "
+                                "regenerate and abandon -> 0 (dwell and other names give none). Off: silver keeps them "
+                                "for slices only.")
     curation_eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompt clusters curation holds out as the "
                                           "eval split (the gate's evidence: more eval prompts, narrower paired intervals).")
     retrain_min_new_rows: int = Field(500, ge=1, description="Retrain when the gold tables grew by this many rows beyond the "
@@ -145,7 +153,7 @@ class Settings(BaseSettings):
                                            "answer to the champion); off: a first model is registered without it, and "
                                            "autopilot still needs it before making that model champion.")
     gate_slice_tolerance: float = Field(0.05, ge=0, description="The gate fails a candidate whose metric on a slice (app, "
-                                        "model, event type, length) is below the champion's by more than this.")
+                                        "model, event type, length, implicit signals) is below the champion's by more than this.")
     gate_cross_fit: bool = Field(True, description="A first model (no champion) whose winner is a cheap family is judged "
                                  "against the baselines on the eval split plus its train split scored out of fold by the same "
                                  "recipe (nested 5-fold cross-fit, trainers/crossfit.py): ~2.5x the prompts, the eval split "
@@ -153,7 +161,7 @@ class Settings(BaseSettings):
     eval_n_boot: int = Field(1000, ge=50, description="Bootstrap resamples for the evaluation's 95% intervals.")
     drift_reference_sample: int = Field(5000, ge=50, description="Training rows scored by the champion as drift reference.")
 
-    @field_validator("autopilot", mode="before")
+    @field_validator("autopilot", "signal_labels", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         if isinstance(v, str) and v.strip().lower() in ("on", "off"):

@@ -145,3 +145,28 @@ def test_rollout_next_action(facts, action, alert) -> None:
     assert (nxt.action, nxt.alert) == (action, alert), nxt.reason
     if facts.canary and facts.challenger:
         assert f"challenger v{facts.challenger} waits" in nxt.reason
+
+
+def test_a_day_with_reference_feedback_is_curated_again_when_predictions_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Day 1 holds a reference event, day 2 only full ones: predictions landing for each day make only day 1 due."""
+    from deltalake import write_deltalake
+
+    from features.arrivals import reference_days
+    from orchestration.assets.curation.sensors import curate_on_arrival
+    from orchestration.resources import LakeloopSettings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAKELOOP_CURATION_MIN_NEW_ROWS", "2")
+    feedback, predictions = (str(home / "lake" / "bronze" / t) for t in ("feedback_events", "predictions"))
+    d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
+    write_deltalake(feedback, pa.table({"event_date": pa.array([d1, d1, d2, d2]), "model_name": ["m", "", "m", "m"]}),
+                    partition_by=["event_date"])
+    assert reference_days(feedback) == {"2026-01-01"}
+    resources = {"lakeloop": LakeloopSettings(home=str(home))}
+    with dg.instance_for_test() as instance:
+        first = curate_on_arrival(dg.build_sensor_context(instance=instance, resources=resources))
+        assert sorted(r.partition_key for r in first.run_requests) == ["2026-01-01", "2026-01-02"]
+        write_deltalake(predictions, pa.table({"event_date": pa.array([d1, d1, d2, d2]), "request_id": ["a", "b", "c", "d"]}),
+                        partition_by=["event_date"])
+        again = curate_on_arrival(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=resources))
+        assert [r.partition_key for r in again.run_requests] == ["2026-01-01"]  # day 2 has no reference to join

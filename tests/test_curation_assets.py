@@ -38,7 +38,7 @@ def test_definitions_load_with_the_curation_group_and_blocking_checks() -> None:
         assert node.group_name == "curation" and node.partitions_def is not None and node.description
     assert dg.AssetKey("bronze_feedback_events") in graph.get(dg.AssetKey("silver_feedback")).parent_keys
     checks = {k.name: k for k in graph.asset_check_keys if k.asset_key.path[0] in CURATION_ASSETS}
-    assert {"silver_no_pii", "silver_schema_contract", "schema_contract", "no_pii", "no_split_leakage", "min_rows", "duplicate_rate"} <= set(checks)
+    assert {"silver_no_pii", "silver_schema_contract", "silver_reference_late", "schema_contract", "no_pii", "no_split_leakage", "min_rows", "duplicate_rate"} <= set(checks)
     assert "curation" in defs.resources
 
 
@@ -52,7 +52,7 @@ def test_group_materializes_with_metadata_and_passing_checks(settings, qa_feedba
         assert len(meta["table_content_hash"].value) == 64 and "drops_by_reason" in meta
     assert mats["gold_preference_pairs"]["dropped_near_duplicate"].value > 0  # real near-dup predictions of qa_feedback
     evals = result.get_asset_check_evaluations()
-    assert len(evals) == 13 and all(e.passed for e in evals), [(e.asset_check_key.name, e.description) for e in evals if not e.passed]
+    assert len(evals) == 14 and all(e.passed for e in evals), [(e.asset_check_key.name, e.description) for e in evals if not e.passed]
 
 
 def test_a_failing_blocking_check_stops_the_downstream_assets(settings, qa_feedback_path) -> None:
@@ -65,6 +65,21 @@ def test_a_failing_blocking_check_stops_the_downstream_assets(settings, qa_feedb
     from deltalake import DeltaTable
 
     assert not DeltaTable.is_deltatable(table_uri(settings, "gold/training_examples"))
+
+
+def test_a_late_reference_event_is_reported_and_stops_nothing(settings, qa_feedback_path) -> None:
+    from tests.test_curation_pipeline import ev
+
+    late = ev(900, day=START, response_id="resp-not-scored", prompt="", response="", model_name="", model_version="")
+    write_bronze(table_uri(settings, "bronze/feedback_events"), [late], first_offset=10_000)
+    result = _run(settings, qa_feedback_path)
+    assert result.success  # a warning, not a gate
+    mats = {e.asset_key.path[0]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    silver = mats["silver_feedback"]
+    assert (silver["reference_pending"].value, silver["reference_late"].value, silver["reference_joined"].value) == (1, 1, 0)
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "silver_reference_late"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "1 reference feedback event(s) waited over 60 min" in (check.description or "")
 
 
 # ---- through the real webserver --------------------------------------------------------------------

@@ -45,3 +45,15 @@ def test_curate_command_runs_every_day(cli_home) -> None:
     result = CliRunner().invoke(app, ["curate"])
     assert result.exit_code == 0, result.output
     assert "gold/preference_pairs" in result.output and START.isoformat() in result.output
+
+
+def test_curate_command_reports_reference_events_that_wait(cli_home) -> None:
+    from orchestration.cli import app
+    from tests.test_curation_pipeline import ev
+
+    ref = ev(900, day=START, response_id="resp-not-scored", prompt="", response="", model_name="", model_version="")
+    write_bronze(table_uri(cli_home, "bronze/feedback_events"), [ref], first_offset=10_000)
+    result = CliRunner().invoke(app, ["curate", "--day", START.isoformat()])
+    assert result.exit_code == 0, result.output
+    assert "1 reference event(s) wait for their prediction (kept in bronze)" in result.output
+    assert "1 reference feedback event(s) waited over 60 min" in result.output  # ingested in 2026-01: long ago

@@ -139,14 +139,20 @@ def test_a_backfilled_day_range_equals_an_in_order_run(tmp_path, qa_feedback_pat
         assert set(f[idc]) == set(b[idc])
 
 
-@pytest.mark.parametrize(("kind", "value", "label"), [("thumbs", 1.0, 1.0), ("thumbs", -1.0, 0.0), ("rating", 1.0, 0.0), ("rating", 4.0, 0.75),
-                                                     ("rating", 5.0, 1.0), ("rating", 6.0, None), ("thumbs", 0.0, None)])
-def test_event_labels(kind: str, value: float, label: float | None) -> None:
-    assert pl.DataFrame({"event_type": [kind], "value": [value]}).select(label_expr())[0, 0] == label
+@pytest.mark.parametrize(("kind", "value", "label", "signal"), [
+    ("thumbs", 1.0, 1.0, None), ("thumbs", -1.0, 0.0, None), ("rating", 1.0, 0.0, None), ("rating", 4.0, 0.75, None),
+    ("rating", 5.0, 1.0, None), ("rating", 6.0, None, None), ("thumbs", 0.0, None, None),
+    ("signal", 1.0, 1.0, "copy"), ("signal", 1.0, 0.0, "regenerate"), ("signal", 1.0, 0.0, "abandon"),
+    ("signal", 30.0, None, "dwell"), ("signal", 1.0, None, "my_app.share"),
+])
+def test_event_labels(kind: str, value: float, label: float | None, signal: str | None) -> None:
+    frame = pl.DataFrame({"event_type": [kind], "value": [value], "signal_name": [signal]}, schema_overrides={"signal_name": pl.String})
+    assert frame.select(label_expr())[0, 0] == label
 
 
 def _silver_frame(events: list[dict]) -> pl.DataFrame:
-    df = pl.DataFrame(events).with_columns(pl.lit("c1").alias("cluster_id"), pl.lit("train").alias("split"), pl.lit(False).alias("split_conflict"))
+    df = pl.DataFrame(events).with_columns(pl.lit("c1").alias("cluster_id"), pl.lit("train").alias("split"), pl.lit(False).alias("split_conflict"),
+                                          pl.lit(None, pl.String).alias("signal_name"))
     return df
 
 

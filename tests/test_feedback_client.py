@@ -211,3 +211,26 @@ def test_the_async_client_batches_and_retries_the_same_ids() -> None:
     assert [[e["event_id"] for e in r] for r in c.requests] == [ids[:3], ids[:3], [ids[0], ids[2]], ids[3:]]
     assert sleeps == [0.5, 1.0]
     assert sorted(fb.result.accepted) == sorted(ids)
+
+
+def test_signals_and_reference_events_are_valid_v1_events_sync_and_async() -> None:
+    who = {"user_id": "u7", "conversation_id": "c9"}
+    c = Collector()
+    with client(c, batch_size=10) as fb:
+        ids = [fb.signal("r1", "copy", **who), fb.signal("r1", "dwell", 12.5, **ABOUT), fb.thumbs("req-1", 1, **who)]
+
+    async def app() -> list[str]:
+        async with AsyncFeedbackClient(URL, app_id="support-bot", transport=httpx.MockTransport(c)) as afb:
+            return [await afb.signal("r2", "regenerate", **who), await afb.rating("r2", 4, **who)]
+
+    ids += asyncio.run(app())
+    sent = [e for r in c.requests for e in r]
+    assert [e["event_id"] for e in sent] == ids
+    assert [(e["event_type"], e.get("name"), e["value"]) for e in sent] == [
+        ("signal", "copy", 1.0), ("signal", "dwell", 12.5), ("thumbs", None, 1), ("signal", "regenerate", 1.0),
+        ("rating", None, 4)]
+    assert "prompt" not in sent[0] and sent[1]["prompt"] == ABOUT["prompt"]  # reference and full
+    for event in sent:
+        result = validate_event(event)
+        assert isinstance(result, Valid), event
+        assert result.model.is_reference is ("prompt" not in event)

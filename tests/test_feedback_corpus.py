@@ -176,6 +176,13 @@ def test_each_malformed_kind_is_rejected_at_its_stage_with_a_reason(bad: Bad) ->
         {"unknown_extra_field": {"kept": "in raw"}},
         {"prompt": "", "response": ""},
         {"prompt": "ünïcödé ✓ 中文"},
+        # a reference event: no prompt, response or model (curation fills them from the prediction record)
+        {"prompt": None, "response": None, "model_name": None, "model_version": None},
+        {"event_type": "correction", "value": None, "corrected_response": "better", "prompt": None, "response": None,
+         "model_name": None, "model_version": None},
+        {"event_type": "signal", "name": "copy", "value": 1},
+        {"event_type": "signal", "name": "dwell", "value": 12.5, "prompt": None, "response": None, "model_name": None,
+         "model_version": None},
     ],
 )
 def test_valid_variants_are_accepted(overrides: dict[str, Any]) -> None:
@@ -271,6 +278,15 @@ _EDGE_CASES = {
         {"comment": "great", "metadata": {"k": "v", "ü": "✓"}, "schema_version": 1}, {"comment": None, "metadata": None},
         {"metadata": {}}, {"prompt": "", "response": ""}, {"prompt": "ünïcödé ✓ 中文 \U0001f600"},
         {"event_id": "e" * 128, "app_id": "a" * 256}, {"event_id": "é" * 128, "app_id": "\U0001f600" * 256},
+        {"event_type": "signal", "name": "copy", "value": 1}, {"event_type": "signal", "name": "dwell", "value": 1e308},
+        {"event_type": "signal", "name": "my_app.scroll-depth", "value": -0.5},
+        # reference events: no prompt, response or model (bronze holds "")
+        {"prompt": None, "response": None, "model_name": None, "model_version": None},
+        {"prompt": None, "response": None, "model_name": None, "model_version": None, "comment": "ok", "metadata": {"k": "v"}},
+        {"prompt": None, "response": None, "model_name": None, "model_version": None, "event_type": "correction",
+         "value": None, "corrected_response": "x"},
+        {"prompt": None, "response": None, "model_name": None, "model_version": None, "event_type": "signal",
+         "name": "dwell", "value": 3.5},
     ])},
     # unusual: the fast path must defer, and the answer is the model's
     **{f"edge_{i}": o for i, o in enumerate([
@@ -293,6 +309,20 @@ _EDGE_CASES = {
         {"unknown": {"kept": ["in", "raw"]}}, {"event_type": "thumbs", "corrected_response": "ignored", "preferred": "z"},
         {"event_type": "correction", "value": "ignored", "corrected_response": ""}, {"event_id": "é" * 129},
         {"app_id": "\U0001f600" * 257},
+        # what is neither a full nor a reference event, a reference preference, nulls
+        {"prompt": None, "response": None}, {"model_name": None}, {"prompt": None, "response": None, "model_name": None},
+        {"prompt": None, "response": None, "model_name": None, "model_version": None, "event_type": "preference",
+         "response_b": "o", "preferred": "a"},
+        {"prompt": None}, {"model_version": None, "event_type": "signal", "name": "copy", "value": 1},
+        {"model_name": ""}, {"model_version": ""}, {"model_name": "m" * 257}, {"model_version": "\U0001f600" * 257},
+        {"prompt": None, "response": None, "model_name": None, "model_version": None, "unknown": "x"},
+        {"model_name": "", "prompt": None, "response": None, "model_version": None},
+        # signals the fast path must leave to the model
+        {"event_type": "signal", "name": "Copy", "value": 1}, {"event_type": "signal", "name": "copy\n", "value": 1},
+        {"event_type": "signal", "name": "", "value": 1}, {"event_type": "signal", "name": "c" * 65, "value": 1},
+        {"event_type": "signal", "value": 1}, {"event_type": "signal", "name": "copy"},
+        {"event_type": "signal", "name": "copy", "value": True}, {"event_type": "signal", "name": "copy", "value": "1"},
+        {"event_type": "signal", "name": 3, "value": 1},
     ])},
 }
 
@@ -324,6 +354,10 @@ def test_fast_path_and_model_agree_on_edge_cases(kind: str) -> None:
     dumps(valid_event(4, prompt='say \"x\": y')).replace(b'"value": -1', b'"value": -1, "value" : -1'),
     dumps(valid_event(4, prompt='a quote then a colon \": is text')), dumps(valid_event(4, prompt="ratio 3 : 1")),
     dumps(valid_event(4, metadata={'k"': 'v":'})),
+    # JSON null for a field a reference event leaves out; a reference event with a field twice
+    dumps(valid_event(4)).replace(b'"prompt": "question 4?"', b'"prompt": null'),
+    dumps(valid_event(4, prompt=None, response=None, model_name=None, model_version=None)).replace(
+        b'"value": -1', b'"value": -1, "response_id": "resp-4"'),
 ])
 def test_fast_path_and_model_agree_on_odd_json(raw: bytes) -> None:
     fast, model = _both_paths(raw)

@@ -43,6 +43,37 @@ def test_schema_file_accepts_every_qa_feedback_event(qa_feedback_path: Path) -> 
     assert all(isinstance(validate_event(e), Valid) for e in events)
 
 
+_REF = {"prompt": None, "response": None, "model_name": None, "model_version": None}
+
+
+@pytest.mark.parametrize(("overrides", "ok"), [
+    (_REF, True),  # a reference event
+    ({**_REF, "event_type": "rating", "value": 4}, True),
+    ({**_REF, "event_type": "correction", "value": None, "corrected_response": "better"}, True),
+    ({"event_type": "signal", "name": "copy", "value": 1}, True),  # a full signal
+    ({**_REF, "event_type": "signal", "name": "dwell", "value": 8.5}, True),  # a reference signal
+    ({"prompt": None, "response": None}, False),  # neither full nor reference
+    ({"model_version": None}, False),
+    ({**_REF, "event_type": "preference", "value": None, "response_b": "o", "preferred": "a"}, False),
+    ({"event_type": "signal", "name": "Copy", "value": 1}, False),
+    ({"event_type": "signal", "name": "copy", "value": None}, False),
+])
+def test_schema_file_and_model_agree_on_reference_events_and_signals(overrides: dict, ok: bool) -> None:
+    event = valid_event(2, **overrides)
+    assert jsonschema.Draft202012Validator(load_json_schema()).is_valid(event) is ok
+    assert isinstance(validate_event(event), Valid) is ok
+
+
+def test_a_reference_event_lands_in_bronze_with_empty_texts_and_model() -> None:
+    result = validate_event(valid_event(2, **_REF))
+    assert isinstance(result, Valid) and result.model.is_reference
+    row = dict(zip(bronze.FEEDBACK_ROW_COLUMNS, bronze.feedback_row(result.model)))
+    assert (row["prompt"], row["response"], row["model_name"], row["model_version"]) == ("", "", "", "")
+    assert row["response_id"] == "resp-2" and row["value"] == -1.0
+    partial = validate_event(valid_event(2, prompt=None, response=None))
+    assert isinstance(partial, Invalid) and "missing required field 'prompt', 'response'" in partial.reason
+
+
 # ---- qa_feedback loader ------------------------------------------------------------------------
 def test_qa_feedback_loader_maps_the_real_data(qa_feedback_path: Path) -> None:
     events = load_events(qa_feedback_path)

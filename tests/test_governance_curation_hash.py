@@ -138,3 +138,28 @@ def test_a_gold_table_made_before_keep_history_gets_it_at_its_next_curation(sett
     local.curate_silver(settings, D2, cfg=cfg, key=KEY)
     rep = local.curate_examples(settings, D2, cfg=cfg)
     assert L.keeps_history(DeltaTable(uri)) and _assert_hash_read_back(uri, D.EXAMPLES, rep.version) == rep.content_hash
+
+
+def test_a_gold_table_made_before_the_signals_column_takes_it_with_the_right_hash(settings, qa_feedback_path) -> None:
+    """Gold written by an older lakeloop (no ``signals``): the next curation merges the column in, and the hash it
+    records is the content hash of the merged table (old rows read it as null)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from features.schema import TRAINING_EXAMPLES
+
+    write_bronze(table_uri(settings, "bronze/feedback_events"), qa_events(qa_feedback_path, n_questions=12, days=2))
+    cfg = CurationConfig()
+    local.curate_silver(settings, D1, cfg=cfg, key=KEY)
+    local.curate_examples(settings, D1, cfg=cfg)
+    uri = table_uri(settings, D.EXAMPLES)
+    old = lake.read(uri)
+    assert old is not None
+    shutil.rmtree(uri)
+    before = pa.schema([f for f in TRAINING_EXAMPLES if f.name != "signals"])
+    write_deltalake(uri, old.drop("signals").to_arrow().cast(before), partition_by=["event_date"], configuration=L.KEEP_HISTORY)
+    local.curate_silver(settings, D2, cfg=cfg, key=KEY)
+    rep = local.curate_examples(settings, D2, cfg=cfg)
+    merged = lake.read(uri)
+    assert merged is not None and "signals" in merged.columns and merged.height > old.height
+    assert _assert_hash_read_back(uri, D.EXAMPLES, rep.version) == rep.content_hash

@@ -618,3 +618,16 @@ def test_the_drift_check_embeds_a_dialogues_last_turn() -> None:
     assert last_turn("who designed it?\n\nPassages: ...") == "who designed it?\n\nPassages: ..."
     texts = pair_texts(pd.DataFrame({"prompt": [dialogue], "response": ["Gustave Eiffel's company."]}))
     assert texts == ["User: who designed the Eiffel tower?\nGustave Eiffel's company."]
+
+
+def test_implicit_signals_are_an_evaluation_slice_when_gold_has_them() -> None:
+    examples = pd.DataFrame({
+        "prompt": [f"q{i}" for i in range(8)], "response": ["a short answer"] * 8, "label": [1.0, 0.0] * 4,
+        "event_types": ["thumbs"] * 8, "app_id": "app", "model_name": "m",
+        "signals": ["copy", "copy", "copy", "copy", None, None, "copy,dwell", "copy,dwell"]})
+    pairs = pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "app_id", "model_name"])
+    scored = E.Scored(np.array([0.9, 0.1, 0.2, 0.8, 0.7, 0.3, 0.6, 0.4]), np.zeros(0), np.zeros(0))
+    slices = E.slices_of(scored, examples, pairs)
+    assert {k for k in slices if k.startswith("auc|signal=")} == {"auc|signal=copy", "auc|signal=none", "auc|signal=copy,dwell"}
+    assert slices["auc|signal=none"] == (1.0, 1) and slices["auc|signal=copy"] == (0.75, 2)
+    assert not any("signal=" in k for k in E.slices_of(scored, examples.drop(columns="signals"), pairs))  # older gold

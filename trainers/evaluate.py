@@ -273,7 +273,11 @@ def score_eval(scorer: Scorer, examples: pd.DataFrame, pairs: pd.DataFrame) -> t
 def slices_of(s: Scored, examples: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, tuple[float, int]]:
     slices: dict[str, tuple[float, int]] = {}
     ex = examples.assign(_p=s.probs, length=examples["response"].map(length_bucket), event_type=examples["event_types"])
-    for dim in ("event_type", "app_id", "model_name", "length"):
+    dims = ["event_type", "app_id", "model_name", "length"]
+    if "signals" in ex.columns:  # gold made before implicit signals has no such column
+        ex = ex.assign(signal=ex["signals"].fillna("none"))
+        dims.append("signal")
+    for dim in dims:
         for val, g in ex.groupby(dim):
             labels = g["label"].to_numpy(float)
             # an AUC is only as precise as its smaller class allows: n is that class's count (9 positives among 89

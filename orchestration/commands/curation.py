@@ -44,7 +44,7 @@ def curate(
 ) -> None:
     """Run the curation steps (silver, training examples, preference pairs) for each day, without Dagster."""
     from features import lake
-    from features.config import CurationConfig
+    from features.references import late_line
     from features.engine import STAGES
     from features.engine import curate as run
     from infra.tables import table_uri
@@ -58,7 +58,7 @@ def curate(
         if bronze is None:
             raise DataError("bronze/feedback_events does not exist", hint="run `lakeloop ingest --once` first")
         days = sorted(set(bronze["event_date"].to_list()))
-    cfg = CurationConfig(engine=engine or s.engine, eval_fraction=s.curation_eval_fraction)
+    cfg = CurationResource(engine=engine).config(s)  # the settings' engine, eval fraction, reference wait, signal labels
     key = CurationResource(pseudonym_key=os.environ.get(KEY_ENV)).key(s)
     for n, d in enumerate(days, 1):
         for stage in STAGES:
@@ -66,6 +66,11 @@ def curate(
             drops = ", ".join(f"{k}={v}" for k, v in sorted(rep.drops.items())) or "none"
             say(f"[{n}/{len(days)}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} rows in {rep.seconds:.1f}s "
                 f"(v{rep.version}{', unchanged' if rep.skipped else ''}; drops: {drops})")
+            if rep.stats.get("reference_pending"):
+                say(f"  {rep.stats['reference_pending']} reference event(s) wait for their prediction (kept in bronze)")
+            if rep.stats.get("reference_late"):
+                say("  " + late_line(str(d), rep.stats["reference_late"], rep.stats["reference_pending"],
+                                     cfg.reference_wait_minutes))
 
 
 def register(app: typer.Typer) -> None:

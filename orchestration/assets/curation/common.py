@@ -82,6 +82,7 @@ COLUMN_DOCS = {
     "label": "mean event label in [0, 1] (thumbs -1/1 -> 0/1, rating 1..5 -> 0..1)",
     "n_events": "events aggregated into the label",
     "event_types": "event types seen, sorted, comma-joined",
+    "signals": "implicit signals (copy, regenerate, dwell, abandon, ...) seen on the response that day, sorted, comma-joined",
     "user_id": "keyed pseudonym (HMAC-SHA256) of the user of the earliest event",
     "cluster_id": "near-duplicate cluster of the prompt (MinHash LSH)",
     "split": "train | eval, a stable hash of cluster_id",

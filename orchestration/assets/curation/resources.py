@@ -38,7 +38,10 @@ class CurationResource(dg.ConfigurableResource):
     def config(self, settings: Settings | None = None) -> CurationConfig:
         engine = self.engine or (settings.engine if settings is not None else "local")
         fraction = self.eval_fraction if self.eval_fraction is not None else (settings.curation_eval_fraction if settings is not None else 0.1)
-        return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction)
+        if settings is None:
+            return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction)
+        return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction,
+                              reference_wait_minutes=settings.reference_wait_minutes, signal_labels=settings.signal_labels)
 
     def key(self, settings: Settings) -> bytes:
         if self.pseudonym_key:

@@ -10,7 +10,7 @@ import time
 
 import dagster as dg
 
-from features.arrivals import ArrivalState, due_days, requested, rows_per_day
+from features.arrivals import ArrivalState, due_days, reference_days, requested, rows_per_day, with_predictions
 from infra.tables import table_uri
 from orchestration.assets.curation.common import GROUP
 from orchestration.automation import TRIGGER_TAG, autopilot_default, tick_seconds
@@ -37,13 +37,17 @@ def curation_in_flight(instance: dg.DagsterInstance, day: str | None = None) -> 
 @dg.sensor(
     job=curation_job, minimum_interval_seconds=tick_seconds(), default_status=autopilot_default(),
     description="Autopilot: curate each event day of bronze/feedback_events that received new rows (debounced: at once at "
-                "curation_min_new_rows new rows, else at most every curation_debounce_minutes); one curation run at a time.",
+                "curation_min_new_rows new rows, else at most every curation_debounce_minutes); one curation run at a time. "
+                "A day with reference feedback also counts its rows of bronze/predictions (late predictions re-curate it).",
 )
 def curate_on_arrival(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettings) -> dg.SensorResult:
     settings = lakeloop.load()
     state = ArrivalState.from_json(context.cursor)
     now = time.time()
-    rows = rows_per_day(table_uri(settings, "bronze/feedback_events"))
+    bronze = table_uri(settings, "bronze/feedback_events")
+    # a day with reference feedback also counts its predictions: one that lands late makes the day due again
+    rows = with_predictions(rows_per_day(bronze), rows_per_day(table_uri(settings, "bronze/predictions")),
+                            reference_days(bronze))
     due, waiting = due_days(state, rows, now=now, min_new_rows=settings.curation_min_new_rows,
                             debounce_s=settings.curation_debounce_minutes * 60)
     requests: list[dg.RunRequest] = []
