@@ -5,7 +5,8 @@ A window of traffic is compared with a reference (the champion's pinned gold dat
 - data drift: text descriptors (lengths, word counts) and embedding projections (cosine to the reference
   centroid and the top principal components of all-MiniLM-L6-v2 embeddings, fitted on the reference);
 - prediction drift: the score distribution;
-- feedback drift: thumbs-down and correction flags (rows without feedback are NaN and ignored).
+- feedback drift: thumbs-down and correction flags, and per implicit signal (copy, regenerate, dwell, abandon) whether
+  the response got one, compared only when some app sends that signal (rows without feedback are NaN and ignored).
 Numeric columns use the normed Wasserstein distance, feedback flags the Jensen-Shannon distance: both are
 effect sizes, so a large window does not turn a negligible shift into an alarm (unlike p-values).
 
@@ -36,7 +37,8 @@ Method = Literal["wasserstein", "jensenshannon"]
 CLUSTER = "cluster"  # featurize's key of the prompt: the rows of one prompt are resampled together
 TEXT_DESCRIPTORS = ("prompt_chars", "response_chars", "prompt_words", "response_words")
 EMBEDDING_FEATURES = ("emb_centroid_cos", "emb_pc1", "emb_pc2")
-FEEDBACK_FLAGS = ("thumbs_down", "corrected")
+SIGNAL_FLAGS = ("signal_copy", "signal_regenerate", "signal_dwell", "signal_abandon")  # feedback.events.SIGNAL_NAMES
+FEEDBACK_FLAGS = ("thumbs_down", "corrected", *SIGNAL_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -371,6 +373,8 @@ def _plan(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig) -
     for col in FEEDBACK_FLAGS:
         have = int(current[col].notna().sum()) if col in current.columns else 0
         ref_have = int(reference[col].notna().sum()) if col in reference.columns else 0
+        if col in SIGNAL_FLAGS and not (_rate(current, col) or _rate(reference, col)):
+            continue  # no app sends that signal: nothing to compare (not a skip worth reporting)
         if have >= config.min_feedback and ref_have >= config.min_feedback:
             plan.append(Planned(col, "feedback", "jensenshannon", config.feedback_threshold))
         else:
@@ -453,12 +457,16 @@ def check_drift(
         if cols:
             groups[group] = any(c.drifted for c in cols)
     rates: dict[str, float] = {}
-    for col, name in (("thumbs_down", "thumbs_down_rate"), ("corrected", "correction_rate")):
-        for side, frame in (("current", current), ("reference", reference)):
-            value = _rate(frame, col)
+    for col, name in (("thumbs_down", "thumbs_down_rate"), ("corrected", "correction_rate"),
+                      *((flag, f"{flag}_rate") for flag in SIGNAL_FLAGS)):
+        sides = [(side, _rate(frame, col)) for side, frame in (("current", current), ("reference", reference))]
+        if col in SIGNAL_FLAGS and not any(value for _, value in sides):
+            continue  # a signal no app sends
+        for side, value in sides:
             if value is not None:
                 rates[f"{side}_{name}"] = value
-    n_fb = int(current[list(FEEDBACK_FLAGS)].notna().any(axis=1).sum()) if set(FEEDBACK_FLAGS) <= set(current.columns) else 0
+    verdict_flags = ["thumbs_down", "corrected"]
+    n_fb = int(current[verdict_flags].notna().any(axis=1).sum()) if set(verdict_flags) <= set(current.columns) else 0
     return DriftVerdict(
         columns=tuple(columns),
         groups=groups,

@@ -9,6 +9,7 @@ split and the split held out from it), scored by the champion on the held-out ro
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from feedback.streams import StreamName, get_stream
 from infra.errors import DataError
 from infra.settings import Settings
 from infra.tables import table_uri
+from monitors.drift import SIGNAL_FLAGS
 from monitors.predictions import COLUMNS, TopicRead, Validator, predictions_frame, read_topic
 
 Source = Literal["lake", "kafka"]
 log = logging.getLogger("lakeloop.monitors.windows")
-FEEDBACK_COLUMNS = ["event_id", "event_type", "response_id", "value", "occurred_at", "preferred", "response_b"]
+FEEDBACK_COLUMNS = ["event_id", "event_type", "response_id", "value", "occurred_at", "preferred", "response_b", "name"]
 
 
 def _lake_rows(settings: Settings, name: str, columns: list[str], time_col: str, since: datetime, until: datetime) -> pd.DataFrame:
@@ -72,7 +74,21 @@ def _feedback(settings: Settings, since: datetime, until: datetime, source: Sour
         # erasure requests share the topic but are no feedback: the ingestor lands them in governance/erasure_requests
         feedback = [r for r in read.records if r.get("event_type") != "erasure_request"]
         return pd.DataFrame.from_records(feedback, columns=FEEDBACK_COLUMNS), read.invalid
-    return _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until), 0
+    return _with_signal_names(settings, _lake_rows(settings, "bronze/feedback_events", FEEDBACK_COLUMNS, "occurred_at", since, until)), 0
+
+
+def _with_signal_names(settings: Settings, feedback: pd.DataFrame) -> pd.DataFrame:
+    """Bronze keeps a signal's ``name`` in its raw payload only: read it for the window's signal events (their raw
+    column alone, none when the window has no signal)."""
+    from deltalake import DeltaTable
+
+    signals = feedback["event_type"].astype(str) == "signal" if len(feedback) else pd.Series(dtype=bool)
+    if not signals.any():
+        return feedback.assign(name=None)
+    raw = DeltaTable(table_uri(settings, "bronze/feedback_events")).to_pandas(
+        columns=["event_id", "raw"], filters=[("event_type", "=", "signal")])
+    names = {e: json.loads(r).get("name") for e, r in zip(raw["event_id"], raw["raw"], strict=True)}
+    return feedback.assign(name=feedback["event_id"].map(names).where(signals, None))
 
 
 def load_predictions(settings: Settings, *, since: datetime, until: datetime, source: Source = "lake") -> pd.DataFrame:
@@ -127,21 +143,31 @@ def event_labels(event_type: pd.Series, value: pd.Series) -> pd.Series:
     return pd.Series(np.where(thumbs, (v + 1.0) / 2.0, np.where(rating, (v - 1.0) / 4.0, np.nan)), index=v.index)
 
 
+FLAG_COLUMNS = ["response_id", "thumbs_down", "corrected", *SIGNAL_FLAGS]
+
+
 def feedback_flags(feedback: pd.DataFrame) -> pd.DataFrame:
     """Per response with pointwise feedback (thumbs, rating or correction), as the reference defines them
     (``training_reference``): thumbs_down = the mean thumbs/rating label is below 0.5 (NaN without thumbs or
-    rating), corrected = 1 if a correction, else 0. Responses with preference feedback only are left out (NaN
-    flags after the join), as preference-pair responses are in the reference."""
+    rating), corrected = 1 if a correction, else 0, and per implicit signal ``signal_<name>`` = 1 if the response got
+    one (its ``name`` column), else 0. Responses with preference feedback only are left out (NaN flags after the
+    join), as preference-pair responses are in the reference."""
     if feedback.empty:
-        return pd.DataFrame(columns=["response_id", "thumbs_down", "corrected"])
+        return pd.DataFrame(columns=FLAG_COLUMNS)
     fb = feedback.assign(response_id=feedback["response_id"].astype(str))
+    signals = fb[fb["event_type"] == "signal"]
     fb = fb[fb["event_type"].isin(POINTWISE)]
     if fb.empty:
-        return pd.DataFrame(columns=["response_id", "thumbs_down", "corrected"])
+        return pd.DataFrame(columns=FLAG_COLUMNS)
     fb = fb.assign(label=event_labels(fb["event_type"], fb["value"]), is_correction=(fb["event_type"] == "correction").astype(float))
     per = fb.groupby("response_id", sort=False).agg(label=("label", "mean"), corrected=("is_correction", "max"))
     thumbs_down = np.where(per["label"].notna(), (per["label"] < 0.5).astype(float), np.nan)
-    return pd.DataFrame({"response_id": per.index.to_numpy(), "thumbs_down": thumbs_down, "corrected": per["corrected"].to_numpy()})
+    out = pd.DataFrame({"response_id": per.index.to_numpy(), "thumbs_down": thumbs_down, "corrected": per["corrected"].to_numpy()})
+    named = set(zip(signals["response_id"], signals["name"])) if "name" in signals.columns else set()
+    for flag in SIGNAL_FLAGS:
+        name = flag.removeprefix("signal_")
+        out[flag] = [float((r, name) in named) for r in out["response_id"]]
+    return out
 
 
 def current_frame(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +201,8 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0,
     from monitors import model_store
 
     pins = model_store.training_pins(settings, version) if version is not None else {}
-    df = _gold(settings, "gold/training_examples", ["prompt", "response", "label", "split"], pins.get("gold/training_examples"), version)
+    df = _gold(settings, "gold/training_examples", ["prompt", "response", "label", "split", "signals"], pins.get("gold/training_examples"),
+               version)
     if df is None:
         raise DataError(
             "gold/training_examples does not exist, so there is no drift reference",
@@ -190,21 +217,25 @@ def training_reference(settings: Settings, *, sample: int = 5000, seed: int = 0,
 
 def _gold(settings: Settings, name: str, columns: list[str], pin: Any, model_version: str | None) -> pd.DataFrame | None:
     """``name`` at the pinned Delta version, else (with a warning when a model version was asked for) the latest;
-    None when the table does not exist."""
+    None when the table does not exist. Of ``columns``, those the version has (an older one may lack a newer column)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    def read(dt: DeltaTable) -> pd.DataFrame:
+        have = {f.name for f in dt.schema().fields}
+        return dt.to_pandas(columns=[c for c in columns if c in have])
 
     if pin is not None:
         uri = pin.uri or table_uri(settings, name)
         try:
-            return DeltaTable(uri, version=pin.version).to_pandas(columns=columns)
+            return read(DeltaTable(uri, version=pin.version))
         except (DeltaError, OSError, pa.ArrowException) as exc:  # vacuumed files, expired log, table moved
             log.warning("drift reference: %s at Delta version %d (what model v%s was trained on) cannot be read (%s); "
                         "using the latest version instead", uri, pin.version, model_version, str(exc).splitlines()[0][:200])
     elif model_version is not None:
         log.warning("drift reference: model v%s records no Delta version of %s; using the latest version instead", model_version, name)
     try:
-        return DeltaTable(table_uri(settings, name)).to_pandas(columns=columns)
+        return read(DeltaTable(table_uri(settings, name)))
     except TableNotFoundError:
         return None
 
@@ -222,11 +253,14 @@ def reference_rows(examples: pd.DataFrame, pairs: pd.DataFrame, *, sample: int =
 
     corrections = pairs[pairs["source"] == "correction"]
     corrected = set(zip(corrections["prompt"], corrections["rejected"], strict=True))
+    seen = (examples["signals"].fillna("").astype(str).str.split(",") if "signals" in examples.columns
+            else pd.Series([[]] * len(examples), index=examples.index))
     frames = [pd.DataFrame({
         "prompt": examples["prompt"].to_numpy(),
         "response": examples["response"].to_numpy(),
         "thumbs_down": (pd.to_numeric(examples["label"]) < 0.5).astype(float).to_numpy(),
         "corrected": [float((p, r) in corrected) for p, r in zip(examples["prompt"], examples["response"], strict=True)],
+        **{flag: [float(flag.removeprefix("signal_") in names) for names in seen] for flag in SIGNAL_FLAGS},
         "split": split_of(examples),
     })]
     for col in ("rejected", "chosen"):

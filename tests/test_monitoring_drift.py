@@ -461,3 +461,59 @@ def test_embedded_text_keeps_the_response_of_a_long_prompt() -> None:
     (text,) = pair_texts(frame)
     assert text.startswith("Who wrote it? Passages: [1] word") and text.endswith("\nAn answer.")
     assert len(text.split()) == EMBED_PROMPT_WORDS + 2
+
+
+def test_signal_flags_are_defined_like_the_verdict_flags_on_both_sides() -> None:
+    """A response's implicit signals become ``signal_<name>`` flags where it has pointwise feedback, in a live window
+    (the events' ``name``) and in the reference (gold's ``signals`` column): the same rows, the same meaning."""
+    from monitors.windows import feedback_flags, reference_rows
+
+    fb = pd.DataFrame([
+        {"event_id": "e1", "event_type": "thumbs", "response_id": "r1", "value": 1.0, "name": None},
+        {"event_id": "e2", "event_type": "signal", "response_id": "r1", "value": 1.0, "name": "copy"},
+        {"event_id": "e3", "event_type": "thumbs", "response_id": "r2", "value": -1.0, "name": None},
+        {"event_id": "e4", "event_type": "signal", "response_id": "r2", "value": 1.0, "name": "regenerate"},
+        {"event_id": "e5", "event_type": "signal", "response_id": "r3", "value": 9.5, "name": "dwell"},  # no verdict: no row
+    ])
+    flags = feedback_flags(fb).set_index("response_id")
+    assert list(flags.index) == ["r1", "r2"]
+    assert flags.loc["r1", ["signal_copy", "signal_regenerate"]].tolist() == [1.0, 0.0]
+    assert flags.loc["r2", ["signal_copy", "signal_regenerate", "signal_dwell"]].tolist() == [0.0, 1.0, 0.0]
+    examples = pd.DataFrame({"prompt": ["q1", "q2", "q3"], "response": ["a1", "a2", "a3"], "label": [1.0, 0.0, 1.0],
+                             "signals": ["copy", "dwell,regenerate", None], "split": "train"})
+    ref = reference_rows(examples, pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "split"])).set_index("response")
+    assert ref.loc["a1", ["signal_copy", "signal_regenerate"]].tolist() == [1.0, 0.0]
+    assert ref.loc["a2", ["signal_copy", "signal_regenerate", "signal_dwell"]].tolist() == [0.0, 1.0, 1.0]
+    assert ref.loc["a3", ["signal_copy", "signal_regenerate", "signal_dwell", "signal_abandon"]].tolist() == [0.0] * 4
+    old = reference_rows(examples.drop(columns="signals"), pd.DataFrame(columns=["prompt", "chosen", "rejected", "source", "split"]))
+    assert (old["signal_copy"] == 0.0).all()  # gold from before signals: none seen
+
+
+def test_a_signal_is_compared_only_when_an_app_sends_it_and_its_rate_can_drift() -> None:
+    """No signal anywhere: no signal column is planned, reported or rated (the verdict flags are). A window whose
+    users regenerate 40% of answers against 5% in the reference drifts on feedback."""
+    from monitors.drift import DriftConfig, check_drift
+
+    rng = np.random.default_rng(0)
+    n = 400
+
+    def frame(regenerate: float) -> pd.DataFrame:
+        f = pd.DataFrame({"prompt": [f"question {i % 50}" for i in range(n)], "response": ["an answer of some words"] * n})
+        from monitors.drift import featurize
+
+        out = featurize(f)
+        out["thumbs_down"] = (rng.random(n) < 0.3).astype(float)
+        out["corrected"] = 0.0
+        for flag in ("signal_copy", "signal_dwell", "signal_abandon"):
+            out[flag] = 0.0
+        out["signal_regenerate"] = (rng.random(n) < regenerate).astype(float)
+        return out
+
+    quiet = check_drift(frame(0.0), frame(0.0), config=DriftConfig(calibrate=False))
+    assert not any(c.column.startswith("signal_") for c in quiet.columns)
+    assert not any(k.startswith(("current_signal", "reference_signal")) for k in quiet.rates)
+    assert {"thumbs_down", "corrected"} <= {c.column for c in quiet.columns}
+    drifted = check_drift(frame(0.05), frame(0.40), config=DriftConfig(calibrate=False))
+    regen = next(c for c in drifted.columns if c.column == "signal_regenerate")
+    assert regen.drifted and drifted.groups["feedback"] and drifted.rates["current_signal_regenerate_rate"] > 0.3
+    assert not any(c.column == "signal_copy" for c in drifted.columns)

@@ -120,3 +120,21 @@ def test_kafka_window_skips_and_counts_malformed_records(kafka: Settings, caplog
     # the older entry points, which the drift asset and CLI call, return the same good rows
     assert len(load_predictions(s, since=since, until=until, source="kafka")) == len(good)
     assert len(load_feedback(s, since=since, until=until, source="kafka")) == 6
+
+
+def test_a_lake_window_reads_signal_names_from_their_raw_payload(settings: Settings) -> None:
+    """Bronze keeps a signal's name in ``raw`` only; the window reads it for signal events and flags their responses."""
+    ts = pa.timestamp("us", tz="UTC")
+    raw = [json.dumps({"event_type": "thumbs"}), json.dumps({"event_type": "signal", "name": "regenerate", "value": 1}),
+           json.dumps({"event_type": "signal", "name": "copy", "value": 1})]
+    fb = pa.table({
+        "event_id": ["e1", "e2", "e3"], "event_type": ["thumbs", "signal", "signal"], "response_id": ["r1", "r1", "r9"],
+        "value": [-1.0, 1.0, 1.0], "occurred_at": pa.array([T0 + timedelta(minutes=5)] * 3, ts), "raw": raw,
+        "event_date": pa.array([T0.date()] * 3, pa.date32()),
+    })
+    write_deltalake(table_uri(settings, "bronze/feedback_events"), fb, partition_by=["event_date"])
+    f = load_feedback(settings, since=T0, until=T0 + timedelta(hours=1)).set_index("event_id")
+    assert f.loc["e2", "name"] == "regenerate" and f.loc["e3", "name"] == "copy" and f.loc["e1", "name"] is None
+    preds = pd.DataFrame({"response_id": ["r1"], "prompt": ["p"], "response": ["a"], "score": [0.4], "model_version": ["1"]})
+    cur = current_frame(preds, f.reset_index()).iloc[0]
+    assert cur["thumbs_down"] == 1.0 and cur["signal_regenerate"] == 1.0 and cur["signal_copy"] == 0.0
