@@ -122,7 +122,8 @@ class Settings(BaseSettings):
                                 "for slices only.")
     pii_ner: bool = Field(False, description="Curation and raw retention also redact person names and locations "
                           "([PERSON], [LOCATION]) with a Presidio + spaCy NER pass (`pip install 'lakeloop[ner]'`); "
-                          "about 100x slower than the structured pass, so off by default (docs/design/curation.md).")
+                          "160-900x slower than the structured pass and it also takes public names out of ordinary answers, so off by "
+                          "default (docs/design/curation.md).")
     curation_eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompt clusters curation holds out as the "
                                           "eval split (the gate's evidence: more eval prompts, narrower paired intervals).")
     retrain_min_new_rows: int = Field(500, ge=1, description="Retrain when the gold tables grew by this many rows beyond the "
