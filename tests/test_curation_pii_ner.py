@@ -95,3 +95,17 @@ def test_the_model_is_never_downloaded(monkeypatch) -> None:
     monkeypatch.setattr(spacy.cli, "download", no_download)
     monkeypatch.setattr(pii_ner, "_analyzer", None)
     assert pii_ner.spans("Olga Ivanova lives in Berlin.") == [(0, 12, "PERSON"), (22, 28, "LOCATION")]
+
+
+def test_benchmark_scores_tokens_by_alignment() -> None:
+    """bench.bench_pii's token-level scoring, on a hand-checked case: what the published figures rest on."""
+    from bench.bench_pii import fill, predicted_labels, score, token_labels
+
+    text, gold = fill("Call {person} on {phone} now, {first}.", {"person": "Mateo Bello", "phone": "(415) 555-2671", "first": "Ana"})
+    assert text == "Call Mateo Bello on (415) 555-2671 now, Ana." and gold == [(5, 16, "PERSON"), (20, 34, "PHONE"), (40, 43, "PERSON")]
+    pred = predicted_labels(text, "Call [PERSON] on [PHONE] [LOCATION] [PERSON].")
+    assert token_labels(text, gold) == [None, "PERSON", "PERSON", None, "PHONE", "PHONE", None, "PERSON"]
+    assert pred == [None, "PERSON", "PERSON", None, "PHONE", "PHONE", "LOCATION", "PERSON"]
+    s = score([token_labels(text, gold)], [pred])
+    assert s["ALL"] == {"precision": round(5 / 6, 4), "recall": 1.0, "gold_tokens": 5, "redacted_tokens": 6}
+    assert s["LOCATION"]["precision"] == 0.0 and s["PERSON"] == {"precision": 1.0, "recall": 1.0, "gold_tokens": 3, "redacted_tokens": 3}
