@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# setuptools prints an informational "Editable installation" notice on every editable build: not for the user
-	PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet -e '.[test,bench,ner]'
 	@touch $(STAMP)
 
 # System packages the tests need (headless Chromium for the UI screenshot); Java and Maven are checked too.

@@ -59,6 +59,8 @@ class CurationConfig(BaseModel):
     eval_fraction: float = Field(0.1, ge=0.0, le=1.0)
     survivor: SurvivorRule = "earliest"
     extra_pii_patterns: dict[str, str] = Field(default_factory=dict, description="Extra PII kinds: NAME -> regex; placeholder [NAME].")
+    pii_ner: bool = Field(False, description="Also redact person names and locations with the NER pass (features.pii_ner; "
+                          "needs the `ner` extra). Off: the fast structured pass only.")
     reference_wait_minutes: float = Field(60.0, ge=0, description="Pending reference events older than this are reported late.")
     signal_labels: bool = Field(False, description="Implicit signals become pointwise labels (features.labels).")
     commit_retries: int = Field(8, ge=0, description="Retries of a Delta commit that lost a race with another writer.")

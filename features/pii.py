@@ -4,6 +4,10 @@ Structured kinds are found by a pattern and, where one exists, confirmed by a ch
 credit cards by Luhn, IBANs by ISO 7064 mod-97, IP addresses by ``ipaddress``. Extra kinds come from the
 config as ``NAME -> regex``. Detectors run in a fixed order (most specific first) so a card number is not
 half-eaten by the phone pattern. The same ``Redactor`` scans gold tables in the "no PII left" check.
+
+With ``ner=True`` (the ``pii_ner`` setting) a second pass, ``features.pii_ner``, then redacts person names and
+locations (``[PERSON]``, ``[LOCATION]``) with a Presidio + spaCy model over the text the first pass left; it needs
+the ``ner`` extra, checked when the ``Redactor`` is built.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from features.pii_ner import NerPass
 
 Validator = Callable[[str], bool]
 
@@ -103,13 +111,18 @@ STRUCTURED_KINDS = tuple(d.kind for d in BUILTIN)
 class Redactor:
     """Replaces every PII match with its placeholder and counts matches by kind."""
 
-    def __init__(self, extra_patterns: Mapping[str, str] | None = None) -> None:
+    def __init__(self, extra_patterns: Mapping[str, str] | None = None, *, ner: bool = False) -> None:
         extra = []
         for kind, regex in (extra_patterns or {}).items():
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", kind):
                 raise ValueError(f"PII kind {kind!r} must be UPPER_SNAKE (it becomes the placeholder [{kind}])")
             extra.append(Detector(kind, re.compile(regex)))
         self.detectors: tuple[Detector, ...] = BUILTIN + tuple(extra)
+        self.ner: NerPass | None = None
+        if ner:
+            from features.pii_ner import NerPass
+
+            self.ner = NerPass.checked()
 
     def redact(self, text: str | None) -> tuple[str | None, Counter[str]]:
         found: Counter[str] = Counter()
@@ -119,6 +132,8 @@ class Redactor:
             if not det.trigger(text):
                 continue
             text = det.pattern.sub(self._replacer(det, found), text)
+        if self.ner is not None:
+            text = self.ner.redact_many([text], [found])[0]
         return text, found
 
     def find(self, text: str | None) -> Counter[str]:
@@ -141,8 +156,9 @@ class Redactor:
 
         return repl
 
-    def redact_many(self, texts: Iterable[str | None]) -> tuple[list[str | None], list[Counter[str]]]:
-        """Redact a column. Rows that no detector's prefilter matches (a bulk polars scan) are skipped."""
+    def redact_many(self, texts: Iterable[str | None], *, ner: bool = True) -> tuple[list[str | None], list[Counter[str]]]:
+        """Redact a column. Rows that no detector's prefilter matches (a bulk polars scan) are skipped by the structured
+        pass. ``ner=False`` leaves out the NER pass where it is on (ids: a language model reads ``qa-app`` as a name)."""
         import polars as pl
 
         values = list(texts)
@@ -170,6 +186,8 @@ class Redactor:
                 if (m is None or m[n]) and det.trigger(text):
                     text = det.pattern.sub(self._replacer(det, found), text)
             out[n] = text
+        if self.ner is not None and ner:  # every row: names have no cheap prefilter
+            out = self.ner.redact_many(out, counts)
         return out, counts
 
 

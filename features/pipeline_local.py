@@ -84,7 +84,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     rep = StageReport("silver/feedback", day, "local", rows_in=bronze.height, uri=uri)
     events, rep.drops["duplicate_event_id"] = dedup_events(bronze)
     refs = resolve_day_references(settings, events, wait_minutes=cfg.reference_wait_minutes)
-    silver = pl.from_arrow(transform_batch(refs.events.to_arrow(), key=key, redactor=Redactor(cfg.extra_pii_patterns)))
+    silver = pl.from_arrow(transform_batch(refs.events.to_arrow(), key=key, redactor=Redactor(cfg.extra_pii_patterns, ner=cfg.pii_ner)))
     assert isinstance(silver, pl.DataFrame)
     silver, index_rows, rep.stats = cluster_prompts(silver, settings, day, cfg)
     rep.stats.update(refs.stats())

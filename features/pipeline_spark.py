@@ -241,7 +241,8 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     rep = StageReport("silver/feedback", day, "spark", rows_in=bronze.count(), uri=uri)
     first = Window.partitionBy("event_id").orderBy(*EVENT_ORDER)
     events = bronze.withColumn("_rn", F.row_number().over(first)).where("_rn = 1").drop("_rn")
-    extra = dict(cfg.extra_pii_patterns)
+    extra, ner = dict(cfg.extra_pii_patterns), cfg.pii_ner
+    Redactor(extra, ner=ner)  # the driver fails early, naming the extra, when the NER pass is on without it
     from features.schema import BRONZE_EVENTS
 
     # reference events (few: the driver joins them to bronze/predictions with the local engine's function)
@@ -250,7 +251,7 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     if refs.events.height or refs.pending.height:
         events = events.where(~is_ref).unionByName(_from_polars(spark, refs.events, BRONZE_EVENTS))
 
-    silver = arrow_map(events, lambda t: transform_batch(t, key=key, redactor=Redactor(extra)), BRONZE_EVENTS, SILVER_FEEDBACK).cache()
+    silver = arrow_map(events, lambda t: transform_batch(t, key=key, redactor=Redactor(extra, ner=ner)), BRONZE_EVENTS, SILVER_FEEDBACK).cache()
     n = silver.count()
     rep.drops["duplicate_event_id"] = rep.rows_in - n - refs.pending.height  # pending references wait, not dropped
     prompts = _to_polars(silver.groupBy("prompt_hash").agg(F.first("prompt").alias("prompt"), F.min("occurred_at").alias("first_occurred_at"))

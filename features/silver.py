@@ -35,8 +35,9 @@ def dedup_events(bronze: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
 
 def pseudonymize_pii_ids(ids: list[str | None], *, key: bytes, redactor: Redactor) -> tuple[list[str | None], list[Counter[str]]]:
-    """Ids with PII (by the redaction detectors) replaced whole by ``pii_<keyed hash>``; the PII found per row."""
-    _, counts = redactor.redact_many(ids)
+    """Ids with PII (by the structured detectors; not the NER pass, which reads ids such as ``qa-app`` as names)
+    replaced whole by ``pii_<keyed hash>``; the PII found per row."""
+    _, counts = redactor.redact_many(ids, ner=False)
     out = [f"pii_{(pseudonymize(v, key) or '')[2:]}" if c and v is not None else v for v, c in zip(ids, counts)]
     return out, counts
 

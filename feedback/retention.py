@@ -107,7 +107,7 @@ def redact_expired(settings: Settings, *, tables: tuple[str, ...] = tuple(RAW_CO
     from features import lake
 
     at = now or datetime.now(timezone.utc)
-    red = redactor or Redactor()
+    red = redactor or Redactor(ner=settings.pii_ner)
     out = []
     for table in tables:
         if not lake.exists(table_uri(settings, table)):

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     signal_labels: bool = Field(False, description="Implicit signals (event_type signal) become training labels: copy -> 1, "
                                 "regenerate and abandon -> 0 (dwell and other names give none). Off: silver keeps them "
                                 "for slices only.")
+    pii_ner: bool = Field(False, description="Curation and raw retention also redact person names and locations "
+                          "([PERSON], [LOCATION]) with a Presidio + spaCy NER pass (`pip install 'lakeloop[ner]'`); "
+                          "160-900x slower than the structured pass and it also takes public names out of ordinary answers, so off by "
+                          "default (docs/design/curation.md).")
     curation_eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompt clusters curation holds out as the "
                                           "eval split (the gate's evidence: more eval prompts, narrower paired intervals).")
     retrain_min_new_rows: int = Field(500, ge=1, description="Retrain when the gold tables grew by this many rows beyond the "
@@ -161,7 +165,7 @@ class Settings(BaseSettings):
     eval_n_boot: int = Field(1000, ge=50, description="Bootstrap resamples for the evaluation's 95% intervals.")
     drift_reference_sample: int = Field(5000, ge=50, description="Training rows scored by the champion as drift reference.")
 
-    @field_validator("autopilot", "signal_labels", mode="before")
+    @field_validator("autopilot", "signal_labels", "pii_ner", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         if isinstance(v, str) and v.strip().lower() in ("on", "off"):

@@ -41,7 +41,8 @@ class CurationResource(dg.ConfigurableResource):
         if settings is None:
             return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction)
         return CurationConfig(engine=engine, user_cap=self.user_cap, eval_fraction=fraction,
-                              reference_wait_minutes=settings.reference_wait_minutes, signal_labels=settings.signal_labels)
+                              reference_wait_minutes=settings.reference_wait_minutes, signal_labels=settings.signal_labels,
+                              pii_ner=settings.pii_ner)
 
     def key(self, settings: Settings) -> bytes:
         if self.pseudonym_key:
