@@ -59,8 +59,8 @@ def demo(
 ) -> None:
     """Run the whole loop end to end with the real qa_feedback data: start the platform with autopilot on, send the
     feedback backlog, play live traffic through `lakeloop serve`, drift it, release a buggy app, and narrate what the
-    daemon does (from a fresh clone on 2 CPUs on 2026-12-07: 13.6 min, the demo itself 668 s; the three runs before the
-    paired canary 11.4-15.3 min; with --encoder 31 min)."""
+    daemon does (from a fresh clone on 2 CPUs on 2026-12-07: 13.6 and 14.0 min, the demo itself 668 s and 642 s; the three
+    runs before the paired canary 11.4-15.3 min; with --encoder 31 min)."""
     from orchestration.demo import DemoConfig, render_summary, run_demo
 
     quiet_third_party_output()  # the narration only: no artifact or weight-loading progress bars
