@@ -355,11 +355,7 @@ def paired_test(
         return float(running_p(np.where(enough, log_lr, -np.inf))[-1])
 
     two = log_mixture_lr(d + margin, v, tau=tau, alternative="two-sided")
-    low, high = -1.0, 1.0
-    for di, vi, ok in zip(d, v, enough, strict=True):
-        if ok:
-            r = _radius(float(vi), alpha=alpha, tau=tau)
-            low, high = max(low, float(di) - r), min(high, float(di) + r)
+    low, high = _paired_path(d, v, enough, alpha=alpha, tau=tau)[-1]
     return SequentialResult(
         p_worse=p(log_mixture_lr(d, v, tau=tau, alternative="less")),
         p_better=p(log_mixture_lr(d, v, tau=tau, alternative="greater")),
@@ -368,8 +364,22 @@ def paired_test(
     )
 
 
+def _paired_path(d: NDArray[np.float64], v: NDArray[np.float64], enough: NDArray[np.bool_], *, alpha: float,
+                 tau: float) -> list[tuple[float, float]]:
+    """The running intersection of the two-sided mixture's intervals after each look; (-1, 1) before ``min_count``."""
+    low, high, out = -1.0, 1.0, []
+    for di, vi, ok in zip(d, v, enough, strict=True):
+        if ok:
+            r = _radius(float(vi), alpha=alpha, tau=tau)
+            low, high = max(low, float(di) - r), min(high, float(di) + r)
+        out.append((low, high))
+    return out
+
+
 def paired_sequence_path(looks: Sequence[Paired], *, alpha: float, tau: float = DEFAULT_TAU,
                          min_count: int = DEFAULT_MIN_COUNT) -> list[tuple[float, float]]:
     """The paired confidence sequence as it stood after each look (the pictures show it per window)."""
-    return [(r.diff_low, r.diff_high) for r in (paired_test(looks[:k + 1], alpha=alpha, tau=tau, min_count=min_count)
-                                                 for k in range(len(looks)))]
+    if not looks:
+        return []
+    d, v, enough = _paired_arrays(looks, min_count)
+    return _paired_path(d, v, enough, alpha=alpha, tau=tau)

@@ -171,3 +171,15 @@ def test_a_model_that_cannot_score_falls_back_to_the_arms(settings, monkeypatch:
                                         apply=False, replay=broken)
     assert result.comparison is not None and result.comparison.paired is None
     assert isinstance(result.decision, Hold)
+
+
+def test_the_paired_path_ends_where_the_test_ends_and_never_widens() -> None:
+    from monitors.sequential import paired_sequence_path
+
+    rng = np.random.default_rng(5)
+    looks = _cumulative(_units(rng, 400, p_plus=0.1, p_minus=0.15), 40)
+    path = paired_sequence_path(looks, alpha=0.05)
+    r = paired_test(looks, alpha=0.05)
+    assert path[-1] == (r.diff_low, r.diff_high) and len(path) == len(looks)
+    widths = [hi - lo for lo, hi in path]
+    assert all(b <= a + 1e-12 for a, b in zip(widths, widths[1:]))
