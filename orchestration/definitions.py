@@ -31,7 +31,7 @@ def _domain_defs() -> list[dg.Definitions]:
 
 def build_definitions() -> dg.Definitions:
     resources = {"lakeloop": LakeloopSettings()}
-    resources["curation"] = importlib.import_module("orchestration.assets.curation.resources").CurationResource.for_deployment()
+    resources["curation"] = importlib.import_module("orchestration.assets.curation.resources").CurationResource()
     resources["monitoring"] = importlib.import_module("orchestration.assets.monitoring.resources").monitoring_for_deployment()
     resources["ingest"] = importlib.import_module("orchestration.assets.feedback.resources").IngestResource()
     resources.update(importlib.import_module("orchestration.assets.training.resources").resources())
