@@ -82,7 +82,9 @@ class Settings(BaseSettings):
                                            "machine's host name.")
     serve_port: int = Field(8000, ge=1, le=65535)
     # monitoring and rollout (issue 6)
-    alert_webhooks: str = Field("", description="Comma-separated alert webhooks `json+URL`, `slack+URL`, `teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl.")
+    alert_webhooks: SecretStr = Field(SecretStr(""), description="Comma-separated alert webhooks `json+URL`, `slack+URL`, "
+                                      "`teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl. A secret "
+                                      "(whoever holds a URL can post to the channel): never printed, cut to its host in records.")
     alert_dedup_seconds: float = Field(3600.0, ge=0, description="The same alert is sent at most once per this many seconds.")
     drift_windows_to_alert: int = Field(3, ge=1, description="Drifted windows in a row before a drift alert (and a retraining request).")
     canary_steps: str = Field("0.1,0.5", description="Canary traffic shares, in order, before promotion to champion.")
