@@ -70,7 +70,7 @@ def kafka_healthy(bootstrap: str, timeout: float = 3.0, *, settings: Settings | 
 
     config = {**client_config(settings), "bootstrap_servers": bootstrap} if settings is not None else {"bootstrap_servers": bootstrap}
     try:
-        admin = KafkaAdminClient(**config, request_timeout_ms=int(timeout * 1000))
+        admin = KafkaAdminClient(**config, request_timeout_ms=int(timeout * 1000), bootstrap_timeout_ms=int(timeout * 1000))
     except (KafkaError, OSError, ValueError):
         return False
     try:
