@@ -100,12 +100,12 @@ def _cores() -> int:
 
 
 def _freeze(model: RewardModel, layers: int) -> None:
-    """Freeze embeddings + the bottom ``layers`` blocks: backward stops there (cheaper steps on CPU)."""
-    if layers <= 0:
-        return
-    frozen = ("embeddings.",) + tuple(f"layer.{i}." for i in range(layers))
+    """Freeze embeddings + the bottom ``layers`` blocks: backward stops there (cheaper steps on CPU). The encoder's
+    pooler is always frozen: the model pools the hidden states itself, so the pooler never gets a gradient (AdamW
+    skips it anyway) and DDP would stop at the first step on a parameter that took no part in the loss."""
+    frozen = ("pooler.",) + (("embeddings.",) + tuple(f"layer.{i}." for i in range(layers)) if layers > 0 else ())
     for name, p in model.encoder.named_parameters():
-        if any(f in name for f in frozen):
+        if any(name.startswith(f) or f".{f}" in f".{name}" for f in frozen):
             p.requires_grad_(False)
 
 
