@@ -26,8 +26,10 @@ from pathlib import Path
 import requests
 
 from infra.errors import MissingDependencyError, ServiceError
+from infra import mlflow_auth
 from infra.jars import require_jars
 from infra.settings import Settings
+from infra.surfaces import require_credentials
 from infra.supervisor import read_state
 
 INFRA_DIR = Path(__file__).resolve().parent
@@ -46,6 +48,8 @@ class ServiceSpec:
     prepare: Callable[[], None] | None = None
     start_timeout: float = 90.0
     after: tuple[str, ...] = ()  # started only once these (earlier in service_specs) are healthy
+    host: str | None = None  # the address it binds (default settings.bind_host)
+    ready: Callable[[], str] | None = None  # run once it is healthy (MLflow: its users); returns what it did
 
 
 @dataclass
@@ -136,7 +140,7 @@ def _java() -> str:
 
 
 def kafka_properties(settings: Settings) -> str:
-    host = settings.bind_host
+    host = settings.kafka_bind_host
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -209,14 +213,20 @@ def _kafka_spec(settings: Settings) -> ServiceSpec:
         health=lambda: kafka_healthy(settings.bootstrap_servers),
         marker="kafka.Kafka",
         prepare=prepare,
+        host=settings.kafka_bind_host,
     )
 
 
 def _mlflow_spec(settings: Settings) -> ServiceSpec:
+    """The tracking server; with mlflow_auth on (the default beyond loopback) its basic-auth app, whose users
+    ``mlflow_auth.ensure_users`` sets up once it answers (/health needs no password)."""
     store = settings.mlflow_dir
+    auth = settings.mlflow_auth_on
 
     def prepare() -> None:
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
+        if auth:
+            mlflow_auth.write_auth_config(settings)
 
     return ServiceSpec(
         name="mlflow",
@@ -229,13 +239,15 @@ def _mlflow_spec(settings: Settings) -> ServiceSpec:
             "--artifacts-destination", str(store / "artifacts"),
             "--serve-artifacts",
             "--workers", "1",
+            *(["--app-name", "basic-auth"] if auth else []),
         ],
         port=settings.mlflow_port,
         url=f"http://{settings.bind_host}:{settings.mlflow_port}",
         health=lambda: http_ok(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
         marker="mlflow",
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(mlflow_auth.server_env(settings) if auth else {})},
         prepare=prepare,
+        ready=(lambda: mlflow_auth.ensure_users(settings)) if auth else None,
     )
 
 
@@ -370,30 +382,42 @@ def fail_orphaned_runs(settings: Settings, *, log: Log = print) -> list[str]:
 
 
 def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
+    """Webserver and daemon. Beyond loopback the webserver on bind_host is read-only (no mutation: no launch, no
+    backfill, no sensor toggles; it also closes the cross-site request risk of its GraphQL endpoint), and a writable
+    `dagster-webserver-local` listens on 127.0.0.1:dagster_local_port for lakeloop's own clients (settings.dagster_url)
+    and a reverse proxy with credentials (docs/deploy/dagster-proxy.md)."""
     home = settings.dagster_home
-    env = {"DAGSTER_HOME": str(home), **settings.env()}
-    url = settings.dagster_url
+    env = {"DAGSTER_HOME": str(home), **settings.env(), **settings.mlflow_client_env()}
+    url = settings.dagster_url  # the writable one
 
     def prepare() -> None:
         write_dagster_home(settings)
         init_dagster_instance(settings)
 
-    web = ServiceSpec(
-        name="dagster-webserver",
-        command=[
-            _venv_script("dagster-webserver"),
-            "-h", settings.bind_host,
-            "-p", str(settings.dagster_port),
-            "-w", str(home / "workspace.yaml"),
-        ],
-        port=settings.dagster_port,
-        url=url,
-        health=lambda: dagster_graphql_ok(url),
-        marker="dagster-webserver",
-        env=env,
-        prepare=prepare,
-        start_timeout=180.0,
-    )
+    def webserver(name: str, host: str, port: int, *, read_only: bool) -> ServiceSpec:
+        web_url = f"http://{host}:{port}"
+        return ServiceSpec(
+            name=name,
+            command=[
+                _venv_script("dagster-webserver"),
+                "-h", host,
+                "-p", str(port),
+                "-w", str(home / "workspace.yaml"),
+                *(["--read-only"] if read_only else []),
+            ],
+            port=port,
+            url=web_url + (" (read-only)" if read_only else ""),
+            health=lambda: dagster_graphql_ok(web_url),
+            marker="dagster-webserver",
+            env=env,
+            prepare=prepare,
+            start_timeout=180.0,
+            host=host,
+        )
+
+    web = webserver("dagster-webserver", settings.bind_host, settings.dagster_port, read_only=settings.dagster_read_only)
+    local = [webserver(LOCAL_WEBSERVER, "127.0.0.1", settings.dagster_local_port, read_only=False)] \
+        if settings.dagster_read_only else []
 
     def prepare_daemon() -> None:
         prepare()
@@ -409,7 +433,7 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
         env=env,
         prepare=prepare_daemon,
     )
-    return [web, daemon]
+    return [web, *local, daemon]
 
 
 INGEST_STREAMS = {"ingest-feedback": "feedback", "ingest-predictions": "predictions"}
@@ -448,7 +472,7 @@ def _ingest_specs(settings: Settings) -> list[ServiceSpec]:
             url=f"{settings.bootstrap_servers} -> {stream} (continuous)",
             health=lambda name=name: ingest_healthy(settings, name),
             marker=f"infra.supervisor --name {name}",
-            env=settings.env(),
+            env={**settings.env(), **settings.mlflow_client_env()},
             prepare=prepare,
             start_timeout=60.0,
             after=("kafka",),
@@ -470,6 +494,7 @@ def _collector_spec(settings: Settings) -> ServiceSpec:
         env=settings.env(),
         start_timeout=60.0,
         after=("kafka",),
+        host=settings.collector_bind_host,
     )
 
 
@@ -482,8 +507,9 @@ def service_specs(settings: Settings) -> list[ServiceSpec]:
 
 
 SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon", "collector")  # the platform, whatever the autopilot
+LOCAL_WEBSERVER = "dagster-webserver-local"  # the writable webserver on 127.0.0.1, only when bind_host is beyond loopback
 INGEST_SERVICE_NAMES = tuple(INGEST_STREAMS)  # supervised ingestors: started with autopilot on
-ALL_SERVICE_NAMES = SERVICE_NAMES + INGEST_SERVICE_NAMES
+ALL_SERVICE_NAMES = SERVICE_NAMES[:3] + (LOCAL_WEBSERVER,) + SERVICE_NAMES[3:] + INGEST_SERVICE_NAMES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +567,10 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
             return None
         log(f"{spec.name}: removing stale pid file {_pid_file(settings, spec.name)} (pid {info.get('pid')} is gone)")
         _pid_file(settings, spec.name).unlink(missing_ok=True)
-    if spec.port is not None and port_in_use(settings.bind_host, spec.port):
+    host = spec.host or settings.bind_host
+    if spec.port is not None and port_in_use(host, spec.port):
         raise ServiceError(
-            f"{spec.name}: port {spec.port} on {settings.bind_host} is taken by another process",
+            f"{spec.name}: port {spec.port} on {host} is taken by another process",
             hint=f"stop that process or choose another port (LAKELOOP_{spec.name.split('-')[0].upper()}_PORT)",
         )
     if spec.prepare:
@@ -569,7 +596,9 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
 
 
 def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -> list[ServiceStatus]:
-    """Start every service that is not running and wait until all are healthy. Idempotent."""
+    """Start every service that is not running and wait until all are healthy. Idempotent. Nothing starts while a
+    surface would listen beyond loopback without its credentials (``infra.surfaces``: one ConfigError lists all)."""
+    require_credentials(settings)
     specs = [s for s in service_specs(settings) if only is None or s.name in only]
     if not settings.autopilot and (only is None or set(only) & set(INGEST_SERVICE_NAMES)):
         running = [n for n in INGEST_SERVICE_NAMES if (info := _read_pid(settings, n)) and _alive_info(info)]
@@ -604,6 +633,8 @@ def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -
                 )
             time.sleep(0.5)
         log(f"{spec.name}: healthy at {spec.url}")
+        if spec.ready is not None:
+            log(f"{spec.name}: {spec.ready()}")
     return status(settings)
 
 
@@ -654,18 +685,25 @@ def down(settings: Settings, *, log: Log = print, timeout: float = 20.0, only: l
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """Each service: pid, address, running, healthy. Never starts anything."""
+    public_dagster = f"http://{settings.bind_host}:{settings.dagster_port}"
     checks: dict[str, tuple[int | None, str, Callable[[], bool]]] = {
         "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0)),
         "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
-        "dagster-webserver": (settings.dagster_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
+        "dagster-webserver": (settings.dagster_port, public_dagster + (" (read-only)" if settings.dagster_read_only else ""),
+                              lambda: dagster_graphql_ok(public_dagster)),
+        LOCAL_WEBSERVER: (settings.dagster_local_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
         "dagster-daemon": (None, "-", lambda: dagster_daemon_ok(settings.dagster_url)),
         "collector": (settings.collector_port, f"{settings.collector_url}/v1/feedback",
                       lambda: http_ok(f"{settings.collector_url}/readyz")),
     }
     out: list[ServiceStatus] = []
-    for name in SERVICE_NAMES:
-        _, address, health = checks[name]
+    for name in ALL_SERVICE_NAMES:
+        if name not in checks:
+            continue  # the ingestors, below
         info = _read_pid(settings, name)
+        if name == LOCAL_WEBSERVER and info is None and not settings.dagster_read_only:
+            continue  # bound to loopback: the one webserver is writable
+        _, address, health = checks[name]
         pid = info.get("pid") if info else None
         running = bool(info) and _alive_info(info)
         note = ""
