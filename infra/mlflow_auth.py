@@ -1,7 +1,8 @@
 """MLflow's basic-auth app (`mlflow server --app-name basic-auth`) for the local tracking server.
 
 The auth app keeps users and permissions in its own SQLite database beside MLflow's (<home>/mlflow/basic_auth.db),
-configured by the file MLFLOW_AUTH_CONFIG_PATH names. It creates the admin at its first start from
+configured by the file MLFLOW_AUTH_CONFIG_PATH names; it needs Flask-WTF (`mlflow[auth]`) and a CSRF secret
+(``flask_secret``). It creates the admin at its first start from
 MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD (given in the server's environment, never written to the
 file or a log). ``/health`` stays unauthenticated, so the health check needs no password.
 
@@ -14,6 +15,7 @@ which per-resource grants would miss. Anyone else the admin adds gets READ by de
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import requests
@@ -44,9 +46,23 @@ def write_auth_config(settings: Settings) -> Path:
     return path
 
 
+def flask_secret(settings: Settings) -> str:
+    """The auth app's CSRF secret (MLFLOW_FLASK_SERVER_SECRET_KEY): made once, kept in <home>/mlflow (mode 0600) so that
+    a restart keeps the browser sessions' tokens valid."""
+    path = settings.mlflow_dir / "flask_secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def server_env(settings: Settings) -> dict[str, str]:
-    """The auth app's environment: its config file and the admin's credentials (used at its first start)."""
+    """The auth app's environment: its config file, its CSRF secret and the admin's credentials (used at its first
+    start). Call it when the server starts (it creates the secret)."""
     return {"MLFLOW_AUTH_CONFIG_PATH": str(config_path(settings)),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret(settings),
             "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_admin_username,
             "MLFLOW_AUTH_ADMIN_PASSWORD": settings.mlflow_admin_secret() or ""}
 

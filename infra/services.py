@@ -27,6 +27,7 @@ import requests
 
 from infra.errors import MissingDependencyError, ServiceError
 from infra import mlflow_auth
+from infra.api_keys import is_loopback
 from infra.jars import require_jars
 from infra.settings import Settings
 from infra.surfaces import require_credentials
@@ -222,11 +223,13 @@ def _mlflow_spec(settings: Settings) -> ServiceSpec:
     ``mlflow_auth.ensure_users`` sets up once it answers (/health needs no password)."""
     store = settings.mlflow_dir
     auth = settings.mlflow_auth_on
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def prepare() -> None:
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
         if auth:
             mlflow_auth.write_auth_config(settings)
+            env.update(mlflow_auth.server_env(settings))  # read by _start after prepare
 
     return ServiceSpec(
         name="mlflow",
@@ -240,15 +243,35 @@ def _mlflow_spec(settings: Settings) -> ServiceSpec:
             "--serve-artifacts",
             "--workers", "1",
             *(["--app-name", "basic-auth"] if auth else []),
+            *_mlflow_allowed_hosts(settings),
         ],
         port=settings.mlflow_port,
         url=f"http://{settings.bind_host}:{settings.mlflow_port}",
         health=lambda: http_ok(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
         marker="mlflow",
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(mlflow_auth.server_env(settings) if auth else {})},
+        env=env,
         prepare=prepare,
         ready=(lambda: mlflow_auth.ensure_users(settings)) if auth else None,
     )
+
+
+def _mlflow_allowed_hosts(settings: Settings) -> list[str]:
+    """`--allowed-hosts` when MLflow's default (localhost and private addresses) would refuse the Host header of
+    its own address (a specific bind_host such as 127.0.0.2 or a public one) or of mlflow_public_url."""
+    from urllib.parse import urlparse
+
+    extra = []
+    if settings.bind_host not in ("0.0.0.0", "::", "") and not is_loopback(settings.bind_host):
+        extra.append(settings.bind_host)
+    if settings.mlflow_public_url:
+        extra.append(urlparse(settings.mlflow_public_url).hostname or "")
+    if not extra:
+        return []
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    hosts = get_default_allowed_hosts()
+    added = [h for e in extra if e and e not in hosts for h in (e, f"{e}:*")]
+    return ["--allowed-hosts", ",".join(hosts + added)] if added else []
 
 
 def write_dagster_home(settings: Settings) -> Path:
@@ -498,18 +521,27 @@ def _collector_spec(settings: Settings) -> ServiceSpec:
     )
 
 
-def service_specs(settings: Settings) -> list[ServiceSpec]:
-    """The services ``up`` starts, in order; the ingestors only with autopilot on."""
-    specs = [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings), _collector_spec(settings)]
-    if settings.autopilot:
+def service_specs(settings: Settings, only: list[str] | None = None) -> list[ServiceSpec]:
+    """The services ``up`` starts, in order; the ingestors only with autopilot on. With ``only``, just those (the
+    others are not built: MLflow alone needs no Kafka jars)."""
+    def want(*names: str) -> bool:
+        return only is None or bool(set(names) & set(only))
+
+    specs = [*([_kafka_spec(settings)] if want("kafka") else []),
+             *([_mlflow_spec(settings)] if want("mlflow") else []),
+             *(_dagster_specs(settings) if want("dagster-webserver", LOCAL_WEBSERVER, "dagster-daemon") else []),
+             *([_collector_spec(settings)] if want("collector") else [])]
+    if settings.autopilot and want(*INGEST_STREAMS):
         specs += _ingest_specs(settings)
-    return specs
+    return [s for s in specs if only is None or s.name in only]
 
 
 SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon", "collector")  # the platform, whatever the autopilot
 LOCAL_WEBSERVER = "dagster-webserver-local"  # the writable webserver on 127.0.0.1, only when bind_host is beyond loopback
 INGEST_SERVICE_NAMES = tuple(INGEST_STREAMS)  # supervised ingestors: started with autopilot on
-ALL_SERVICE_NAMES = SERVICE_NAMES[:3] + (LOCAL_WEBSERVER,) + SERVICE_NAMES[3:] + INGEST_SERVICE_NAMES
+ALL_SERVICE_NAMES = SERVICE_NAMES + INGEST_SERVICE_NAMES
+# every pid file `down` and `status` look at, in start order
+_PID_NAMES = SERVICE_NAMES[:3] + (LOCAL_WEBSERVER,) + SERVICE_NAMES[3:] + INGEST_SERVICE_NAMES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +631,7 @@ def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -
     """Start every service that is not running and wait until all are healthy. Idempotent. Nothing starts while a
     surface would listen beyond loopback without its credentials (``infra.surfaces``: one ConfigError lists all)."""
     require_credentials(settings)
-    specs = [s for s in service_specs(settings) if only is None or s.name in only]
+    specs = service_specs(settings, only)
     if not settings.autopilot and (only is None or set(only) & set(INGEST_SERVICE_NAMES)):
         running = [n for n in INGEST_SERVICE_NAMES if (info := _read_pid(settings, n)) and _alive_info(info)]
         log("autopilot is off: the continuous ingestors are not started (`lakeloop ingest` runs one by hand)"
@@ -669,7 +701,7 @@ def down(settings: Settings, *, log: Log = print, timeout: float = 20.0, only: l
     off` stops the ingestors alone): SIGTERM, then SIGKILL after ``timeout``. The ingestors go first (SIGTERM reaches
     supervisor and ingestor: the ingestor flushes its batch, commits and exits, then the supervisor), while Kafka
     still answers."""
-    for name in reversed(ALL_SERVICE_NAMES):
+    for name in reversed(_PID_NAMES):
         if only is not None and name not in only:
             continue
         info = _read_pid(settings, name)
@@ -697,7 +729,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
                       lambda: http_ok(f"{settings.collector_url}/readyz")),
     }
     out: list[ServiceStatus] = []
-    for name in ALL_SERVICE_NAMES:
+    for name in _PID_NAMES:
         if name not in checks:
             continue  # the ingestors, below
         info = _read_pid(settings, name)

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from infra.mlflow_auth import use_credentials
 from infra.errors import ServiceError
+from infra.mlflow_auth import use_credentials
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
