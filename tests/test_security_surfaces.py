@@ -126,12 +126,12 @@ def _wait(url: str, timeout: float = 120.0, **kw: Any) -> requests.Response:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_mlflow_beyond_loopback_needs_a_user(tmp_path: Path) -> None:
+def test_mlflow_beyond_loopback_needs_a_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = _configured(tmp_path, mlflow_port=free_port())
     logs: list[str] = []
     try:
         services.up(s, log=logs.append, only=["mlflow"])
-        assert f"mlflow: user 'lakeloop' created" in logs
+        assert "mlflow: user 'lakeloop' created" in logs
         base = f"http://{OUTSIDE}:{s.mlflow_port}"
         assert requests.get(f"{base}/health", timeout=5).status_code == 200  # the health check needs no password
         search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -139,6 +139,12 @@ def test_mlflow_beyond_loopback_needs_a_user(tmp_path: Path) -> None:
         assert requests.get(search, auth=("lakeloop", "wrong"), timeout=5).status_code == 401
         assert requests.get(search, auth=("lakeloop", "lakeloop-Secret-2"), timeout=5).status_code == 200
         assert not any("Secret" in line for line in logs)
+        # lakeloop's own MLflow clients: the user from the settings, through MLFLOW_TRACKING_USERNAME/PASSWORD
+        from trainers.tracking import client
+
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        assert client(s).create_experiment("surfaces-test")
         assert "Secret" not in (s.logs_dir / "mlflow.log").read_text()
         services.up(s, log=logs.append, only=["mlflow"])  # idempotent: already running, users untouched
     finally:
@@ -192,6 +198,10 @@ def test_dagster_beyond_loopback_refuses_launches_the_loopback_one_takes(tmp_pat
         assert by_get["data"]["launchRun"]["__typename"] == by_form["data"]["launchRun"]["__typename"] == "UnauthorizedError"
         taken = requests.post(writable, json={"query": LAUNCH_RUN}, timeout=30).json()
         assert taken["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", taken
+        # what makes a writable webserver unfit to face browsers beyond loopback (docs/deploy/dagster-proxy.md):
+        # Dagster 1.13 runs a mutation sent by GET, which any page can make a browser send
+        by_get = requests.get(writable, params={"query": LAUNCH_RUN}, timeout=30).json()
+        assert by_get["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", by_get
     finally:
         services.down(s, log=lambda _: None, only=["dagster-webserver", "dagster-webserver-local"])
 
