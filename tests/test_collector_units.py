@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feedback.collector.app import create_app
-from feedback.collector.keys import (
+from infra.api_keys import (
     Caller,
     bearer_token,
     is_loopback,
