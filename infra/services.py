@@ -495,7 +495,7 @@ def _ingest_specs(settings: Settings) -> list[ServiceSpec]:
             url=f"{settings.bootstrap_servers} -> {stream} (continuous)",
             health=lambda name=name: ingest_healthy(settings, name),
             marker=f"infra.supervisor --name {name}",
-            env={**settings.env(), **settings.mlflow_client_env()},
+            env=settings.env(),
             prepare=prepare,
             start_timeout=60.0,
             after=("kafka",),

@@ -99,5 +99,5 @@ def require_credentials(s: Settings, surfaces: Iterable[Surface] = UP_SURFACES, 
     if len(found) == 1:
         raise ConfigError(found[0].message, hint=found[0].fix)
     lines = "\n".join(f"  - {p.surface}: {p.message}\n    fix: {p.fix}" for p in found)
-    raise ConfigError(f"{len(found)} surfaces would listen beyond loopback without credentials:\n{lines}",
-                      hint="fix each line above; docs/DESIGN.md, 'Surfaces and credentials'")
+    raise ConfigError(f"{len(found)} settings missing for surfaces beyond loopback, nothing started:\n{lines}",
+                      hint="set what each line says (docs/DESIGN.md, 'Surfaces and credentials')")

@@ -50,7 +50,7 @@ def test_up_lists_every_missing_setting_with_its_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         require_credentials(s)
     text = str(exc.value)
-    assert text.startswith("4 surfaces would listen beyond loopback without credentials")
+    assert text.startswith("4 settings missing for surfaces beyond loopback, nothing started:\n  - kafka: ")
     for fix in ("set LAKELOOP_KAFKA_HOST=127.0.0.1", "set LAKELOOP_MLFLOW_ADMIN_PASSWORD_FILE=",
                 "set LAKELOOP_MLFLOW_PASSWORD=", "set LAKELOOP_COLLECTOR_API_KEYS to the printed sha256:... entry"):
         assert fix in text, fix
