@@ -255,6 +255,12 @@ def _mlflow_spec(settings: Settings) -> ServiceSpec:
     )
 
 
+# MLflow 3's default Host allow-list (mlflow.server.security_utils.get_default_allowed_hosts: loopback names and
+# private addresses), written out: importing mlflow to read it costs `up` ~10 s
+MLFLOW_DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]", "0.0.0.0", "localhost:*", "127.0.0.1:*", "[[]::1]:*",
+                                "0.0.0.0:*", "192.168.*", "10.*", *(f"172.{n}.*" for n in range(16, 32)), "fc00:*", "fd00:*")
+
+
 def _mlflow_allowed_hosts(settings: Settings) -> list[str]:
     """`--allowed-hosts` when MLflow's default (localhost and private addresses) would refuse the Host header of
     its own address (a specific bind_host such as 127.0.0.2 or a public one) or of mlflow_public_url."""
@@ -267,9 +273,7 @@ def _mlflow_allowed_hosts(settings: Settings) -> list[str]:
         extra.append(urlparse(settings.mlflow_public_url).hostname or "")
     if not extra:
         return []
-    from mlflow.server.security_utils import get_default_allowed_hosts
-
-    hosts = get_default_allowed_hosts()
+    hosts = list(MLFLOW_DEFAULT_ALLOWED_HOSTS)
     added = [h for e in extra if e and e not in hosts for h in (e, f"{e}:*")]
     return ["--allowed-hosts", ",".join(hosts + added)] if added else []
 

@@ -104,6 +104,15 @@ def test_serve_refuses_beyond_loopback_without_keys(tmp_path: Path) -> None:
     assert problems(s.model_copy(update={"serve_api_keys": key_entry("k")}), ("serve",), serve_host=OUTSIDE) == []
 
 
+def test_mlflow_keeps_its_default_allowed_hosts_and_adds_the_bind_address(tmp_path: Path) -> None:
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    assert list(services.MLFLOW_DEFAULT_ALLOWED_HOSTS) == get_default_allowed_hosts()
+    hosts = services._mlflow_allowed_hosts(_configured(tmp_path))[1].split(",")
+    assert hosts == get_default_allowed_hosts() + [OUTSIDE, f"{OUTSIDE}:*"]
+    assert services._mlflow_allowed_hosts(load_settings(home=tmp_path)) == []
+
+
 def test_dagster_beyond_loopback_is_read_only_beside_a_writable_loopback_one(tmp_path: Path) -> None:
     s = _configured(tmp_path, dagster_port=3000, dagster_local_port=3001)
     web, local, daemon = services.service_specs(s, ["dagster-webserver", "dagster-webserver-local", "dagster-daemon"])
