@@ -9,7 +9,9 @@ file or a log). ``/health`` stays unauthenticated, so the health check needs no 
 Once the server answers, ``ensure_users`` creates lakeloop's own user (mlflow_username) with the admin's
 credentials, or resets its password to the settings' one, and makes it an admin of MLflow: it creates the experiment
 and the registered model, moves aliases and deletes versions (erasure), also on resources made before auth was on,
-which per-resource grants would miss. Anyone else the admin adds gets READ by default.
+which per-resource grants would miss. With serve_mlflow_password set it also creates the scoring service's user, not
+an admin: READ on what others made, the default permission of everyone else the admin adds (MLflow still lets any
+user create experiments and models of its own).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 
 def ensure_users(settings: Settings, *, timeout: float = 10.0) -> str:
-    """Create lakeloop's MLflow user (or set its password) and make it an admin; returns what was done."""
+    """Create lakeloop's MLflow user (or set its password) and make it an admin, and the read-only serve user when it
+    has a password; returns what was done."""
     admin = settings.mlflow_admin_secret()
     creds = settings.mlflow_client_env()
     if admin is None or not creds:
@@ -76,32 +79,48 @@ def ensure_users(settings: Settings, *, timeout: float = 10.0) -> str:
                           hint="set LAKELOOP_MLFLOW_ADMIN_PASSWORD_FILE and LAKELOOP_MLFLOW_PASSWORD")
     base = settings.tracking_uri.rstrip("/") + _API
     auth = (settings.mlflow_admin_username, admin)
-    user, password = creds["MLFLOW_TRACKING_USERNAME"], creds["MLFLOW_TRACKING_PASSWORD"]
+    users = [(creds["MLFLOW_TRACKING_USERNAME"], creds["MLFLOW_TRACKING_PASSWORD"], True)]
+    serve = settings.mlflow_client_env(serve=True)
+    if serve != creds:
+        users.append((serve["MLFLOW_TRACKING_USERNAME"], serve["MLFLOW_TRACKING_PASSWORD"], False))
+    done = []
     try:
-        got = requests.get(f"{base}/get", params={"username": user}, auth=auth, timeout=timeout)
-        if got.status_code == 401:
-            raise ConfigError(f"MLflow at {settings.tracking_uri} refused the admin {settings.mlflow_admin_username!r}: "
-                              "wrong password (the auth app keeps the admin password of its first start)",
-                              hint=f"set LAKELOOP_MLFLOW_ADMIN_PASSWORD_FILE to the admin's current password, or remove "
-                                   f"{settings.mlflow_dir / 'basic_auth.db'} to start the user store anew")
-        if got.status_code == 200:
-            done = "password set"
-            r = requests.patch(f"{base}/update-password", json={"username": user, "password": password}, auth=auth,
-                               timeout=timeout)
-        else:
-            done = "created"
-            r = requests.post(f"{base}/create", json={"username": user, "password": password}, auth=auth, timeout=timeout)
-        r.raise_for_status()
-        requests.patch(f"{base}/update-admin", json={"username": user, "is_admin": True}, auth=auth,
-                       timeout=timeout).raise_for_status()
+        for user, password, is_admin in users:
+            done.append(f"user {user!r} {_ensure_user(settings, base, auth, user, password, is_admin, timeout)}")
     except requests.RequestException as exc:
-        raise ServiceError(f"setting up MLflow user {user!r} at {settings.tracking_uri} failed: {type(exc).__name__}",
+        raise ServiceError(f"setting up MLflow users at {settings.tracking_uri} failed: {type(exc).__name__}",
                            hint=f"see {settings.logs_dir / 'mlflow.log'}") from None
-    return f"user {user!r} {done}"
+    return ", ".join(done)
 
 
-def use_credentials(settings: Settings) -> None:
+def _ensure_user(settings: Settings, base: str, auth: tuple[str, str], user: str, password: str, is_admin: bool,
+                 timeout: float) -> str:
+    got = requests.get(f"{base}/get", params={"username": user}, auth=auth, timeout=timeout)
+    if got.status_code == 401:
+        raise ConfigError(f"MLflow at {settings.tracking_uri} refused the admin {settings.mlflow_admin_username!r}: "
+                          "wrong password (the auth app keeps the admin password of its first start)",
+                          hint=f"set LAKELOOP_MLFLOW_ADMIN_PASSWORD_FILE to the admin's current password, or remove "
+                               f"{settings.mlflow_dir / 'basic_auth.db'} to start the user store anew")
+    if got.status_code == 200:
+        done = "password set"
+        r = requests.patch(f"{base}/update-password", json={"username": user, "password": password}, auth=auth,
+                           timeout=timeout)
+    else:
+        done = "created"
+        r = requests.post(f"{base}/create", json={"username": user, "password": password}, auth=auth, timeout=timeout)
+    r.raise_for_status()
+    requests.patch(f"{base}/update-admin", json={"username": user, "is_admin": is_admin}, auth=auth,
+                   timeout=timeout).raise_for_status()
+    return done + (" (admin)" if is_admin else f" ({DEFAULT_PERMISSION})")
+
+
+def use_credentials(settings: Settings, *, serve: bool = False) -> None:
     """Give this process's MLflow clients lakeloop's user (MLFLOW_TRACKING_USERNAME/PASSWORD, read by MLflow at each
-    request), unless the environment names one already. Child processes inherit it."""
-    for key, value in settings.mlflow_client_env().items():
+    request), unless the environment names one already; ``serve``: the read-only serve user when it has a password,
+    whatever the environment held. Child processes inherit it."""
+    env = settings.mlflow_client_env(serve=serve)
+    if serve and env != settings.mlflow_client_env():
+        os.environ.update(env)
+        return
+    for key, value in env.items():
         os.environ.setdefault(key, value)

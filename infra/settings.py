@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     mlflow_username: str = Field("lakeloop", description="The MLflow user of lakeloop's own processes (Dagster runs, "
                                  "trainers, `lakeloop serve`, the CLI); `up` creates it with the admin's credentials.")
     mlflow_password: SecretStr | None = Field(None, description="That user's password; with auth on, required.")
+    serve_mlflow_username: str = Field("lakeloop-serve", description="A read-only MLflow user for `lakeloop serve` "
+                                       "(loads models, reads aliases), created by `up` when serve_mlflow_password is set.")
+    serve_mlflow_password: SecretStr | None = Field(None, description="Its password; unset: serve uses mlflow_username.")
     dagster_local_port: int = Field(3001, ge=1, le=65535, description="Beyond loopback the webserver on <bind_host> is "
                                     "read-only and a writable one (lakeloop's own clients, a reverse proxy) listens on "
                                     "127.0.0.1 at this port.")
@@ -290,13 +293,15 @@ class Settings(BaseSettings):
             return lines[0].strip() if lines and lines[0].strip() else None
         return None
 
-    def mlflow_client_env(self) -> dict[str, str]:
-        """MLFLOW_TRACKING_USERNAME/PASSWORD for lakeloop's MLflow clients (read by MLflow at each request); empty
-        without a password."""
-        if self.mlflow_password is None or not self.mlflow_password.get_secret_value():
+    def mlflow_client_env(self, *, serve: bool = False) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME/PASSWORD for lakeloop's MLflow clients (read by MLflow at each request), the
+        read-only serve user's with ``serve`` when it has a password; empty without a password."""
+        user, password = self.mlflow_username, self.mlflow_password
+        if serve and self.serve_mlflow_password is not None and self.serve_mlflow_password.get_secret_value():
+            user, password = self.serve_mlflow_username, self.serve_mlflow_password
+        if password is None or not password.get_secret_value():
             return {}
-        return {"MLFLOW_TRACKING_USERNAME": self.mlflow_username,
-                "MLFLOW_TRACKING_PASSWORD": self.mlflow_password.get_secret_value()}
+        return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password.get_secret_value()}
 
     @property
     def serve_bind_host(self) -> str:

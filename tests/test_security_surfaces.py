@@ -136,17 +136,24 @@ def _wait(url: str, timeout: float = 120.0, **kw: Any) -> requests.Response:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_mlflow_beyond_loopback_needs_a_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _configured(tmp_path, mlflow_port=free_port())
+    s = _configured(tmp_path, mlflow_port=free_port(), serve_mlflow_password="serve-Secret-3")
     logs: list[str] = []
     try:
         services.up(s, log=logs.append, only=["mlflow"])
-        assert "mlflow: user 'lakeloop' created" in logs
+        assert "mlflow: user 'lakeloop' created (admin), user 'lakeloop-serve' created (READ)" in logs
         base = f"http://{OUTSIDE}:{s.mlflow_port}"
         assert requests.get(f"{base}/health", timeout=5).status_code == 200  # the health check needs no password
         search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(search, timeout=5).status_code == 401
         assert requests.get(search, auth=("lakeloop", "wrong"), timeout=5).status_code == 401
         assert requests.get(search, auth=("lakeloop", "lakeloop-Secret-2"), timeout=5).status_code == 200
+        serve_user = ("lakeloop-serve", "serve-Secret-3")  # reads what lakeloop's user made, never changes it
+        assert requests.get(search, auth=serve_user, timeout=5).status_code == 200
+        api = f"{base}/api/2.0/mlflow"
+        made = requests.post(f"{api}/experiments/create", json={"name": "e"}, auth=("lakeloop", "lakeloop-Secret-2"),
+                             timeout=5).json()["experiment_id"]
+        delete = {"experiment_id": made}
+        assert requests.post(f"{api}/experiments/delete", json=delete, auth=serve_user, timeout=5).status_code == 403
         assert not any("Secret" in line for line in logs)
         # lakeloop's own MLflow clients: the user from the settings, through MLFLOW_TRACKING_USERNAME/PASSWORD
         from trainers.tracking import client

@@ -31,11 +31,13 @@ def serve(
 ) -> None:
     """Serve POST /score with the `champion` and a sticky `canary`; /healthz, /readyz, /stats. Ctrl-C stops."""
     from feedback.kafka_io import ensure_topic
+    from infra.mlflow_auth import use_credentials
     from infra.surfaces import require_credentials
     from monitors import serve as service
 
     s = settings()
     require_credentials(s, ("serve",), serve_host=host)  # before anything else, as `lakeloop up`
+    use_credentials(s, serve=True)  # MLflow: the read-only serve user when it has a password
     ensure_topic(s, s.predictions_topic)
     say(f"scoring {s.registered_model_name} on http://{host or s.serve_bind_host}:{port or s.serve_port} "
         f"(predictions -> Kafka topic {s.predictions_topic!r})")
