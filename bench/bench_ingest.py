@@ -106,6 +106,7 @@ def spark_streaming(settings, topic: str, n: int) -> float:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from infra import kafka_security
     from infra.spark import spark_session
 
     spark = spark_session(settings, app_name="bench-ingest")
@@ -114,7 +115,7 @@ def spark_streaming(settings, topic: str, n: int) -> float:
     schema = T.StructType([T.StructField(f, T.StringType()) for f in fields] + [
         T.StructField("occurred_at", T.StringType()), T.StructField("value", T.DoubleType()),
         T.StructField("metadata", T.MapType(T.StringType(), T.StringType())), T.StructField("schema_version", T.IntegerType())])
-    src = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.bootstrap_servers)
+    src = (spark.readStream.format("kafka").options(**kafka_security.spark_options(settings))
            .option("subscribe", topic).option("startingOffsets", "earliest").option("maxOffsetsPerTrigger", 50_000).load())
     parsed = src.select(F.col("value").cast("string").alias("raw"), "topic", "partition", "offset", "timestamp")
     parsed = parsed.withColumn("e", F.from_json("raw", schema)).select("e.*", "raw", "topic", "partition", "offset", "timestamp")

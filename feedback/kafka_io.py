@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.errors import ServiceError
+from infra.kafka_security import client_config
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka.admin import NewTopic
 
 
 def _admin(settings: Settings, timeout_s: float = 10.0):
@@ -15,9 +19,7 @@ def _admin(settings: Settings, timeout_s: float = 10.0):
     from kafka.errors import KafkaError
 
     try:
-        return KafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000), client_id="lakeloop-admin"
-        )
+        return KafkaAdminClient(**client_config(settings), request_timeout_ms=int(timeout_s * 1000), client_id="lakeloop-admin")
     except (KafkaError, OSError, ValueError) as exc:
         raise ServiceError(
             f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}",
@@ -33,14 +35,13 @@ def ensure_topic(settings: Settings, topic: str, *, partitions: int | None = Non
 def describe_topic(settings: Settings, topic: str, *, partitions: int | None = None) -> tuple[int, uuid.UUID | None]:
     """(partition count, topic id) of ``topic``, created first if missing. The id (KIP-516) changes when a
     topic is deleted and recreated under the same name; None on brokers that do not report one."""
-    from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     admin = _admin(settings)
     try:
         if topic not in admin.list_topics():
             try:
-                admin.create_topics([NewTopic(topic, partitions or settings.topic_partitions, 1)])
+                admin.create_topics([new_topic(settings, topic, partitions or settings.topic_partitions)])
             except TopicAlreadyExistsError:
                 pass
         for _ in range(50):
@@ -57,11 +58,19 @@ def describe_topic(settings: Settings, topic: str, *, partitions: int | None = N
         admin.close()
 
 
+def new_topic(settings: Settings, topic: str, partitions: int) -> "NewTopic":
+    """A topic as the settings say: its partitions, replication factor and min.insync.replicas."""
+    from kafka.admin import NewTopic
+
+    configs = {} if settings.topic_min_insync_replicas is None else {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    return NewTopic(topic, partitions, settings.topic_replication_factor, topic_configs=configs)
+
+
 def consumer_config(settings: Settings, *, group: str | None, instance_id: str | None = None,
                     max_poll_records: int = 10_000, session_timeout_ms: int = 10_000) -> dict[str, Any]:
     """Settings for a KafkaConsumer that never auto-commits: offsets live in Delta (see design doc)."""
     cfg: dict[str, Any] = dict(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_config(settings),
         group_id=group,
         client_id=f"lakeloop-ingest-{instance_id}" if instance_id else "lakeloop-ingest",
         enable_auto_commit=False,
@@ -97,7 +106,7 @@ def offset_bounds(settings: Settings, topic: str) -> tuple[dict[int, int], dict[
     """(first offset still in Kafka, next offset to be written) per partition of ``topic``: a snapshot."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(settings), group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
         begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)

@@ -14,6 +14,7 @@ from typing import Any
 
 from feedback.kafka_io import ensure_topic
 from infra.errors import ServiceError
+from infra.kafka_security import client_config
 from infra.settings import Settings
 
 
@@ -51,7 +52,7 @@ class FeedbackProducer:
             ensure_topic(settings, self.topic)
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers,
+                **client_config(settings),
                 client_id="lakeloop-producer",
                 acks="all",
                 enable_idempotence=True,

@@ -66,13 +66,16 @@ class ServiceStatus:
 # ---------------------------------------------------------------------------------------------
 # health checks
 # ---------------------------------------------------------------------------------------------
-def kafka_healthy(bootstrap: str, timeout: float = 3.0) -> bool:
-    """The broker answers a metadata request."""
+def kafka_healthy(bootstrap: str, timeout: float = 3.0, *, settings: Settings | None = None) -> bool:
+    """The broker answers a metadata request (with the settings' TLS / SASL when given: a cluster beyond loopback)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from infra.kafka_security import client_config
+
+    config = {**client_config(settings), "bootstrap_servers": bootstrap} if settings is not None else {"bootstrap_servers": bootstrap}
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        admin = KafkaAdminClient(**config, request_timeout_ms=int(timeout * 1000), bootstrap_timeout_ms=int(timeout * 1000))
     except (KafkaError, OSError, ValueError):
         return False
     try:
@@ -479,7 +482,7 @@ def _ingest_specs(settings: Settings) -> list[ServiceSpec]:
     partitions back at once; the offsets come from the Delta log either way."""
 
     def prepare() -> None:
-        if not kafka_healthy(settings.bootstrap_servers):
+        if not kafka_healthy(settings.bootstrap_servers, settings=settings):
             raise ServiceError(f"the ingestors need Kafka at {settings.bootstrap_servers}, which does not answer",
                                hint="`lakeloop up` starts it (or set LAKELOOP_KAFKA_BOOTSTRAP)")
         settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -723,7 +726,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
     """Each service: pid, address, running, healthy. Never starts anything."""
     public_dagster = f"http://{settings.bind_host}:{settings.dagster_port}"
     checks: dict[str, tuple[int | None, str, Callable[[], bool]]] = {
-        "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0)),
+        "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0, settings=settings)),
         "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
         "dagster-webserver": (settings.dagster_port, public_dagster + (" (read-only)" if settings.dagster_read_only else ""),
                               lambda: dagster_graphql_ok(public_dagster)),

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
+    deployment: Literal["dev", "production"] = Field(
+        "dev", validation_alias=AliasChoices("LAKELOOP_ENV", "deployment"),
+        description="LAKELOOP_ENV. production: refuse the generated dev secrets (the pseudonymization key made under "
+        "<home>/secrets) and insist on keys set by the operator (docs/SECURITY.md).")
     home: Path = Field(Path(".lakeloop"), description="All local state: lake, broker data, MLflow, Dagster, logs, pids.")
     lake_root: str | None = Field(None, description="Root URI of the Delta lake; default <home>/lake. May be s3://, abfss://.")
     jars_dir: Path | None = Field(None, description="Where `lakeloop infra fetch` caches JVM jars; default <home>/jars.")
@@ -44,6 +48,23 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(9093, ge=1, le=65535)
     kafka_bootstrap: str | None = Field(None, description="Bootstrap servers; default <bind_host>:<kafka_port> (the local broker).")
     kafka_heap: str = "512m"
+    # a managed / secured Kafka (docs/SECURITY.md): passed to every client (producer, consumers, admin, Spark)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security.protocol of every Kafka client; the local broker of `lakeloop up` is PLAINTEXT.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="sasl.mechanism with a SASL_* protocol.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (a secret: from the environment or a "
+                                                  "file the operator protects, never logged).")
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL).")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate, for brokers that require client TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of kafka_ssl_keyfile, if it is encrypted.")
+    kafka_ssl_check_hostname: bool = Field(True, description="Check that the broker certificate names the host connected to.")
+    topic_replication_factor: int = Field(1, ge=1, description="Replicas of each topic lakeloop creates (3 on a cluster).")
+    topic_min_insync_replicas: int | None = Field(None, ge=1, description="min.insync.replicas of each topic lakeloop "
+                                                  "creates (2 with 3 replicas: an acknowledged write survives one broker "
+                                                  "loss); None: the broker's default.")
     feedback_topic: str = "feedback.events"
     predictions_topic: str = "predictions"
     topic_partitions: int = Field(4, ge=1)
@@ -62,7 +83,9 @@ class Settings(BaseSettings):
                                            "machine's host name.")
     serve_port: int = Field(8000, ge=1, le=65535)
     # monitoring and rollout (issue 6)
-    alert_webhooks: str = Field("", description="Comma-separated alert webhooks `json+URL`, `slack+URL`, `teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl.")
+    alert_webhooks: SecretStr = Field(SecretStr(""), description="Comma-separated alert webhooks `json+URL`, `slack+URL`, "
+                                      "`teams+URL` (plain URL = json); alerts also go to <home>/logs/alerts.jsonl. A secret "
+                                      "(whoever holds a URL can post to the channel): never printed, cut to its host in records.")
     alert_dedup_seconds: float = Field(3600.0, ge=0, description="The same alert is sent at most once per this many seconds.")
     drift_windows_to_alert: int = Field(3, ge=1, description="Drifted windows in a row before a drift alert (and a retraining request).")
     canary_steps: str = Field("0.1,0.5", description="Canary traffic shares, in order, before promotion to champion.")
@@ -327,8 +350,11 @@ class Settings(BaseSettings):
         """These settings as LAKELOOP_* variables, for child processes (services, trainers)."""
         out: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is not None:
-                out[f"LAKELOOP_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            if value is None:
+                continue
+            alias = type(self).model_fields[name].validation_alias
+            var = alias.choices[0] if isinstance(alias, AliasChoices) else f"LAKELOOP_{name.upper()}"
+            out[str(var)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return out
 
 

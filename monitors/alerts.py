@@ -33,6 +33,7 @@ import httpx
 
 from infra.errors import ConfigError
 from infra.links import checked
+from infra.secrets import secret_values
 from infra.settings import Settings
 
 AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure", "canary_started", "autopilot_waiting",
@@ -151,7 +152,8 @@ def redact_url(url: str) -> str:
 
 def redact(text: str, secrets: Sequence[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):  # a longer URL before one it starts with
-        text = text.replace(secret, redact_url(secret))
+        if secret:
+            text = text.replace(secret, redact_url(secret) if secret.startswith(("http://", "https://")) else "[redacted]")
     return text
 
 
@@ -228,13 +230,14 @@ class Notifier:
         state_path: Path,
         policy: AlertPolicy = AlertPolicy(),
         clock: Callable[[], float] = time.time,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.channels = list(channels)
         self.log = log
         self.state_path = state_path
         self.policy = policy
         self.clock = clock
-        self._secrets = [url for c in self.channels if isinstance(url := getattr(c, "url", None), str)]
+        self._secrets = [url for c in self.channels if isinstance(url := getattr(c, "url", None), str)] + list(secrets)
 
     @contextmanager
     def _state(self) -> Iterator[dict[str, Any]]:
@@ -299,8 +302,9 @@ def parse_webhooks(spec: str) -> list[WebhookChannel]:
 def notifier_from_settings(settings: Settings, *, policy: AlertPolicy | None = None) -> Notifier:
     policy = policy or AlertPolicy(dedup_seconds=settings.alert_dedup_seconds)
     return Notifier(
-        parse_webhooks(settings.alert_webhooks),
+        parse_webhooks(settings.alert_webhooks.get_secret_value()),
         log=LogFileChannel(settings.logs_dir / "alerts.jsonl"),
         state_path=settings.home / "alerts" / "state.json",
         policy=policy,
+        secrets=secret_values(settings),  # any other secret an alert's text might quote (infra.secrets)
     )

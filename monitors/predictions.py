@@ -20,6 +20,7 @@ import pandas as pd
 
 from feedback.validation import Invalid, Valid
 from infra.errors import ServiceError
+from infra.kafka_security import client_config
 from infra.settings import Settings
 
 ServedAlias = Literal["champion", "canary"]
@@ -80,7 +81,7 @@ class KafkaPublisher:
         timeout_ms = max(int(ack_timeout_s * 1000), linger_ms + 1)
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers, linger_ms=linger_ms, acks="all",
+                **client_config(settings), linger_ms=linger_ms, acks="all",
                 delivery_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms - linger_ms, max_block_ms=timeout_ms,
                 reconnect_backoff_max_ms=1000,  # back within a second of the broker's return
             )
@@ -144,7 +145,7 @@ def read_topic(
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(**client_config(settings), enable_auto_commit=False, consumer_timeout_ms=1000)
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

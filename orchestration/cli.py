@@ -54,18 +54,36 @@ def _register_all() -> None:
 _register_all()
 
 
+def _redact_logs() -> list[str]:
+    """Secrets out of every log record and error line of this process (infra.secrets); settings that do not load
+    are reported by the command itself."""
+    from infra.errors import ConfigError
+    from infra.secrets import install_log_redaction, secret_values
+    from infra.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError:
+        settings = None
+    install_log_redaction(settings)
+    return secret_values(settings)
+
+
 def main() -> None:
     """The `lakeloop` entry point: errors as `error:` and `fix:` lines with exit 2, and an exit status that says
     whether the work succeeded even when a native library would abort in its teardown (``infra.shutdown``)."""
+    secrets = _redact_logs()
     try:
         app()
         code = 0
     except SystemExit as done:  # typer ends every command this way
         code = exit_code(done.code)
     except LakeloopError as exc:
-        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        from infra.secrets import redact
+
+        typer.secho(redact(f"error: {exc.message}", secrets), fg="red", err=True)
         if exc.hint:
-            typer.secho(f"  fix: {exc.hint}", err=True)
+            typer.secho(redact(f"  fix: {exc.hint}", secrets), err=True)
         code = 2
     except KeyboardInterrupt:
         code = 130

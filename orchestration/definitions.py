@@ -29,9 +29,22 @@ def _domain_defs() -> list[dg.Definitions]:
     return out
 
 
+def _redact_logs() -> None:
+    """The code server and every run load these definitions: their log records lose the secrets (infra.secrets)."""
+    from infra.errors import ConfigError
+    from infra.secrets import install_log_redaction
+    from infra.settings import load_settings
+
+    try:
+        install_log_redaction(load_settings())
+    except ConfigError:
+        install_log_redaction()
+
+
 def build_definitions() -> dg.Definitions:
+    _redact_logs()
     resources = {"lakeloop": LakeloopSettings()}
-    resources["curation"] = importlib.import_module("orchestration.assets.curation.resources").CurationResource.for_deployment()
+    resources["curation"] = importlib.import_module("orchestration.assets.curation.resources").CurationResource()
     resources["monitoring"] = importlib.import_module("orchestration.assets.monitoring.resources").monitoring_for_deployment()
     resources["ingest"] = importlib.import_module("orchestration.assets.feedback.resources").IngestResource()
     resources.update(importlib.import_module("orchestration.assets.training.resources").resources())

@@ -8,10 +8,10 @@ from infra.settings import Settings, load_settings
 
 
 class LakeloopSettings(dg.ConfigurableResource):
-    """lakeloop's settings inside a Dagster run. Empty fields fall back to LAKELOOP_* env vars, read at run time."""
+    """lakeloop's settings inside a Dagster run, read at run time from LAKELOOP_* env vars and lakeloop.toml.
 
-    home: str | None = None
-    lake_root: str | None = None
+    It has no config fields on purpose: a run's config (which anyone who can launch a run writes) can never point
+    a run at other paths, another lake or another key (docs/SECURITY.md)."""
 
     def load(self) -> Settings:
-        return load_settings(home=self.home, lake_root=self.lake_root)
+        return load_settings()

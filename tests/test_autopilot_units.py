@@ -55,6 +55,7 @@ def test_curate_on_arrival_requests_one_run_per_due_day_and_remembers(tmp_path: 
 
     from orchestration.assets.curation.sensors import curate_on_arrival
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     home = tmp_path / "home"
     monkeypatch.setenv("LAKELOOP_CURATION_MIN_NEW_ROWS", "3")
@@ -62,12 +63,12 @@ def test_curate_on_arrival_requests_one_run_per_due_day_and_remembers(tmp_path: 
     t = pa.table({"event_date": pa.array([date(2026, 1, 1)] * 3 + [date(2026, 1, 2)]), "x": pa.array(range(4))})
     write_deltalake(uri, t, partition_by=["event_date"])
     with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources={"lakeloop": LakeloopSettings(home=str(home))})
+        ctx = dg.build_sensor_context(instance=instance, resources={"lakeloop": PinnedSettings(home=str(home))})
         result = curate_on_arrival(ctx)
         assert [r.partition_key for r in result.run_requests] == ["2026-01-01"]
         assert result.run_requests[0].tags["lakeloop/trigger"] == "arrival"
         again = curate_on_arrival(dg.build_sensor_context(instance=instance, cursor=result.cursor,
-                                                          resources={"lakeloop": LakeloopSettings(home=str(home))}))
+                                                          resources={"lakeloop": PinnedSettings(home=str(home))}))
         assert not again.run_requests and "2026-01-02: 1 new rows" in again.skip_reason.skip_message
 
 
@@ -154,6 +155,7 @@ def test_a_day_with_reference_feedback_is_curated_again_when_predictions_land(tm
     from features.arrivals import reference_days
     from orchestration.assets.curation.sensors import curate_on_arrival
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     home = tmp_path / "home"
     monkeypatch.setenv("LAKELOOP_CURATION_MIN_NEW_ROWS", "2")
@@ -162,7 +164,7 @@ def test_a_day_with_reference_feedback_is_curated_again_when_predictions_land(tm
     write_deltalake(feedback, pa.table({"event_date": pa.array([d1, d1, d2, d2]), "model_name": ["m", "", "m", "m"]}),
                     partition_by=["event_date"])
     assert reference_days(feedback) == {"2026-01-01"}
-    resources = {"lakeloop": LakeloopSettings(home=str(home))}
+    resources = {"lakeloop": PinnedSettings(home=str(home))}
     with dg.instance_for_test() as instance:
         first = curate_on_arrival(dg.build_sensor_context(instance=instance, resources=resources))
         assert sorted(r.partition_key for r in first.run_requests) == ["2026-01-01", "2026-01-02"]

@@ -4,6 +4,7 @@ metadata, a failing blocking check stops downstream assets, and a launch through
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,11 +12,20 @@ import dagster as dg
 import pytest
 import requests
 
+from infra.errors import ConfigError
 from infra.tables import table_uri
 from orchestration.assets import curation
 from orchestration.assets.curation.resources import CurationResource
 from orchestration.resources import LakeloopSettings
+from tests.pinned_settings import PinnedSettings
 from tests.curation_fixtures import START, qa_events, write_bronze
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lake's key, from the environment as in a deployment (a run's config cannot set it)."""
+    monkeypatch.setenv("LAKELOOP_PSEUDONYM_KEY", "k" * 32)
+
 
 DAY = START.isoformat()
 CURATION_ASSETS = ["silver_feedback", "gold_training_examples", "gold_preference_pairs"]
@@ -25,7 +35,7 @@ def _run(settings, qa_feedback_path: Path, **resource_kw):
     write_bronze(table_uri(settings, "bronze/feedback_events"), qa_events(qa_feedback_path, n_questions=30, days=1))
     return dg.materialize(
         [*curation.defs.assets, *curation.defs.asset_checks], partition_key=DAY, raise_on_error=False,
-        resources={"lakeloop": LakeloopSettings(home=str(settings.home)), "curation": CurationResource(pseudonym_key="k" * 32, **resource_kw)},
+        resources={"lakeloop": PinnedSettings(home=str(settings.home)), "curation": CurationResource(**resource_kw)},
     )
 
 
@@ -123,23 +133,61 @@ def test_materialize_the_curation_group_through_the_webserver_graphql_api(dagste
         assert meta["rows_out"] > 0 and "table_content_hash" in meta and "delta_version" in meta, meta
 
 
-def test_pseudonym_key_from_env_var_or_a_local_dev_key_file(settings, monkeypatch) -> None:
+def test_pseudonym_key_from_the_environment_or_a_local_dev_key_file(settings, monkeypatch) -> None:
     from orchestration.assets.curation.resources import KEY_ENV, dev_key_file
 
     monkeypatch.delenv(KEY_ENV, raising=False)
-    dev = CurationResource.for_deployment()
-    assert dev.pseudonym_key is None
+    dev = CurationResource()
     key = dev.key(settings)
     assert len(key) >= 32 and dev.key(settings) == key and dev_key_file(settings).stat().st_mode & 0o077 == 0
     monkeypatch.setenv(KEY_ENV, "s" * 32)
-    prod = CurationResource.for_deployment()
 
     @dg.asset
     def probe(curation: CurationResource) -> str:
         return curation.key(settings).decode()
 
-    result = dg.materialize([probe], resources={"curation": prod})
-    assert result.output_for_node("probe") == "s" * 32  # resolved by Dagster at run time from the EnvVar
+    result = dg.materialize([probe], resources={"curation": CurationResource()})
+    assert result.output_for_node("probe") == "s" * 32  # read in the run, from its environment
+
+
+def test_a_run_config_cannot_set_the_key_or_paths(settings) -> None:
+    """Whoever can launch a run writes its config: it may not choose the pseudonymization key, the home or the lake,
+    nor the training fields that name files."""
+    from orchestration.assets.training.resources import TrainingResource
+    from orchestration.definitions import defs
+
+    resources = defs.resources
+    assert "pseudonym_key" not in CurationResource.model_fields
+    assert not type(resources["lakeloop"]).model_fields  # no config fields at all
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.materialize([_probe_settings()], resources={"lakeloop": resources["lakeloop"]},
+                       run_config={"resources": {"lakeloop": {"config": {"home": "/tmp/elsewhere"}}}})
+    for field in ("lake_root", "output_dir", "base_model"):
+        with pytest.raises(ConfigError, match=field):
+            TrainingResource(train_config=json.dumps({field: "/tmp/x"})).config(settings)
+    s = settings.model_copy(update={"train_config": json.dumps({"output_dir": "/tmp/from-settings", "epochs": 3})})
+    cfg = TrainingResource(train_config='{"epochs": 1}').config(s)
+    assert (cfg.output_dir, cfg.epochs) == ("/tmp/from-settings", 1)  # settings may name paths; a run overrides the rest
+
+
+def test_production_refuses_the_generated_dev_key(settings, monkeypatch) -> None:
+    from orchestration.assets.curation.resources import KEY_ENV
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    prod = settings.model_copy(update={"deployment": "production"})
+    with pytest.raises(ConfigError, match="LAKELOOP_ENV=production") as err:
+        CurationResource().key(prod)
+    assert KEY_ENV in err.value.hint
+    monkeypatch.setenv(KEY_ENV, "p" * 32)
+    assert CurationResource().key(prod) == b"p" * 32
+
+
+def _probe_settings() -> dg.AssetsDefinition:
+    @dg.asset
+    def probe_settings(lakeloop: LakeloopSettings) -> str:
+        return str(lakeloop.load().home)
+
+    return probe_settings
 
 
 def test_config_rejects_unknown_keys_and_bad_minhash_params() -> None:
@@ -161,7 +209,7 @@ def test_a_one_kind_stream_curates_with_passing_checks(settings, qa_feedback_pat
     write_bronze(table_uri(settings, "bronze/feedback_events"), events)
     result = dg.materialize(
         [*curation.defs.assets, *curation.defs.asset_checks], partition_key=DAY, raise_on_error=False,
-        resources={"lakeloop": LakeloopSettings(home=str(settings.home)), "curation": CurationResource(pseudonym_key="k" * 32)},
+        resources={"lakeloop": PinnedSettings(home=str(settings.home)), "curation": CurationResource()},
     )
     failed = [(e.asset_check_key.asset_key.path[0], e.asset_check_key.name, e.description)
               for e in result.get_asset_check_evaluations() if not e.passed]

@@ -130,6 +130,7 @@ def test_feedback_assets_materialize(kafka: Settings, tmp_path: Path, monkeypatc
     from orchestration.assets.feedback import defs
     from orchestration.assets.feedback.resources import IngestResource
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     s = local(kafka, tmp_path)
     monkeypatch.setenv("LAKELOOP_FEEDBACK_TOPIC", s.feedback_topic)
@@ -142,7 +143,7 @@ def test_feedback_assets_materialize(kafka: Settings, tmp_path: Path, monkeypatc
         producer.send(prediction())
     result = dg.materialize(
         list(defs.assets),
-        resources={"lakeloop": LakeloopSettings(home=str(s.home), lake_root=s.lake), "ingest": IngestResource(group="g-dagster")},
+        resources={"lakeloop": PinnedSettings(home=str(s.home), lake_root=s.lake), "ingest": IngestResource(group="g-dagster")},
     )
     assert result.success
     meta = {m.asset_key.to_user_string(): m.metadata for m in (e.event_specific_data.materialization

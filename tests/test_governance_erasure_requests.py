@@ -157,7 +157,8 @@ def test_an_erasure_request_on_kafka_erases_the_user_and_the_purge_deletes_the_f
     assert lake.read(table_uri(s, F.SILVER)) is not None
 
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"lakeloop": LakeloopSettings(), "curation": CurationResource(pseudonym_key=KEY.decode())}
+    monkeypatch.setenv("LAKELOOP_PSEUDONYM_KEY", KEY.decode())  # the lake's key, as the deployment's runs read it
+    resources = {"lakeloop": LakeloopSettings(), "curation": CurationResource()}
     result = erasure_requests_sensor(dg.build_sensor_context(instance=instance, resources={"lakeloop": LakeloopSettings()}))
     [run] = result.run_requests
     assert run.tags["lakeloop/pending_requests"] == "2" and USER not in json.dumps(run.tags) and not run.run_config

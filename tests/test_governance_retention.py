@@ -91,11 +91,12 @@ def test_raw_text_past_its_retention_is_replaced_by_the_redacted_text(settings: 
 def test_the_retention_job_runs_in_dagster(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestration.assets.governance.retention import raw_retention_job
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     _feedback(settings, [24 * 40])
     monkeypatch.setenv("LAKELOOP_RAW_RETENTION_DAYS", "30")
     result = raw_retention_job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"lakeloop": LakeloopSettings(home=str(settings.home), lake_root=settings.lake)})
+        resources={"lakeloop": PinnedSettings(home=str(settings.home), lake_root=settings.lake)})
     assert result.success and result.output_for_node("redact_expired_raw") == 1
     assert EMAIL not in _rows(settings, "bronze/feedback_events")[0]["raw"]

@@ -35,6 +35,7 @@ def test_definitions_load_with_the_monitoring_group() -> None:
 def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_path: Path, monkeypatch) -> None:
     from orchestration.assets.monitoring.sensors import run_failure_alert
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     @dg.asset
     def broken() -> None:
@@ -48,7 +49,7 @@ def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_pat
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
         ctx = dg.build_run_status_sensor_context(
             sensor_name="monitoring_run_failure_alert", dagster_event=failure, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"lakeloop": LakeloopSettings(home=str(settings.home))},
+            dagster_run=result.dagster_run, resources={"lakeloop": PinnedSettings(home=str(settings.home))},
         ).for_run_failure()
         run_failure_alert(ctx)
         assert len(rx.received) == 1
@@ -73,6 +74,7 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch, tmp_path
     run's failure too (the sensor's cross-run read once raised on every tick after its first there)."""
     from orchestration.assets.monitoring.sensors import gate_failure_alert
     from orchestration.resources import LakeloopSettings
+    from tests.pinned_settings import PinnedSettings
 
     @dg.asset
     def candidate() -> int:
@@ -87,7 +89,7 @@ def test_failed_gate_check_alerts_once(settings: Settings, monkeypatch, tmp_path
     with Receiver() as rx, dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"  # sharded by run, as `lakeloop up` makes it
         monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", f"slack+{rx.url()}")
-        resources = {"lakeloop": LakeloopSettings(home=str(settings.home))}
+        resources = {"lakeloop": PinnedSettings(home=str(settings.home))}
         tick = lambda cursor: (lambda c: (gate_failure_alert(c), c.cursor))(
             dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor, repository_def=repo))
         dg.materialize([candidate, beats_champion], instance=instance, raise_on_error=False)

@@ -19,6 +19,7 @@ from orchestration.assets.training import defs as training_defs
 from orchestration.assets.training.model_evaluation import GATE
 from orchestration.assets.training.resources import TrainingResource
 from orchestration.resources import LakeloopSettings
+from tests.pinned_settings import PinnedSettings
 from tests.training_fixtures import write_gold
 from trainers import data as D
 from trainers import registry as R
@@ -36,7 +37,7 @@ class World:
 
     def materialize(self, *, train: dict[str, Any], must_beat_baselines: bool) -> dg.ExecuteInProcessResult:
         resources = {
-            "lakeloop": LakeloopSettings(home=str(self.home), lake_root=self.settings.lake),
+            "lakeloop": PinnedSettings(home=str(self.home), lake_root=self.settings.lake),
             "training": TrainingResource(train_config=json.dumps({**SMALL, "experiment": f"t5-{self.settings.registered_model_name}", **train}),
                                          gate_must_beat_baselines=must_beat_baselines, n_boot=200),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),

@@ -18,11 +18,18 @@ import pytest
 from infra.settings import Settings, load_settings
 from orchestration.assets.training import defs as training_defs
 from orchestration.resources import LakeloopSettings
+from tests.pinned_settings import PinnedSettings
 from tests.training_fixtures import write_gold
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL = {"max_length": 64, "batch_size": 4, "max_steps": 4, "freeze_layers": 4, "head_lr": 5e-3, "checkpoint_every": 2,
          "log_every": 1, "num_threads": 2, "max_train_examples": 24, "max_train_pairs": 40}
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lake's key, from the environment as in a deployment (a run's config cannot set it)."""
+    monkeypatch.setenv("LAKELOOP_PSEUDONYM_KEY", "k" * 32)
 
 
 def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def test_a_one_kind_stream_trains_evaluates_gates_and_registers(shape: str, mlfl
     s = load_settings(**{**mlflow_server.model_dump(), "home": tmp_path, "lake_root": str(tmp_path / "lake"), "registered_model_name": name})
     write_gold(s.lake, qa_feedback_path, questions=80, shape=shape)  # type: ignore[arg-type]
     resources = {
-        "lakeloop": LakeloopSettings(home=str(tmp_path), lake_root=s.lake),
+        "lakeloop": PinnedSettings(home=str(tmp_path), lake_root=s.lake),
         "training": TrainingResource(train_config=json.dumps({**SMALL, "experiment": f"shape-{name}"}), gate_must_beat_baselines=False,
                                      n_boot=100),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
@@ -95,9 +102,9 @@ def test_a_preference_only_stream_goes_from_kafka_to_a_champion(mlflow_server: S
     stats = Ingestor(s, get_stream(s, "feedback"), group=f"g-{name}", policy=FlushPolicy(latency_s=0.5), say=lambda m: None).run(once=True)
     assert stats.valid == len(events) and stats.dead == 0, stats.summary_line()
 
-    lakeloop = LakeloopSettings(home=str(tmp_path), lake_root=s.lake)
+    lakeloop = PinnedSettings(home=str(tmp_path), lake_root=s.lake)
     curated = dg.materialize([*curation.defs.assets, *curation.defs.asset_checks], partition_key=START.isoformat(), raise_on_error=False,
-                             resources={"lakeloop": lakeloop, "curation": CurationResource(pseudonym_key="k" * 32)})
+                             resources={"lakeloop": lakeloop, "curation": CurationResource()})
     failed = [(e.asset_check_key.name, e.description) for e in curated.get_asset_check_evaluations() if not e.passed]
     assert curated.success and not failed, failed
 
@@ -148,11 +155,11 @@ def test_a_ratings_only_or_corrections_only_stream_curates_trains_evaluates_and_
     s = load_settings(**{**mlflow_server.model_dump(), "home": tmp_path, "lake_root": str(tmp_path / "lake"), "registered_model_name": name})
     events = [e for e in qa_events(qa_feedback_path, n_questions=80, days=1) if e["event_type"] == kind]
     write_bronze(table_uri(s, "bronze/feedback_events"), events)
-    lakeloop = LakeloopSettings(home=str(tmp_path), lake_root=s.lake)
+    lakeloop = PinnedSettings(home=str(tmp_path), lake_root=s.lake)
     with dg.DagsterInstance.ephemeral() as instance:
         curated = dg.materialize([*curation.defs.assets, *curation.defs.asset_checks], partition_key=START.isoformat(), instance=instance,
                                  raise_on_error=False, resources={"lakeloop": lakeloop,
-                                                                  "curation": CurationResource(pseudonym_key="k" * 32, eval_fraction=0.25)})
+                                                                  "curation": CurationResource(eval_fraction=0.25)})
         checks = {(e.asset_check_key.asset_key.path[0], e.asset_check_key.name): e for e in curated.get_asset_check_evaluations()}
         failed = [(k, e.description) for k, e in checks.items() if not e.passed]
         assert curated.success and not failed, failed

@@ -173,7 +173,10 @@ class Tracker:
         existing = self.client.get_run(self.run_id).data.params
         fresh = {k: v for k, v in flatten("", params).items() if k not in existing}
         if fresh:
-            self._mlflow.log_params({k: v[:6000] for k, v in fresh.items()})
+            from infra.secrets import redact, secret_values
+
+            secrets = secret_values(self._settings)  # nothing should carry one; if it does, the param loses it
+            self._mlflow.log_params({k: redact(v, secrets)[:6000] for k, v in fresh.items()})
 
     def log_metrics(self, metrics: dict[str, float], *, step: int | None = None) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import date
 from typing import Annotated, Literal
 
@@ -48,7 +47,7 @@ def curate(
     from features.engine import STAGES
     from features.engine import curate as run
     from infra.tables import table_uri
-    from orchestration.assets.curation.resources import KEY_ENV, CurationResource
+    from orchestration.assets.curation.resources import CurationResource, pseudonym_key
 
     s = settings()
     if day:
@@ -59,7 +58,7 @@ def curate(
             raise DataError("bronze/feedback_events does not exist", hint="run `lakeloop ingest --once` first")
         days = sorted(set(bronze["event_date"].to_list()))
     cfg = CurationResource(engine=engine).config(s)  # the settings' engine, eval fraction, reference wait, signal labels
-    key = CurationResource(pseudonym_key=os.environ.get(KEY_ENV)).key(s)
+    key = pseudonym_key(s)
     for n, d in enumerate(days, 1):
         for stage in STAGES:
             rep = run(stage, s, d, cfg=cfg, key=key)

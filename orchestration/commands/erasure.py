@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Annotated
 
@@ -49,7 +48,7 @@ def forget(
     `lakeloop forget --vacuum-due`."""
     from features.erasure import forget as run
     from features.erasure import vacuum_due as run_due
-    from orchestration.assets.curation.resources import KEY_ENV, CurationResource
+    from orchestration.assets.curation.resources import pseudonym_key
 
     s = settings()
     if vacuum_due:
@@ -65,7 +64,7 @@ def forget(
         raise ConfigError("whom to forget: --user-id is missing", hint="`lakeloop forget --user-id U` (or `--user-id -` to read it from stdin)")
     if user_id == "-":
         user_id = sys.stdin.readline().rstrip("\r\n")
-    key = CurationResource(pseudonym_key=os.environ.get(KEY_ENV)).key(s)
+    key = pseudonym_key(s)
     rec = run(s, user_id, key=key, vacuum_now=vacuum_now, say=lambda m: None if as_json else say(m))
     if as_json:
         typer.echo(json.dumps(rec.to_dict(), indent=2, sort_keys=True))

@@ -1,4 +1,5 @@
-"""The curation resource: the pseudonymization key (a secret, from ``dg.EnvVar``) and the curation config."""
+"""The curation resource: the curation config, and the pseudonymization key (a secret read from the environment at
+run time, never a config field: a run's config cannot choose the key)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from features.config import CurationConfig
+from infra.errors import ConfigError
 from infra.settings import Settings
 
 KEY_ENV = "LAKELOOP_PSEUDONYM_KEY"
@@ -19,21 +21,16 @@ def dev_key_file(settings: Settings) -> Path:
 
 
 class CurationResource(dg.ConfigurableResource):
-    """Curation settings in a Dagster run. The key comes from ``LAKELOOP_PSEUDONYM_KEY`` (resolved at run time,
-    hidden in the UI); without it, local dev uses a random key kept in ``<home>/secrets/pseudonym.key``."""
+    """Curation settings in a Dagster run. The key comes from ``LAKELOOP_PSEUDONYM_KEY`` in the run's environment
+    (never from run config, never shown in the UI); without it, local dev uses a random key kept in
+    ``<home>/secrets/pseudonym.key``, which ``LAKELOOP_ENV=production`` refuses."""
 
-    pseudonym_key: str | None = None
     engine: str | None = None  # "local" | "spark"; None: settings.engine (LAKELOOP_ENGINE). Checked by CurationConfig.
     user_cap: float = 0.1
     eval_fraction: float | None = None  # None: settings.curation_eval_fraction (LAKELOOP_CURATION_EVAL_FRACTION)
     min_silver_rows: int = 1
     min_training_rows: int = 10
     max_duplicate_rate: float = 0.02
-
-    @classmethod
-    def for_deployment(cls) -> "CurationResource":
-        """With the env var set, wire it as a ``dg.EnvVar`` (value read by Dagster at run time); else the dev default."""
-        return cls(pseudonym_key=dg.EnvVar(KEY_ENV)) if KEY_ENV in os.environ else cls()
 
     def config(self, settings: Settings | None = None) -> CurationConfig:
         engine = self.engine or (settings.engine if settings is not None else "local")
@@ -45,8 +42,20 @@ class CurationResource(dg.ConfigurableResource):
                               pii_ner=settings.pii_ner)
 
     def key(self, settings: Settings) -> bytes:
-        if self.pseudonym_key:
-            return self.pseudonym_key.encode("utf-8")
-        from features.pseudonymize import load_or_create_key
+        return pseudonym_key(settings)
 
-        return load_or_create_key(dev_key_file(settings))
+
+def pseudonym_key(settings: Settings) -> bytes:
+    """``LAKELOOP_PSEUDONYM_KEY`` as read now, else the dev key file (made on first use) outside production."""
+    value = os.environ.get(KEY_ENV, "")
+    if value:
+        return value.encode("utf-8")
+    if settings.deployment == "production":
+        raise ConfigError(
+            f"LAKELOOP_ENV=production and {KEY_ENV} is not set: production never uses the generated dev pseudonymization "
+            f"key ({dev_key_file(settings)})",
+            hint=f"set {KEY_ENV} to the lake's key (32+ random bytes from your secret store, the same for every process: "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'` for a new lake), or unset LAKELOOP_ENV for local dev")
+    from features.pseudonymize import load_or_create_key
+
+    return load_or_create_key(dev_key_file(settings))

@@ -15,8 +15,14 @@ from trainers.config import TrainConfig, load_config
 from trainers.gate import GateConfig
 
 
+# TrainConfig fields that name files or tables: from settings only (LAKELOOP_TRAIN_CONFIG, lakeloop.toml), never
+# from a run's config, which anyone who can launch a run chooses (docs/SECURITY.md)
+SETTINGS_ONLY_FIELDS = frozenset({"lake_root", "output_dir", "base_model"})
+
+
 class TrainingResource(dg.ConfigurableResource):
-    """How the training group trains, evaluates and gates. ``train_config`` is JSON of TrainConfig fields."""
+    """How the training group trains, evaluates and gates. ``train_config`` is JSON of TrainConfig fields laid over
+    the settings' ``train_config``; it may not set the fields that name files (``SETTINGS_ONLY_FIELDS``)."""
 
     train_config: str = "{}"
     gate_must_beat_baselines: bool = True
@@ -39,20 +45,33 @@ class TrainingResource(dg.ConfigurableResource):
             s = load_settings()
         except _ConfigError:
             return cls()
-        return cls(train_config=s.train_config, gate_must_beat_baselines=s.gate_must_beat_baselines, n_boot=s.eval_n_boot,
+        return cls(gate_must_beat_baselines=s.gate_must_beat_baselines, n_boot=s.eval_n_boot,
                    gate_slice_tolerance=s.gate_slice_tolerance, gate_cross_fit=s.gate_cross_fit,
                    retrain_min_new_rows=s.retrain_min_new_rows)
 
-    def config(self, **overrides: Any) -> TrainConfig:
-        try:
-            data = json.loads(self.train_config or "{}")
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"training resource train_config is not JSON: {exc}", hint="pass a JSON object of TrainConfig fields") from None
-        return load_config(data, **overrides)
+    def config(self, settings: Settings | None = None, **overrides: Any) -> TrainConfig:
+        """The settings' train_config (trusted: it may name paths), then this resource's (a run's config) over it."""
+        base = _json_object(settings.train_config if settings is not None else "{}", "setting train_config (LAKELOOP_TRAIN_CONFIG)")
+        run = _json_object(self.train_config, "training resource train_config")
+        named = sorted(SETTINGS_ONLY_FIELDS & run.keys())
+        if named:
+            raise ConfigError(f"a run's train_config may not set {', '.join(named)}: fields that name files come from the "
+                              "settings only", hint="set them in LAKELOOP_TRAIN_CONFIG or lakeloop.toml's train_config")
+        return load_config({**base, **run}, **overrides)
 
     def gate(self) -> GateConfig:
         return GateConfig(must_beat_baselines=self.gate_must_beat_baselines, slice_tolerance=self.gate_slice_tolerance,
                           min_slice_n=self.gate_min_slice_n)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not JSON: {exc}", hint="pass a JSON object of TrainConfig fields") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} is not a JSON object", hint="pass a JSON object of TrainConfig fields")
+    return data
 
 
 def resources() -> dict[str, Any]:

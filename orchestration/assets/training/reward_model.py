@@ -67,7 +67,7 @@ def reward_model(
     settings = lakeloop.load()
     from trainers.train import pin_versions  # torch: imported by the run that trains, not by every code-location load
 
-    cfg = pin_versions(training.config().model_copy(update=_pins(context, settings, config)), settings)
+    cfg = pin_versions(training.config(settings).model_copy(update=_pins(context, settings, config)), settings)
     context.log.info("training on gold/training_examples@%s and gold/preference_pairs@%s", cfg.examples_version, cfg.pairs_version)
     invocation = pipes_subprocess_client.run(
         context=context,
