@@ -108,8 +108,8 @@ class Settings(BaseSettings):
                                                "acknowledged an event within this many seconds.")
     # surfaces and credentials (issue 18): nothing listens beyond loopback without credentials (infra/surfaces.py;
     # loopback is 127.0.0.1, ::1, localhost)
-    kafka_host: str | None = Field(None, description="Address the Kafka broker binds to; default <bind_host>. Kafka has no "
-                                   "credentials in lakeloop: `up` refuses it beyond loopback (apps send through the collector).")
+    kafka_host: str | None = Field(None, description="Address the Kafka broker binds to; default <bind_host>. The local broker "
+                                   "is PLAINTEXT: `up` refuses it beyond loopback (apps send through the collector).")
     mlflow_auth: bool | None = Field(None, description="MLflow's basic-auth app: every request but /health needs a user. "
                                      "Default on beyond loopback (required there), off on loopback (on: opt in).")
     mlflow_admin_username: str = Field("admin", description="MLflow's admin user, created by the auth app at its first start.")

@@ -2,7 +2,8 @@
 
 Loopback is 127.0.0.1, ::1 and localhost (``infra.api_keys.is_loopback``). Beyond it:
 
-- Kafka: no credentials in lakeloop, so refused (apps send feedback through the collector); LAKELOOP_KAFKA_HOST.
+- Kafka: the local broker is PLAINTEXT without credentials, so refused (apps send feedback through the collector);
+  LAKELOOP_KAFKA_HOST keeps it on loopback.
 - MLflow: the basic-auth app, with an admin password and the password of lakeloop's own user.
 - Dagster: the webserver there is read-only (no credentials to check); a writable one stays on 127.0.0.1.
 - the collector and the scoring service: API key hashes (``infra.api_keys``).
@@ -72,9 +73,11 @@ def problems(s: Settings, surfaces: Iterable[Surface] = UP_SURFACES, *, serve_ho
     out: list[Problem] = []
     for surface in surfaces:
         if surface == "kafka" and not is_loopback(s.kafka_bind_host):
-            out.append(Problem("kafka", f"Kafka would listen on {s.kafka_bind_host}, beyond loopback, and lakeloop gives "
-                               "it no credentials: anyone who reaches it could read and write every topic",
-                               "set LAKELOOP_KAFKA_HOST=127.0.0.1 (apps send feedback through the collector)"))
+            out.append(Problem("kafka", f"Kafka would listen on {s.kafka_bind_host}, beyond loopback, and the broker "
+                               "`lakeloop up` starts is PLAINTEXT, without credentials: anyone who reaches it could read "
+                               "and write every topic",
+                               "set LAKELOOP_KAFKA_HOST=127.0.0.1 (apps send feedback through the collector; a secured "
+                               "cluster goes in LAKELOOP_KAFKA_BOOTSTRAP with the kafka_security_* settings)"))
         elif surface == "mlflow":
             out += _mlflow_problems(s)
         elif surface == "dagster" and s.dagster_read_only and s.dagster_local_port == s.dagster_port:

@@ -72,6 +72,9 @@ def test_configured_beyond_loopback_passes_and_keeps_passwords_out_of_messages(t
     assert s.env()["LAKELOOP_MLFLOW_PASSWORD"] == "lakeloop-Secret-2"  # child processes get the value, not ****
     assert s.mlflow_client_env() == {"MLFLOW_TRACKING_USERNAME": "lakeloop", "MLFLOW_TRACKING_PASSWORD": "lakeloop-Secret-2"}
     assert s.mlflow_admin_secret() == "admin-Secret-1"
+    from infra.secrets import redact, secret_values
+
+    assert redact("admin-Secret-1 lakeloop-Secret-2", secret_values(s)) == "[redacted] [redacted]"
 
 
 @pytest.mark.parametrize(("change", "surface", "expected"), [
