@@ -107,6 +107,7 @@ def test_serve_refuses_beyond_loopback_without_keys(tmp_path: Path) -> None:
     assert problems(s.model_copy(update={"serve_api_keys": key_entry("k")}), ("serve",), serve_host=OUTSIDE) == []
 
 
+@pytest.mark.slow  # imports mlflow (~10 s on a busy machine)
 def test_mlflow_keeps_its_default_allowed_hosts_and_adds_the_bind_address(tmp_path: Path) -> None:
     from mlflow.server.security_utils import get_default_allowed_hosts
 
