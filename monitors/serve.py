@@ -213,7 +213,7 @@ def may_score(caller: Caller, app_id: str | None) -> None:
         return
     if app_id is None or not caller.may_send_for(app_id):
         raise Refused(403, "this API key may not score for " + (f"app_id {app_id!r}" if app_id else "a request without app_id"),
-                      "send the app_id the key was made for (`lakeloop collector new-key --app-id APP`)")
+                      "send the app_id this key was made for, or use a key without @app_id (LAKELOOP_SERVE_API_KEYS)")
 
 
 def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds: float | None = None) -> FastAPI:
