@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from infra.errors import ConfigError
 from infra.settings import Settings
 
 ENV_SECRETS = ("LAKELOOP_PSEUDONYM_KEY", "LAKELOOP_CHECKPOINT_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -35,6 +36,11 @@ def secret_values(settings: Settings | None = None) -> list[str]:
         for item in webhooks.split(","):
             item = item.strip()
             found.add(item.partition("+")[2] if "+" in item.split("://")[0] else item)
+        if settings.mlflow_admin_password_file is not None:  # the one secret a setting names by its file
+            try:
+                found.add(settings.mlflow_admin_secret() or "")
+            except ConfigError:
+                pass  # unreadable: `up` refuses with its own message, and this process never held the value
     found.update(os.environ.get(name, "") for name in ENV_SECRETS)
     return sorted((v for v in found if len(v) >= _MIN_LEN), key=len, reverse=True)
 

@@ -26,8 +26,11 @@ from pathlib import Path
 import requests
 
 from infra.errors import MissingDependencyError, ServiceError
+from infra import mlflow_auth
+from infra.api_keys import is_loopback
 from infra.jars import require_jars
 from infra.settings import Settings
+from infra.surfaces import require_credentials
 from infra.supervisor import read_state
 
 INFRA_DIR = Path(__file__).resolve().parent
@@ -46,6 +49,8 @@ class ServiceSpec:
     prepare: Callable[[], None] | None = None
     start_timeout: float = 90.0
     after: tuple[str, ...] = ()  # started only once these (earlier in service_specs) are healthy
+    host: str | None = None  # the address it binds (default settings.bind_host)
+    ready: Callable[[], str] | None = None  # run once it is healthy (MLflow: its users); returns what it did
 
 
 @dataclass
@@ -139,7 +144,7 @@ def _java() -> str:
 
 
 def kafka_properties(settings: Settings) -> str:
-    host = settings.bind_host
+    host = settings.kafka_bind_host
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -212,14 +217,22 @@ def _kafka_spec(settings: Settings) -> ServiceSpec:
         health=lambda: kafka_healthy(settings.bootstrap_servers),
         marker="kafka.Kafka",
         prepare=prepare,
+        host=settings.kafka_bind_host,
     )
 
 
 def _mlflow_spec(settings: Settings) -> ServiceSpec:
+    """The tracking server; with mlflow_auth on (the default beyond loopback) its basic-auth app, whose users
+    ``mlflow_auth.ensure_users`` sets up once it answers (/health needs no password)."""
     store = settings.mlflow_dir
+    auth = settings.mlflow_auth_on
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def prepare() -> None:
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
+        if auth:
+            mlflow_auth.write_auth_config(settings)
+            env.update(mlflow_auth.server_env(settings))  # read by _start after prepare
 
     return ServiceSpec(
         name="mlflow",
@@ -232,14 +245,40 @@ def _mlflow_spec(settings: Settings) -> ServiceSpec:
             "--artifacts-destination", str(store / "artifacts"),
             "--serve-artifacts",
             "--workers", "1",
+            *(["--app-name", "basic-auth"] if auth else []),
+            *_mlflow_allowed_hosts(settings),
         ],
         port=settings.mlflow_port,
         url=f"http://{settings.bind_host}:{settings.mlflow_port}",
         health=lambda: http_ok(f"http://{settings.bind_host}:{settings.mlflow_port}/health"),
         marker="mlflow",
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=env,
         prepare=prepare,
+        ready=(lambda: mlflow_auth.ensure_users(settings)) if auth else None,
     )
+
+
+# MLflow 3's default Host allow-list (mlflow.server.security_utils.get_default_allowed_hosts: loopback names and
+# private addresses), written out: importing mlflow to read it costs `up` ~10 s
+MLFLOW_DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]", "0.0.0.0", "localhost:*", "127.0.0.1:*", "[[]::1]:*",
+                                "0.0.0.0:*", "192.168.*", "10.*", *(f"172.{n}.*" for n in range(16, 32)), "fc00:*", "fd00:*")
+
+
+def _mlflow_allowed_hosts(settings: Settings) -> list[str]:
+    """`--allowed-hosts` when MLflow's default (localhost and private addresses) would refuse the Host header of
+    its own address (a specific bind_host such as 127.0.0.2 or a public one) or of mlflow_public_url."""
+    from urllib.parse import urlparse
+
+    extra = []
+    if settings.bind_host not in ("0.0.0.0", "::", "") and not is_loopback(settings.bind_host):
+        extra.append(settings.bind_host)
+    if settings.mlflow_public_url:
+        extra.append(urlparse(settings.mlflow_public_url).hostname or "")
+    if not extra:
+        return []
+    hosts = list(MLFLOW_DEFAULT_ALLOWED_HOSTS)
+    added = [h for e in extra if e and e not in hosts for h in (e, f"{e}:*")]
+    return ["--allowed-hosts", ",".join(hosts + added)] if added else []
 
 
 def write_dagster_home(settings: Settings) -> Path:
@@ -373,30 +412,42 @@ def fail_orphaned_runs(settings: Settings, *, log: Log = print) -> list[str]:
 
 
 def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
+    """Webserver and daemon. Beyond loopback the webserver on bind_host is read-only (no mutation: no launch, no
+    backfill, no sensor toggles; it also closes the cross-site request risk of its GraphQL endpoint), and a writable
+    `dagster-webserver-local` listens on 127.0.0.1:dagster_local_port for lakeloop's own clients (settings.dagster_url)
+    and a reverse proxy with credentials (docs/deploy/dagster-proxy.md)."""
     home = settings.dagster_home
-    env = {"DAGSTER_HOME": str(home), **settings.env()}
-    url = settings.dagster_url
+    env = {"DAGSTER_HOME": str(home), **settings.env(), **settings.mlflow_client_env()}
+    url = settings.dagster_url  # the writable one
 
     def prepare() -> None:
         write_dagster_home(settings)
         init_dagster_instance(settings)
 
-    web = ServiceSpec(
-        name="dagster-webserver",
-        command=[
-            _venv_script("dagster-webserver"),
-            "-h", settings.bind_host,
-            "-p", str(settings.dagster_port),
-            "-w", str(home / "workspace.yaml"),
-        ],
-        port=settings.dagster_port,
-        url=url,
-        health=lambda: dagster_graphql_ok(url),
-        marker="dagster-webserver",
-        env=env,
-        prepare=prepare,
-        start_timeout=180.0,
-    )
+    def webserver(name: str, host: str, port: int, *, read_only: bool) -> ServiceSpec:
+        web_url = f"http://{host}:{port}"
+        return ServiceSpec(
+            name=name,
+            command=[
+                _venv_script("dagster-webserver"),
+                "-h", host,
+                "-p", str(port),
+                "-w", str(home / "workspace.yaml"),
+                *(["--read-only"] if read_only else []),
+            ],
+            port=port,
+            url=web_url + (" (read-only)" if read_only else ""),
+            health=lambda: dagster_graphql_ok(web_url),
+            marker="dagster-webserver",
+            env=env,
+            prepare=prepare,
+            start_timeout=180.0,
+            host=host,
+        )
+
+    web = webserver("dagster-webserver", settings.bind_host, settings.dagster_port, read_only=settings.dagster_read_only)
+    local = [webserver(LOCAL_WEBSERVER, "127.0.0.1", settings.dagster_local_port, read_only=False)] \
+        if settings.dagster_read_only else []
 
     def prepare_daemon() -> None:
         prepare()
@@ -412,7 +463,7 @@ def _dagster_specs(settings: Settings) -> list[ServiceSpec]:
         env=env,
         prepare=prepare_daemon,
     )
-    return [web, daemon]
+    return [web, *local, daemon]
 
 
 INGEST_STREAMS = {"ingest-feedback": "feedback", "ingest-predictions": "predictions"}
@@ -473,20 +524,31 @@ def _collector_spec(settings: Settings) -> ServiceSpec:
         env=settings.env(),
         start_timeout=60.0,
         after=("kafka",),
+        host=settings.collector_bind_host,
     )
 
 
-def service_specs(settings: Settings) -> list[ServiceSpec]:
-    """The services ``up`` starts, in order; the ingestors only with autopilot on."""
-    specs = [_kafka_spec(settings), _mlflow_spec(settings), *_dagster_specs(settings), _collector_spec(settings)]
-    if settings.autopilot:
+def service_specs(settings: Settings, only: list[str] | None = None) -> list[ServiceSpec]:
+    """The services ``up`` starts, in order; the ingestors only with autopilot on. With ``only``, just those (the
+    others are not built: MLflow alone needs no Kafka jars)."""
+    def want(*names: str) -> bool:
+        return only is None or bool(set(names) & set(only))
+
+    specs = [*([_kafka_spec(settings)] if want("kafka") else []),
+             *([_mlflow_spec(settings)] if want("mlflow") else []),
+             *(_dagster_specs(settings) if want("dagster-webserver", LOCAL_WEBSERVER, "dagster-daemon") else []),
+             *([_collector_spec(settings)] if want("collector") else [])]
+    if settings.autopilot and want(*INGEST_STREAMS):
         specs += _ingest_specs(settings)
-    return specs
+    return [s for s in specs if only is None or s.name in only]
 
 
 SERVICE_NAMES = ("kafka", "mlflow", "dagster-webserver", "dagster-daemon", "collector")  # the platform, whatever the autopilot
+LOCAL_WEBSERVER = "dagster-webserver-local"  # the writable webserver on 127.0.0.1, only when bind_host is beyond loopback
 INGEST_SERVICE_NAMES = tuple(INGEST_STREAMS)  # supervised ingestors: started with autopilot on
 ALL_SERVICE_NAMES = SERVICE_NAMES + INGEST_SERVICE_NAMES
+# every pid file `down` and `status` look at, in start order
+_PID_NAMES = SERVICE_NAMES[:3] + (LOCAL_WEBSERVER,) + SERVICE_NAMES[3:] + INGEST_SERVICE_NAMES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,9 +606,10 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
             return None
         log(f"{spec.name}: removing stale pid file {_pid_file(settings, spec.name)} (pid {info.get('pid')} is gone)")
         _pid_file(settings, spec.name).unlink(missing_ok=True)
-    if spec.port is not None and port_in_use(settings.bind_host, spec.port):
+    host = spec.host or settings.bind_host
+    if spec.port is not None and port_in_use(host, spec.port):
         raise ServiceError(
-            f"{spec.name}: port {spec.port} on {settings.bind_host} is taken by another process",
+            f"{spec.name}: port {spec.port} on {host} is taken by another process",
             hint=f"stop that process or choose another port (LAKELOOP_{spec.name.split('-')[0].upper()}_PORT)",
         )
     if spec.prepare:
@@ -572,8 +635,10 @@ def _start(settings: Settings, spec: ServiceSpec, log: Log) -> subprocess.Popen 
 
 
 def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -> list[ServiceStatus]:
-    """Start every service that is not running and wait until all are healthy. Idempotent."""
-    specs = [s for s in service_specs(settings) if only is None or s.name in only]
+    """Start every service that is not running and wait until all are healthy. Idempotent. Nothing starts while a
+    surface would listen beyond loopback without its credentials (``infra.surfaces``: one ConfigError lists all)."""
+    require_credentials(settings)
+    specs = service_specs(settings, only)
     if not settings.autopilot and (only is None or set(only) & set(INGEST_SERVICE_NAMES)):
         running = [n for n in INGEST_SERVICE_NAMES if (info := _read_pid(settings, n)) and _alive_info(info)]
         log("autopilot is off: the continuous ingestors are not started (`lakeloop ingest` runs one by hand)"
@@ -607,6 +672,8 @@ def up(settings: Settings, *, log: Log = print, only: list[str] | None = None) -
                 )
             time.sleep(0.5)
         log(f"{spec.name}: healthy at {spec.url}")
+        if spec.ready is not None:
+            log(f"{spec.name}: {spec.ready()}")
     return status(settings)
 
 
@@ -641,7 +708,7 @@ def down(settings: Settings, *, log: Log = print, timeout: float = 20.0, only: l
     off` stops the ingestors alone): SIGTERM, then SIGKILL after ``timeout``. The ingestors go first (SIGTERM reaches
     supervisor and ingestor: the ingestor flushes its batch, commits and exits, then the supervisor), while Kafka
     still answers."""
-    for name in reversed(ALL_SERVICE_NAMES):
+    for name in reversed(_PID_NAMES):
         if only is not None and name not in only:
             continue
         info = _read_pid(settings, name)
@@ -657,18 +724,25 @@ def down(settings: Settings, *, log: Log = print, timeout: float = 20.0, only: l
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """Each service: pid, address, running, healthy. Never starts anything."""
+    public_dagster = f"http://{settings.bind_host}:{settings.dagster_port}"
     checks: dict[str, tuple[int | None, str, Callable[[], bool]]] = {
         "kafka": (settings.kafka_port, settings.bootstrap_servers, lambda: kafka_healthy(settings.bootstrap_servers, 2.0, settings=settings)),
         "mlflow": (settings.mlflow_port, settings.tracking_uri, lambda: http_ok(f"{settings.tracking_uri}/health")),
-        "dagster-webserver": (settings.dagster_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
+        "dagster-webserver": (settings.dagster_port, public_dagster + (" (read-only)" if settings.dagster_read_only else ""),
+                              lambda: dagster_graphql_ok(public_dagster)),
+        LOCAL_WEBSERVER: (settings.dagster_local_port, settings.dagster_url, lambda: dagster_graphql_ok(settings.dagster_url)),
         "dagster-daemon": (None, "-", lambda: dagster_daemon_ok(settings.dagster_url)),
         "collector": (settings.collector_port, f"{settings.collector_url}/v1/feedback",
                       lambda: http_ok(f"{settings.collector_url}/readyz")),
     }
     out: list[ServiceStatus] = []
-    for name in SERVICE_NAMES:
-        _, address, health = checks[name]
+    for name in _PID_NAMES:
+        if name not in checks:
+            continue  # the ingestors, below
         info = _read_pid(settings, name)
+        if name == LOCAL_WEBSERVER and info is None and not settings.dagster_read_only:
+            continue  # bound to loopback: the one webserver is writable
+        _, address, health = checks[name]
         pid = info.get("pid") if info else None
         running = bool(info) and _alive_info(info)
         note = ""

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.api_keys import is_loopback
 from infra.errors import ConfigError
 
 Engine = Literal["local", "spark"]
@@ -105,6 +106,28 @@ class Settings(BaseSettings):
                                           "body, without reading the rest.")
     collector_publish_timeout_s: float = Field(2.0, gt=0, description="The collector answers 503 when Kafka has not "
                                                "acknowledged an event within this many seconds.")
+    # surfaces and credentials (issue 18): nothing listens beyond loopback without credentials (infra/surfaces.py;
+    # loopback is 127.0.0.1, ::1, localhost)
+    kafka_host: str | None = Field(None, description="Address the Kafka broker binds to; default <bind_host>. The local broker "
+                                   "is PLAINTEXT: `up` refuses it beyond loopback (apps send through the collector).")
+    mlflow_auth: bool | None = Field(None, description="MLflow's basic-auth app: every request but /health needs a user. "
+                                     "Default on beyond loopback (required there), off on loopback (on: opt in).")
+    mlflow_admin_username: str = Field("admin", description="MLflow's admin user, created by the auth app at its first start.")
+    mlflow_admin_password: SecretStr | None = Field(None, description="The admin's password (prefer mlflow_admin_password_file).")
+    mlflow_admin_password_file: Path | None = Field(None, description="A file holding the admin's password (first line).")
+    mlflow_username: str = Field("lakeloop", description="The MLflow user of lakeloop's own processes (Dagster runs, "
+                                 "trainers, `lakeloop serve`, the CLI); `up` creates it with the admin's credentials.")
+    mlflow_password: SecretStr | None = Field(None, description="That user's password; with auth on, required.")
+    serve_mlflow_username: str = Field("lakeloop-serve", description="A read-only MLflow user for `lakeloop serve` "
+                                       "(loads models, reads aliases), created by `up` when serve_mlflow_password is set.")
+    serve_mlflow_password: SecretStr | None = Field(None, description="Its password; unset: serve uses mlflow_username.")
+    dagster_local_port: int = Field(3001, ge=1, le=65535, description="Beyond loopback the webserver on <bind_host> is "
+                                    "read-only and a writable one (lakeloop's own clients, a reverse proxy) listens on "
+                                    "127.0.0.1 at this port.")
+    serve_host: str | None = Field(None, description="Address `lakeloop serve` binds to; default <bind_host>. Beyond "
+                                   "loopback it refuses to start without serve_api_keys.")
+    serve_api_keys: str = Field("", description="API key hashes of the scoring service, as collector_api_keys; `@app_id` "
+                                "limits a key to requests naming that app_id. Empty: no key needed, loopback only.")
 
     engine: Engine = "local"
     spark_master: str = "local[*]"
@@ -253,16 +276,59 @@ class Settings(BaseSettings):
         return self.home / "artifacts"
 
     @property
+    def kafka_bind_host(self) -> str:
+        return self.kafka_host or self.bind_host
+
+    @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"
+        return self.kafka_bootstrap or f"{self.kafka_bind_host}:{self.kafka_port}"
 
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
 
     @property
+    def dagster_read_only(self) -> bool:
+        """The webserver on bind_host is read-only (beyond loopback); a writable one listens on 127.0.0.1."""
+        return not is_loopback(self.bind_host)
+
+    @property
     def dagster_url(self) -> str:
+        """The writable webserver, which lakeloop's own clients use (127.0.0.1:dagster_local_port beyond loopback)."""
+        if self.dagster_read_only:
+            return f"http://127.0.0.1:{self.dagster_local_port}"
         return f"http://{self.bind_host}:{self.dagster_port}"
+
+    @property
+    def mlflow_auth_on(self) -> bool:
+        return self.mlflow_auth if self.mlflow_auth is not None else not is_loopback(self.bind_host)
+
+    def mlflow_admin_secret(self) -> str | None:
+        """The MLflow admin's password: mlflow_admin_password, else the first line of mlflow_admin_password_file."""
+        if self.mlflow_admin_password is not None:
+            return self.mlflow_admin_password.get_secret_value() or None
+        if self.mlflow_admin_password_file is not None:
+            try:
+                lines = self.mlflow_admin_password_file.read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"LAKELOOP_MLFLOW_ADMIN_PASSWORD_FILE: cannot read {self.mlflow_admin_password_file} "
+                                  f"({exc.strerror})", hint="point it at a readable file holding the password") from None
+            return lines[0].strip() if lines and lines[0].strip() else None
+        return None
+
+    def mlflow_client_env(self, *, serve: bool = False) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME/PASSWORD for lakeloop's MLflow clients (read by MLflow at each request), the
+        read-only serve user's with ``serve`` when it has a password; empty without a password."""
+        user, password = self.mlflow_username, self.mlflow_password
+        if serve and self.serve_mlflow_password is not None and self.serve_mlflow_password.get_secret_value():
+            user, password = self.serve_mlflow_username, self.serve_mlflow_password
+        if password is None or not password.get_secret_value():
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password.get_secret_value()}
+
+    @property
+    def serve_bind_host(self) -> str:
+        return self.serve_host or self.bind_host
 
     @property
     def serve_url(self) -> str:

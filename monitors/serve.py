@@ -8,6 +8,11 @@ is returned only once Kafka has it: a publish failure is a 503 and is not counte
 Refused without harm (``monitors.serve_limits``): a body over ``serve_max_body_bytes`` (413, the rest is
 never read), a request that does not fit ``ScoreRequest`` (422 with field locations and messages, never the
 values sent), a prediction record over ``max_event_bytes`` (413: the ingestor would dead-letter it).
+
+API keys (``serve_api_keys``, hashes as the collector's, ``infra.api_keys``): with keys configured, /score and /stats
+answer 401 without a valid ``Authorization: Bearer <key>``, and a key scoped to apps (``@app_id``) scores only
+requests whose ``app_id`` is one of them (403). /healthz and /readyz stay open for health checks. ``run`` refuses to
+listen beyond loopback without keys.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
+from infra.api_keys import Caller, parse_keys
 from infra.settings import Settings
 from monitors import model_store
 from monitors.predictions import PredictionRecord, PublishError, rfc3339_now
@@ -76,8 +82,9 @@ class ScoreRequest(BaseModel):
     conversation_id: str = Field(min_length=1, max_length=256)
     request_id: str | None = Field(None, max_length=256)  # generated when absent or empty
     response_id: str | None = Field(None, max_length=256)
+    app_id: str | None = Field(None, max_length=256)  # required by a key scoped to apps (serve_api_keys `@app_id`)
 
-    @field_validator("prompt", "response", "conversation_id", "request_id", "response_id")
+    @field_validator("prompt", "response", "conversation_id", "request_id", "response_id", "app_id")
     @classmethod
     def _publishable(cls, v: str | None) -> str | None:
         """Text the prediction record can carry: the ingestor dead-letters U+0000, and a lone surrogate
@@ -186,9 +193,40 @@ class Poller:
         self._thread.join(timeout=10)
 
 
+class Refused(Exception):
+    """A request refused for its key: 401 (none or unknown) or 403 (not for this app)."""
+
+    def __init__(self, status: int, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.hint = status, message, hint
+
+
+def _refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refused)
+    headers = {"WWW-Authenticate": 'Bearer realm="lakeloop"'} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.status, headers=headers)
+
+
+def may_score(caller: Caller, app_id: str | None) -> None:
+    """Refused (403) when a key scoped to apps sends a request for another app or none."""
+    if caller.app_ids is None:
+        return
+    if app_id is None or not caller.may_send_for(app_id):
+        raise Refused(403, "this API key may not score for " + (f"app_id {app_id!r}" if app_id else "a request without app_id"),
+                      "send the app_id this key was made for, or use a key without @app_id (LAKELOOP_SERVE_API_KEYS)")
+
+
 def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds: float | None = None) -> FastAPI:
     """The app; the poller starts and stops with it. ``publisher`` None disables publishing (tests only)."""
     from contextlib import asynccontextmanager
+
+    keys = parse_keys(settings.serve_api_keys, setting="LAKELOOP_SERVE_API_KEYS")
+
+    def caller(request: Request) -> Caller:  # a dependency: runs before the body is validated (401 before 422)
+        found = keys.caller(request.headers.get("authorization"))
+        if found is None:
+            raise Refused(401, "a valid API key is required", "send `Authorization: Bearer <key>`")
+        return found
 
     pool = ModelPool(settings)
     counters = Counters()
@@ -210,6 +248,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
     app = FastAPI(title="lakeloop scoring service", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.serve_max_body_bytes)
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(Refused, _refused)
     app.state.pool, app.state.counters = pool, counters
     no_champion = {
         "error": f"no `champion` version of {settings.registered_model_name} in the MLflow registry at {settings.tracking_uri}",
@@ -237,7 +276,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
             return JSONResponse({**body, **no_champion}, status_code=503)
         return JSONResponse(body)
 
-    @app.get("/stats")
+    @app.get("/stats", dependencies=[Depends(caller)])
     async def stats() -> dict[str, Any]:
         with counters.lock:
             out: dict[str, Any] = {"requests": dict(counters.requests), "errors": dict(counters.errors)}
@@ -246,7 +285,8 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
         return out
 
     @app.post("/score", response_model=ScoreResponse)
-    def score(req: ScoreRequest) -> Any:
+    def score(req: ScoreRequest, who: Caller = Depends(caller)) -> Any:  # noqa: B008 - FastAPI's dependency idiom
+        may_score(who, req.app_id)
         s = pool.serving  # one snapshot for the whole request
         if s.champion is None:
             return JSONResponse(no_champion, status_code=503)
@@ -300,11 +340,15 @@ def create_app(settings: Settings, *, publisher: Publisher | None, poll_seconds:
 
 
 def run(settings: Settings, *, host: str | None = None, port: int | None = None, poll_seconds: float | None = None) -> None:
-    """Serve until interrupted (``lakeloop serve``)."""
+    """Serve until interrupted (``lakeloop serve``). ConfigError beyond loopback without ``serve_api_keys``."""
     import uvicorn
 
+    from infra.surfaces import require_credentials
     from monitors.predictions import KafkaPublisher
+
+    host = host or settings.serve_bind_host
+    require_credentials(settings, ("serve",), serve_host=host)
 
     app = create_app(settings, publisher=KafkaPublisher(settings, ack_timeout_s=settings.serve_publish_timeout_s),
                      poll_seconds=poll_seconds)
-    uvicorn.run(app, host=host or settings.bind_host, port=port or settings.serve_port, log_level="info")
+    uvicorn.run(app, host=host, port=port or settings.serve_port, log_level="info")

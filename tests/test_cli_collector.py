@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from feedback.collector.keys import key_entry, parse_keys
+from infra.api_keys import key_entry, parse_keys
 from tests.conftest import REPO_ROOT, free_port
 
 LAKELOOP = [sys.executable, "-m", "orchestration.cli"]

@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 
 from feedback.client import FeedbackClient
 from feedback.collector.app import create_app
-from feedback.collector.keys import key_entry
+from infra.api_keys import key_entry
 from feedback.ingestor import Ingestor
 from feedback.kafka_io import end_offsets
 from feedback.streams import get_stream

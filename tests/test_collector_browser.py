@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 from playwright.sync_api import Browser, Page, expect
 
-from feedback.collector.keys import key_entry
+from infra.api_keys import key_entry
 from infra.settings import Settings
 from infra.tables import table_uri
 from tests.test_collector import bronze, collector, ingest, local, records_in_topic

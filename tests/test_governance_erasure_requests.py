@@ -86,7 +86,7 @@ def test_the_flush_routes_requests_to_their_table_and_the_fast_path_leaves_them_
 
 
 def test_the_collector_accepts_a_request_keyed_by_its_event_id() -> None:
-    from feedback.collector.keys import Caller
+    from infra.api_keys import Caller
     from feedback.collector.verdicts import Publishable, check_events
 
     stream = get_stream(Settings(), "feedback", topic="t")

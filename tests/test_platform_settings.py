@@ -37,7 +37,9 @@ def test_defaults_bind_loopback_and_standard_ports(clean_env: pytest.MonkeyPatch
         ({"LAKELOOP_KAFKA_PORT": "19092"}, "bootstrap_servers", "127.0.0.1:19092"),
         ({"LAKELOOP_KAFKA_BOOTSTRAP": "broker:9092"}, "bootstrap_servers", "broker:9092"),
         ({"LAKELOOP_MLFLOW_PORT": "5555"}, "tracking_uri", "http://127.0.0.1:5555"),
-        ({"LAKELOOP_BIND_HOST": "0.0.0.0", "LAKELOOP_DAGSTER_PORT": "3100"}, "dagster_url", "http://0.0.0.0:3100"),
+        ({"LAKELOOP_DAGSTER_PORT": "3100"}, "dagster_url", "http://127.0.0.1:3100"),
+        # beyond loopback the webserver there is read-only: lakeloop's clients use the writable one on loopback
+        ({"LAKELOOP_BIND_HOST": "0.0.0.0", "LAKELOOP_DAGSTER_LOCAL_PORT": "3100"}, "dagster_url", "http://127.0.0.1:3100"),
         ({"LAKELOOP_LAKE_ROOT": "s3://bucket/lake"}, "lake", "s3://bucket/lake"),
         ({"LAKELOOP_ENGINE": "spark"}, "engine", "spark"),
     ],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from infra.errors import ServiceError
+from infra.mlflow_auth import use_credentials
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ def client(settings: Settings) -> Any:
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)  # read by MLflow at each request
+    use_credentials(settings)  # MLflow's basic-auth app: lakeloop's user
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from feedback.collector.example import EXAMPLE_PATH, load_example_page
-from feedback.collector.keys import ApiKeys, Caller, parse_keys, require_keys_beyond_loopback
+from infra.api_keys import ApiKeys, Caller, parse_keys, require_keys_beyond_loopback
 from feedback.collector.publisher import EventPublisher, KafkaEventPublisher, KafkaUnavailable
 from feedback.collector.verdicts import BodyError, Publishable, Rejected, check_events, split_body
 from feedback.streams import get_stream

@@ -18,7 +18,7 @@ import msgspec
 from pydantic import ValidationError
 
 from feedback.bronze import FEEDBACK_ROW_COLUMNS
-from feedback.collector.keys import Caller
+from infra.api_keys import Caller
 from feedback.events import EVENT_ADAPTER, EVENT_TYPES
 from feedback.streams import Stream
 from feedback.validation import Invalid

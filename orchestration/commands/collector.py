@@ -33,7 +33,7 @@ def new_key(
     app_id: Annotated[str | None, typer.Option("--app-id", help="Limit the key to events of this app_id.")] = None,
 ) -> None:
     """Print a new random API key (for the app) and its LAKELOOP_COLLECTOR_API_KEYS entry (all the collector keeps)."""
-    from feedback.collector.keys import key_entry, new_key as make
+    from infra.api_keys import key_entry, new_key as make
 
     key = make()
     typer.echo(f"key:   {key}")
@@ -48,7 +48,7 @@ def hash_key(
     app_id: Annotated[str | None, typer.Option("--app-id", help="Limit the key to events of this app_id.")] = None,
 ) -> None:
     """Print the LAKELOOP_COLLECTOR_API_KEYS entry of an existing key."""
-    from feedback.collector.keys import key_entry
+    from infra.api_keys import key_entry
 
     text = (key if key is not None else sys.stdin.readline()).strip()
     if not text:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from infra.mlflow_auth import use_credentials
 from infra.settings import Settings, load_settings
 
 console = Console(highlight=False)
@@ -17,8 +18,10 @@ err_console = Console(stderr=True, highlight=False)
 @functools.cache
 def settings(**flags: Any) -> Settings:
     """The settings of this CLI invocation: command flags (``None``: not given), then env vars and
-    lakeloop.toml (global flags set env first)."""
-    return load_settings(**flags)
+    lakeloop.toml (global flags set env first). This process's MLflow clients use lakeloop's MLflow user."""
+    s = load_settings(**flags)
+    use_credentials(s)
+    return s
 
 
 def say(msg: str) -> None:

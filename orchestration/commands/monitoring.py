@@ -24,17 +24,22 @@ def _show(status) -> None:  # type: ignore[no-untyped-def]
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default settings.bind_host, 127.0.0.1).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default settings.serve_host, else bind_host: 127.0.0.1); "
+                                             "beyond loopback it needs LAKELOOP_SERVE_API_KEYS.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default settings.serve_port / LAKELOOP_SERVE_PORT).")] = None,
     poll: Annotated[float | None, typer.Option(help="Seconds between alias polls (default LAKELOOP_SERVE_POLL_SECONDS).")] = None,
 ) -> None:
     """Serve POST /score with the `champion` and a sticky `canary`; /healthz, /readyz, /stats. Ctrl-C stops."""
     from feedback.kafka_io import ensure_topic
+    from infra.mlflow_auth import use_credentials
+    from infra.surfaces import require_credentials
     from monitors import serve as service
 
     s = settings()
+    require_credentials(s, ("serve",), serve_host=host)  # before anything else, as `lakeloop up`
+    use_credentials(s, serve=True)  # MLflow: the read-only serve user when it has a password
     ensure_topic(s, s.predictions_topic)
-    say(f"scoring {s.registered_model_name} on http://{host or s.bind_host}:{port or s.serve_port} "
+    say(f"scoring {s.registered_model_name} on http://{host or s.serve_bind_host}:{port or s.serve_port} "
         f"(predictions -> Kafka topic {s.predictions_topic!r})")
     service.run(s, host=host, port=port, poll_seconds=poll)
 

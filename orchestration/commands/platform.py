@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from infra import jars, services
+from infra.surfaces import require_credentials
 from infra.tables import table_status
 from orchestration.commands.common import console, say, settings
 
@@ -31,6 +32,7 @@ def up(
     """Start Kafka (KRaft), the MLflow server, the Dagster webserver + daemon and the feedback collector, and with
     autopilot on the two continuous ingestors (supervised, restarted with backoff); wait until healthy. Idempotent."""
     s = settings()
+    require_credentials(s)  # before any download: a deployment that would open a surface starts nothing
     if fetch:
         for name, _, fetched in jars.fetch_jars(s):
             if fetched:
@@ -45,7 +47,11 @@ def _print_urls() -> None:
     say("")
     say(f"  Kafka       {s.bootstrap_servers}")
     say(f"  MLflow UI   {s.tracking_uri}")
-    say(f"  Dagster UI  {s.dagster_url}")
+    if s.dagster_read_only:
+        say(f"  Dagster UI  http://{s.bind_host}:{s.dagster_port} (read-only); writable on {s.dagster_url} (loopback: "
+            "docs/deploy/dagster-proxy.md)")
+    else:
+        say(f"  Dagster UI  {s.dagster_url}")
     say(f"  Collector   {s.collector_url}/v1/feedback (apps send feedback here)")
     if s.autopilot:
         say(f"  ingestors   {s.feedback_topic} -> bronze/feedback_events, {s.predictions_topic} -> bronze/predictions "

@@ -1,11 +1,14 @@
-"""API keys of the collector: settings hold only their SHA-256 hashes, each optionally scoped to one app_id.
+"""API keys of lakeloop's HTTP services (the collector, the scoring service): settings hold only their SHA-256
+hashes, each optionally scoped to one app_id.
 
-An entry is ``sha256:<64 hex digits>`` or ``sha256:<hex>@<app_id>``; ``LAKELOOP_COLLECTOR_API_KEYS`` holds
-them comma-separated. The same key may appear with several app_ids (it may send for each of them); without
+An entry is ``sha256:<64 hex digits>`` or ``sha256:<hex>@<app_id>``; ``LAKELOOP_COLLECTOR_API_KEYS`` and
+``LAKELOOP_SERVE_API_KEYS`` hold them comma-separated. The same key may appear with several app_ids (it may send for each of them); without
 ``@app_id`` it may send for any app. Keys are random (``new_key``: 256 bits), so a plain SHA-256 suffices:
 there is nothing to guess from a hash. A key travels as ``Authorization: Bearer <key>``.
 
 Without any entry no key is needed, which ``require_keys_beyond_loopback`` allows only on a loopback address.
+Loopback here is 127.0.0.1, ::1 and localhost only: another 127.x address counts as beyond loopback (stricter than
+the kernel, never in the unsafe direction, and it lets tests exercise the beyond-loopback path on 127.0.0.2).
 """
 
 from __future__ import annotations
@@ -80,15 +83,15 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def parse_keys(text: str) -> ApiKeys:
-    """Parse ``LAKELOOP_COLLECTOR_API_KEYS``; ConfigError naming the position of a malformed entry."""
+def parse_keys(text: str, *, setting: str = "LAKELOOP_COLLECTOR_API_KEYS") -> ApiKeys:
+    """Parse the key entries of ``setting``; ConfigError naming the position of a malformed entry."""
     scopes: dict[str, frozenset[str] | None] = {}
     entries = [e.strip() for e in text.split(",") if e.strip()]
     for n, entry in enumerate(entries, 1):
         match = _ENTRY.fullmatch(entry)
         if match is None:
             raise ConfigError(
-                f"LAKELOOP_COLLECTOR_API_KEYS: entry {n} of {len(entries)} is not `sha256:<64 lowercase hex>[@app_id]`",
+                f"{setting}: entry {n} of {len(entries)} is not `sha256:<64 lowercase hex>[@app_id]`",
                 hint="settings hold key hashes, never keys: `lakeloop collector new-key [--app-id APP]` prints a key "
                      "and its entry (`lakeloop collector hash-key` for an existing key)",
             )
@@ -99,22 +102,35 @@ def parse_keys(text: str) -> ApiKeys:
     return ApiKeys(scopes)
 
 
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
 def is_loopback(host: str) -> bool:
-    """``host`` (an address to bind) reaches only this machine: localhost, 127.0.0.0/8, ::1."""
+    """``host`` (an address to bind) is lakeloop's loopback: 127.0.0.1, ::1 or localhost. Any other address, 127.0.0.2
+    included, is beyond loopback and needs credentials (see the module's docstring)."""
     if host.strip().lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host.strip("[]")) in LOOPBACK
     except ValueError:
         return False  # a host name other than localhost: it may resolve beyond loopback
 
 
-def require_keys_beyond_loopback(host: str, keys: ApiKeys) -> None:
-    """ConfigError when the collector would listen beyond loopback without API keys."""
-    if not keys and not is_loopback(host):
-        raise ConfigError(
-            f"the collector would listen on {host}, beyond loopback, without API keys: anyone who reaches it could "
-            "write feedback",
-            hint="create a key with `lakeloop collector new-key [--app-id APP]` and set LAKELOOP_COLLECTOR_API_KEYS to the "
-                 "printed sha256:... entry, or bind loopback (LAKELOOP_COLLECTOR_HOST=127.0.0.1)",
-        )
+def missing_keys(host: str, keys: ApiKeys, *, service: str = "the collector", does: str = "write feedback",
+                 setting: str = "LAKELOOP_COLLECTOR_API_KEYS", host_setting: str = "LAKELOOP_COLLECTOR_HOST",
+                 ) -> ConfigError | None:
+    """The ConfigError for ``service`` listening on ``host`` beyond loopback without API keys, else None."""
+    if keys or is_loopback(host):
+        return None
+    return ConfigError(
+        f"{service} would listen on {host}, beyond loopback, without API keys: anyone who reaches it could {does}",
+        hint=f"create a key with `lakeloop collector new-key [--app-id APP]` and set {setting} to the printed "
+             f"sha256:... entry, or bind loopback ({host_setting}=127.0.0.1)",
+    )
+
+
+def require_keys_beyond_loopback(host: str, keys: ApiKeys, **names: str) -> None:
+    """ConfigError when a service would listen beyond loopback without API keys (``missing_keys``)."""
+    error = missing_keys(host, keys, **names)
+    if error is not None:
+        raise error
