@@ -89,11 +89,15 @@ class Cluster:
         return self.home / f"node-{node_id}" / "server.properties"
 
     def format(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         cid = new_cluster_id()
         for node in self.nodes:
             self.conf(node.node_id).parent.mkdir(parents=True, exist_ok=True)
             self.conf(node.node_id).write_text(node_properties(node, self.nodes, self.settings))
-            format_storage(self.conf(node.node_id), cluster_id=cid, classpath=self.classpath, java=self.java)
+        with ThreadPoolExecutor(3) as pool:  # one JVM each: side by side
+            list(pool.map(lambda n: format_storage(self.conf(n.node_id), cluster_id=cid, classpath=self.classpath,
+                                                   java=self.java), self.nodes))
 
     def start(self, node_id: int) -> None:
         d = self.home / f"node-{node_id}"
@@ -113,7 +117,7 @@ class Cluster:
         return next(n for n in self.nodes if n.node_id == node_id)
 
     def brokers(self, node_id: int | None = None) -> set[int]:
-        """The broker ids the cluster's metadata lists, asked of ``node_id`` (or any live node); empty if none answers."""
+        """The unfenced broker ids the cluster lists, asked of ``node_id`` (or any live node); empty if none answers."""
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
@@ -123,7 +127,7 @@ class Cluster:
         except (KafkaError, OSError, ValueError):
             return set()
         try:
-            return {b["node_id"] for b in admin.describe_cluster()["brokers"]}
+            return {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")}
         except (KafkaError, OSError):
             return set()
         finally:
@@ -143,9 +147,21 @@ class Cluster:
 
         admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=5000)
         try:
-            return sorted(admin.describe_topics([topic])[0]["partitions"], key=lambda p: p["partition"])
+            parts = admin.describe_topics([topic])[0]["partitions"]
         finally:
             admin.close()
+        return sorted(({"partition": p["partition_index"], "leader": p["leader_id"], "replicas": p["replica_nodes"],
+                        "isr": p["isr_nodes"]} for p in parts), key=lambda p: p["partition"])
+
+    def coordinator(self, group: str) -> int:
+        """The node coordinating ``group``: the leader of its ``__consumer_offsets`` partition (Kafka's partitionFor:
+        abs(the group id's Java hashCode) % offsets.topic.num.partitions). ASCII group ids only."""
+        h = 0
+        for ch in group:
+            h = (31 * h + ord(ch)) & 0xFFFFFFFF
+        h = h - (1 << 32) if h >= 1 << 31 else h
+        parts = self.partitions("__consumer_offsets")
+        return next(p["leader"] for p in parts if p["partition"] == (0 if h == -(1 << 31) else abs(h)) % len(parts))
 
     def log_tail(self, node_id: int, n: int = 30) -> str:
         text = (self.home / f"node-{node_id}" / "stdout.log").read_text(errors="replace")
@@ -156,7 +172,7 @@ class Cluster:
             proc.terminate()
         for proc in self.procs.values():
             try:
-                proc.wait(30)
+                proc.wait(10)  # the last node of a quorum cannot shut down in a controlled way: do not wait long
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
@@ -190,8 +206,8 @@ def _wait(what: str, cond: Callable[[], bool], timeout: float, *, alive: Callabl
 @pytest.mark.integration
 @pytest.mark.slow
 def test_topics_are_replicated_three_times_with_two_in_sync(cluster: Cluster) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType
     from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
 
     from feedback.kafka_io import describe_topic
 
@@ -204,8 +220,8 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster: Cluster) ->
         res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
         admin.close()
-    configs = {c[0]: c[1] for c in res[0].resources[0][4]}
-    assert configs["min.insync.replicas"] == "2"
+    isr = res["topic"][topic]["min.insync.replicas"]
+    assert (isr["value"], isr["config_source"]) == ("2", "DYNAMIC_TOPIC_CONFIG")  # set on the topic, not a broker default
 
 
 @pytest.mark.integration
@@ -271,20 +287,24 @@ def test_a_leader_killed_and_restarted_mid_stream_loses_and_doubles_nothing(clus
         _wait(f"{KILL_AFTER} events sent and a committed batch from each ingestor",
               lambda: producer.report.sent >= KILL_AFTER and all(ing.stats.flushes >= 1 for ing in ingestors), 120, alive=alive)
 
+        # the victim: the group's coordinator when it also leads partitions of the topic (the hardest case: the
+        # ingestors lose their coordinator and the producer its leader at once), else the leader of the most partitions
         leaders = Counter(p["leader"] for p in cluster.partitions(topic))
-        victim = leaders.most_common(1)[0][0]  # the leader of the most partitions
+        coordinator = cluster.coordinator(f"g-{topic}")
+        victim = coordinator if leaders[coordinator] else leaders.most_common(1)[0][0]
         led = sorted(p["partition"] for p in cluster.partitions(topic) if p["leader"] == victim)
         sent_at_kill, delivered_at_kill = producer.report.sent, delivered()
         t_kill = time.monotonic()
         cluster.kill(victim)
-        print(f"killed node {victim} (leader of partitions {led}) after {sent_at_kill} sent, {delivered_at_kill} acknowledged, "
-              f"{ingested()} ingested")
+        role = ", the group coordinator" if victim == coordinator else ""
+        print(f"killed node {victim} (leader of partitions {led}{role}) after {sent_at_kill} sent, {delivered_at_kill} "
+              f"acknowledged, {ingested()} ingested")
         # producing and ingesting go on without it: new leaders, acknowledgements from the two in-sync replicas
         failover = _wait("acknowledgements after the kill", lambda: delivered() > sent_at_kill, 120, alive=alive)
         _wait(f"{RESTART_BEFORE} events acknowledged and ingested with node {victim} down",
               lambda: delivered() >= RESTART_BEFORE and ingested() >= RESTART_BEFORE, 180, alive=alive)
         new_leaders = {p["partition"]: p["leader"] for p in cluster.partitions(topic)}
-        assert victim not in new_leaders.values() and all(new_leaders.values()), new_leaders
+        assert victim not in new_leaders.values() and -1 not in new_leaders.values(), new_leaders
         outage = time.monotonic() - t_kill
 
         cluster.start(victim)  # same storage: it rejoins and catches up from the others
@@ -331,6 +351,6 @@ def test_a_leader_killed_and_restarted_mid_stream_loses_and_doubles_nothing(clus
     assert not DeltaTable.is_deltatable(str(lake / "bronze/dead_letters")) or DeltaTable(str(lake / "bronze/dead_letters")).count() == 0
     work = [ing.stats.valid for ing in ingestors]
     assert all(w > 0 for w in work) and sum(work) == N_EVENTS, work  # both did work; no row written twice
-    print(f"cluster: {N_EVENTS} events, node {victim} killed (led {led}) with {sent_at_kill} sent; first acknowledgement "
+    print(f"cluster: {N_EVENTS} events, node {victim} killed (led {led}, coordinator {coordinator}) with {sent_at_kill} sent; first acknowledgement "
           f"after the kill in {failover:.1f} s; down {outage:.1f} s; ISR full {caught_up:.1f} s after the restart; "
           f"rows per ingestor {work}, rebalances {[ing.stats.rebalances for ing in ingestors]}; total {total:.1f} s")
