@@ -29,7 +29,7 @@ from infra.errors import ConfigError, ServiceError
 from infra.jars import require_jars
 from infra.kafka_cluster import ClusterNode, bootstrap_servers, format_storage, new_cluster_id, node_properties
 from infra.ports import free_port
-from infra.settings import Settings, load_settings
+from infra.settings import load_settings
 from tests.test_feedback_faults_kafka import check_exactly_once
 
 TARGET = "bronze/feedback_events"
