@@ -81,7 +81,7 @@ class KafkaPublisher:
         timeout_ms = max(int(ack_timeout_s * 1000), linger_ms + 1)
         try:
             self._producer = KafkaProducer(
-                **client_config(settings), linger_ms=linger_ms, acks="all",
+                **client_config(settings), linger_ms=linger_ms, acks="all", enable_idempotence=True,
                 delivery_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms - linger_ms, max_block_ms=timeout_ms,
                 reconnect_backoff_max_ms=1000,  # back within a second of the broker's return
             )
