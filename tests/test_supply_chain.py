@@ -115,3 +115,19 @@ def test_lock_is_hashed_and_has_the_build_backend() -> None:
     blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.split("\n", 2)[2].strip())
     assert all("--hash=sha256:" in b for b in blocks)
     assert "lakeloop" not in pins
+
+
+def test_lock_satisfies_pyproject() -> None:
+    """requirements.lock is stale when pyproject.toml asks for something it does not pin: run `make lock`."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    pins = {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [r for extra in ("test", "bench", "ner") for r in project["optional-dependencies"][extra]]
+    stale = [r for r in map(Requirement, wanted) if pins.get(canonicalize_name(r.name)) is None
+             or not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)]
+    assert not stale, f"not satisfied by requirements.lock: {stale} (run `make lock`)"
