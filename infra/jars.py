@@ -1,7 +1,8 @@
 """JVM parts from Maven Central: the Kafka broker, delta-spark and spark-sql-kafka.
 
 ``fetch_jars`` runs ``mvn dependency:copy-dependencies`` on the poms in ``infra/maven`` into
-``<jars_dir>/<bundle>``; a marker file records what was fetched, so a second call is a no-op.
+``<jars_dir>/<bundle>``; a marker file records what was fetched, so a second call is a no-op. Maven runs with
+``--strict-checksums``: an artifact whose checksum from Maven Central does not match fails the fetch.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def fetch_jars(settings: Settings, *, force: bool = False, quiet: bool = True) -
         staging = target.with_name(f".{bundle.name}.fetching-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        cmd = [mvn, "-B", "-s", str(MAVEN_DIR / "settings.xml"), "-f", str(bundle.pom), "dependency:copy-dependencies",
-               f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
+        # --strict-checksums: a download whose .sha1 does not match fails the fetch (Maven's default only warns)
+        cmd = [mvn, "-B", "--strict-checksums", "-s", str(MAVEN_DIR / "settings.xml"), "-f", str(bundle.pom),
+               "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
         if quiet:
             cmd.insert(1, "-q")
         cmd += [f"-D{k}={v}" for k, v in bundle.properties.items()]
