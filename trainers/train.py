@@ -492,14 +492,19 @@ def _flipped(examples: Any, pairs: Any) -> tuple[Any, Any]:
 
 
 def _log_model(tracker: Any, model_dir: Path, examples: Any) -> str:
+    """The winner as models-from-code (``trainers.pyfunc``): the code file, the modules it imports, the weights as files."""
+    import tempfile
+
     import pandas as pd
 
-    from trainers.pyfunc import ARTIFACT_KEY, RewardPyfunc
+    from trainers.pyfunc import ARTIFACT_KEY, CODE_FILE, PIP_REQUIREMENTS, stage_code
 
     sample = examples.head(2) if len(examples) else pd.DataFrame({"prompt": ["q"], "response": ["a"]})
     x = pd.DataFrame({"prompt": sample["prompt"].astype(str).tolist(), "response": sample["response"].astype(str).tolist()})
     y = pd.DataFrame({"score": [0.5] * len(x)})
-    return tracker.log_model(RewardPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)}, input_example=x, output_example=y)
+    with tempfile.TemporaryDirectory(prefix="lakeloop-code-") as tmp:
+        return tracker.log_model(str(CODE_FILE), artifacts={ARTIFACT_KEY: str(model_dir)}, code_paths=stage_code(Path(tmp)),
+                                 pip_requirements=list(PIP_REQUIREMENTS), input_example=x, output_example=y)
 
 
 def main(argv: list[str] | None = None) -> int:
