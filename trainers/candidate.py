@@ -210,7 +210,8 @@ def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: 
 
         raise DataError(f"run {run_id} did not pass the gate ({tags.get('lakeloop.gate', 'not evaluated')})", hint="only gated runs are registered")
     cand = candidate_from_run(settings, run_id)
-    version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"})
+    version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"},
+                                          actor=actor)
     card = T.run_text(settings, run_id, CARD)  # None: a run gated without a card (tagged by hand)
     if card is not None:  # the card (with the gate's picture under its title) is what the version's page shows
         url = links.mlflow_artifact_file(settings, run_id=run_id, path=CARD)
