@@ -333,9 +333,16 @@ def pickle_files(folder: Path) -> list[str]:
     for rel in artifact_files(folder):
         path = Path(folder) / rel
         with path.open("rb") as f:
-            head = f.read(2)
-        zipped = head == b"PK" and zipfile.is_zipfile(path) and any(n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())
-        if rel.endswith(PICKLE_SUFFIXES) or head[:1] == b"\x80" or zipped:
+            head = f.read(8)
+            if rel.endswith(".safetensors"):  # 8 bytes of header length, then a JSON header: anything else is suspect
+                try:
+                    json.loads(f.read(int.from_bytes(head, "little")))
+                    continue
+                except (ValueError, MemoryError, OverflowError):
+                    found.append(rel)
+                    continue
+        zipped = head[:2] == b"PK" and zipfile.is_zipfile(path) and any(n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())
+        if rel.endswith(PICKLE_SUFFIXES) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or zipped:
             found.append(rel)
     return found
 
