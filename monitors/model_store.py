@@ -127,8 +127,8 @@ def mark_version(settings: Settings, version: str, state: RolloutState, *, note:
 
 def load_pyfunc(settings: Settings, version: str) -> Any:
     """Load a registered version as an MLflow pyfunc, only if the promotion ledger vouches for its files
-    (``monitors.model_trust``: ``UntrustedModelError`` otherwise)."""
-    from monitors.model_trust import load_trusted
+    (``trainers.model_trust``: ``UntrustedModelError`` otherwise)."""
+    from trainers.model_trust import load_trusted
 
     return load_trusted(settings, str(version))
 

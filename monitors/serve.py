@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from infra.settings import Settings
 from monitors import model_store
-from monitors.model_trust import UntrustedModelError
+from trainers.model_trust import UntrustedModelError
 from monitors.predictions import PredictionRecord, PublishError, rfc3339_now
 from monitors.routing import route
 from monitors.serve_limits import BodyLimit, invalid_request

@@ -123,7 +123,7 @@ def register(settings: Any, model: Any) -> str:
     version = str(info.registered_model_version)
     from trainers.registry import record_registration
 
-    # the services load a version only if the promotion ledger vouches for its files (monitors.model_trust); these
+    # the services load a version only if the promotion ledger vouches for its files (trainers.model_trust); these
     # test models are pickled pyfuncs, which lakeloop's own registration refuses, hence allow_pickle
     record_registration(settings, version, actor="tests", reason="monitoring test model", gate="override", allow_pickle=True)
     return version

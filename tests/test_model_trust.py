@@ -1,4 +1,4 @@
-"""A registered version loads only if the promotion ledger vouches for its files (monitors.model_trust): a gate-passed
+"""A registered version loads only if the promotion ledger vouches for its files (trainers.model_trust): a gate-passed
 version loads, a version the ledger never registered is refused, a version whose files changed after registration is
 refused, and the scoring service keeps serving what it had and alerts. MLflow on a local SQLite store (no server)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from infra.settings import Settings, load_settings
 from monitors import model_store, serve
-from monitors.model_trust import UntrustedModelError, verdict
+from trainers.model_trust import UntrustedModelError, verdict
 from trainers import lexical as L
 from trainers import registry as R
 from trainers import tracking

@@ -137,7 +137,9 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     champion = None
     if champ_version is not None:
         mv = R.version_info(settings, champ_version)
-        champion = R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}")
+        from trainers.model_trust import load_trusted
+
+        champion = R.as_scorer(load_trusted(settings, champ_version))  # only the files the ledger vouches for
         T.set_run_tags(settings, run_id, {"lakeloop.gate.champion_version": champ_version, "lakeloop.gate.champion_run": mv.run_id})
     scorer = R.load_scorer(cand.model_uri)
     report = E.full_report(scorer, train, evalset, n_boot=n_boot, champion=champion,

@@ -18,7 +18,7 @@ same rule: the commit lands at exactly the ledger version that was compared, or 
 Registrations are ledgered too (alias column ``registration``, action ``register``): the SHA-256 of the version's
 artifact files (``artifact_digest``), recorded when a gate-passed run is registered or an operator overrides the gate
 (``record_registration``). What serves, replays or scores a version loads it only if this entry exists and the digest
-of the downloaded files matches it (``monitors.model_trust``): MLflow's own tags can be written by anyone who can
+of the downloaded files matches it (``trainers.model_trust``): MLflow's own tags can be written by anyone who can
 write to MLflow; the ledger lives in the lake.
 """
 
@@ -448,10 +448,26 @@ def version_info(settings: Settings, version: str, *, model_name: str | None = N
 
 
 def load_scorer(model_uri: str) -> Any:
-    """A ``(prompts, responses) -> scores`` callable over a logged pyfunc (candidate or champion)."""
-    import mlflow.pyfunc
+    """A ``(prompts, responses) -> scores`` callable over a run's logged pyfunc (a candidate, not yet registered):
+    downloaded, refused if it holds pickles, loaded from the downloaded copy. A registered version (the champion)
+    loads through ``trainers.model_trust.load_trusted`` instead, then ``as_scorer``."""
+    import tempfile
+
+    import mlflow
+
+    from infra.errors import DataError
+
+    with tempfile.TemporaryDirectory(prefix="lakeloop-candidate-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        if pickles := pickle_files(folder):
+            raise DataError(f"the model {model_uri} holds pickled files {pickles[:5]}: lakeloop does not load models by unpickling",
+                            hint="log it as models-from-code with plain-tensor weights (trainers.pyfunc), i.e. retrain it")
+        return as_scorer(mlflow.pyfunc.load_model(str(folder)))
+
+
+def as_scorer(model: Any) -> Any:
+    """A ``(prompts, responses) -> scores`` callable over a loaded pyfunc."""
     import numpy as np
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model(model_uri)
     return lambda p, r: np.asarray(model.predict(pd.DataFrame({"prompt": p, "response": r}))["score"], dtype=float)
