@@ -17,8 +17,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,10 +30,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from infra.settings import Settings
 from monitors import model_store
-from trainers.model_trust import UntrustedModelError
 from monitors.predictions import PredictionRecord, PublishError, rfc3339_now
 from monitors.routing import route
 from monitors.serve_limits import BodyLimit, invalid_request
+from trainers.model_trust import UntrustedModelError
 
 log = logging.getLogger("lakeloop.serve")
 
