@@ -4,6 +4,7 @@ refused, and the scoring service keeps serving what it had and alerts. MLflow on
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from trainers.train import _log_model
 
 EX = pd.DataFrame({"prompt": ["q1"] * 4, "response": ["good answer here", "bad", "fine answer yes", "no"], "label": [1, 0, 1, 0]})
 PR = pd.DataFrame({"prompt": ["q1"], "chosen": ["good answer here"], "rejected": ["bad"], "is_tie": [False]})
+REPO = Path(__file__).resolve().parent.parent
 TEXTS = pd.DataFrame({"prompt": ["q1"], "response": ["good answer here"]})
 
 
@@ -49,7 +51,10 @@ def test_good_loads_unknown_and_tampered_are_refused(local: Settings, tmp_path: 
     reg = R.registration(local, good)
     assert reg is not None and reg.gate == "passed" and len(reg.digest) == 64
     assert model_store.version_tags(local, good)[R.DIGEST_TAG] == reg.digest
+    path_before = list(sys.path)
     assert float(model_store.load_pyfunc(local, good).predict(TEXTS)["score"][0]) > 0.5
+    assert sys.path == path_before, "the model's temporary code/ folder stayed on sys.path"
+    assert all(Path(sys.modules[p].__file__).parent.parent == REPO for p in ("trainers", "infra", "features"))
 
     unknown = _version(local, tmp_path, "unknown", {"lakeloop.gate": "failed"})  # in MLflow, never vouched for
     with pytest.raises(UntrustedModelError, match=f"v{unknown} is not in the promotion ledger") as exc:

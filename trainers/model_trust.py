@@ -15,6 +15,8 @@ retrain them (or, knowing what they hold, record them by hand with ``record_regi
 
 from __future__ import annotations
 
+import importlib
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +73,18 @@ def load_trusted(settings: Settings, version: str) -> Any:
     import mlflow.pyfunc
 
     from trainers import registry
+    from trainers.pyfunc import SERVING_MODULES
 
     with tempfile.TemporaryDirectory(prefix=f"lakeloop-v{version}-") as tmp:
         folder = registry.download_version(settings, str(version), Path(tmp))
         verify_folder(settings, str(version), folder)
-        return mlflow.pyfunc.load_model(str(folder))
+        # In a lakeloop process the installed packages serve the model: imported first, so that the model's code/
+        # copy (which MLflow puts first on sys.path, for a process without lakeloop) neither shadows a package not yet
+        # imported nor stays on the path after its temporary folder is gone.
+        for package in sorted({m.split("/", 1)[0] for m in SERVING_MODULES}):
+            importlib.import_module(package)
+        saved = list(sys.path)
+        try:
+            return mlflow.pyfunc.load_model(str(folder))
+        finally:
+            sys.path[:] = saved
