@@ -106,9 +106,13 @@ def _ledger(settings: Settings) -> Any:
     return DeltaTable(uri)
 
 
-def ledger_entries(settings: Settings) -> Any:
-    """The whole ledger as a pandas DataFrame (oldest first)."""
-    return _ledger(settings).to_pyarrow_table().to_pandas().sort_values("at").reset_index(drop=True)
+def ledger_entries(settings: Settings, *, include_registrations: bool = False) -> Any:
+    """The ledger's alias moves as a pandas DataFrame (oldest first); ``include_registrations``: the registration
+    entries (alias column ``REGISTRATION``) too."""
+    df = _ledger(settings).to_pyarrow_table().to_pandas()
+    if not include_registrations:
+        df = df[df["alias"] != REGISTRATION]
+    return df.sort_values("at").reset_index(drop=True)
 
 
 def _ledger_current(dt: Any, model_name: str, alias: str) -> tuple[bool, str | None]:
