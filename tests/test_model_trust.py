@@ -60,6 +60,12 @@ def test_good_loads_unknown_and_tampered_are_refused(local: Settings, tmp_path: 
     with pytest.raises(UntrustedModelError, match=f"v{unknown} is not in the promotion ledger") as exc:
         model_store.load_pyfunc(local, unknown)
     assert exc.value.reason == "unregistered" and "retrain" in (exc.value.hint or "")
+    from monitors.canary_job import registry_replay
+
+    replay = registry_replay(local)  # the canary's paired replay loads through the same check
+    assert len(replay(good, TEXTS)) == 1
+    with pytest.raises(UntrustedModelError, match=f"v{unknown} is not in the promotion ledger"):
+        replay(unknown, TEXTS)
 
     stored = [p for p in (tmp_path / "mlruns").rglob("lexical_model.json") if "good" in str(p.parent)]
     assert stored, "the logged model's files were not found under ./mlruns"
