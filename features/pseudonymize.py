@@ -59,7 +59,7 @@ def fingerprint(key: bytes) -> str:
 
 
 # ---- the key file (local dev) --------------------------------------------------------------------------
-def load_or_create_key(path: Path) -> bytes:
+def load_or_create_key(path: Path, *, what: str = "pseudonymization key") -> bytes:
     """The key kept in ``path``, made on first use: 32 random bytes (hex), mode 0600, created atomically (a
     concurrent first use gets the same key, and no reader ever sees a partial or world-readable file)."""
     if not path.exists():
@@ -79,10 +79,10 @@ def load_or_create_key(path: Path) -> bytes:
             tmp.unlink()
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise ConfigError(f"the pseudonymization key {path} can be read by other users (mode {mode:o})", hint=f"chmod 600 {path}")
+        raise ConfigError(f"the {what} {path} can be read by other users (mode {mode:o})", hint=f"chmod 600 {path}")
     key = path.read_text().strip().encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"the pseudonymization key {path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}",
+        raise ConfigError(f"the {what} {path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}",
                           hint="restore the key file from your backup (it made the lake's pseudonyms); never edit it")
     return key
 

@@ -37,7 +37,7 @@ from infra.secrets import secret_values
 from infra.settings import Settings
 
 AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure", "canary_started", "autopilot_waiting",
-                    "autopilot_paused", "external_change", "challenger_retired"]
+                    "autopilot_paused", "external_change", "challenger_retired", "untrusted_model"]
 Severity = Literal["info", "warning", "critical"]
 WebhookFormat = Literal["json", "slack", "teams"]
 Status = Literal["sent", "duplicate", "storm_suppressed"]

@@ -126,12 +126,11 @@ def mark_version(settings: Settings, version: str, state: RolloutState, *, note:
 
 
 def load_pyfunc(settings: Settings, version: str) -> Any:
-    """Load a registered version (our own registry artifacts, never request input) as an MLflow pyfunc."""
-    import mlflow
+    """Load a registered version as an MLflow pyfunc, only if the promotion ledger vouches for its files
+    (``trainers.model_trust``: ``UntrustedModelError`` otherwise)."""
+    from trainers.model_trust import load_trusted
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{settings.registered_model_name}/{version}")
+    return load_trusted(settings, str(version))
 
 
 # ---- tags, versions and lineage for people's overrides and the drift reference -------------------------

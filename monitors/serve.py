@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from monitors import model_store
 from monitors.predictions import PredictionRecord, PublishError, rfc3339_now
 from monitors.routing import route
 from monitors.serve_limits import BodyLimit, invalid_request
+from trainers.model_trust import UntrustedModelError
 
 log = logging.getLogger("lakeloop.serve")
 
@@ -140,22 +142,48 @@ def _warm_up(model: Any, version: str, *, calls: int = 3) -> None:
 class ModelPool:
     """Keeps the serving snapshot in step with the registry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, notify: Callable[[Any], Any] | None = None, retry_refused_s: float = 300.0) -> None:
         self.settings = settings
         self.serving = Serving()
         self.cache: dict[str, Any] = {}
         self.last_refresh: float | None = None
         self.last_error: str | None = None
+        self.notify = notify  # None: the settings' notifier (monitors.alerts), made on the first refusal
+        self.refused: dict[str, tuple[float, Exception]] = {}  # version -> (when, why): not downloaded again before retry_refused_s
+        self.retry_refused_s = retry_refused_s
 
     def _load(self, version: str | None) -> Loaded | None:
         if version is None:
             return None
         if version not in self.cache:
+            when, why = self.refused.get(version, (None, None))
+            if when is not None and why is not None and time.time() - when < self.retry_refused_s:
+                raise why
             log.info("loading %s version %s", self.settings.registered_model_name, version)
-            model = model_store.load_pyfunc(self.settings, version)
+            try:
+                model = model_store.load_pyfunc(self.settings, version)
+            except UntrustedModelError as exc:
+                self.refused[version] = (time.time(), exc)
+                self._alert_untrusted(exc)
+                raise
+            self.refused.pop(version, None)
             _warm_up(model, version)
             self.cache[version] = model
         return Loaded(version, self.cache[version])
+
+    def _alert_untrusted(self, exc: UntrustedModelError) -> None:
+        """Say why a version was refused (the service keeps serving what it had); an alert that fails is only logged."""
+        from monitors.alerts import Alert, notifier_from_settings
+
+        log.error("refused to load %s v%s: %s", self.settings.registered_model_name, exc.version, exc.message)
+        alert = Alert("untrusted_model", f"{self.settings.registered_model_name} v{exc.version} refused ({exc.reason}); still serving "
+                      f"v{self.serving.champion.version if self.serving.champion else 'none'}", severity="critical",
+                      details={"version": exc.version, "reason": exc.reason, "error": exc.message, "hint": exc.hint or ""},
+                      dedup_key=f"untrusted_model:{exc.version}:{exc.reason}")
+        try:
+            (self.notify or notifier_from_settings(self.settings).notify)(alert)
+        except Exception as err:  # noqa: BLE001 - a failed alert must not stop the poller; the refusal stays on /readyz
+            log.warning("the alert about v%s could not be sent: %s", exc.version, err)
 
     def refresh(self) -> Serving:
         """Read aliases and share; load what is new; swap. On error, keep serving what we have."""

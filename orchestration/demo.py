@@ -340,7 +340,8 @@ def _phase_bad_candidate(settings: Settings, cfg: DemoConfig, summary: DemoSumma
     run_id = str(ev["run_id"])
     cand = candidate_from_run(settings, run_id)
     version, _ = registry.register_version(settings, run_id=run_id, model_uri=cand.model_uri,
-                                           tags={**cand.lineage, "lakeloop.gate": "failed", "lakeloop.override": "operator put it on canary"})
+                                           tags={**cand.lineage, "lakeloop.gate": "failed", "lakeloop.override": "operator put it on canary"},
+                                           actor="operator:demo")
     from monitors.canary_job import policy_from_settings
 
     rollout.start_canary(settings, version=version, policy=policy_from_settings(settings), actor="operator:demo",

@@ -212,25 +212,85 @@ def test_should_retrain(rows: int, trained: int | None, min_new: int, expected: 
     assert should_retrain(rows, trained, min_new_rows=min_new) is expected
 
 
+KEY = b"k" * 32
+
+
 def test_truncated_or_corrupt_checkpoint_is_rejected(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(1000)}, "step": 3})
-    assert load_checkpoint(path)["step"] == 3
+    path = save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(1000)}, "step": 3}, key=KEY)
+    assert load_checkpoint(path, key=KEY)["step"] == 3
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="truncated"):
-        load_checkpoint(path)
+        load_checkpoint(path, key=KEY)
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(DataError, match="corrupt"):
-        load_checkpoint(path)
+        load_checkpoint(path, key=KEY)
     path.with_suffix(".json").unlink()
-    path.write_bytes(data[:100])
-    with pytest.raises(DataError, match="truncated or unreadable"):
-        load_checkpoint(path)
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="has no seal"):
+        load_checkpoint(path, key=KEY)
+
+
+def test_checkpoint_sealed_under_another_key_or_rewritten_with_its_seal_is_refused(tmp_path: Path) -> None:
+    import json
+
+    path = save_checkpoint(tmp_path, 1, {"step": 1}, key=KEY)
+    with pytest.raises(DataError, match="not sealed with this platform's checkpoint key"):
+        load_checkpoint(path, key=b"x" * 32)
+    torch.save({"step": 666}, path)  # an attacker without the key rewrites the file and the unkeyed parts of the seal
+    seal = json.loads(path.with_suffix(".json").read_text())
+    import hashlib
+
+    seal.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    path.with_suffix(".json").write_text(json.dumps(seal))
+    with pytest.raises(DataError, match="checkpoint key"):
+        load_checkpoint(path, key=KEY)
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_even_when_sealed(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    path = save_checkpoint(tmp_path, 1, {"step": 1, "thing": Fraction(1, 3)}, key=KEY)  # not a tensor or a plain container
+    with pytest.raises(DataError, match="unreadable"):
+        load_checkpoint(path, key=KEY)
+
+
+def test_training_state_round_trips_with_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from trainers.train import _rng_state, _set_rng
+
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = save_checkpoint(tmp_path, 1, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
+                                         "config": TrainConfig().model_dump(mode="json"), "step": 1}, key=KEY)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    state = load_checkpoint(path, key=KEY)
+    _set_rng(state["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    torch.optim.AdamW(model.parameters(), lr=0.1).load_state_dict(state["optimizer"])
+
+
+def test_checkpoint_key_comes_from_the_environment_or_a_private_dev_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.settings import load_settings
+    from trainers.checkpoint import KEY_ENV, checkpoint_key, key_file
+
+    s = load_settings(home=tmp_path)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    first = checkpoint_key(s)
+    assert first == checkpoint_key(s) and len(first) >= 32 and key_file(s).stat().st_mode & 0o077 == 0
+    monkeypatch.setenv(KEY_ENV, "e" * 40)
+    assert checkpoint_key(s) == b"e" * 40
 
 
 def test_checkpoints_keep_only_the_latest(tmp_path: Path) -> None:
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+        save_checkpoint(tmp_path, step, {"step": step}, key=KEY, keep=2)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
 
 

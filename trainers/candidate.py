@@ -137,7 +137,9 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     champion = None
     if champ_version is not None:
         mv = R.version_info(settings, champ_version)
-        champion = R.load_scorer(f"models:/{settings.registered_model_name}/{champ_version}")
+        from trainers.model_trust import load_trusted
+
+        champion = R.as_scorer(load_trusted(settings, champ_version))  # only the files the ledger vouches for
         T.set_run_tags(settings, run_id, {"lakeloop.gate.champion_version": champ_version, "lakeloop.gate.champion_run": mv.run_id})
     scorer = R.load_scorer(cand.model_uri)
     report = E.full_report(scorer, train, evalset, n_boot=n_boot, champion=champion,
@@ -210,7 +212,8 @@ def register_candidate(settings: Settings, run_id: str, *, actor: str, metrics: 
 
         raise DataError(f"run {run_id} did not pass the gate ({tags.get('lakeloop.gate', 'not evaluated')})", hint="only gated runs are registered")
     cand = candidate_from_run(settings, run_id)
-    version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"})
+    version, created = R.register_version(settings, run_id=run_id, model_uri=cand.model_uri, tags={**cand.lineage, "lakeloop.gate": "passed"},
+                                          actor=actor)
     card = T.run_text(settings, run_id, CARD)  # None: a run gated without a card (tagged by hand)
     if card is not None:  # the card (with the gate's picture under its title) is what the version's page shows
         url = links.mlflow_artifact_file(settings, run_id=run_id, path=CARD)

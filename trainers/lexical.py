@@ -27,7 +27,8 @@ import pandas as pd
 Family = Literal["tfidf_pairwise", "length_support", "hybrid"]
 FAMILIES: tuple[Family, ...] = ("tfidf_pairwise", "length_support", "hybrid")
 MARKER = "lexical.json"  # in a saved folder: says it holds a lexical candidate, not an encoder
-MODEL_FILE = "lexical.joblib"
+MODEL_FILE = "lexical_model.json"  # the fitted scorer as plain JSON (vocabulary, idf, weights): nothing to unpickle
+VECTORIZER_PARAMS = ("ngram_range", "min_df", "max_features", "sublinear_tf", "lowercase", "norm", "use_idf", "smooth_idf")
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -142,11 +143,37 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
     return out
 
 
-def save(scorer: LexicalScorer, path: Path) -> Path:
-    import joblib
+def to_dict(scorer: LexicalScorer) -> dict[str, Any]:
+    """The fitted scorer as JSON-able plain values (lists of floats: ``json`` writes floats that read back exactly)."""
+    vec = None
+    if scorer.vectorizer is not None:
+        v = scorer.vectorizer
+        vec = {"params": {k: getattr(v, k) for k in VECTORIZER_PARAMS}, "dtype": np.dtype(v.dtype).name,
+               "vocabulary": {t: int(i) for t, i in v.vocabulary_.items()}, "idf": [float(x) for x in v.idf_]}
+    arr = lambda a: None if a is None else [float(x) for x in np.asarray(a).ravel()]  # noqa: E731
+    return {"format": 1, "family": scorer.family, "params": scorer.params, "vectorizer": vec, "dense_mean": arr(scorer.dense_mean),
+            "dense_std": arr(scorer.dense_std), "coef": arr(scorer.coef), "bias": float(scorer.bias)}
 
+
+def from_dict(data: dict[str, Any]) -> LexicalScorer:
+    """The scorer ``to_dict`` wrote, rebuilt without running any stored code."""
+    vectorizer = None
+    if data["vectorizer"] is not None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        v = data["vectorizer"]
+        params = dict(v["params"])
+        params["ngram_range"] = tuple(params["ngram_range"])
+        vectorizer = TfidfVectorizer(**params, dtype=np.dtype(v["dtype"]).type, vocabulary=v["vocabulary"])
+        vectorizer.idf_ = np.asarray(v["idf"], dtype=np.float64)
+    arr = lambda a: None if a is None else np.asarray(a, dtype=float)  # noqa: E731
+    return LexicalScorer(data["family"], dict(data["params"]), vectorizer, arr(data["dense_mean"]), arr(data["dense_std"]),
+                         np.asarray(data["coef"], dtype=float), float(data["bias"]))
+
+
+def save(scorer: LexicalScorer, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    joblib.dump(scorer, path / MODEL_FILE)
+    (path / MODEL_FILE).write_text(json.dumps(to_dict(scorer)))
     (path / MARKER).write_text(json.dumps({"family": scorer.family, "params": scorer.params}))
     return path
 
@@ -156,11 +183,10 @@ def is_lexical(path: Path) -> bool:
 
 
 def load(path: Path) -> LexicalScorer:
-    import joblib
+    from infra.errors import DataError
 
-    scorer = joblib.load(Path(path) / MODEL_FILE)
-    if not isinstance(scorer, LexicalScorer):
-        from infra.errors import DataError
-
-        raise DataError(f"{path} does not hold a lexical candidate", hint="re-train the model")
-    return scorer
+    file = Path(path) / MODEL_FILE
+    if not file.exists():
+        old = " (it holds lexical.joblib: a pickle from before lakeloop stopped unpickling models)" if (Path(path) / "lexical.joblib").exists() else ""
+        raise DataError(f"{path} does not hold a lexical candidate as JSON{old}", hint="re-train the model")
+    return from_dict(json.loads(file.read_text()))

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from features.dialogue import TURN, is_dialogue
 from infra.errors import DataError
 
-HEAD_FILE = "reward_head.pt"
+HEAD_FILE = "reward_head.safetensors"  # plain tensors (safetensors), never a pickle
 META_FILE = "reward_model.json"
 
 
@@ -244,9 +244,11 @@ def reward_losses(logits: torch.Tensor, batch: dict[str, Any], *, pointwise_weig
 def save_reward_model(model: RewardModel, tokenizer: Any, path: Path, *, max_length: int = 256) -> Path:
     """A self-contained folder: HF encoder + tokenizer, head weights, and how to rebuild the module."""
     path.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(str(path / "encoder"))
+    from safetensors.torch import save_file
+
+    model.encoder.save_pretrained(str(path / "encoder"))  # transformers >= 5 writes safetensors only (no pickle)
     tokenizer.save_pretrained(str(path / "encoder"))
-    torch.save(model.head.state_dict(), path / HEAD_FILE)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(path / HEAD_FILE))
     (path / META_FILE).write_text(json.dumps({"pooling": model.pooling, "length_feature": model.length_feature,
                                                  "length_norm": model.length_norm, "support_feature": model.support_feature,
                                                  "support_center": model.support_center, "max_length": max_length}))
@@ -263,7 +265,11 @@ def load_reward_model(path: Path) -> tuple[RewardModel, Any, int]:
     model = RewardModel(load_encoder(path / "encoder"), pooling=meta["pooling"], length_feature=meta["length_feature"],
                         length_norm=meta.get("length_norm", "scaled512"), support_feature=bool(meta.get("support_feature", False)),
                         support_center=float(meta.get("support_center", 0.5)))
-    model.head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
+    from safetensors.torch import load_file
+
+    if not (path / HEAD_FILE).exists():
+        raise DataError(f"{path} has no {HEAD_FILE} (a reward_head.pt from before lakeloop saved plain tensors only?)", hint="re-train the model")
+    model.head.load_state_dict(load_file(str(path / HEAD_FILE), device="cpu"))
     model.eval()
     return model, load_tokenizer(path / "encoder"), int(meta.get("max_length", 256))
 

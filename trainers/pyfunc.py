@@ -1,7 +1,12 @@
 """The MLflow pyfunc of the reward model (the brief's contract): ``predict(DataFrame[prompt, response])``
 returns a DataFrame with one column ``score`` = P(user satisfied) in [0, 1]. The artifact folder holds whichever
 candidate family won the selection: an encoder reward model (``trainers.model``) or a lexical one
-(``trainers.lexical``, a folder with ``lexical.json``); both answer through the same ``predict``."""
+(``trainers.lexical``, a folder with ``lexical.json``); both answer through the same ``predict``.
+
+Logged as MLflow *models-from-code*: the model is the code file ``pyfunc_code.py`` (it calls
+``mlflow.models.set_model(RewardPyfunc())``) plus the modules it imports, copied into the model's ``code/`` folder
+(``stage_code``), and the weights as plain files (safetensors, JSON). Loading it runs that code and reads those files;
+nothing is unpickled, and the model loads where lakeloop is not installed (``PIP_REQUIREMENTS`` does not name it)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,22 @@ import pandas as pd
 from infra.errors import DataError
 
 ARTIFACT_KEY = "reward_model"
+CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
+# what the pyfunc imports, as paths under the repository root; copied into the model (``stage_code``)
+SERVING_MODULES = ("trainers/__init__.py", "trainers/pyfunc.py", "trainers/model.py", "trainers/base_model.py", "trainers/lexical.py",
+                   "trainers/frozen.py", "features/__init__.py", "features/dialogue.py", "infra/__init__.py", "infra/errors.py")
+PIP_REQUIREMENTS = ["torch", "transformers", "safetensors", "pandas", "numpy", "scikit-learn", "scipy"]
+
+
+def stage_code(dest: Path) -> list[str]:
+    """Copy ``SERVING_MODULES`` into ``dest/<package>/``; -> the package folders, for ``code_paths``."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    for rel in SERVING_MODULES:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, dest / rel)
+    return sorted({str(dest / rel.split("/", 1)[0]) for rel in SERVING_MODULES})
 
 
 class RewardPyfunc(mlflow.pyfunc.PythonModel):

@@ -14,15 +14,23 @@ compare-and-set serialised through the promotion ledger (Delta table ``registry/
 A change made outside lakeloop (a person in the MLflow UI) is appended afterwards with actor ``external``
 (``ledger_heads`` + ``record_external``, driven by ``monitors.overrides.detect_external_changes``), under the
 same rule: the commit lands at exactly the ledger version that was compared, or not at all.
+
+Registrations are ledgered too (alias column ``registration``, action ``register``): the SHA-256 of the version's
+artifact files (``artifact_digest``), recorded when a gate-passed run is registered or an operator overrides the gate
+(``record_registration``). What serves, replays or scores a version loads it only if this entry exists and the digest
+of the downloaded files matches it (``trainers.model_trust``): MLflow's own tags can be written by anyone who can
+write to MLflow; the ledger lives in the lake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -33,6 +41,10 @@ from trainers.tracking import needs_mlflow, single_attempt, unreachable_error
 
 LEDGER = "registry/promotion_ledger"
 ALIASES = ("champion", "challenger", "canary")
+REGISTRATION = "registration"  # the ledger's ``alias`` column of a version's registration entry (not an alias)
+DIGEST_TAG = "lakeloop.artifact_sha256"  # model-version tag: the digest recorded at registration (the ledger is the authority)
+NOT_ARTIFACTS = frozenset({"registered_model_meta"})  # written by MLflow into a models:/ download, not logged
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin")
 LEDGER_SCHEMA = pa.schema([
     ("at", pa.timestamp("us", tz="UTC")), ("model_name", pa.string()), ("alias", pa.string()),
     ("action", pa.string()), ("from_version", pa.string()), ("to_version", pa.string()),
@@ -94,9 +106,13 @@ def _ledger(settings: Settings) -> Any:
     return DeltaTable(uri)
 
 
-def ledger_entries(settings: Settings) -> Any:
-    """The whole ledger as a pandas DataFrame (oldest first)."""
-    return _ledger(settings).to_pyarrow_table().to_pandas().sort_values("at").reset_index(drop=True)
+def ledger_entries(settings: Settings, *, include_registrations: bool = False) -> Any:
+    """The ledger's alias moves as a pandas DataFrame (oldest first); ``include_registrations``: the registration
+    entries (alias column ``REGISTRATION``) too."""
+    df = _ledger(settings).to_pyarrow_table().to_pandas()
+    if not include_registrations:
+        df = df[df["alias"] != REGISTRATION]
+    return df.sort_values("at").reset_index(drop=True)
 
 
 def _ledger_current(dt: Any, model_name: str, alias: str) -> tuple[bool, str | None]:
@@ -208,7 +224,8 @@ def ledger_heads(settings: Settings, *, model_name: str | None = None) -> tuple[
     dt = _ledger(settings)
     t = dt.to_pyarrow_table(columns=["at", "model_name", "alias", "action", "from_version", "to_version", "actor", "ledger_read_version"])
     t = t.filter(pc.equal(t["model_name"], name)).sort_by([("ledger_read_version", "ascending")])
-    heads = {r["alias"]: LedgerHead(r["alias"], r["from_version"], r["to_version"], r["at"], r["actor"], r["action"]) for r in t.to_pylist()}
+    heads = {r["alias"]: LedgerHead(r["alias"], r["from_version"], r["to_version"], r["at"], r["actor"], r["action"]) for r in t.to_pylist()
+             if r["alias"] in ALIASES}  # not the registration entries
     return dt.version(), heads
 
 
@@ -248,12 +265,26 @@ def record_external(settings: Settings, entries: list[ExternalEntry], *, ledger_
 
 # ---- model versions -----------------------------------------------------------------------------------
 @needs_mlflow("registering a model version")
-def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: dict[str, str], model_name: str | None = None) -> tuple[str, bool]:
+def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: dict[str, str], model_name: str | None = None,
+                     actor: str = "trainers.registry") -> tuple[str, bool]:
     """The registry version of this run's model: created once, found again on a retry. -> (version, created).
 
     Idempotent on the run: a version whose ``run_id`` is this run is returned, not made again. The create is sent
     once (``single_attempt``): MLflow's client would resend it when the answer is lost, and the server would make
-    a second version; after a failed create, a version that landed anyway is looked up and returned."""
+    a second version; after a failed create, a version that landed anyway is looked up and returned.
+
+    A version whose tags say the gate passed (``lakeloop.gate=passed``) or an operator overrode it
+    (``lakeloop.override``) gets its artifact digest recorded in the ledger (``record_registration``): only such a
+    version loads anywhere."""
+    version, created = _register(settings, run_id=run_id, model_uri=model_uri, tags=tags, model_name=model_name)
+    gate = "passed" if tags.get("lakeloop.gate") == "passed" else "override" if tags.get("lakeloop.override") else None
+    if gate is not None:
+        why = f"gate passed for run {run_id}" if gate == "passed" else f"gate overridden: {tags['lakeloop.override']}"
+        record_registration(settings, version, actor=actor, reason=why, gate=gate, model_name=model_name)
+    return version, created
+
+
+def _register(settings: Settings, *, run_id: str, model_uri: str, tags: dict[str, str], model_name: str | None) -> tuple[str, bool]:
     import requests
     from mlflow.exceptions import MlflowException
 
@@ -277,6 +308,114 @@ def register_version(settings: Settings, *, run_id: str, model_uri: str, tags: d
             return landed[0], True
         raise
     return str(mv.version), True
+
+
+# ---- what a version's artifacts are: the digest recorded at registration --------------------------------
+def artifact_files(folder: Path) -> list[str]:
+    """The model's files under ``folder`` as sorted POSIX relative paths (MLflow's download marker left out)."""
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file() and p.name not in NOT_ARTIFACTS)
+
+
+def artifact_digest(folder: Path) -> str:
+    """SHA-256 over the model's files, sorted by relative path: each contributes its path and its own SHA-256."""
+    outer = hashlib.sha256()
+    for rel in artifact_files(folder):
+        inner = hashlib.sha256()
+        with (Path(folder) / rel).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                inner.update(block)
+        outer.update(f"{rel}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def pickle_files(folder: Path) -> list[str]:
+    """Files under ``folder`` that are (or hold) pickles: by suffix, by the pickle protocol's first byte, or a zip
+    with a ``data.pkl`` (torch.save's format)."""
+    import zipfile
+
+    found = []
+    for rel in artifact_files(folder):
+        path = Path(folder) / rel
+        with path.open("rb") as f:
+            head = f.read(8)
+            if rel.endswith(".safetensors"):  # 8 bytes of header length, then a JSON header: anything else is suspect
+                try:
+                    json.loads(f.read(int.from_bytes(head, "little")))
+                    continue
+                except (ValueError, MemoryError, OverflowError):
+                    found.append(rel)
+                    continue
+        zipped = head[:2] == b"PK" and zipfile.is_zipfile(path) and any(n.endswith(".pkl") for n in zipfile.ZipFile(path).namelist())
+        if rel.endswith(PICKLE_SUFFIXES) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or zipped:
+            found.append(rel)
+    return found
+
+
+def download_version(settings: Settings, version: str, dest: Path, *, model_name: str | None = None) -> Path:
+    """The version's model files, downloaded into ``dest``; -> the model folder (the one holding MLmodel)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{_name(settings, model_name)}/{version}", dst_path=str(dest)))
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A version's latest registration entry in the ledger."""
+
+    version: str
+    digest: str
+    gate: str  # passed | override
+    actor: str
+    at: datetime
+
+
+def registration(settings: Settings, version: str | int, *, model_name: str | None = None) -> Registration | None:
+    """The ledger's latest registration entry for ``version`` (None: the ledger does not know it)."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(table_uri(settings, LEDGER)):
+        return None
+    t = _ledger(settings).to_pyarrow_table(columns=["at", "model_name", "alias", "action", "to_version", "actor", "metrics", "ledger_read_version"])
+    t = t.filter(pc.and_(pc.and_(pc.equal(t["model_name"], _name(settings, model_name)), pc.equal(t["alias"], REGISTRATION)),
+                         pc.equal(t["to_version"], str(version))))
+    if t.num_rows == 0:
+        return None
+    row = t.sort_by([("at", "descending")]).slice(0, 1).to_pylist()[0]
+    meta = json.loads(row["metrics"] or "{}")
+    return Registration(str(version), str(meta.get("sha256", "")), str(meta.get("gate", "")), row["actor"], row["at"])
+
+
+def record_registration(settings: Settings, version: str | int, *, actor: str, reason: str, gate: Literal["passed", "override"],
+                        model_name: str | None = None, allow_pickle: bool = False) -> str:
+    """Download the version's files, compute their digest and append a registration entry to the ledger (and the
+    digest as version tag ``DIGEST_TAG``, for people); -> the digest. Idempotent: an entry with the same digest is not
+    written again. A model that holds pickles is refused unless ``allow_pickle`` (tests of the monitors only)."""
+    import tempfile
+
+    from infra.errors import DataError
+    from deltalake import write_deltalake
+
+    name, version = _name(settings, model_name), str(version)
+    with tempfile.TemporaryDirectory(prefix="lakeloop-register-") as tmp:
+        folder = download_version(settings, version, Path(tmp), model_name=name)
+        digest = artifact_digest(folder)
+        pickles = pickle_files(folder)
+    if pickles and not allow_pickle:
+        raise DataError(f"{name} v{version} holds pickled files {pickles[:5]}: lakeloop does not register models that load by unpickling",
+                        hint="log the model as models-from-code with plain-tensor weights (trainers.pyfunc), i.e. retrain it")
+    known = registration(settings, version, model_name=name)
+    if known is None or known.digest != digest:
+        row = pa.Table.from_pylist([{
+            "at": datetime.now(UTC), "model_name": name, "alias": REGISTRATION, "action": "register", "from_version": None,
+            "to_version": version, "actor": actor, "reason": f"{reason}; artifacts sha256 {digest}",
+            "metrics": json.dumps({"sha256": digest, "gate": gate}, sort_keys=True), "ledger_read_version": _ledger(settings).version(),
+        }], schema=LEDGER_SCHEMA)
+        write_deltalake(_ledger(settings), row, mode="append")
+    _client(settings).set_model_version_tag(name, version, DIGEST_TAG, digest)
+    return digest
 
 
 def _run_versions(client: Any, name: str, run_id: str) -> list[str]:
@@ -313,10 +452,26 @@ def version_info(settings: Settings, version: str, *, model_name: str | None = N
 
 
 def load_scorer(model_uri: str) -> Any:
-    """A ``(prompts, responses) -> scores`` callable over a logged pyfunc (candidate or champion)."""
-    import mlflow.pyfunc
+    """A ``(prompts, responses) -> scores`` callable over a run's logged pyfunc (a candidate, not yet registered):
+    downloaded, refused if it holds pickles, loaded from the downloaded copy. A registered version (the champion)
+    loads through ``trainers.model_trust.load_trusted`` instead, then ``as_scorer``."""
+    import tempfile
+
+    import mlflow
+
+    from infra.errors import DataError
+
+    with tempfile.TemporaryDirectory(prefix="lakeloop-candidate-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        if pickles := pickle_files(folder):
+            raise DataError(f"the model {model_uri} holds pickled files {pickles[:5]}: lakeloop does not load models by unpickling",
+                            hint="log it as models-from-code with plain-tensor weights (trainers.pyfunc), i.e. retrain it")
+        return as_scorer(mlflow.pyfunc.load_model(str(folder)))
+
+
+def as_scorer(model: Any) -> Any:
+    """A ``(prompts, responses) -> scores`` callable over a loaded pyfunc."""
     import numpy as np
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model(model_uri)
     return lambda p, r: np.asarray(model.predict(pd.DataFrame({"prompt": p, "response": r}))["score"], dtype=float)

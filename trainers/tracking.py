@@ -204,18 +204,21 @@ class Tracker:
         ds = MetaDataset(DeltaDatasetSource(path=uri, delta_table_version=version), name=f"{name}@v{version}", digest=digest[:36])
         self._mlflow.log_input(ds, context=context, tags={"lakeloop.delta_uri": uri, "lakeloop.delta_version": str(version)})
 
-    def log_model(self, python_model: Any, *, artifacts: dict[str, str], input_example: Any, output_example: Any) -> str:
-        """Log the pyfunc with signature and input example; returns its model URI."""
+    def log_model(self, code_file: str, *, artifacts: dict[str, str], code_paths: list[str], pip_requirements: list[str],
+                  input_example: Any, output_example: Any) -> str:
+        """Log the pyfunc as models-from-code (``code_file`` calls ``mlflow.models.set_model``; nothing is pickled) with
+        signature and input example; returns its model URI."""
         from mlflow.models import infer_signature
 
         with reachable(self._settings, f"logging the model of run {self.run_id}"):
             info = self._mlflow.pyfunc.log_model(
                 name="model",
-                python_model=python_model,
+                python_model=code_file,
                 artifacts=artifacts,
+                code_paths=code_paths,
                 signature=infer_signature(input_example, output_example),
                 input_example=input_example,
-                pip_requirements=["torch", "transformers", "pandas", "scikit-learn", "scipy", "joblib"],
+                pip_requirements=pip_requirements,
             )
             self.set_tags({"lakeloop.model_uri": info.model_uri})
         return str(info.model_uri)

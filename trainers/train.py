@@ -26,7 +26,7 @@ import torch
 from infra.settings import Settings, load_settings
 from trainers import data as D
 from trainers import frozen, selection
-from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainers.checkpoint import checkpoint_key, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import TrainConfig, load_config
 from trainers.model import RewardModel, reward_losses, save_reward_model
 
@@ -193,15 +193,21 @@ def _cache_progress(say: Say) -> Callable[[int, int], None]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as tensors and plain values (a checkpoint loads with ``weights_only=True``: no numpy objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                                                                    int(has_gauss), float(cached)], "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -268,9 +274,10 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     step, epoch, pos, run_id, resumed = 0, 0, 0, None, 0
+    ckpt_key = checkpoint_key(settings)
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        state = load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt, key=ckpt_key)
         if state.get("run_key") != run_key(cfg):
             from infra.errors import ConfigError
 
@@ -377,8 +384,9 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                 save_checkpoint(out, step, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "step": step, "epoch": epoch if pos < usable else epoch + 1, "batch_pos": pos if pos < usable else 0,
-                    "rng": _rng_state(), "config": cfg.model_dump(), "run_key": run_key(cfg), "data_versions": cfg.pinned(), "mlflow_run_id": run_id,
-                }, keep=cfg.keep_checkpoints)
+                    "rng": _rng_state(), "config": cfg.model_dump(mode="json"), "run_key": run_key(cfg), "data_versions": cfg.pinned(),
+                    "mlflow_run_id": run_id,
+                }, key=ckpt_key, keep=cfg.keep_checkpoints)
                 io_s += time.perf_counter() - t_io
             if world > 1:
                 torch.distributed.barrier()
@@ -492,14 +500,19 @@ def _flipped(examples: Any, pairs: Any) -> tuple[Any, Any]:
 
 
 def _log_model(tracker: Any, model_dir: Path, examples: Any) -> str:
+    """The winner as models-from-code (``trainers.pyfunc``): the code file, the modules it imports, the weights as files."""
+    import tempfile
+
     import pandas as pd
 
-    from trainers.pyfunc import ARTIFACT_KEY, RewardPyfunc
+    from trainers.pyfunc import ARTIFACT_KEY, CODE_FILE, PIP_REQUIREMENTS, stage_code
 
     sample = examples.head(2) if len(examples) else pd.DataFrame({"prompt": ["q"], "response": ["a"]})
     x = pd.DataFrame({"prompt": sample["prompt"].astype(str).tolist(), "response": sample["response"].astype(str).tolist()})
     y = pd.DataFrame({"score": [0.5] * len(x)})
-    return tracker.log_model(RewardPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)}, input_example=x, output_example=y)
+    with tempfile.TemporaryDirectory(prefix="lakeloop-code-") as tmp:
+        return tracker.log_model(str(CODE_FILE), artifacts={ARTIFACT_KEY: str(model_dir)}, code_paths=stage_code(Path(tmp)),
+                                 pip_requirements=list(PIP_REQUIREMENTS), input_example=x, output_example=y)
 
 
 def main(argv: list[str] | None = None) -> int:
