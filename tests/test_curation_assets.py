@@ -180,6 +180,12 @@ def test_production_refuses_the_generated_dev_key(settings, monkeypatch) -> None
     assert KEY_ENV in err.value.hint
     monkeypatch.setenv(KEY_ENV, "p" * 32)
     assert CurationResource().key(prod) == b"p" * 32
+    from trainers.checkpoint import KEY_ENV as CKPT_ENV
+    from trainers.checkpoint import checkpoint_key
+
+    monkeypatch.delenv(CKPT_ENV, raising=False)
+    with pytest.raises(ConfigError, match="LAKELOOP_ENV=production"):
+        checkpoint_key(prod)
 
 
 def _probe_settings() -> dg.AssetsDefinition:

@@ -32,6 +32,12 @@ def checkpoint_key(settings: Settings) -> bytes:
     """The key that seals checkpoints: ``LAKELOOP_CHECKPOINT_KEY`` (read now, not at import), else the dev key file."""
     if os.environ.get(KEY_ENV):
         return os.environ[KEY_ENV].encode("utf-8")
+    if settings.deployment == "production":
+        from infra.errors import ConfigError
+
+        raise ConfigError(f"LAKELOOP_ENV=production and {KEY_ENV} is not set: production never uses the generated dev "
+                          f"checkpoint key ({key_file(settings)})",
+                          hint=f"set {KEY_ENV} (32+ random bytes from your secret store, the same wherever a run may resume)")
     from features.pseudonymize import load_or_create_key
 
     return load_or_create_key(key_file(settings), what="checkpoint key")

@@ -203,6 +203,15 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def _gather(state: dict[str, Any], world: int) -> list[dict[str, Any]]:
+    """Every rank's ``state``, in rank order (under DDP; [state] alone otherwise)."""
+    if world == 1:
+        return [state]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
 def _set_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -286,7 +295,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, epoch, pos, run_id = state["step"], state["epoch"], state["batch_pos"], state.get("mlflow_run_id")
-        _set_rng(state["rng"])
+        _set_rng(state["rng_ranks"][rank] if len(state.get("rng_ranks") or []) == world else state["rng"])
         resumed = step
         say(f"resumed from {ckpt.name}: step {step}, epoch {epoch}, batch {pos}")
 
@@ -379,12 +388,15 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
                 eta = (total - step) * elapsed / max(1, step - resumed)
                 say(f"step {step}/{total} loss {sum(window) / len(window):.4f} (point {parts['pointwise']:.3f} pair {parts['pairwise']:.3f}{_center(parts)}) {rate:.1f} samples/s pad-eff {metrics['padding_efficiency']:.2f} ETA {_fmt_eta(eta)}")
                 window.clear()
+            if step % cfg.checkpoint_every == 0 or step == total:
+                rng = _rng_state()
+                rng_ranks = _gather(rng, world)  # DDP: each rank draws its own dropout masks, so each keeps its own state
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
                 t_io = time.perf_counter()
                 save_checkpoint(out, step, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "step": step, "epoch": epoch if pos < usable else epoch + 1, "batch_pos": pos if pos < usable else 0,
-                    "rng": _rng_state(), "config": cfg.model_dump(mode="json"), "run_key": run_key(cfg), "data_versions": cfg.pinned(),
+                    "rng": rng, "rng_ranks": rng_ranks, "config": cfg.model_dump(mode="json"), "run_key": run_key(cfg), "data_versions": cfg.pinned(),
                     "mlflow_run_id": run_id,
                 }, key=ckpt_key, keep=cfg.keep_checkpoints)
                 io_s += time.perf_counter() - t_io
