@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from infra.ports import free_port
@@ -70,8 +71,9 @@ def moto_s3(host: str = "127.0.0.1") -> Iterator[S3Server]:
     import requests
 
     port = free_port(host)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.moto_s3", "--host", host, "--port", str(port)], env=env,
+    root = Path(__file__).resolve().parents[1]  # ``tests.moto_s3`` is importable from the repository root
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.moto_s3", "--host", host, "--port", str(port)], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://{host}:{port}"
     try:
