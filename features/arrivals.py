@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
-def rows_per_day(uri: str, *, column: str = "event_date") -> dict[str, int]:
+def rows_per_day(uri: str, *, column: str = "event_date", storage_options: dict[str, str] | None = None) -> dict[str, int]:
     """Rows per partition value of ``column`` at the table's latest version ({} when it does not exist)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        actions = DeltaTable(uri).get_add_actions(flatten=True)
+        actions = DeltaTable(uri, storage_options=storage_options).get_add_actions(flatten=True)
     except TableNotFoundError:
         return {}
     days = actions.column(f"partition.{column}").to_pylist()
@@ -38,14 +38,14 @@ def rows_per_day(uri: str, *, column: str = "event_date") -> dict[str, int]:
     return out
 
 
-def reference_days(uri: str) -> set[str]:
+def reference_days(uri: str, *, storage_options: dict[str, str] | None = None) -> set[str]:
     """Event days with a file whose smallest ``model_name`` is "": a reference event (from the log's statistics; a file
     without them counts as none)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        actions = DeltaTable(uri).get_add_actions(flatten=True)
+        actions = DeltaTable(uri, storage_options=storage_options).get_add_actions(flatten=True)
     except TableNotFoundError:
         return set()
     if "min.model_name" not in actions.column_names:

@@ -9,6 +9,7 @@ from features.config import CurationConfig
 from features.pseudonymize import check_lake_key
 from features.report import StageReport
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 Stage = Literal["silver", "examples", "pairs"]
@@ -23,10 +24,10 @@ def curate(stage: Stage, settings: Settings, day: date, *, cfg: CurationConfig, 
     if stage == "silver":
         if key is None:
             raise ValueError("the silver step needs the pseudonymization key")
-        silver = table_uri(settings, "silver/feedback")
-        check_lake_key(silver, key)  # another key than the lake's: stop before writing
+        silver, opts = table_uri(settings, "silver/feedback"), storage_options(settings)
+        check_lake_key(silver, key, storage_options=opts)  # another key than the lake's: stop before writing
         rep = engine.curate_silver(settings, day, cfg=cfg, key=key)
-        check_lake_key(silver, key)  # a new lake: record the key that made its first pseudonyms
+        check_lake_key(silver, key, storage_options=opts)  # a new lake: record the key that made its first pseudonyms
         return rep
     if stage == "examples":
         return engine.curate_examples(settings, day, cfg=cfg)

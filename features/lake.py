@@ -21,6 +21,7 @@ import pyarrow as pa
 from features import lineage as L
 from features.manifest import combine, content_hash, row_hashes
 from infra.errors import CommitConflictError, DataError
+from infra.storage import StorageOptions
 
 T = TypeVar("T")
 
@@ -48,35 +49,36 @@ def with_retries(op: Callable[[], T], *, retries: int, what: str) -> tuple[T, in
     raise AssertionError("unreachable")
 
 
-def exists(uri: str) -> bool:
+def exists(uri: str, *, storage_options: StorageOptions | None = None) -> bool:
     from deltalake import DeltaTable
 
-    return DeltaTable.is_deltatable(uri)
+    return DeltaTable.is_deltatable(uri, storage_options=storage_options)
 
 
-def read(uri: str, *, filters: list[tuple] | None = None, columns: list[str] | None = None) -> pl.DataFrame | None:
+def read(uri: str, *, filters: list[tuple] | None = None, columns: list[str] | None = None,
+         storage_options: StorageOptions | None = None) -> pl.DataFrame | None:
     """Rows of a Delta table (None if the table does not exist)."""
     from deltalake import DeltaTable
 
-    if not exists(uri):
+    if not exists(uri, storage_options=storage_options):
         return None
-    tbl = DeltaTable(uri).to_pyarrow_table(filters=filters, columns=columns)
+    tbl = DeltaTable(uri, storage_options=storage_options).to_pyarrow_table(filters=filters, columns=columns)
     df = pl.from_arrow(tbl)
     assert isinstance(df, pl.DataFrame)
     return df
 
 
-def read_day(uri: str, day: date, *, what: str) -> pl.DataFrame:
-    df = read(uri, filters=[("event_date", "=", day)])
+def read_day(uri: str, day: date, *, what: str, storage_options: StorageOptions | None = None) -> pl.DataFrame:
+    df = read(uri, filters=[("event_date", "=", day)], storage_options=storage_options)
     if df is None:
         raise DataError(f"{what} table {uri} does not exist", hint="run the upstream step first (ingest, or materialize the upstream asset)")
     return df
 
 
-def version(uri: str) -> int | None:
+def version(uri: str, *, storage_options: StorageOptions | None = None) -> int | None:
     from deltalake import DeltaTable
 
-    return DeltaTable(uri).version() if exists(uri) else None
+    return DeltaTable(uri, storage_options=storage_options).version() if exists(uri, storage_options=storage_options) else None
 
 
 def _matching(filters: list[tuple]) -> pl.Expr:
@@ -98,52 +100,55 @@ def _hash_after_replace(dt: Any, data: pa.Table, filters: list[tuple]) -> str:
 
 
 def replace_partition(uri: str, data: pa.Table, *, predicate: str, filters: list[tuple], partition_by: list[str],
-                      key: str, retries: int, metadata: dict[str, str] | None = None, lineage: bool = False) -> WriteResult:
+                      key: str, retries: int, metadata: dict[str, str] | None = None, lineage: bool = False,
+                      storage_options: StorageOptions | None = None) -> WriteResult:
     """Replace the rows matching ``predicate`` with ``data`` in one commit; a no-op if they are already equal."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
     from deltalake.exceptions import DeltaError
 
     new_hash = content_hash(data, key=key)
-    if exists(uri):
-        current = read(uri, filters=filters)
+    if exists(uri, storage_options=storage_options):
+        current = read(uri, filters=filters, storage_options=storage_options)
         if (current is not None and set(data.column_names) <= set(current.columns)
                 and content_hash(current.select(data.column_names), key=key) == new_hash):
-            return WriteResult(DeltaTable(uri).version(), True, new_hash, 0)
+            return WriteResult(DeltaTable(uri, storage_options=storage_options).version(), True, new_hash, 0)
 
     def commit() -> int:
         meta = {"lakeloop.partition_hash": new_hash, **(metadata or {})}
-        if not exists(uri):
+        if not exists(uri, storage_options=storage_options):
             # mode="error", not "append": a writer that created the table since the check above must not get our
             # rows appended next to its own (two first runs of a day racing doubled them). Losing that race sends
             # us to the replace below; two creations committing at once fail one of them with CommitFailedError.
             created = {**meta, **(L.hash_metadata(new_hash, base_version=-1) if lineage else {})}
             try:
                 write_deltalake(uri, data, mode="error", partition_by=partition_by, configuration=L.KEEP_HISTORY if lineage else None,
+                                storage_options=storage_options,
                                 commit_properties=CommitProperties(custom_metadata=created, max_commit_retries=0))
-                return DeltaTable(uri).version()
+                return DeltaTable(uri, storage_options=storage_options).version()
             except DeltaError as exc:
                 if "already exists" not in str(exc):
                     raise
-        dt = DeltaTable(uri)  # the snapshot the hash is computed on and the commit is made on
+        dt = DeltaTable(uri, storage_options=storage_options)  # the snapshot the hash is computed on and the commit is made on
         if lineage and L.keep_history(dt):  # a gold table made before KEEP_HISTORY: set it once (a metadata commit)
-            dt = DeltaTable(uri)
+            dt = DeltaTable(uri, storage_options=storage_options)
         if lineage:
             meta.update(L.hash_metadata(_hash_after_replace(dt, data, filters), base_version=dt.version()))
         # schema_mode="merge": a column added to the contract (silver's signal_name) joins a table made before it
         write_deltalake(dt, data, mode="overwrite", predicate=predicate, partition_by=partition_by, schema_mode="merge",
                         commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0))
-        return DeltaTable(uri).version()
+        return DeltaTable(uri, storage_options=storage_options).version()
 
     v, n = with_retries(commit, retries=retries, what=f"replace {predicate} in {uri}")
     return WriteResult(v, False, new_hash, n)
 
 
-def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: str = "", lineage: bool = False) -> int:
+def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: str = "", lineage: bool = False,
+               storage_options: StorageOptions | None = None) -> int:
     """Delete rows whose ``column`` is in ``ids``; returns rows deleted. ``lineage``: the commit records the table's
     content hash afterwards (``extra`` is not supported then)."""
     from deltalake import CommitProperties, DeltaTable
 
-    if not ids or not exists(uri):
+    if not ids or not exists(uri, storage_options=storage_options):
         return 0
     if lineage and extra:
         raise ValueError("delete_ids(lineage=True) hashes the rows left by the id filter alone; it takes no `extra` predicate")
@@ -151,7 +156,7 @@ def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: st
     pred = f"{column} IN ({quoted})" + (f" AND {extra}" if extra else "")
 
     def op() -> int:
-        dt = DeltaTable(uri)
+        dt = DeltaTable(uri, storage_options=storage_options)
         props = None
         if lineage:
             left = pl.from_arrow(dt.to_pyarrow_table())
@@ -164,17 +169,17 @@ def delete_ids(uri: str, column: str, ids: list[str], *, retries: int, extra: st
 
 
 def delete_where(uri: str, predicate: str, *, retries: int, metadata: dict[str, str] | None = None,
-                 left: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> int:
+                 left: Callable[[pl.DataFrame], pl.DataFrame] | None = None, storage_options: StorageOptions | None = None) -> int:
     """Delete the rows ``predicate`` selects, in one commit carrying ``metadata``; returns rows deleted. ``left`` (the
     gold tables): the rows the delete leaves, given the snapshot's rows; the commit then also records the table's
     content hash afterwards (``features.lineage``) and lands exactly on that snapshot."""
     from deltalake import CommitProperties, DeltaTable
 
-    if not exists(uri):
+    if not exists(uri, storage_options=storage_options):
         return 0
 
     def op() -> int:
-        dt = DeltaTable(uri)
+        dt = DeltaTable(uri, storage_options=storage_options)
         meta = dict(metadata or {})
         if left is not None:
             rows = pl.from_arrow(dt.to_pyarrow_table())

@@ -71,12 +71,12 @@ def keep_history(dt: Any) -> bool:
     return True
 
 
-def unreadable(uri: str, version: int) -> str | None:
+def unreadable(uri: str, version: int, *, storage_options: dict[str, str] | None = None) -> str | None:
     """Why ``uri`` at ``version`` cannot be read (its log or a data file is gone), or None if it can."""
     from deltalake import DeltaTable
 
     try:
-        DeltaTable(uri, version=version).to_pyarrow_dataset().count_rows()
+        DeltaTable(uri, version=version, storage_options=storage_options).to_pyarrow_dataset().count_rows()
     except Exception as exc:  # noqa: BLE001 - any failure to open that version is the answer
         return f"{type(exc).__name__}: {str(exc)[:200]}"
     return None

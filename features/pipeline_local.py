@@ -29,6 +29,7 @@ from features.silver import dedup_events, pii_totals, transform_batch
 from features.split import text_hashes
 from infra.errors import DataError
 from infra.settings import Settings
+from infra.storage import StorageOptions, storage_options
 from infra.tables import table_uri
 
 GoldKind = Literal["example", "pair"]
@@ -48,13 +49,15 @@ def check_bronze(df: pl.DataFrame) -> None:
 def read_index(settings: Settings, kind: str, day: date, cfg: CurationConfig) -> pl.DataFrame:
     """Index rows of ``kind`` from every other day (a re-run of ``day`` must not match its own old rows), rows of an
     older signature scheme rebuilt first (``dedup.refresh_index``)."""
-    df = lake.read(table_uri(settings, "silver/minhash_index"), filters=[("kind", "=", kind)])
+    opts = storage_options(settings)
+    df = lake.read(table_uri(settings, "silver/minhash_index"), filters=[("kind", "=", kind)], storage_options=opts)
     if df is None:
         empty = pl.from_arrow(MINHASH_INDEX.empty_table())
         assert isinstance(empty, pl.DataFrame)
         return empty
     df = dedup.refresh_index(kind, df, cfg.minhash, write=lambda d, rows: write_index(settings, kind, d, rows, cfg),
-                             read_sources=lambda t, col, ids, cols: lake.read(table_uri(settings, t), filters=[(col, "in", ids)], columns=cols))
+                             read_sources=lambda t, col, ids, cols: lake.read(table_uri(settings, t), filters=[(col, "in", ids)], columns=cols,
+                                                                              storage_options=opts))
     return df.filter(pl.col("event_date") != day)
 
 
@@ -62,7 +65,7 @@ def write_index(settings: Settings, kind: str, day: date, rows: pl.DataFrame, cf
     return lake.replace_partition(
         table_uri(settings, "silver/minhash_index"), lake.as_arrow(rows, MINHASH_INDEX),
         predicate=f"kind = '{kind}' AND {_day_pred(day)}", filters=[("kind", "=", kind), ("event_date", "=", day)],
-        partition_by=["kind", "event_date"], key="doc_id", retries=cfg.commit_retries)
+        partition_by=["kind", "event_date"], key="doc_id", retries=cfg.commit_retries, storage_options=storage_options(settings))
 
 
 def cluster_prompts(silver: pl.DataFrame, settings: Settings, day: date, cfg: CurationConfig) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
@@ -78,8 +81,8 @@ def cluster_prompts(silver: pl.DataFrame, settings: Settings, day: date, cfg: Cu
 
 def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: bytes) -> StageReport:
     t0 = time.perf_counter()
-    uri = table_uri(settings, "silver/feedback")
-    bronze = lake.read_day(table_uri(settings, "bronze/feedback_events"), day, what="bronze/feedback_events")
+    uri, opts = table_uri(settings, "silver/feedback"), storage_options(settings)
+    bronze = lake.read_day(table_uri(settings, "bronze/feedback_events"), day, what="bronze/feedback_events", storage_options=opts)
     check_bronze(bronze)
     rep = StageReport("silver/feedback", day, "local", rows_in=bronze.height, uri=uri)
     events, rep.drops["duplicate_event_id"] = dedup_events(bronze)
@@ -91,8 +94,9 @@ def curate_silver(settings: Settings, day: date, *, cfg: CurationConfig, key: by
     rep.pii = pii_totals(silver["pii_counts"].to_list())
     write_index(settings, "prompt", day, index_rows, cfg)
     res = lake.replace_partition(uri, lake.as_arrow(silver, SILVER_FEEDBACK), predicate=_day_pred(day),
-                                 filters=[("event_date", "=", day)], partition_by=["event_date"], key="event_id", retries=cfg.commit_retries)
-    return _finish(rep, silver.height, res, t0)
+                                 filters=[("event_date", "=", day)], partition_by=["event_date"], key="event_id", retries=cfg.commit_retries,
+                                 storage_options=opts)
+    return _finish(rep, silver.height, res, t0, storage_options=opts)
 
 
 def gold_candidates(kind: GoldKind, silver: pl.DataFrame, cfg: CurationConfig, drops: Counter[str]) -> pl.DataFrame:
@@ -116,8 +120,8 @@ def curate_gold(settings: Settings, day: date, kind: GoldKind, *, cfg: CurationC
     t0 = time.perf_counter()
     name = GOLD_TABLE[kind]
     schema, id_col = GOLD[name]
-    uri = table_uri(settings, name)
-    silver = lake.read_day(table_uri(settings, "silver/feedback"), day, what="silver/feedback")
+    uri, opts = table_uri(settings, name), storage_options(settings)
+    silver = lake.read_day(table_uri(settings, "silver/feedback"), day, what="silver/feedback", storage_options=opts)
     rep = StageReport(name, day, "local", rows_in=silver.height, uri=uri)
     rows = gold_candidates(kind, silver, cfg, rep.drops)
     texts = doc_text(rows, kind)
@@ -129,12 +133,13 @@ def curate_gold(settings: Settings, day: date, kind: GoldKind, *, cfg: CurationC
     gold = rows.join(res.keep.rename({"doc_id": id_col}), on=id_col, how="semi")
     write_index(settings, kind, day, res.index_rows, cfg)
     result = lake.replace_partition(uri, lake.as_arrow(gold, schema), predicate=_day_pred(day), filters=[("event_date", "=", day)],
-                                    partition_by=["event_date"], key=id_col, retries=cfg.commit_retries, lineage=True)
+                                    partition_by=["event_date"], key=id_col, retries=cfg.commit_retries, lineage=True, storage_options=opts)
     if res.retract:  # a backfilled older day won: its later near-duplicates leave their partitions
-        rep.retracted = lake.delete_ids(uri, id_col, res.retract, retries=cfg.commit_retries, lineage=True)
-        lake.delete_ids(table_uri(settings, "silver/minhash_index"), "doc_id", res.retract, retries=cfg.commit_retries, extra=f"kind = '{kind}'")
-        result = lake.WriteResult(lake.version(uri) or result.version, False, result.partition_hash, result.retries)
-    return _finish(rep, gold.height, result, t0)
+        rep.retracted = lake.delete_ids(uri, id_col, res.retract, retries=cfg.commit_retries, lineage=True, storage_options=opts)
+        lake.delete_ids(table_uri(settings, "silver/minhash_index"), "doc_id", res.retract, retries=cfg.commit_retries, extra=f"kind = '{kind}'",
+                        storage_options=opts)
+        result = lake.WriteResult(lake.version(uri, storage_options=opts) or result.version, False, result.partition_hash, result.retries)
+    return _finish(rep, gold.height, result, t0, storage_options=opts)
 
 
 def curate_examples(settings: Settings, day: date, *, cfg: CurationConfig) -> StageReport:
@@ -145,10 +150,10 @@ def curate_pairs(settings: Settings, day: date, *, cfg: CurationConfig) -> Stage
     return curate_gold(settings, day, "pair", cfg=cfg)
 
 
-def _finish(rep: StageReport, rows_out: int, res: lake.WriteResult, t0: float) -> StageReport:
+def _finish(rep: StageReport, rows_out: int, res: lake.WriteResult, t0: float, *, storage_options: StorageOptions | None) -> StageReport:
     rep.rows_out, rep.version, rep.skipped, rep.partition_hash, rep.retries = rows_out, res.version, res.skipped, res.partition_hash, res.retries
     rep.drops = Counter({k: v for k, v in rep.drops.items() if v})
-    full = lake.read(rep.uri)
+    full = lake.read(rep.uri, storage_options=storage_options)
     key = "event_id" if rep.table == "silver/feedback" else GOLD[rep.table][1]
     rep.content_hash = content_hash(full, key=key) if full is not None else ""
     rep.seconds = time.perf_counter() - t0

@@ -88,18 +88,18 @@ def load_or_create_key(path: Path, *, what: str = "pseudonymization key") -> byt
 
 
 # ---- the fingerprint in the lake ------------------------------------------------------------------------
-def check_lake_key(silver_uri: str, key: bytes) -> KeyState:
+def check_lake_key(silver_uri: str, key: bytes, *, storage_options: dict[str, str] | None = None) -> KeyState:
     """Compare the key's fingerprint with the one ``silver/feedback`` records; record it there if none is yet.
 
     Raises ``KeyMismatchError`` (nothing written) when they differ."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError
 
-    if not DeltaTable.is_deltatable(silver_uri):
+    if not DeltaTable.is_deltatable(silver_uri, storage_options=storage_options):
         return "no table yet"
     mine = fingerprint(key)
     for attempt in range(5):
-        dt = DeltaTable(silver_uri)
+        dt = DeltaTable(silver_uri, storage_options=storage_options)
         recorded = dt.metadata().configuration.get(FINGERPRINT_PROPERTY)
         if recorded is not None:
             break

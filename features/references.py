@@ -21,6 +21,7 @@ import polars as pl
 
 from features import lake
 from infra.settings import Settings
+from infra.storage import StorageOptions, storage_options
 from infra.tables import table_uri
 
 #: The columns a reference event lacks and its prediction fills.
@@ -81,12 +82,12 @@ def resolve_references(events: pl.DataFrame, predictions: pl.DataFrame | None, *
     return Resolved(pl.concat([full, found]), found.height, pending, late)
 
 
-def read_predictions(predictions_uri: str, ids: list[str]) -> pl.DataFrame | None:
+def read_predictions(predictions_uri: str, ids: list[str], *, storage_options: StorageOptions | None = None) -> pl.DataFrame | None:
     """The rows of bronze/predictions whose response_id or request_id is one of ``ids`` (None: no such table)."""
     if not ids:
         return None
     cols = ["request_id", "response_id", *FILLED, *PREDICTION_ORDER]
-    parts = [lake.read(predictions_uri, filters=[(col, "in", ids)], columns=cols) for col in ("response_id", "request_id")]
+    parts = [lake.read(predictions_uri, filters=[(col, "in", ids)], columns=cols, storage_options=storage_options) for col in ("response_id", "request_id")]
     found = [p for p in parts if p is not None]
     return pl.concat(found).unique(maintain_order=True) if found else None
 
@@ -94,7 +95,7 @@ def read_predictions(predictions_uri: str, ids: list[str]) -> pl.DataFrame | Non
 def resolve_day_references(settings: Settings, events: pl.DataFrame, *, wait_minutes: float,
                            now: datetime | None = None) -> Resolved:
     """``events`` (bronze rows) with their reference events joined to bronze/predictions; the rest pending."""
-    preds = read_predictions(table_uri(settings, "bronze/predictions"), reference_ids(events))
+    preds = read_predictions(table_uri(settings, "bronze/predictions"), reference_ids(events), storage_options=storage_options(settings))
     return resolve_references(events, preds, now=now or datetime.now(timezone.utc), wait=timedelta(minutes=wait_minutes))
 
 

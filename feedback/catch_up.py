@@ -12,6 +12,7 @@ from feedback.kafka_io import end_offsets
 from feedback.progress import IngestStats
 from feedback.streams import StreamName, get_stream
 from infra.settings import Settings
+from infra.storage import storage_options
 
 # Below this many records behind, a catch-up flushes on its own thread: a worker process costs 1-2 s to
 # start, more than it saves on a small backlog.
@@ -42,7 +43,7 @@ def stream_lag(settings: Settings, stream: StreamName = "feedback", *, topic: st
     s = get_stream(settings, stream, topic=topic)
     end = end_offsets(settings, s.topic)
     try:
-        dt = DeltaTable(s.target_uri(settings))
+        dt = DeltaTable(s.target_uri(settings), storage_options=storage_options(settings))
         stored = {p: dt.transaction_version(app_id(s.table, s.topic, p)) for p in end}
     except TableNotFoundError:
         stored = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 
@@ -23,7 +24,7 @@ def dead_letter_summary(settings: Settings, *, top: int = 10, reason_chars: int 
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        dt = DeltaTable(table_uri(settings, "bronze/dead_letters"))
+        dt = DeltaTable(table_uri(settings, "bronze/dead_letters"), storage_options=storage_options(settings))
     except TableNotFoundError:
         return DeadLetterSummary(0, None)
     t = dt.to_pyarrow_table(columns=["kafka_topic", "stage", "reason"])

@@ -42,6 +42,7 @@ from feedback.handoff import Mappings, Segments, Ticket
 from feedback.streams import DEAD_LETTERS_TABLE, Stream, get_stream
 from infra.errors import OffsetError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 FlushMode = Literal["process", "thread"]
@@ -74,12 +75,14 @@ Sinks = tuple[DeltaSink, ...]  # target, dead letters, then the erasure requests
 
 def sinks_for(settings: Settings, stream: Stream) -> Sinks:
     """(target, dead letters[, erasure requests]) sinks of ``stream``."""
-    target = DeltaSink(stream.target_uri(settings), stream.schema, table=stream.table, partition_by=stream.partition_by)
-    dead = DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE)
+    opts = storage_options(settings)
+    target = DeltaSink(stream.target_uri(settings), stream.schema, table=stream.table, partition_by=stream.partition_by,
+                       storage_options=opts)
+    dead = DeltaSink(Stream.dead_letters_uri(settings), DEAD_LETTERS_SCHEMA, table=DEAD_LETTERS_TABLE, storage_options=opts)
     if stream.requests_table is None:
         return target, dead
     return target, dead, DeltaSink(table_uri(settings, stream.requests_table), bronze.ERASURE_REQUESTS_SCHEMA,
-                                   table=stream.requests_table)
+                                   table=stream.requests_table, storage_options=opts)
 
 
 def prepare(stream: Stream, raw: RawBatch) -> Prepared:

@@ -20,6 +20,7 @@ from typing import Any
 from features.lineage import LINEAGE_TABLES, keep_history, unreadable, vacuum_keeping
 from infra.errors import ConfigError, LakeloopError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 BRONZE_TABLES = ("bronze/feedback_events", "bronze/dead_letters", "bronze/predictions")
@@ -67,7 +68,7 @@ def optimize_tables(settings: Settings, tables: Iterable[str] = BRONZE_TABLES, *
     for name in tables:
         uri = table_uri(settings, name)
         try:
-            dt = DeltaTable(uri)
+            dt = DeltaTable(uri, storage_options=storage_options(settings))
         except TableNotFoundError:
             say(f"{name}: not created yet, skipped")
             continue
@@ -96,7 +97,7 @@ def optimize_tables(settings: Settings, tables: Iterable[str] = BRONZE_TABLES, *
                 f"which versions registered models pin ({known.message})")
             continue
         pinned = pins_of(known, uri)
-        lost = {v: why for v in pinned if (why := unreadable(uri, v))}
+        lost = {v: why for v in pinned if (why := unreadable(uri, v, storage_options=storage_options(settings)))}
         keep = [v for v in pinned if v not in lost]
         res = vacuum_keeping(dt, keep, retention_hours=retention_hours, dry_run=dry_run)
         result = OptimizeResult(name, before, dt.version(), removed, added, len(res.deleted), {v: pinned[v] for v in keep}, res.kept, lost)

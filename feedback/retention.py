@@ -21,6 +21,7 @@ import pyarrow as pa
 from features.pii import Redactor
 from feedback import bronze
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 KEY = ("kafka_topic", "kafka_partition", "kafka_offset")
@@ -73,7 +74,7 @@ def redact_table(settings: Settings, table: str, *, now: datetime, redactor: Red
 
     uri = table_uri(settings, table)
     cutoff = (now - timedelta(days=retention_days(settings, table))).replace(microsecond=0)
-    dt = DeltaTable(uri)
+    dt = DeltaTable(uri, storage_options=storage_options(settings))
     since = stored_cutoff(dt, table)
     if since is not None and since >= cutoff:
         return RetentionResult(table, since, 0, 0, None)
@@ -96,7 +97,7 @@ def redact_table(settings: Settings, table: str, *, now: datetime, redactor: Red
           .when_matched_update({c: f"s.{c}" for c in cols}).execute()
     else:  # nothing to rewrite: a commit without rows moves the cutoff
         write_deltalake(dt, pa.Table.from_pylist([], schema=SCHEMAS[table]), mode="append", commit_properties=txn)
-    return RetentionResult(table, cutoff, rows.num_rows, n, DeltaTable(uri).version())
+    return RetentionResult(table, cutoff, rows.num_rows, n, DeltaTable(uri, storage_options=storage_options(settings)).version())
 
 
 def redact_expired(settings: Settings, *, tables: tuple[str, ...] = tuple(RAW_COLUMNS), now: datetime | None = None,
@@ -110,7 +111,7 @@ def redact_expired(settings: Settings, *, tables: tuple[str, ...] = tuple(RAW_CO
     red = redactor or Redactor(ner=settings.pii_ner)
     out = []
     for table in tables:
-        if not lake.exists(table_uri(settings, table)):
+        if not lake.exists(table_uri(settings, table), storage_options=storage_options(settings)):
             continue
         res, _ = lake.with_retries(lambda: redact_table(settings, table, now=at, redactor=red), retries=retries,  # noqa: B023
                                    what=f"raw retention of {table}")

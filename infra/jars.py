@@ -1,4 +1,4 @@
-"""JVM parts from Maven Central: the Kafka broker, delta-spark and spark-sql-kafka.
+"""JVM parts from Maven Central: the Kafka broker, delta-spark and spark-sql-kafka, and Spark's s3a filesystem.
 
 ``fetch_jars`` runs ``mvn dependency:copy-dependencies`` on the poms in ``infra/maven`` into
 ``<jars_dir>/<bundle>``; a marker file records what was fetched, so a second call is a no-op. Maven runs with
@@ -43,6 +43,18 @@ def _installed(dist: str) -> str:
         ) from None
 
 
+def bundled_hadoop_version() -> str:
+    """The Hadoop version the pyspark wheel ships (``pyspark/jars/hadoop-client-api-<version>.jar``): hadoop-aws must
+    be the same release."""
+    _installed("pyspark")
+    import pyspark
+
+    jars = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    if not jars:
+        raise MissingDependencyError("the pyspark wheel ships no hadoop-client-api jar", hint="reinstall pyspark: pip install -e .")
+    return jars[-1].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+
+
 def bundles() -> list[JarBundle]:
     return [
         JarBundle("kafka", MAVEN_DIR / "kafka-pom.xml", {}),
@@ -51,6 +63,8 @@ def bundles() -> list[JarBundle]:
             MAVEN_DIR / "spark-pom.xml",
             {"delta.version": _installed("delta-spark"), "pyspark": _installed("pyspark")},
         ),
+        # s3a for an s3:// lake on the Spark engine (infra/spark.py adds these jars only then): 15 MB
+        JarBundle("s3a", MAVEN_DIR / "s3a-pom.xml", {"hadoop.version": bundled_hadoop_version()}),
     ]
 
 

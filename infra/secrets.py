@@ -2,7 +2,7 @@
 
 A secret is any ``SecretStr`` setting (Kafka SASL password, alert webhook URLs, MLflow and API credentials), plus the
 secrets read straight from the environment (``LAKELOOP_PSEUDONYM_KEY``, ``MLFLOW_TRACKING_PASSWORD``,
-``MLFLOW_TRACKING_TOKEN``). ``SecretStr`` already keeps them out of ``repr``, ``model_dump`` and JSON dumps of the
+``MLFLOW_TRACKING_TOKEN``, and the AWS secret key and session token of an s3:// lake). ``SecretStr`` already keeps them out of ``repr``, ``model_dump`` and JSON dumps of the
 settings; ``redact`` takes them out of free text (an error that quotes a URL, a log line), and ``install_log_redaction``
 makes every log record of the process go through it.
 """
@@ -19,7 +19,8 @@ from pydantic import SecretStr
 from infra.errors import ConfigError
 from infra.settings import Settings
 
-ENV_SECRETS = ("LAKELOOP_PSEUDONYM_KEY", "LAKELOOP_CHECKPOINT_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+ENV_SECRETS = ("LAKELOOP_PSEUDONYM_KEY", "LAKELOOP_CHECKPOINT_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")  # the last two: an s3:// lake (infra/storage.py)
 MASK = "[redacted]"
 _MIN_LEN = 6  # shorter values would blank ordinary words out of every line
 

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".lakeloop"), description="All local state: lake, broker data, MLflow, Dagster, logs, pids.")
     lake_root: str | None = Field(None, description="Root URI of the Delta lake; default <home>/lake. May be s3://, abfss://.")
     jars_dir: Path | None = Field(None, description="Where `lakeloop infra fetch` caches JVM jars; default <home>/jars.")
+    # object storage (an s3:// lake_root): infra/storage.py turns these into delta-rs storage options and s3a settings;
+    # credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint of an S3-compatible store (MinIO, R2, a test "
+                                        "server), e.g. http://127.0.0.1:9000; default: AWS S3 of s3_region.")
+    s3_region: str = Field("us-east-1", description="S3 region of the lake's bucket.")
+    s3_path_style: bool = Field(True, description="Path-style requests (http://endpoint/bucket/key), which S3-compatible "
+                                "servers need; off: virtual-hosted style (bucket.endpoint), as AWS prefers.")
     bind_host: str = Field("127.0.0.1", description="Address every local service binds to.")
 
     kafka_port: int = Field(9092, ge=1, le=65535)

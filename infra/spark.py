@@ -1,7 +1,8 @@
 """The Spark session factory: ``local[*]`` by default, any master by config, with delta-spark.
 
 The delta-spark and spark-sql-kafka jars come from the cache that ``lakeloop infra fetch`` fills, so
-Spark and delta-rs read and write the same tables without anything downloaded at run time.
+Spark and delta-rs read and write the same tables without anything downloaded at run time. An s3:// lake adds
+the s3a bundle and its settings (``infra.storage.s3a_conf``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from infra.errors import MissingDependencyError
 from infra.jars import require_jars
 from infra.settings import Settings
+from infra.storage import is_s3, s3a_conf
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,11 +28,13 @@ def _artifact(jar_name: str) -> str:
 
 
 def _extra_jars(settings: Settings) -> list[str]:
-    """Cached jars that the pyspark wheel does not already ship (no second Hadoop or Scala on the classpath)."""
+    """Cached jars that the pyspark wheel does not already ship (no second Hadoop or Scala on the classpath); with an
+    s3:// lake also the s3a bundle (hadoop-aws and the AWS SDK's S3 modules)."""
     import pyspark
 
     shipped = {_artifact(p.name) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
-    return sorted(str(p) for p in require_jars(settings, "spark").glob("*.jar") if _artifact(p.name) not in shipped)
+    folders = [require_jars(settings, "spark")] + ([require_jars(settings, "s3a")] if is_s3(settings.lake) else [])
+    return sorted(str(p) for d in folders for p in d.glob("*.jar") if _artifact(p.name) not in shipped)
 
 
 def spark_session(settings: Settings, *, app_name: str = "lakeloop", extra_conf: dict[str, str] | None = None) -> "SparkSession":
@@ -57,6 +61,6 @@ def spark_session(settings: Settings, *, app_name: str = "lakeloop", extra_conf:
     )
     if settings.spark_master.startswith("local"):
         builder = builder.config("spark.driver.host", settings.bind_host).config("spark.driver.bindAddress", settings.bind_host)
-    for k, v in (extra_conf or {}).items():
+    for k, v in {**s3a_conf(settings), **(extra_conf or {})}.items():  # an s3:// lake: endpoint, path style, credentials
         builder = builder.config(k, v)
     return builder.getOrCreate()

@@ -66,11 +66,14 @@ def table_status(settings: Settings) -> list[TableStatus]:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from infra.storage import storage_options
+
+    opts = storage_options(settings)
     out: list[TableStatus] = []
     for t in TABLES:
         uri = table_uri(settings, t.name)
         try:
-            version: int | None = DeltaTable(uri).version()
+            version: int | None = DeltaTable(uri, storage_options=opts).version()
         except TableNotFoundError:
             version = None
         out.append(TableStatus(t.name, t.layer, uri, version, t.description))

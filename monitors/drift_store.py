@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from monitors.drift import DriftVerdict
 
@@ -65,8 +66,8 @@ def append_verdict(settings: Settings, table: pa.Table) -> int:
     from deltalake import DeltaTable, write_deltalake
 
     uri = table_uri(settings, TABLE)
-    write_deltalake(uri, table, mode="append")
-    return DeltaTable(uri).version()
+    write_deltalake(uri, table, mode="append", storage_options=storage_options(settings))
+    return DeltaTable(uri, storage_options=storage_options(settings)).version()
 
 
 def window_history(settings: Settings, *, limit: int = 50) -> list[bool]:
@@ -75,7 +76,7 @@ def window_history(settings: Settings, *, limit: int = 50) -> list[bool]:
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        dt = DeltaTable(table_uri(settings, TABLE))
+        dt = DeltaTable(table_uri(settings, TABLE), storage_options=storage_options(settings))
     except TableNotFoundError:
         return []
     t = dt.to_pyarrow_table(columns=["window_id", "window_end", "metric", "drifted", "computed_at"])
@@ -93,7 +94,7 @@ def recent_rows(settings: Settings, *, windows: int = 24) -> pd.DataFrame:
 
     columns = ["window_id", "window_end", "metric", "group", "method", "value", "threshold", "drifted", "computed_at"]
     try:
-        df = DeltaTable(table_uri(settings, TABLE)).to_pyarrow_table(columns=columns).to_pandas()
+        df = DeltaTable(table_uri(settings, TABLE), storage_options=storage_options(settings)).to_pyarrow_table(columns=columns).to_pandas()
     except TableNotFoundError:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     df = df[df["computed_at"] == df.groupby("window_id")["computed_at"].transform("max")]

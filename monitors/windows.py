@@ -23,6 +23,7 @@ import pyarrow as pa
 from feedback.streams import StreamName, get_stream
 from infra.errors import DataError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from monitors.drift import SIGNAL_FLAGS
 from monitors.predictions import COLUMNS, TopicRead, Validator, predictions_frame, read_topic
@@ -37,7 +38,7 @@ def _lake_rows(settings: Settings, name: str, columns: list[str], time_col: str,
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        dt = DeltaTable(table_uri(settings, name))
+        dt = DeltaTable(table_uri(settings, name), storage_options=storage_options(settings))
     except TableNotFoundError:
         return pd.DataFrame(columns=columns)
     have = [c for c in columns if c in {f.name for f in dt.schema().fields}]
@@ -85,7 +86,7 @@ def _with_signal_names(settings: Settings, feedback: pd.DataFrame) -> pd.DataFra
     signals = feedback["event_type"].astype(str) == "signal" if len(feedback) else pd.Series(dtype=bool)
     if not signals.any():
         return feedback.assign(name=None)
-    raw = DeltaTable(table_uri(settings, "bronze/feedback_events")).to_pandas(
+    raw = DeltaTable(table_uri(settings, "bronze/feedback_events"), storage_options=storage_options(settings)).to_pandas(
         columns=["event_id", "raw"], filters=[("event_type", "=", "signal")])
     names = {e: json.loads(r).get("name") for e, r in zip(raw["event_id"], raw["raw"], strict=True)}
     return feedback.assign(name=feedback["event_id"].map(names).where(signals, None))
@@ -228,14 +229,14 @@ def _gold(settings: Settings, name: str, columns: list[str], pin: Any, model_ver
     if pin is not None:
         uri = pin.uri or table_uri(settings, name)
         try:
-            return read(DeltaTable(uri, version=pin.version))
+            return read(DeltaTable(uri, version=pin.version, storage_options=storage_options(settings, uri=uri)))
         except (DeltaError, OSError, pa.ArrowException) as exc:  # vacuumed files, expired log, table moved
             log.warning("drift reference: %s at Delta version %d (what model v%s was trained on) cannot be read (%s); "
                         "using the latest version instead", uri, pin.version, model_version, str(exc).splitlines()[0][:200])
     elif model_version is not None:
         log.warning("drift reference: model v%s records no Delta version of %s; using the latest version instead", model_version, name)
     try:
-        return read(DeltaTable(table_uri(settings, name)))
+        return read(DeltaTable(table_uri(settings, name), storage_options=storage_options(settings)))
     except TableNotFoundError:
         return None
 

@@ -136,10 +136,11 @@ def _rows(settings: Settings, table: str) -> int:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from infra.storage import storage_options
     from infra.tables import table_uri
 
     try:
-        return DeltaTable(table_uri(settings, table)).count()
+        return DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).count()
     except TableNotFoundError:
         return 0
 
@@ -148,10 +149,11 @@ def _version(settings: Settings, table: str) -> int | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from infra.storage import storage_options
     from infra.tables import table_uri
 
     try:
-        return DeltaTable(table_uri(settings, table)).version()
+        return DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).version()
     except TableNotFoundError:
         return None
 
@@ -161,9 +163,10 @@ def _event_days(settings: Settings) -> list[str]:
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
+    from infra.storage import storage_options
     from infra.tables import table_uri
 
-    col = DeltaTable(table_uri(settings, "bronze/feedback_events")).to_pyarrow_table(columns=["event_date"])["event_date"]
+    col = DeltaTable(table_uri(settings, "bronze/feedback_events"), storage_options=storage_options(settings)).to_pyarrow_table(columns=["event_date"])["event_date"]
     return sorted(str(d) for d in pc.unique(col).to_pylist())
 
 

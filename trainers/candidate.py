@@ -11,6 +11,7 @@ from typing import Any
 
 from infra import links
 from infra.settings import Settings
+from infra.storage import storage_options
 from trainers import crossfit as X
 from trainers import data as D
 from trainers import evaluate as E
@@ -51,9 +52,12 @@ def candidate_from_run(settings: Settings, run_id: str) -> Candidate:
     return Candidate(run_id, tags["lakeloop.model_uri"], lineage)
 
 
-def _split_frames(cand: Candidate, split: D.Split, *, max_questions: int | None = None) -> tuple[Any, Any]:
-    ex = D.read_gold(cand.lineage["lakeloop.train_examples.uri"], D.EXAMPLES, version=int(cand.lineage["lakeloop.train_examples.version"]))
-    pr = D.read_gold(cand.lineage["lakeloop.preference_pairs.uri"], D.PAIRS, version=int(cand.lineage["lakeloop.preference_pairs.version"]))
+def _split_frames(settings: Settings, cand: Candidate, split: D.Split, *, max_questions: int | None = None) -> tuple[Any, Any]:
+    ex_uri, pr_uri = cand.lineage["lakeloop.train_examples.uri"], cand.lineage["lakeloop.preference_pairs.uri"]
+    ex = D.read_gold(ex_uri, D.EXAMPLES, version=int(cand.lineage["lakeloop.train_examples.version"]),
+                     storage_options=storage_options(settings, uri=ex_uri))
+    pr = D.read_gold(pr_uri, D.PAIRS, version=int(cand.lineage["lakeloop.preference_pairs.version"]),
+                     storage_options=storage_options(settings, uri=pr_uri))
     e, p = ex.split(split), pr.split(split)
     if max_questions:
         keep = set(sorted(set(e["cluster_id"]) | set(p["cluster_id"]))[:max_questions])
@@ -102,7 +106,7 @@ def trusted_evalset(settings: Settings, cand: Candidate, champion_run_id: str | 
     label = (f"training_examples v{champ.lineage['lakeloop.train_examples.version']}, "
              f"preference_pairs v{champ.lineage['lakeloop.preference_pairs.version']}")
     try:
-        frames = _split_frames(champ, "eval", max_questions=max_questions)
+        frames = _split_frames(settings, champ, "eval", max_questions=max_questions)
     except Exception as exc:  # noqa: BLE001 - e.g. the versions were vacuumed: say so, keep gating on the newer split
         return None, f"the champion's gold versions ({label}) cannot be read: {type(exc).__name__}: {exc}"[:300]
     if frames[0].empty and frames[1].empty:
@@ -132,7 +136,7 @@ def evaluate_candidate(settings: Settings, run_id: str, *, gate: GateConfig | No
     gate = gate or GateConfig()
     cand = candidate_from_run(settings, run_id)
     tags = T.run_tags(settings, run_id)
-    train, evalset = _split_frames(cand, "train"), _split_frames(cand, "eval", max_questions=max_eval_clusters)
+    train, evalset = _split_frames(settings, cand, "train"), _split_frames(settings, cand, "eval", max_questions=max_eval_clusters)
     champ_version = R.get_alias_version(settings, "champion")
     champion = None
     if champ_version is not None:

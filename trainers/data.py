@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from infra.errors import DataError
+from infra.storage import StorageOptions
 
 EXAMPLES = "gold/training_examples"
 PAIRS = "gold/preference_pairs"
@@ -35,26 +36,26 @@ class GoldSnapshot:
         return self.frame[self.frame["split"] == split].reset_index(drop=True)
 
 
-def latest_version(uri: str) -> int:
+def latest_version(uri: str, *, storage_options: StorageOptions | None = None) -> int:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(uri).version()
+        return DeltaTable(uri, storage_options=storage_options).version()
     except TableNotFoundError:
         raise DataError(f"gold table {uri} does not exist", hint="materialize the curation group first (`lakeloop materialize --select group:curation`)") from None
 
 
-def read_gold(uri: str, name: str, *, version: int) -> GoldSnapshot:
+def read_gold(uri: str, name: str, *, version: int, storage_options: StorageOptions | None = None) -> GoldSnapshot:
     """The table exactly as it was at ``version`` (time travel), checked against the column contract."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
     try:
-        dt = DeltaTable(uri, version=version)
+        dt = DeltaTable(uri, version=version, storage_options=storage_options)
     except TableNotFoundError:
         try:
-            latest = DeltaTable(uri).version()
+            latest = DeltaTable(uri, storage_options=storage_options).version()
         except TableNotFoundError:
             raise DataError(f"gold table {uri} does not exist", hint="materialize the curation group first") from None
         raise DataError(f"version {version} of {uri} can no longer be read (the table is at version {latest}; the log "
@@ -69,7 +70,7 @@ def read_gold(uri: str, name: str, *, version: int) -> GoldSnapshot:
     if missing:
         raise DataError(f"{uri}@{version} lacks columns {missing}", hint="the gold table breaks the data contract in the team brief")
     # history() of a time-travelled table misnumbers versions (delta-rs 1.x): read it from the latest one
-    return GoldSnapshot(name, uri, version, _curation_hash(DeltaTable(uri), version), frame)
+    return GoldSnapshot(name, uri, version, _curation_hash(DeltaTable(uri, storage_options=storage_options), version), frame)
 
 
 def _curation_hash(dt: Any, version: int) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from infra.errors import ConfigError, DataError, ServiceError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import spec, table_uri
 from trainers import lineage_guard as G
 from trainers import registry as R
@@ -174,7 +175,7 @@ def _history(settings: Settings, name: str, version: str) -> tuple[AliasMove, ..
     """The promotion ledger's entries that moved an alias of ``name`` to or from ``version`` (read only)."""
     from deltalake import DeltaTable
 
-    if not DeltaTable.is_deltatable(table_uri(settings, R.LEDGER)):
+    if not DeltaTable.is_deltatable(table_uri(settings, R.LEDGER), storage_options=storage_options(settings)):
         return ()  # no alias has moved in this lake yet (``ledger_entries`` would create the table)
     df = R.ledger_entries(settings)
     df = df[(df["model_name"] == name) & ((df["to_version"] == version) | (df["from_version"] == version))]
@@ -243,7 +244,7 @@ def table_lineage(settings: Settings, table: str, *, version: int | None = None)
     this lake, or from exactly its ``version``."""
     name = gold_table(table)
     uri = table_uri(settings, name)
-    latest = _latest(uri)
+    latest = _latest(uri, storage_options=storage_options(settings))
     if version is not None and (version < 0 or (latest is not None and version > latest)):
         raise DataError(f"{name} has no version {version}" + (f" (latest: v{latest})" if latest is not None else ""),
                         hint=(f"its versions run 0..{latest}; " if latest is not None else "") + "leave out --version to see every "
@@ -270,10 +271,10 @@ def _table_lineage(settings: Settings, name: str, uri: str, version: int | None,
     return TableLineage(name, uri, version, latest, tuple(learners))
 
 
-def _latest(uri: str) -> int | None:
+def _latest(uri: str, *, storage_options: dict[str, str] | None = None) -> int | None:
     from deltalake import DeltaTable
 
-    return DeltaTable(uri).version() if DeltaTable.is_deltatable(uri) else None
+    return DeltaTable(uri, storage_options=storage_options).version() if DeltaTable.is_deltatable(uri, storage_options=storage_options) else None
 
 
 # ---- shared ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from infra.errors import CommitConflictError, ServiceError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from trainers.tracking import needs_mlflow, single_attempt, unreachable_error
 
@@ -94,16 +95,16 @@ def _ledger(settings: Settings) -> Any:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    uri = table_uri(settings, LEDGER)
+    uri, opts = table_uri(settings, LEDGER), storage_options(settings)
     for _ in range(5):
         try:
-            return DeltaTable(uri)
+            return DeltaTable(uri, storage_options=opts)
         except TableNotFoundError:
             try:
-                DeltaTable.create(uri, LEDGER_SCHEMA, mode="ignore", name="promotion_ledger")
+                DeltaTable.create(uri, LEDGER_SCHEMA, mode="ignore", name="promotion_ledger", storage_options=opts)
             except DeltaError:
                 time.sleep(0.05)  # another promoter created it at the same moment
-    return DeltaTable(uri)
+    return DeltaTable(uri, storage_options=opts)
 
 
 def ledger_entries(settings: Settings, *, include_registrations: bool = False) -> Any:

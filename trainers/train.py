@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from infra.settings import Settings, load_settings
+from infra.storage import storage_options
 from trainers import data as D
 from trainers import frozen, selection
 from trainers.checkpoint import checkpoint_key, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -63,10 +64,11 @@ def pin_versions(cfg: TrainConfig, settings: Settings) -> TrainConfig:
     """Resolve unpinned table versions to the latest ones, now, and return the pinned config."""
     lake = cfg.lake_root or settings.lake
     uri = lambda name: f"{lake.rstrip('/')}/{name}"
+    opts = storage_options(settings, uri=lake)
     return cfg.model_copy(update={
         "lake_root": lake,
-        "examples_version": cfg.examples_version if cfg.examples_version is not None else D.latest_version(uri(D.EXAMPLES)),
-        "pairs_version": cfg.pairs_version if cfg.pairs_version is not None else D.latest_version(uri(D.PAIRS)),
+        "examples_version": cfg.examples_version if cfg.examples_version is not None else D.latest_version(uri(D.EXAMPLES), storage_options=opts),
+        "pairs_version": cfg.pairs_version if cfg.pairs_version is not None else D.latest_version(uri(D.PAIRS), storage_options=opts),
     })
 
 
@@ -247,8 +249,9 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     torch.manual_seed(cfg.seed)
 
     lake = cfg.lake_root or settings.lake
-    ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=cfg.examples_version or 0)
-    pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=cfg.pairs_version or 0)
+    opts = storage_options(settings, uri=lake)
+    ex = D.read_gold(f"{lake}/{D.EXAMPLES}", D.EXAMPLES, version=cfg.examples_version or 0, storage_options=opts)
+    pr = D.read_gold(f"{lake}/{D.PAIRS}", D.PAIRS, version=cfg.pairs_version or 0, storage_options=opts)
     ex_train = ex.split("train").sort_values("example_id").head(cfg.max_train_examples or None).reset_index(drop=True)
     pr_train = pr.split("train").sort_values("pair_id").head(cfg.max_train_pairs or None).reset_index(drop=True)
     carved = selection.carve(ex_train, pr_train, share=cfg.validation_share, seed=cfg.seed)

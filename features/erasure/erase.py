@@ -36,6 +36,7 @@ from features.erasure.purge import vacuum
 from features.pseudonymize import FINGERPRINT_PROPERTY, KeyMismatchError, check_key, fingerprint, pseudonymize
 from infra.errors import ConfigError, DataError, ServiceError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 MAX_PASSES = 3
@@ -66,9 +67,9 @@ def require_lake_key(settings: Settings, key: bytes) -> None:
 
     uri = table_uri(settings, F.SILVER)
     check_key(key)
-    if not lake.exists(uri):
+    if not lake.exists(uri, storage_options=storage_options(settings)):
         return
-    recorded = DeltaTable(uri).metadata().configuration.get(FINGERPRINT_PROPERTY)
+    recorded = DeltaTable(uri, storage_options=storage_options(settings)).metadata().configuration.get(FINGERPRINT_PROPERTY)
     if recorded is not None and recorded != fingerprint(key):
         raise KeyMismatchError(
             f"the pseudonymization key (fingerprint {fingerprint(key)}) is not the key this lake's pseudonyms were made with "
@@ -92,7 +93,7 @@ def models_holding(settings: Settings, fp: F.Footprint, registered: list[Any]) -
             key = (pin.table, pin.version)
             if key not in held:
                 try:
-                    df = pl.from_arrow(DeltaTable(pin.uri, version=pin.version).to_pyarrow_table(columns=list(F.COLUMNS[pin.table])))
+                    df = pl.from_arrow(DeltaTable(pin.uri, version=pin.version, storage_options=storage_options(settings, uri=pin.uri)).to_pyarrow_table(columns=list(F.COLUMNS[pin.table])))
                     assert isinstance(df, pl.DataFrame)
                     held[key] = bool(fp.match(pin.table, df).any())
                 except Exception as exc:  # noqa: BLE001 - a pinned version that no longer reads: say so, do not guess
@@ -134,17 +135,18 @@ def _delete(settings: Settings, table: str, rows: pl.DataFrame, fp: F.Footprint,
         column = "example_id" if table == F.EXAMPLES else "pair_id"
         ids = pl.Series(sorted(set(rows[column].to_list())), dtype=pl.String).implode()
         left = lambda df: df.filter(~pl.col(column).is_in(ids).fill_null(False))  # noqa: E731
-    return lake.delete_where(table_uri(settings, table), predicate(table, rows, fp), retries=retries, metadata=meta, left=left)
+    return lake.delete_where(table_uri(settings, table), predicate(table, rows, fp), retries=retries, metadata=meta, left=left,
+                             storage_options=storage_options(settings))
 
 
-def _versions_made(uri: str, since: int | None, erasure_id: str) -> list[int]:
+def _versions_made(uri: str, since: int | None, erasure_id: str, *, opts: dict[str, str] | None) -> list[int]:
     from deltalake import DeltaTable
 
     from features.lineage import commit_metadata
 
-    if not lake.exists(uri):
+    if not lake.exists(uri, storage_options=opts):
         return []
-    dt = DeltaTable(uri)
+    dt = DeltaTable(uri, storage_options=opts)
     return sorted(int(e["version"]) for e in dt.history(dt.version() - (since if since is not None else -1))
                   if commit_metadata(e).get(R.ERASURE_METADATA) == erasure_id)
 
@@ -164,7 +166,7 @@ def forget(settings: Settings, user_id: str, *, key: bytes, vacuum_now: bool = F
     erasure_id = f"er_{at:%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
     fp = F.scan(settings, user_id, pseudonymize(user_id, key) or "")
     held, unreadable = models_holding(settings, fp, registered)
-    before = {t: lake.version(table_uri(settings, t)) for t in F.FLOW}
+    before = {t: lake.version(table_uri(settings, t), storage_options=storage_options(settings)) for t in F.FLOW}
     removed: Counter[str] = Counter()
     for attempt in range(MAX_PASSES + 1):
         hits = {t: df for t, df in F.current(settings, fp).items() if df.height}
@@ -179,7 +181,7 @@ def forget(settings: Settings, user_id: str, *, key: bytes, vacuum_now: bool = F
                 n = _delete(settings, table, hits[table], fp, erasure_id, retries)
                 removed[table] += n
                 say(f"{table}: deleted {n} row(s)")
-    versions = {t: v for t in F.FLOW if (v := _versions_made(table_uri(settings, t), before[t], erasure_id))}
+    versions = {t: v for t in F.FLOW if (v := _versions_made(table_uri(settings, t), before[t], erasure_id, opts=storage_options(settings)))}
     files: dict[str, set[str]] = defaultdict(set)
     for t, paths in fp.files.items():
         files[t] |= paths

@@ -30,6 +30,7 @@ import polars as pl
 from features import lake
 from features.erasure import storage
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 REQUESTS = "governance/erasure_requests"
@@ -182,7 +183,7 @@ def shared_prompts(settings: Settings, fp: Footprint) -> set[str]:
     """The user's prompt hashes that other users' current silver rows hold too."""
     if not fp.prompts:
         return set()
-    rows = lake.read(table_uri(settings, SILVER), columns=["user_id", "prompt_hash"])
+    rows = lake.read(table_uri(settings, SILVER), columns=["user_id", "prompt_hash"], storage_options=storage_options(settings))
     if rows is None:
         return set()
     others = rows.filter((pl.col("user_id") != fp.pseudonym).fill_null(True))
@@ -195,7 +196,7 @@ def current(settings: Settings, fp: Footprint) -> dict[str, pl.DataFrame]:
     for table in FLOW:
         if table == INDEX:
             fp.shared_prompts = shared_prompts(settings, fp)
-        df = lake.read(table_uri(settings, table), columns=list(COLUMNS[table]))
+        df = lake.read(table_uri(settings, table), columns=list(COLUMNS[table]), storage_options=storage_options(settings))
         if df is None:
             continue
         out[table] = df.filter(fp.match(table, df))

@@ -18,6 +18,7 @@ from features import lake
 from features.erasure import record as R
 from features.erasure import storage
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 def _now() -> datetime:
@@ -33,9 +34,9 @@ def vacuum(settings: Settings, rec: R.ErasureRecord, *, now: datetime | None = N
     deleted = 0
     for table, paths in sorted(rec.files.items()):
         uri = table_uri(settings, table)
-        if not paths or not lake.exists(uri):
+        if not paths or not lake.exists(uri, storage_options=storage_options(settings)):
             continue
-        live = storage.current_files(DeltaTable(uri))
+        live = storage.current_files(DeltaTable(uri, storage_options=storage_options(settings)))
         back = sorted(set(paths) & live)
         if back:
             say(f"{table}: {len(back)} file(s) that held the user's rows are in the current version again (a restore?): "

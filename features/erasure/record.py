@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from features import lake
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 TABLE = "governance/erasures"
@@ -74,13 +75,13 @@ def append(settings: Settings, record: ErasureRecord, *, retries: int = 8) -> in
 
     uri = table_uri(settings, TABLE)
     data = pa.Table.from_pylist([_row(record)], schema=SCHEMA)
-    lake.with_retries(lambda: write_deltalake(uri, data, mode="append"), retries=retries, what=f"append to {uri}")
-    return DeltaTable(uri).version()
+    lake.with_retries(lambda: write_deltalake(uri, data, mode="append", storage_options=storage_options(settings)), retries=retries, what=f"append to {uri}")
+    return DeltaTable(uri, storage_options=storage_options(settings)).version()
 
 
 def records(settings: Settings) -> list[ErasureRecord]:
     """Every erasure record, oldest first."""
-    df = lake.read(table_uri(settings, TABLE))
+    df = lake.read(table_uri(settings, TABLE), storage_options=storage_options(settings))
     if df is None:
         return []
     out = []
@@ -98,17 +99,17 @@ def mark_vacuumed(settings: Settings, erasure_id: str, at: datetime, files: int,
 
     uri = table_uri(settings, TABLE)
     quoted = erasure_id.replace("'", "''")
-    lake.with_retries(lambda: DeltaTable(uri).update(new_values={"vacuumed_at": _utc(at), "files_vacuumed": files},
+    lake.with_retries(lambda: DeltaTable(uri, storage_options=storage_options(settings)).update(new_values={"vacuumed_at": _utc(at), "files_vacuumed": files},
                                                      predicate=f"erasure_id = '{quoted}'"),
                       retries=retries, what=f"update {uri}")
 
 
-def erasure_versions(uri: str) -> list[int]:
+def erasure_versions(uri: str, *, storage_options: dict[str, str] | None = None) -> list[int]:
     """The versions of a table that erasures made (their commits carry ``lakeloop.erasure_id``), from its log."""
     from deltalake import DeltaTable
 
     from features.lineage import commit_metadata
 
-    if not lake.exists(uri):
+    if not lake.exists(uri, storage_options=storage_options):
         return []
-    return sorted(int(e["version"]) for e in DeltaTable(uri).history() if ERASURE_METADATA in commit_metadata(e) and "version" in e)
+    return sorted(int(e["version"]) for e in DeltaTable(uri, storage_options=storage_options).history() if ERASURE_METADATA in commit_metadata(e) and "version" in e)

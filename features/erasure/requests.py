@@ -22,13 +22,15 @@ from features.erasure import footprint as F
 from features.erasure.erase import ModelLookup, forget
 from features.erasure.record import ErasureRecord
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 
 
 def pending(settings: Settings) -> pl.DataFrame:
     """The pending requests (current version of ``governance/erasure_requests``), oldest first: one row per request,
     with the raw ``user_id`` (use it only to erase)."""
-    df = lake.read(table_uri(settings, F.REQUESTS), columns=["event_id", "occurred_at", "app_id", "user_id", *F.BRONZE_KEY])
+    df = lake.read(table_uri(settings, F.REQUESTS), columns=["event_id", "occurred_at", "app_id", "user_id", *F.BRONZE_KEY],
+                   storage_options=storage_options(settings))
     if df is None:
         return pl.DataFrame(schema={"event_id": pl.String, "occurred_at": pl.Datetime("us", "UTC"), "app_id": pl.String,
                                     "user_id": pl.String, "kafka_topic": pl.String, "kafka_partition": pl.Int32,
@@ -39,7 +41,7 @@ def pending(settings: Settings) -> pl.DataFrame:
 def pending_count(settings: Settings) -> tuple[int, int | None]:
     """(pending requests, the table's version; None before the first request)."""
     uri = table_uri(settings, F.REQUESTS)
-    version = lake.version(uri)
+    version = lake.version(uri, storage_options=storage_options(settings))
     if version is None:
         return 0, None
     return pending(settings).height, version

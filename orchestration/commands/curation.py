@@ -46,6 +46,7 @@ def curate(
     from features.references import late_line
     from features.engine import STAGES
     from features.engine import curate as run
+    from infra.storage import storage_options
     from infra.tables import table_uri
     from orchestration.assets.curation.resources import CurationResource, pseudonym_key
 
@@ -53,7 +54,7 @@ def curate(
     if day:
         days = [date.fromisoformat(d) for d in day]
     else:
-        bronze = lake.read(table_uri(s, "bronze/feedback_events"), columns=["event_date"])
+        bronze = lake.read(table_uri(s, "bronze/feedback_events"), columns=["event_date"], storage_options=storage_options(s))
         if bronze is None:
             raise DataError("bronze/feedback_events does not exist", hint="run `lakeloop ingest --once` first")
         days = sorted(set(bronze["event_date"].to_list()))

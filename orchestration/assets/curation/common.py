@@ -67,12 +67,12 @@ def gold_metadata(rep: StageReport, *, retracted_key: str) -> dict[str, dg.RawMe
     return meta
 
 
-def checked_rows(context: dg.AssetCheckExecutionContext, uri: str, what: str) -> pl.DataFrame:
+def checked_rows(context: dg.AssetCheckExecutionContext, uri: str, what: str, *, storage_options: dict[str, str] | None = None) -> pl.DataFrame:
     """Rows a check looks at: the run's day partition, or the whole table for a multi-day (range) run."""
     key = context.run.tags.get("dagster/partition")
     if key:
-        return lake.read_day(uri, date.fromisoformat(key), what=what)
-    df = lake.read(uri)
+        return lake.read_day(uri, date.fromisoformat(key), what=what, storage_options=storage_options)
+    df = lake.read(uri, storage_options=storage_options)
     if df is None:
         raise dg.Failure(f"{what} does not exist yet")
     return df

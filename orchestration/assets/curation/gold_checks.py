@@ -16,6 +16,7 @@ from features.checks import (
 from features.labels import doc_text
 from features.pii import Redactor
 from features.schema import GOLD
+from infra.storage import storage_options
 from infra.tables import table_uri
 from orchestration.assets.curation.common import checked_rows
 from orchestration.assets.curation.resources import CurationResource
@@ -33,7 +34,8 @@ BLOCKING = {
 
 def whole_table(lakeloop: LakeloopSettings, table: str) -> pl.DataFrame:
     """Every row of a gold table (leakage and duplicates are properties of the whole dataset version)."""
-    df = lake.read(table_uri(lakeloop.load(), table))
+    settings = lakeloop.load()
+    df = lake.read(table_uri(settings, table), storage_options=storage_options(settings))
     if df is None:
         empty = pl.from_arrow(GOLD[table][0].empty_table())
         assert isinstance(empty, pl.DataFrame)
@@ -61,10 +63,10 @@ def gold_checks(asset: str, table: str, kind: str) -> dg.AssetChecksDefinition:
         uri = table_uri(settings, table)
         # the version the checks judge (read first; curation runs one at a time): training pins only versions
         # whose blocking checks all passed (trainers.pinning), so every result says which version it judged
-        version = lake.version(uri)
+        version = lake.version(uri, storage_options=storage_options(settings))
         where: dict[str, object] = {"delta_version": -1 if version is None else version,
                                                  "partition": context.run.tags.get("dagster/partition") or "-"}
-        day = checked_rows(context, uri, table)
+        day = checked_rows(context, uri, table, storage_options=storage_options(settings))
         full = whole_table(lakeloop, table)
         yield _result("schema_contract", schema_contract(day, schema), where=where)
         yield _result("no_pii", no_pii_left(day, texts, Redactor(cfg.extra_pii_patterns)), where=where)

@@ -11,6 +11,7 @@ import time
 import dagster as dg
 
 from features.arrivals import ArrivalState, due_days, reference_days, requested, rows_per_day, with_predictions
+from infra.storage import storage_options
 from infra.tables import table_uri
 from orchestration.assets.curation.common import GROUP
 from orchestration.automation import TRIGGER_TAG, autopilot_default, tick_seconds
@@ -44,10 +45,11 @@ def curate_on_arrival(context: dg.SensorEvaluationContext, lakeloop: LakeloopSet
     settings = lakeloop.load()
     state = ArrivalState.from_json(context.cursor)
     now = time.time()
-    bronze = table_uri(settings, "bronze/feedback_events")
+    bronze, opts = table_uri(settings, "bronze/feedback_events"), storage_options(settings)
     # a day with reference feedback also counts its predictions: one that lands late makes the day due again
-    rows = with_predictions(rows_per_day(bronze), rows_per_day(table_uri(settings, "bronze/predictions")),
-                            reference_days(bronze))
+    rows = with_predictions(rows_per_day(bronze, storage_options=opts),
+                            rows_per_day(table_uri(settings, "bronze/predictions"), storage_options=opts),
+                            reference_days(bronze, storage_options=opts))
     due, waiting = due_days(state, rows, now=now, min_new_rows=settings.curation_min_new_rows,
                             debounce_s=settings.curation_debounce_minutes * 60)
     requests: list[dg.RunRequest] = []

@@ -13,6 +13,7 @@ from features.references import late_line, resolve_day_references
 from features.silver import dedup_events
 from features.schema import SILVER_FEEDBACK, TEXT_COLUMNS
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from orchestration.assets.curation.common import (
     BRONZE,
@@ -63,7 +64,8 @@ def silver_feedback(context: dg.AssetExecutionContext, lakeloop: LakeloopSetting
 
 
 def _silver_day(context: dg.AssetCheckExecutionContext, lakeloop: LakeloopSettings) -> pl.DataFrame:
-    return checked_rows(context, table_uri(lakeloop.load(), "silver/feedback"), "silver/feedback")
+    settings = lakeloop.load()
+    return checked_rows(context, table_uri(settings, "silver/feedback"), "silver/feedback", storage_options=storage_options(settings))
 
 
 @dg.multi_asset_check(
@@ -89,7 +91,9 @@ def _reference_check(context: dg.AssetCheckExecutionContext, settings: Settings,
     """Reference events of the run's day(s) still without a prediction, from bronze (silver does not hold them)."""
     key = context.run.tags.get("dagster/partition")
     bronze = table_uri(settings, "bronze/feedback_events")
-    events = lake.read_day(bronze, date.fromisoformat(key), what="bronze/feedback_events") if key else lake.read(bronze)
+    opts = storage_options(settings)
+    events = (lake.read_day(bronze, date.fromisoformat(key), what="bronze/feedback_events", storage_options=opts) if key
+              else lake.read(bronze, storage_options=opts))
     if events is None:
         return dg.AssetCheckResult(check_name="silver_reference_late", passed=True, description="no bronze events yet")
     wait = curation.config(settings).reference_wait_minutes

@@ -10,6 +10,7 @@ import dagster as dg
 
 from features import lake
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from trainers.pinning import CheckEval, Pin, checked_version
 
@@ -42,19 +43,20 @@ def checked_pins(instance: dg.DagsterInstance, settings: Settings) -> dict[str, 
     """Per gold table, the version training may pin now and why."""
     from features.erasure import erasure_versions
 
-    return {table: checked_version(check_evals(instance, asset), latest=lake.version(table_uri(settings, table)), table=table,
-                                   erasures=erasure_versions(table_uri(settings, table)))
+    opts = storage_options(settings)
+    return {table: checked_version(check_evals(instance, asset), latest=lake.version(table_uri(settings, table), storage_options=opts),
+                                   table=table, erasures=erasure_versions(table_uri(settings, table), storage_options=opts))
             for table, asset in GOLD_ASSETS.items()}
 
 
-def rows_at(uri: str, version: int | None) -> int:
+def rows_at(uri: str, version: int | None, *, storage_options: dict[str, str] | None = None) -> int:
     """Rows of a Delta table at ``version`` from its log (0 when the table or version does not exist)."""
     from deltalake import DeltaTable
 
     if version is None:
         return 0
     try:
-        actions = DeltaTable(uri, version=version).get_add_actions(flatten=True)
+        actions = DeltaTable(uri, version=version, storage_options=storage_options).get_add_actions(flatten=True)
     except Exception:  # noqa: BLE001 - missing table or vacuumed version: nothing to count
         return 0
     return int(sum(v or 0 for v in actions.column("num_records").to_pylist()))

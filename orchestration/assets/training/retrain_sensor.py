@@ -13,6 +13,7 @@ import dagster as dg
 
 from infra.errors import LakeloopError
 from infra.settings import Settings
+from infra.storage import storage_options
 from infra.tables import table_uri
 from orchestration.assets.curation.sensors import IN_FLIGHT, curation_in_flight
 from orchestration.assets.training.pins import checked_pins, rows_at
@@ -30,7 +31,8 @@ EX, PR = "gold/training_examples", "gold/preference_pairs"
 def _rows(settings: Settings, versions: Versions | None) -> int | None:
     if versions is None:
         return None
-    return rows_at(table_uri(settings, EX), versions[0]) + rows_at(table_uri(settings, PR), versions[1])
+    opts = storage_options(settings)
+    return rows_at(table_uri(settings, EX), versions[0], storage_options=opts) + rows_at(table_uri(settings, PR), versions[1], storage_options=opts)
 
 
 def champion_versions(settings: Settings) -> Versions | None:
