@@ -22,6 +22,7 @@ DATA_FILES = [
     "infra/kafka-log4j2.properties",  # infra.services (the broker's log4j2 configuration)
     "infra/maven/kafka-pom.xml",  # infra.jars.MAVEN_DIR
     "infra/maven/spark-pom.xml",
+    "infra/maven/s3a-pom.xml",
     "infra/maven/settings.xml",
     "trainers/k8s/trainer-pod.yaml",  # trainers.k8s.pipes_k8s.SPEC
 ]
