@@ -110,3 +110,19 @@ def start_local_cluster(work_dir: Path, *, workers: int = 2, host: str = "127.0.
     except BaseException:
         cluster.stop()
         raise
+
+
+def executor_venv(path: Path) -> str:
+    """A venv at ``path`` whose Python sees this interpreter's site-packages (one ``.pth`` line) but not lakeloop: the
+    editable install's finder is itself a ``.pth`` of that folder, and Python does not process the ``.pth`` files of
+    a folder added by a ``.pth`` line. Stands in for a cluster's own Python environment; returns its interpreter."""
+    import sys
+    import sysconfig
+
+    if not (path / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = str(path / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    Path(site, "driver-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python

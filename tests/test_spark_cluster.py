@@ -11,11 +11,9 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import time
 import zipfile
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -63,12 +61,10 @@ def _clean_env() -> dict[str, str]:
 def executor_env(tmp_path_factory) -> str:
     """A venv with this venv's site-packages on its path (a .pth line) but not lakeloop: the editable install's
     finder is a .pth of that folder, and .pth files of a folder added by a .pth line are not processed."""
+    from infra.spark_cluster import executor_venv
+
     root = tmp_path_factory.mktemp("executor-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-    python = str(root / "venv" / "bin" / "python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    Path(site, "driver-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = executor_venv(root / "venv")
     probe = "import pyspark, pyarrow, polars, xxhash; import importlib.util as u; print(u.find_spec('features'), u.find_spec('infra'))"
     out = subprocess.run([python, "-c", probe], cwd=root, env=_clean_env(), capture_output=True, text=True, check=True).stdout
     assert out.split() == ["None", "None"], out  # third-party packages yes, lakeloop no
@@ -104,8 +100,8 @@ def test_curation_on_a_two_worker_cluster_matches_the_local_engine(cluster, exec
     from features import pipeline_spark
     from infra.spark import spark_session
 
-    events = qa_events(qa_feedback_path, n_questions=30, days=2)
-    days = [START, START + timedelta(days=1)]
+    events = qa_events(qa_feedback_path, n_questions=30, days=1)  # 328 events, one day (cross-day runs: test_curation_spark)
+    days = [START]
     local_s = load_settings(home=tmp_path / "local")
     spark_s = load_settings(home=tmp_path / "spark", jars_dir=_jars_dir(), spark_master=cluster.master_url,
                             spark_executor_python=executor_env, spark_driver_memory="1g", spark_executor_memory="768m")
@@ -113,7 +109,8 @@ def test_curation_on_a_two_worker_cluster_matches_the_local_engine(cluster, exec
     events_dir = tmp_path / "spark-events"
     events_dir.mkdir()
     spark = spark_session(spark_s, app_name="lakeloop-curation", extra_conf={
-        **pipeline_spark.CONF, "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events_dir)})
+        **pipeline_spark.CONF, "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events_dir),
+        "spark.eventLog.rolling.enabled": "false", "spark.eventLog.compress": "false"})
     try:
         assert spark.sparkContext.master == cluster.master_url
         for engine, s in (("local", local_s), ("spark", spark_s)):
@@ -134,7 +131,7 @@ def test_curation_on_a_two_worker_cluster_matches_the_local_engine(cluster, exec
         seen = spark.sparkContext.parallelize(range(4), 4).mapPartitions(probe).collect()
     finally:
         spark.stop()
-    print(f"curation of {len(events)} events on 2 days: local {seconds['local']:.1f}s, 2-worker cluster {seconds['spark']:.1f}s")
+    print(f"curation of {len(events)} events on 1 day: local {seconds['local']:.1f}s, 2-worker cluster {seconds['spark']:.1f}s")
     (lt, lr), (st, sr) = out["local"], out["spark"]
     for t in TABLES:
         assert lt[t].height == st[t].height > 0, t
@@ -150,3 +147,37 @@ def test_curation_on_a_two_worker_cluster_matches_the_local_engine(cluster, exec
     assert len(workers) == 2 and len({url.split("/logPage")[0] for url in workers.values()}) == 2, workers
     assert set(tasks) == set(workers) and min(tasks.values()) > 0, tasks
     print(f"successful tasks per executor: {dict(tasks)}")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_spark_cluster_command_starts_workers_and_stops_them_on_sigterm(tmp_path) -> None:
+    import signal
+    import urllib.request
+
+    from infra.ports import free_port
+
+    port = free_port()
+    env = {**os.environ, "LAKELOOP_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "spark-cluster", "up", "--workers", "1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(lines)
+        assert f"LAKELOOP_SPARK_MASTER=spark://127.0.0.1:{port}" in text, text
+        ui = text.split("(UI ")[1].split(")")[0]
+        with urllib.request.urlopen(f"{ui}/json/", timeout=5) as r:
+            state = json.loads(r.read())
+        assert [w["state"] for w in state["workers"]] == ["ALIVE"] and state["workers"][0]["cores"] == 1
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Spark cluster stopped." in rest
+    with pytest.raises(OSError):  # the master is gone with its port
+        urllib.request.urlopen(f"{ui}/json/", timeout=2)
