@@ -209,8 +209,8 @@ def engines_on_cluster(events: list[dict], tmp: Path, *, workers: int) -> list[d
     steps: list[dict] = []
     rates: dict[str, float] = {}
     say(f"whole curation, {len(events):,} events: local engine, Spark local[*], Spark on {workers} workers ...")
-    for label, engine in (("local", "local"), ("spark local[*]", "spark")):
-        secs, _ = run_engine(engine, events, tmp / label.replace(" ", "-"), label=label, steps=steps, spark_driver_memory="1g")
+    for label, engine, home in (("local", "local", "local"), ("spark local[*]", "spark", "spark-local")):
+        secs, _ = run_engine(engine, events, tmp / home, label=label, steps=steps, spark_driver_memory="1g")
         rates[label] = len(events) / secs
     python = executor_venv(tmp / "executor-venv")
     with start_local_cluster(tmp / "cluster", workers=workers, cores=1, memory="1g") as cluster:
