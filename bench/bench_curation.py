@@ -97,13 +97,25 @@ def run_engine(engine: str, events: list[dict], home: Path, *, label: str | None
     out = 0
     for d in days:
         for stage in STAGES:
+            jobs0 = _spark_jobs() if engine == "spark" else None
             rep = curate(stage, s, d, cfg=cfg, key=b"bench-key-0123456789abcdef")
+            jobs = None if jobs0 is None else _spark_jobs() - jobs0
             out += rep.rows_out if stage != "silver" else 0
-            say(f"  [{label}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} in {rep.seconds:.1f}s")
+            say(f"  [{label}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} in {rep.seconds:.1f}s"
+                + ("" if jobs is None else f" ({jobs} Spark jobs, {rep.seconds / max(jobs, 1):.2f}s each)"))
             if steps is not None:
                 steps.append({"engine": label, "day": str(d), "table": rep.table, "rows_in": rep.rows_in, "rows_out": rep.rows_out,
-                              "seconds": rep.seconds})
+                              "seconds": rep.seconds, "spark_jobs": jobs})
     return time.perf_counter() - t0, out
+
+
+def _spark_jobs() -> int:
+    """Spark jobs the active session has started so far (job ids are sequential from 0)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    ids = active.sparkContext.statusTracker().getJobIdsForGroup() if active is not None else []
+    return max(ids, default=-1) + 1
 
 
 _WORD = re.compile("[0-9a-z_\u0080-\U0010ffff]+")  # features.evaluation's tokenization, as one character class (faster)
@@ -227,9 +239,10 @@ def engines_on_cluster(events: list[dict], tmp: Path, *, workers: int) -> list[d
         rates[label] = len(events) / secs
     rows = [{"metric": f"whole curation rows/s, {len(events):,} events ({label})", "ours": rate, "peer": rates["local"],
              "peer_name": "local engine", "ratio": rate / rates["local"], "target": None, "unit": "rows/s"} for label, rate in rates.items()]
-    say("  | engine | day | table | rows in | rows out | seconds |\n  |---|---|---|---|---|---|")
+    say("  | engine | day | table | rows in | rows out | seconds | Spark jobs |\n  |---|---|---|---|---|---|---|")
     for st in steps:
-        say(f"  | {st['engine']} | {st['day']} | {st['table']} | {st['rows_in']:,} | {st['rows_out']:,} | {st['seconds']:.1f} |")
+        say(f"  | {st['engine']} | {st['day']} | {st['table']} | {st['rows_in']:,} | {st['rows_out']:,} | {st['seconds']:.1f} | "
+            f"{'-' if st['spark_jobs'] is None else st['spark_jobs']} |")
         rows.append({"metric": f"{st['engine']}: {st['day']} {st['table']} seconds", "ours": st["seconds"], "peer": None,
                      "peer_name": None, "ratio": None, "target": None, "unit": "s"})
     return rows

@@ -79,10 +79,13 @@ def code_zip(settings: Settings) -> Path:
 
 
 def executor_python(settings: Settings) -> str:
-    """The interpreter executors run: the setting, else this one for local[*] and Spark's own default on a cluster."""
+    """The interpreter executors run: the setting, else on local[*] PYSPARK_PYTHON or this one, and on a cluster
+    Spark's own default (``python3`` on the workers' PATH; never the driver's path, which a remote worker lacks)."""
     if settings.spark_executor_python:
         return settings.spark_executor_python
-    return sys.executable if is_local(settings.spark_master) else "python3"
+    if is_local(settings.spark_master):
+        return os.environ.get("PYSPARK_PYTHON") or sys.executable
+    return "python3"
 
 
 def _loopback(master: str) -> bool:

@@ -44,12 +44,13 @@ def test_code_zip_holds_every_package_and_is_cached_by_content(tmp_path) -> None
 
 
 @pytest.mark.parametrize(("master", "setting", "expected"), [
-    ("local[*]", None, sys.executable),
+    ("local[*]", None, "/driver/env/python"),
     ("spark://10.0.0.5:7077", None, "python3"),
     ("spark://10.0.0.5:7077", "/opt/env/bin/python", "/opt/env/bin/python"),
     ("local[2]", "/opt/env/bin/python", "/opt/env/bin/python"),
 ])
-def test_executor_python(tmp_path, master, setting, expected) -> None:
+def test_executor_python(tmp_path, monkeypatch, master, setting, expected) -> None:
+    monkeypatch.setenv("PYSPARK_PYTHON", "/driver/env/python")  # the driver's: used on local[*] only, and below the setting
     assert executor_python(load_settings(home=tmp_path, spark_master=master, spark_executor_python=setting)) == expected
 
 
