@@ -107,8 +107,6 @@ def spark_session(settings: Settings, *, app_name: str = "lakeloop", extra_conf:
         active.stop()  # getOrCreate would hand back a session on the other master
     jars = _extra_jars(settings)
     python = executor_python(settings)
-    # Python workers must run this interpreter (the venv, with pyarrow), not whatever `python3` is on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
@@ -131,7 +129,9 @@ def spark_session(settings: Settings, *, app_name: str = "lakeloop", extra_conf:
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     sc = spark.sparkContext
-    sc.pythonExec = python  # what Python UDFs and RDD functions carry to executors (read from PYSPARK_PYTHON at start)
+    # what Python UDFs and RDD functions name as their interpreter (pyspark reads PYSPARK_PYTHON once, at start): on
+    # local[*] this venv (with pyarrow), not whatever `python3` is on PATH; on a cluster the workers' environment
+    sc.pythonExec = python
     if not local:
         code = code_zip(settings)
         if code.name not in sc._python_includes:  # type: ignore[attr-defined]
