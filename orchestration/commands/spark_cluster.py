@@ -4,6 +4,7 @@ foreground, for curation with ``LAKELOOP_ENGINE=spark`` and ``LAKELOOP_SPARK_MAS
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from typing import Annotated
 
@@ -38,9 +39,9 @@ def up(
     signal.signal(signal.SIGINT, _stop)
     try:
         say(f"Spark master {cluster.master_url} (UI {cluster.web_url}), {workers} worker(s) x {cores} core(s), {memory}; logs in {work}")
-        say(f"  export LAKELOOP_ENGINE=spark LAKELOOP_SPARK_MASTER={cluster.master_url}")
-        say("  (executors run LAKELOOP_SPARK_EXECUTOR_PYTHON, default `python3`: an environment with lakeloop's "
-            "dependencies; lakeloop's own code is shipped by the session)")
+        say(f"  export LAKELOOP_ENGINE=spark LAKELOOP_SPARK_MASTER={cluster.master_url} LAKELOOP_SPARK_EXECUTOR_PYTHON={sys.executable}")
+        say("  (the executors' Python needs lakeloop's dependencies, not lakeloop: the session ships its code; this "
+            "machine's workers can run this interpreter)")
         say("Ctrl-C stops the cluster.")
         while not stop:
             dead = [p for p in cluster.procs if p.poll() is not None]
