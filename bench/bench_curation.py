@@ -12,7 +12,9 @@ prompts, many users, several days):
 - the exact stages (event_id de-duplication + exact text-hash de-duplication), rows/s;
 - a sweep of MinHash parameters (F1 and docs/s) that justifies the defaults.
 Writes bench/results/curation.json (rows: metric, ours, peer, peer_name, ratio, target, unit).
-``--neardup-only`` runs the near-duplicate comparison alone.
+``--neardup-only`` runs the near-duplicate comparison alone. ``--spark-cluster 2 --events N`` runs only whole curation
+of N events on the local engine, Spark local[*] and a 2-worker Spark standalone cluster started on this machine, with
+seconds per day and stage (bench/results/curation_spark_cluster.json).
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def build_events(n_target: int, *, days: int = 4, seed: int = 0) -> list[dict]:
     return out[:n_target]
 
 
-def run_engine(engine: str, events: list[dict], home: Path) -> tuple[float, int]:
+def run_engine(engine: str, events: list[dict], home: Path, *, label: str | None = None, steps: list[dict] | None = None,
+               **overrides: object) -> tuple[float, int]:
+    """Whole curation of every day of ``events``; ``steps`` (if given) gets one row per day and stage with its seconds;
+    ``overrides`` are settings (a Spark master, the executors' Python)."""
     from features.config import CurationConfig
     from features.engine import STAGES, curate
     from infra.settings import load_settings
@@ -79,7 +84,8 @@ def run_engine(engine: str, events: list[dict], home: Path) -> tuple[float, int]
     from tests.curation_fixtures import write_bronze
 
     shutil.rmtree(home, ignore_errors=True)
-    s = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")))
+    s = load_settings(home=home, jars_dir=os.environ.get("LAKELOOP_JARS_DIR", str(REPO / ".lakeloop" / "jars")), **overrides)
+    label = label or engine
     write_bronze(table_uri(s, "bronze/feedback_events"), events)
     days = sorted({e["event_date"] for e in events})
     cfg = CurationConfig(engine=engine)  # type: ignore[arg-type]
@@ -91,10 +97,25 @@ def run_engine(engine: str, events: list[dict], home: Path) -> tuple[float, int]
     out = 0
     for d in days:
         for stage in STAGES:
+            jobs0 = _spark_jobs() if engine == "spark" else None
             rep = curate(stage, s, d, cfg=cfg, key=b"bench-key-0123456789abcdef")
+            jobs = None if jobs0 is None else _spark_jobs() - jobs0
             out += rep.rows_out if stage != "silver" else 0
-            say(f"  [{engine}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} in {rep.seconds:.1f}s")
+            say(f"  [{label}] {d} {rep.table}: {rep.rows_in} -> {rep.rows_out} in {rep.seconds:.1f}s"
+                + ("" if jobs is None else f" ({jobs} Spark jobs, {rep.seconds / max(jobs, 1):.2f}s each)"))
+            if steps is not None:
+                steps.append({"engine": label, "day": str(d), "table": rep.table, "rows_in": rep.rows_in, "rows_out": rep.rows_out,
+                              "seconds": rep.seconds, "spark_jobs": jobs})
     return time.perf_counter() - t0, out
+
+
+def _spark_jobs() -> int:
+    """Spark jobs the active session has started so far (job ids are sequential from 0)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    ids = active.sparkContext.statusTracker().getJobIdsForGroup() if active is not None else []
+    return max(ids, default=-1) + 1
 
 
 _WORD = re.compile("[0-9a-z_\u0080-\U0010ffff]+")  # features.evaluation's tokenization, as one character class (faster)
@@ -191,6 +212,42 @@ def exact_stages(events: list[dict]) -> float:
     return bronze.height / (time.perf_counter() - t0)
 
 
+def engines_on_cluster(events: list[dict], tmp: Path, *, workers: int) -> list[dict]:
+    """Whole curation of the same events by the local engine, Spark local[*] and Spark on a ``workers``-worker
+    standalone cluster on this machine (1 core, 1 GiB each; executors in a venv without lakeloop, which the session
+    ships as a zip). Rows: rows/s per engine, then seconds per day and stage."""
+    from infra.spark_cluster import executor_venv, start_local_cluster
+
+    steps: list[dict] = []
+    rates: dict[str, float] = {}
+    say(f"whole curation, {len(events):,} events: local engine, Spark local[*], Spark on {workers} workers ...")
+    for label, engine, home in (("local", "local", "local"), ("spark local[*]", "spark", "spark-local")):
+        secs, _ = run_engine(engine, events, tmp / home, label=label, steps=steps, spark_driver_memory="1g")
+        rates[label] = len(events) / secs
+    python = executor_venv(tmp / "executor-venv")
+    with start_local_cluster(tmp / "cluster", workers=workers, cores=1, memory="1g") as cluster:
+        label = f"spark cluster ({workers} workers)"
+        try:
+            secs, _ = run_engine("spark", events, tmp / "cluster-home", label=label, steps=steps, spark_master=cluster.master_url,
+                                 spark_executor_python=python, spark_driver_memory="1g", spark_executor_memory="768m")
+        finally:
+            from pyspark.sql import SparkSession
+
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
+        rates[label] = len(events) / secs
+    rows = [{"metric": f"whole curation rows/s, {len(events):,} events ({label})", "ours": rate, "peer": rates["local"],
+             "peer_name": "local engine", "ratio": rate / rates["local"], "target": None, "unit": "rows/s"} for label, rate in rates.items()]
+    say("  | engine | day | table | rows in | rows out | seconds | Spark jobs |\n  |---|---|---|---|---|---|---|")
+    for st in steps:
+        say(f"  | {st['engine']} | {st['day']} | {st['table']} | {st['rows_in']:,} | {st['rows_out']:,} | {st['seconds']:.1f} | "
+            f"{'-' if st['spark_jobs'] is None else st['spark_jobs']} |")
+        rows.append({"metric": f"{st['engine']}: {st['day']} {st['table']} seconds", "ours": st["seconds"], "peer": None,
+                     "peer_name": None, "ratio": None, "target": None, "unit": "s"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="events for the whole-curation runs (>= 200k for the issue)")
@@ -198,7 +255,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--labelled-docs", type=int, default=20_000, help="size of the labelled near-dup set")
     ap.add_argument("--skip-spark", action="store_true")
     ap.add_argument("--neardup-only", action="store_true", help="only the near-duplicate comparison (no events, no whole-curation runs)")
+    ap.add_argument("--spark-cluster", type=int, default=0, metavar="WORKERS",
+                    help="only whole curation on local, Spark local[*] and a Spark standalone cluster of this many workers "
+                         "started here (writes bench/results/curation_spark_cluster.json)")
+    ap.add_argument("--days", type=int, default=4, help="event days (with --spark-cluster; the full run uses 4)")
     args = ap.parse_args(argv)
+    if args.spark_cluster:
+        sys.path.insert(0, str(REPO))
+        tmp = Path(tempfile.mkdtemp(prefix="lakeloop-bench-cluster-"))
+        try:
+            rows = engines_on_cluster(build_events(args.events, days=args.days), tmp, workers=args.spark_cluster)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "curation_spark_cluster.json").write_text(json.dumps(rows, indent=2, default=float))
+        for r in rows[:3]:
+            say(f"{r['metric']}: {r['ours']:,.1f} rows/s ({r['ratio']:.3f}x the local engine)")
+        return rows
     sys.path.insert(0, str(REPO))
     from features.config import MinHashParams
     from features.evaluation import labelled_corpus, true_pairs

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     engine: Engine = "local"
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
+    spark_executor_memory: str = Field("1g", description="Heap of each executor on a Spark cluster (not local[*]).")
+    spark_executor_python: str | None = Field(None, description="The Python interpreter Spark's executors run (must have "
+                                              "lakeloop's third-party dependencies; lakeloop's own code is shipped as a zip). "
+                                              "Default: this interpreter for local[*], `python3` on a cluster's workers.")
 
     max_event_bytes: int = Field(1024 * 1024, ge=1)
     event_time_earliest: date = Field(date(2000, 1, 1), description="Events (and predictions) whose time is before this "

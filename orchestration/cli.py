@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Domains whose commands exist; a module is skipped only if it is not written yet.
-COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "lineage", "erasure", "monitoring", "autopilot", "demo")
+COMMAND_MODULES = ("platform", "ingest", "collector", "curation", "training", "lineage", "erasure", "monitoring", "autopilot", "demo", "spark_cluster")
 
 
 @app.callback()
