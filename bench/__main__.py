@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,8 +19,17 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+GPU_ONLY = {"training_gpu"}  # measured on a CUDA device; run by default only where nvidia-smi is found
+
+
 def discover() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def default_names() -> list[str]:
+    """Every benchmark, less the GPU-only ones on a machine without an NVIDIA GPU (name them to run them anyway)."""
+    gpu = shutil.which("nvidia-smi") is not None
+    return [n for n in discover() if gpu or n not in GPU_ONLY]
 
 
 def _fmt(v: object) -> str:
@@ -45,10 +55,11 @@ def report(names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(discover())})")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(discover())}; "
+                        f"{', '.join(sorted(GPU_ONLY))} only where nvidia-smi is found)")
     parser.add_argument("--report-only", action="store_true", help="do not run, only print the table of the last results")
     args = parser.parse_args(argv)
-    names = args.names or discover()
+    names = args.names or default_names()
     RESULTS.mkdir(exist_ok=True)
     failed = []
     if not args.report_only:
