@@ -59,6 +59,35 @@ def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_pat
     assert log[-1]["status"] == "sent"
 
 
+def test_a_run_failed_only_by_a_blocking_check_is_left_to_the_gate_alert(settings: Settings, monkeypatch) -> None:
+    """The gate refusing a model fails its run on the blocking check: the check's gate_failed alert says why; a second,
+    generic run_failure alert would only spend the storm budget (and race the first)."""
+    from orchestration.assets.monitoring.sensors import only_blocking_checks_failed, run_failure_alert
+    from tests.pinned_settings import PinnedSettings
+
+    @dg.asset(check_specs=[dg.AssetCheckSpec("gate", asset="model", blocking=True)])
+    def model() -> dg.MaterializeResult:
+        return dg.MaterializeResult(check_results=[dg.AssetCheckResult(check_name="gate", passed=False)])
+
+    @dg.asset(deps=[model])
+    def after() -> None:
+        pass
+
+    with Receiver() as rx:
+        monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", f"json+{rx.url()}")
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([model, after], instance=instance, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="monitoring_run_failure_alert", dagster_event=failure, dagster_instance=instance,
+            dagster_run=result.dagster_run, resources={"lakeloop": PinnedSettings(home=str(settings.home))},
+        ).for_run_failure()
+        assert only_blocking_checks_failed(ctx.get_step_failure_events())
+        run_failure_alert(ctx)
+        assert rx.received == []
+
+
 def test_cli_commands_have_help() -> None:
     from orchestration.cli import app
 

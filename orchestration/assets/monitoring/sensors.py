@@ -7,7 +7,7 @@ LAKELOOP_AUTOPILOT is on, STOPPED when off; `lakeloop autopilot on|off` flips th
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -123,9 +123,14 @@ def registry_watch(context: dg.SensorEvaluationContext, lakeloop: LakeloopSettin
 
 @dg.run_failure_sensor(name="monitoring_run_failure_alert", default_status=autopilot_default())
 def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSettings) -> None:
-    """Every failed run of this code location becomes an alert (de-duplicated per job and error)."""
+    """Every failed run of this code location becomes an alert (de-duplicated per job and error), except a run whose
+    only failures are blocking asset checks (the gate refusing a model): ``asset_check_failure_alert`` sends that one,
+    with the check's reasons and picture, and one alert per event keeps the storm budget for the next."""
     settings = lakeloop.load()
     run = context.dagster_run
+    if only_blocking_checks_failed(context.get_step_failure_events()):
+        context.log.info(f"run {run.run_id} failed on blocking asset checks only: alerted as gate_failed")
+        return
     message = (context.failure_event.message or "run failed").splitlines()[0][:300]
     notifier_from_settings(settings).notify(
         Alert(
@@ -135,6 +140,15 @@ def run_failure_alert(context: dg.RunFailureSensorContext, lakeloop: LakeloopSet
             dedup_key=f"run_failure:{run.job_name}:{message}",
         )
     )
+
+
+def only_blocking_checks_failed(step_failures: Sequence[Any]) -> bool:
+    """Every failed step failed because a blocking asset check failed (nothing else went wrong)."""
+    def cls(event: Any) -> str | None:
+        error = getattr(getattr(event, "event_specific_data", None), "error", None)
+        return getattr(error, "cls_name", None)
+
+    return bool(step_failures) and all(cls(e) == "DagsterAssetCheckFailedError" for e in step_failures)
 
 
 def check_links(metadata: Mapping[str, Any]) -> dict[str, str]:
