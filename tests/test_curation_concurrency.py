@@ -49,9 +49,9 @@ def test_a_table_created_by_another_writer_after_the_check_is_replaced_into_not_
     lake.replace_partition(uri, rows, **kw)  # the other writer, already committed
     real_exists, seen = lake.exists, []
 
-    def stale_exists(u: str) -> bool:  # this writer checked before the other one committed
+    def stale_exists(u: str, **kw: object) -> bool:  # this writer checked before the other one committed
         seen.append(u)
-        return False if len(seen) <= 2 else real_exists(u)
+        return False if len(seen) <= 2 else real_exists(u, **kw)
 
     monkeypatch.setattr(lake, "exists", stale_exists)
     res = lake.replace_partition(uri, rows, **kw)
