@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.errors import ConfigError
+from infra.secrets import reveal
 from infra.settings import Settings
 
 _SASL = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -55,7 +56,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
     if protocol in _SASL:
         cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
         cfg["sasl_plain_username"] = settings.kafka_sasl_username
-        cfg["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()  # type: ignore[union-attr]
+        cfg["sasl_plain_password"] = reveal(settings.kafka_sasl_password)
     if protocol in _TLS:
         cfg["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
         for key, path in (("ssl_cafile", settings.kafka_ssl_cafile), ("ssl_certfile", settings.kafka_ssl_certfile),
@@ -63,7 +64,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
             if path is not None:
                 cfg[key] = str(path)
         if settings.kafka_ssl_key_password is not None:
-            cfg["ssl_password"] = settings.kafka_ssl_key_password.get_secret_value()
+            cfg["ssl_password"] = reveal(settings.kafka_ssl_key_password)
     return cfg
 
 
@@ -96,7 +97,7 @@ def spark_options(settings: Settings) -> dict[str, str]:
             opts["kafka.ssl.keystore.certificate.chain"] = settings.kafka_ssl_certfile.read_text()
             opts["kafka.ssl.keystore.key"] = settings.kafka_ssl_keyfile.read_text()
             if settings.kafka_ssl_key_password is not None:
-                opts["kafka.ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+                opts["kafka.ssl.key.password"] = reveal(settings.kafka_ssl_key_password)
         if not settings.kafka_ssl_check_hostname:
             opts["kafka.ssl.endpoint.identification.algorithm"] = ""
     return opts

@@ -25,15 +25,23 @@ MASK = "[redacted]"
 _MIN_LEN = 6  # shorter values would blank ordinary words out of every line
 
 
+def reveal(value: SecretStr | str | None) -> str:
+    """A secret setting's value: a ``SecretStr``, or a plain string where settings were copied without validation
+    (``model_copy(update=...)``), or None."""
+    if value is None:
+        return ""
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
 def secret_values(settings: Settings | None = None) -> list[str]:
     """Every secret value these settings and this process's environment hold (longest first)."""
     found: set[str] = set()
     if settings is not None:
         for name in type(settings).model_fields:
             value = getattr(settings, name)
-            if isinstance(value, SecretStr):
-                found.add(value.get_secret_value())
-        webhooks = settings.alert_webhooks.get_secret_value() if isinstance(settings.alert_webhooks, SecretStr) else ""
+            if isinstance(value, SecretStr) or (name.endswith(("_password", "_key_password")) and isinstance(value, str)):
+                found.add(reveal(value))
+        webhooks = reveal(settings.alert_webhooks)
         for item in webhooks.split(","):
             item = item.strip()
             found.add(item.partition("+")[2] if "+" in item.split("://")[0] else item)

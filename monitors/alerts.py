@@ -33,7 +33,7 @@ import httpx
 
 from infra.errors import ConfigError
 from infra.links import checked
-from infra.secrets import secret_values
+from infra.secrets import reveal, secret_values
 from infra.settings import Settings
 
 AlertKind = Literal["drift", "gate_failed", "rollback", "promote", "run_failure", "canary_started", "autopilot_waiting",
@@ -302,7 +302,7 @@ def parse_webhooks(spec: str) -> list[WebhookChannel]:
 def notifier_from_settings(settings: Settings, *, policy: AlertPolicy | None = None) -> Notifier:
     policy = policy or AlertPolicy(dedup_seconds=settings.alert_dedup_seconds)
     return Notifier(
-        parse_webhooks(settings.alert_webhooks.get_secret_value()),
+        parse_webhooks(reveal(settings.alert_webhooks)),
         log=LogFileChannel(settings.logs_dir / "alerts.jsonl"),
         state_path=settings.home / "alerts" / "state.json",
         policy=policy,

@@ -14,6 +14,7 @@ import dagster as dg
 import httpx
 import pytest
 
+from infra.secrets import reveal
 from infra.settings import Settings
 from monitors import model_store, rollout
 from monitors.alerts import notifier_from_settings
@@ -75,7 +76,7 @@ def test_worse_canary_is_rolled_back_within_two_windows(mon: Settings, models, m
     rollout.start_canary(mon, version=v1, actor="test", reason="first model")
     with Receiver() as rx:
         s = mon.model_copy(update={"alert_webhooks": f"slack+{rx.url('/slack')},json+{rx.url('/json')}"})
-        monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", s.alert_webhooks.get_secret_value())  # the Dagster resource reads the env
+        monkeypatch.setenv("LAKELOOP_ALERT_WEBHOOKS", reveal(s.alert_webhooks))  # the Dagster resource reads the env
         rollout.start_canary(s, version=v2, policy=POLICY, actor="test", reason="retrained")
         publisher = KafkaPublisher(s)
         with ServiceThread(create_app(s, publisher=publisher, poll_seconds=0.5), s.serve_port) as svc:
