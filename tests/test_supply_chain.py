@@ -27,8 +27,8 @@ def test_fetch_jars_runs_maven_with_strict_checksums(tmp_path: Path, monkeypatch
     monkeypatch.setattr(jars.subprocess, "run", fake_run)
     settings = load_settings(home=tmp_path / "home", jars_dir=tmp_path / "jars", autopilot=False)
     fetched = jars.fetch_jars(settings, force=True)
-    assert [name for name, _, now in fetched if now] == ["kafka", "spark"]
-    assert len(calls) == 2
+    assert [name for name, _, now in fetched if now] == ["kafka", "spark", "s3a"]
+    assert len(calls) == 3
     for cmd in calls:
         assert cmd[0] == "/usr/bin/mvn"
         assert "--strict-checksums" in cmd or "-C" in cmd, cmd
