@@ -102,6 +102,28 @@ def _events_by_executor(log_dir: Path) -> tuple[dict[str, str], Counter]:
     return workers, tasks
 
 
+@pytest.fixture()
+def fresh_jvm() -> None:
+    """A JVM of its own for the cluster session: Spark reads ``spark.jars`` onto the driver's classpath when it
+    launches the JVM, so a JVM an earlier test started (a local lake: no s3a bundle) cannot load S3AFileSystem.
+    A deployment's process has one lake, so its first session already has the right jars."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    gateway = SparkContext._gateway  # type: ignore[attr-defined]
+    if gateway is not None:
+        proc = getattr(gateway, "proc", None)
+        gateway.shutdown()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        SparkContext._gateway = None  # type: ignore[attr-defined]
+        SparkContext._jvm = None  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="module")
 def s3():
     with moto_s3() as server:
@@ -110,8 +132,8 @@ def s3():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_curation_on_a_two_worker_cluster_over_s3a_matches_the_local_engine(cluster, executor_env, s3, tmp_path, qa_feedback_path,
-                                                                            monkeypatch) -> None:
+def test_curation_on_a_two_worker_cluster_over_s3a_matches_the_local_engine(cluster, executor_env, s3, fresh_jvm, tmp_path,
+                                                                            qa_feedback_path, monkeypatch) -> None:
     from features import pipeline_spark
     from infra.jars import fetch_jars
     from infra.spark import spark_session
