@@ -228,19 +228,9 @@ def test_ten_promoters_on_an_s3_ledger_exactly_one_wins(s3: S3Server, tmp_path: 
     c.create_registered_model(s.registered_model_name)
     for _ in range(3):
         c.create_model_version(s.registered_model_name, source="s3://lakeloop-tests/no-model", run_id=None)
-    R.set_alias_cas(s, "challenger", None, 1, actor="setup", reason="start")
-    start = threading.Barrier(10)
+    from tests.test_training_registry import race_ten_promoters
 
-    def promote(i: int) -> str:
-        start.wait()
-        try:
-            R.set_alias_cas(s, "challenger", "1", 2 + i % 2, actor=f"promoter-{i}", reason="race")
-            return f"won:{i}"
-        except R.AliasConflictError:
-            return "lost"
-
-    with ThreadPoolExecutor(10) as pool:
-        outcomes = list(pool.map(promote, range(10)))
+    outcomes = race_ten_promoters(s)
     winners = [o for o in outcomes if o.startswith("won")]
     assert len(winners) == 1 and outcomes.count("lost") == 9, outcomes
     winner = int(winners[0].split(":")[1])

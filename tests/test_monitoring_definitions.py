@@ -32,6 +32,17 @@ def test_definitions_load_with_the_monitoring_group() -> None:
     assert dg.AssetKey("registered_model") in graph.get(dg.AssetKey("rollout_decision")).parent_keys
 
 
+def _failure_context(result, instance: dg.DagsterInstance, settings: Settings) -> dg.RunFailureSensorContext:
+    """The run-failure sensor's context for the failed run of ``result``, as the daemon would build it."""
+    from tests.pinned_settings import PinnedSettings
+
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    return dg.build_run_status_sensor_context(
+        sensor_name="monitoring_run_failure_alert", dagster_event=failure, dagster_instance=instance,
+        dagster_run=result.dagster_run, resources={"lakeloop": PinnedSettings(home=str(settings.home))},
+    ).for_run_failure()
+
+
 def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_path: Path, monkeypatch) -> None:
     from orchestration.assets.monitoring.sensors import run_failure_alert
     from orchestration.resources import LakeloopSettings
@@ -46,11 +57,7 @@ def test_run_failure_sensor_alerts_with_the_run_link(settings: Settings, tmp_pat
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize([broken], instance=instance, raise_on_error=False)
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-        ctx = dg.build_run_status_sensor_context(
-            sensor_name="monitoring_run_failure_alert", dagster_event=failure, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"lakeloop": PinnedSettings(home=str(settings.home))},
-        ).for_run_failure()
+        ctx = _failure_context(result, instance, settings)
         run_failure_alert(ctx)
         assert len(rx.received) == 1
         body = rx.received[0][1]
@@ -78,11 +85,7 @@ def test_a_run_failed_only_by_a_blocking_check_is_left_to_the_gate_alert(setting
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize([model, after], instance=instance, raise_on_error=False)
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-        ctx = dg.build_run_status_sensor_context(
-            sensor_name="monitoring_run_failure_alert", dagster_event=failure, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"lakeloop": PinnedSettings(home=str(settings.home))},
-        ).for_run_failure()
+        ctx = _failure_context(result, instance, settings)
         assert only_blocking_checks_failed(ctx.get_step_failure_events())
         run_failure_alert(ctx)
         assert rx.received == []

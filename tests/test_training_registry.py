@@ -46,20 +46,25 @@ def test_cas_moves_aliases_and_records_the_ledger(reg: Settings) -> None:
         R.set_alias_cas(reg, "prod", None, 1, actor="t", reason="r")
 
 
-def test_ten_promoters_racing_on_one_alias_exactly_one_wins(reg: Settings) -> None:
-    R.set_alias_cas(reg, "challenger", None, 1, actor="setup", reason="start")
+def race_ten_promoters(s: Settings) -> list[str]:
+    """Ten threads move 'challenger' from version 1 at once (to 2 or 3): each outcome 'won:<i>' or 'lost'."""
+    R.set_alias_cas(s, "challenger", None, 1, actor="setup", reason="start")
     start = threading.Barrier(10)
 
     def promote(i: int) -> str:
         start.wait()
         try:
-            R.set_alias_cas(reg, "challenger", "1", 2 + i % 2, actor=f"promoter-{i}", reason="race")
+            R.set_alias_cas(s, "challenger", "1", 2 + i % 2, actor=f"promoter-{i}", reason="race")
             return f"won:{i}"
         except R.AliasConflictError:
             return "lost"
 
     with ThreadPoolExecutor(10) as pool:
-        outcomes = list(pool.map(promote, range(10)))
+        return list(pool.map(promote, range(10)))
+
+
+def test_ten_promoters_racing_on_one_alias_exactly_one_wins(reg: Settings) -> None:
+    outcomes = race_ten_promoters(reg)
     winners = [o for o in outcomes if o.startswith("won")]
     assert len(winners) == 1, outcomes
     winner = int(winners[0].split(":")[1])
