@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from deltalake import DeltaTable
 
@@ -240,3 +243,49 @@ def test_ten_promoters_on_an_s3_ledger_exactly_one_wins(s3: S3Server, tmp_path: 
     assert R.get_alias_version(s, "challenger") == str(2 + winner % 2) == races.iloc[0]["to_version"]
     commits = [k for k in s3.keys(bucket_of(s), "lake/registry/promotion_ledger/_delta_log/") if k.endswith(".json")]
     assert len(commits) == 3  # create, the setup entry, the one winner: no loser's commit replaced another
+
+
+def test_forget_on_an_s3_lake_erases_the_user_and_purges_every_file_that_held_them(s3: S3Server, tmp_path: Path, mlflow_server: Settings,
+                                                                                  qa_feedback_path: Path) -> None:
+    """`lakeloop forget` on an ``s3://`` lake: the footprint scan reads every data file through the lake's own S3
+    settings (the endpoint is in the settings, not in the environment), the user's rows leave bronze, silver and gold,
+    and after the grace the purge deletes each file that held them and scrubs their statistics from the log: not a
+    byte of the raw id is left in the bucket."""
+    from deltalake import write_deltalake
+
+    from features.engine import STAGES, curate
+    from features.erasure import forget, vacuum_due
+    from features.erasure import footprint as F
+    from features.erasure.storage import data_files
+    from features.pseudonymize import pseudonymize
+    from tests.curation_fixtures import START, qa_events, to_bronze
+
+    user = "user-00"
+    s = s3_settings(s3, tmp_path, **{k: v for k, v in mlflow_server.model_dump().items()
+                                     if k not in ("home", "lake_root", "autopilot", "s3_endpoint_url", "s3_region", "registered_model_name")},
+                    registered_model_name=f"s3-forget-{uuid.uuid4().hex[:8]}")
+    opts = storage_options(s)
+    assert opts and "AWS_ENDPOINT_URL" in opts and "AWS_ENDPOINT_URL" not in os.environ  # the endpoint is in the settings only
+    write_deltalake(table_uri(s, F.FEEDBACK), to_bronze(qa_events(qa_feedback_path, n_questions=12, days=1)), partition_by=["event_date"],
+                    storage_options=opts)
+    for stage in STAGES:
+        curate(stage, s, START, cfg=CurationConfig(), key=KEY)
+    DeltaTable(table_uri(s, F.FEEDBACK), storage_options=opts).create_checkpoint()  # checkpoints list statistics too
+    p = pseudonymize(user, KEY)
+    mine = {F.FEEDBACK: ("user_id", user), F.SILVER: ("user_id", p), F.EXAMPLES: ("user_id", p), F.PAIRS: ("user_id", p)}
+    rows = lambda t: lake.read(table_uri(s, t), storage_options=opts).filter(pl.col(mine[t][0]) == mine[t][1]).height  # noqa: E731
+    assert all(rows(t) > 0 for t in mine), {t: rows(t) for t in mine}
+    bucket = bucket_of(s)
+    held = lambda: [k for k in s3.keys(bucket, "lake/") if user.encode() in s3.client().get_object(Bucket=bucket, Key=k)["Body"].read()]  # noqa: E731
+    assert held()  # the raw id in bronze's data files and in the log's statistics
+
+    rec = forget(s, user, key=KEY, say=lambda m: None)
+    assert all(rows(t) == 0 for t in mine), {t: rows(t) for t in mine}
+    assert rec.rows_removed[F.FEEDBACK] > 0 and rec.files.get(F.FEEDBACK) and rec.files.get(F.EXAMPLES), rec.files
+    [done] = vacuum_due(s, now=rec.vacuum_due + timedelta(hours=1))
+    assert done.files_vacuumed == sum(len(v) for v in rec.files.values())
+    for t, paths in rec.files.items():
+        assert not set(paths) & set(data_files(table_uri(s, t), storage_options=opts)), t
+    assert held() == []  # data files, commits and checkpoints alike
+    for t in mine:  # the latest versions still read
+        DeltaTable(table_uri(s, t), storage_options=opts).to_pyarrow_table()

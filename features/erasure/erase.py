@@ -187,7 +187,7 @@ def forget(settings: Settings, user_id: str, *, key: bytes, vacuum_now: bool = F
         files[t] |= paths
     for t, vs in versions.items():
         for v in vs:
-            files[t] |= storage.removed_by(table_uri(settings, t), v)
+            files[t] |= storage.removed_by(table_uri(settings, t), v, storage_options=storage_options(settings))
     grace = settings.erasure_grace_hours if grace_hours is None else grace_hours
     rec = R.ErasureRecord(
         erasure_id=erasure_id, erased_at=at, pseudonym=fp.pseudonym, rows_removed={t: removed[t] for t in F.FLOW},

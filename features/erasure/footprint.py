@@ -158,8 +158,8 @@ def _parse(raw: bytes | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _frame(uri: str, rel: str, columns: tuple[str, ...]) -> pl.DataFrame:
-    df = pl.from_arrow(storage.read_columns(uri, rel, columns))
+def _frame(uri: str, rel: str, columns: tuple[str, ...], opts: storage.Options) -> pl.DataFrame:
+    df = pl.from_arrow(storage.read_columns(uri, rel, columns, storage_options=opts))
     assert isinstance(df, pl.DataFrame)
     return df
 
@@ -167,13 +167,14 @@ def _frame(uri: str, rel: str, columns: tuple[str, ...]) -> pl.DataFrame:
 def scan(settings: Settings, user_id: str, pseudonym: str) -> Footprint:
     """The user's ids from every data file on disk of every table, and the files that hold their rows."""
     fp = Footprint(user_id, pseudonym)
+    opts = storage_options(settings)
     for table in FLOW:
         uri = table_uri(settings, table)
         if table == INDEX:
             fp.shared_prompts = shared_prompts(settings, fp)
         held = set()
-        for rel in storage.data_files(uri):
-            if bool(fp.match(table, _frame(uri, rel, COLUMNS[table])).any()):
+        for rel in storage.data_files(uri, storage_options=opts):
+            if bool(fp.match(table, _frame(uri, rel, COLUMNS[table], opts)).any()):
                 held.add(rel)
         fp.files[table] = held
     return fp

@@ -32,18 +32,19 @@ def vacuum(settings: Settings, rec: R.ErasureRecord, *, now: datetime | None = N
     from deltalake import DeltaTable
 
     deleted = 0
+    opts = storage_options(settings)
     for table, paths in sorted(rec.files.items()):
         uri = table_uri(settings, table)
-        if not paths or not lake.exists(uri, storage_options=storage_options(settings)):
+        if not paths or not lake.exists(uri, storage_options=opts):
             continue
-        live = storage.current_files(DeltaTable(uri, storage_options=storage_options(settings)))
+        live = storage.current_files(DeltaTable(uri, storage_options=opts), storage_options=opts)
         back = sorted(set(paths) & live)
         if back:
             say(f"{table}: {len(back)} file(s) that held the user's rows are in the current version again (a restore?): "
                 f"kept; run `lakeloop forget` for the user again")
         doomed = sorted(set(paths) - live)
-        gone = storage.delete_files(uri, doomed)
-        scrubbed = storage.scrub_log_stats(uri, doomed)
+        gone = storage.delete_files(uri, doomed, storage_options=opts)
+        scrubbed = storage.scrub_log_stats(uri, doomed, storage_options=opts)
         deleted += len(gone)
         say(f"{table}: deleted {len(gone)} file(s) that held the user's rows; statistics scrubbed from {scrubbed} log file(s)")
     for model in rec.models:

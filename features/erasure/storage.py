@@ -6,7 +6,10 @@ Erasure needs this level because delta-rs's vacuum only deletes files by age and
 characters of a text) in the commit that added it and in every checkpoint that lists it.
 
 Paths are relative to the table root, unquoted (``event_date=2026-01-05/part-...parquet``). Local paths and any URI
-pyarrow's filesystems open (``s3://``, ``gs://``, ``abfs://``: credentials from the environment) are supported.
+pyarrow's filesystems open are supported. An ``s3://`` lake is opened with the lake's own settings, the
+``storage_options`` delta-rs gets (``infra.storage.storage_options``: endpoint, region, path style, credentials), so
+erasure reads and deletes on the same store the tables were written to; other schemes (``gs://``, ``abfs://``) take
+their credentials from the environment.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable
-from urllib.parse import unquote
+from collections.abc import Iterable, Mapping
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,20 +28,38 @@ import pyarrow.parquet as pq
 LOG = "_delta_log"
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+Options = Mapping[str, str] | None  # delta-rs storage options (infra.storage.storage_options); None: a local lake
+
+
+def _fs(uri: str, options: Options = None) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3", "s3a") and options:
+        return s3_filesystem(options), rest.rstrip("/")
     return pafs.FileSystem.from_uri(uri)
+
+
+def s3_filesystem(options: Mapping[str, str]) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for the store delta-rs reaches with ``options`` (the same endpoint, region, addressing
+    and credentials; without credentials in them, pyarrow's own chain: environment, profile, instance role)."""
+    endpoint = options.get("AWS_ENDPOINT_URL")
+    where = urlsplit(endpoint) if endpoint else None
+    return pafs.S3FileSystem(
+        access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=options.get("AWS_SESSION_TOKEN"), region=options.get("AWS_REGION"),
+        endpoint_override=(where.netloc + where.path.rstrip("/")) if where else None, scheme=where.scheme if where else None,
+        force_virtual_addressing=options.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() == "true" and where is not None)
 
 
 def _rel(root: str, path: str) -> str:
     return path[len(root):].lstrip("/")
 
 
-def data_files(uri: str) -> list[str]:
+def data_files(uri: str, *, storage_options: Options = None) -> list[str]:
     """Every Parquet data file under the table (current, removed, or never committed; ``_change_data`` included),
     not the log."""
-    fs, root = _fs(uri)
+    fs, root = _fs(uri, storage_options)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     except FileNotFoundError:
@@ -47,10 +68,10 @@ def data_files(uri: str) -> list[str]:
     return sorted(p for p in out if not p.startswith(LOG + "/"))
 
 
-def read_columns(uri: str, rel: str, columns: Iterable[str]) -> pa.Table:
+def read_columns(uri: str, rel: str, columns: Iterable[str], *, storage_options: Options = None) -> pa.Table:
     """The ``columns`` of one data file; a column the file lacks (written before the schema had it, or a partition
     column) comes back null."""
-    fs, root = _fs(uri)
+    fs, root = _fs(uri, storage_options)
     with fs.open_input_file(f"{root}/{rel}") as f:
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
@@ -62,9 +83,9 @@ def read_columns(uri: str, rel: str, columns: Iterable[str]) -> pa.Table:
     return tbl.select(list(columns))
 
 
-def current_files(dt: object) -> set[str]:
+def current_files(dt: object, *, storage_options: Options = None) -> set[str]:
     """The data files of a ``DeltaTable``'s loaded version, relative to its root."""
-    root = _fs(dt.table_uri)[1]  # type: ignore[attr-defined]
+    root = _fs(dt.table_uri, storage_options)[1]  # type: ignore[attr-defined]
     out = set()
     for u in dt.file_uris():  # type: ignore[attr-defined]
         path = u.split("://", 1)[-1]  # file:///lake/t/x, s3://bucket/t/x -> /lake/t/x, bucket/t/x (the filesystem's spelling)
@@ -72,17 +93,17 @@ def current_files(dt: object) -> set[str]:
     return out
 
 
-def removed_by(uri: str, version: int) -> set[str]:
+def removed_by(uri: str, version: int, *, storage_options: Options = None) -> set[str]:
     """The data files the commit of ``version`` removed (its JSON log entry)."""
-    fs, root = _fs(uri)
+    fs, root = _fs(uri, storage_options)
     with fs.open_input_stream(f"{root}/{LOG}/{version:020d}.json") as f:
         lines = f.read().decode("utf-8").splitlines()
     return {unquote(a["remove"]["path"]) for a in map(json.loads, filter(str.strip, lines)) if "remove" in a}
 
 
-def delete_files(uri: str, paths: Iterable[str]) -> list[str]:
+def delete_files(uri: str, paths: Iterable[str], *, storage_options: Options = None) -> list[str]:
     """Delete these data files; returns those that were there."""
-    fs, root = _fs(uri)
+    fs, root = _fs(uri, storage_options)
     done = []
     for rel in sorted(paths):
         try:
@@ -100,14 +121,14 @@ def _write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.move(tmp, path)  # a rename on a local disk; object stores put whole objects anyway
 
 
-def scrub_log_stats(uri: str, paths: Iterable[str]) -> int:
+def scrub_log_stats(uri: str, paths: Iterable[str], *, storage_options: Options = None) -> int:
     """Drop the statistics of the ``add``/``remove`` actions of ``paths`` from every commit, checkpoint (parts and
     sidecars too) and version checksum of the log (statistics are optional in the Delta protocol: readers then simply
     do not skip those files). Returns the log files rewritten."""
     gone = set(paths)
     if not gone:
         return 0
-    fs, root = _fs(uri)
+    fs, root = _fs(uri, storage_options)
     infos = fs.get_file_info(pafs.FileSelector(f"{root}/{LOG}", recursive=True, allow_not_found=True))
     rewritten = 0
     for info in infos:
