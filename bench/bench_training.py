@@ -11,10 +11,13 @@
    pairwise accuracy and AUC with bootstrap 95% intervals beside the length and TF-IDF + LR baselines;
 3. preference-only (``--preference-only``, with ``--folds``): the same K-fold candidate bench on qa_feedback's
    pairwise comparisons alone (no thumbs, no corrections): pairwise accuracy with paired intervals vs the strong
-   TF-IDF and length baselines, and the family the selection picks in each fold.
+   TF-IDF and length baselines, and the family the selection picks in each fold;
+4. thumbs-only (``--thumbs-only``, with ``--folds``): the same on the thumbs-only app of ``feedback.qa_feedback``
+   (shape ``thumbs``: each answer thumbed up or down by its human comparisons, no pairs): AUC with paired intervals.
 
     python -m bench.bench_training [--steps 64 --rounds 2] [--quality [--skip-throughput] [--labels any-error] [--epochs N --freeze-layers K ...]]
     python -m bench.bench_training --quality --skip-throughput --folds 5 --preference-only --passages --candidates ...
+    python -m bench.bench_training --quality --skip-throughput --folds 5 --thumbs-only --passages --candidates ...
 
 Rows (metric, ours, peer, ratio, target) go to bench/results/training.json.
 """
@@ -262,7 +265,8 @@ def bench_quality_candidates(args: argparse.Namespace) -> list[dict[str, Any]]:
         tmp = Path(tempfile.mkdtemp(prefix="bench-candidates-"))
         lake = str(tmp / "lake")
         write_gold(lake, QA, label_rule=args.labels, questions=args.quality_questions, eval_percent=args.eval_percent,
-                   fold=(k, args.folds), passages=args.passages, shape="comparisons" if args.preference_only else "mixed")
+                   fold=(k, args.folds), passages=args.passages,
+                   shape="comparisons" if args.preference_only else "thumbs_from_comparisons" if args.thumbs_only else "mixed")
         from trainers import data as D
         from trainers.config import TrainConfig
         from trainers.train import train
@@ -294,10 +298,10 @@ def bench_quality_candidates(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"\n{args.folds}-fold by question, labels {args.labels}, passages {args.passages}: {len(y)} answers ({int((y >= 0.5).sum())} "
           f"positive), {len(joined['selected'].chosen)} pairs; selected per fold: {', '.join(picks)}; {sum(times):.0f}s in all ({loads}); "
           f"95% intervals from {args.n_boot} cluster (question) resamples, the same for every scorer")
-    if args.preference_only:
+    if args.preference_only or args.thumbs_only:
         for k, summary in enumerate(summaries):
             print(f"[fold {k}] selection: {summary}")
-        return _preference_only_table(joined, np.concatenate(pr_cl), args, picks=picks, note=f"{sum(times):.0f}s, {loads}")
+        return _one_kind_table(joined, y, np.concatenate(ex_cl), np.concatenate(pr_cl), args, picks=picks, note=f"{sum(times):.0f}s, {loads}")
     rows = []
     for ref in ("baseline tfidf_lr", "baseline length"):
         metrics, diffs = E.paired_metrics(joined, y, np.concatenate(ex_cl), np.concatenate(pr_cl), reference=ref, n_boot=args.n_boot, seed=1)
@@ -322,34 +326,35 @@ def bench_quality_candidates(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _preference_only_table(joined: dict[str, Any], pr_clusters: np.ndarray, args: argparse.Namespace, *, picks: list[str],
-                           note: str) -> list[dict[str, Any]]:
-    """Pairwise accuracy of every scorer on a stream without pointwise labels (AUC, log loss and calibration cannot be
-    measured: no thumbs), with paired intervals of scorer minus the strong TF-IDF baseline and minus length on the same
-    cluster resamples; one markdown table."""
+def _one_kind_table(joined: dict[str, Any], labels: np.ndarray, ex_clusters: np.ndarray, pr_clusters: np.ndarray,
+                    args: argparse.Namespace, *, picks: list[str], note: str) -> list[dict[str, Any]]:
+    """The one metric a one-kind stream gives (pairwise accuracy for preferences only, AUC for thumbs only) of every
+    scorer, with paired intervals of scorer minus the strong TF-IDF baseline and minus length on the same cluster
+    resamples; one markdown table. The other metrics cannot be measured on such a stream."""
     from trainers import evaluate as E
 
-    no_labels = np.zeros(0)
+    metric, kind = ("auc", "thumbs-only") if args.thumbs_only else ("pairwise_accuracy", "preference-only")
     refs = {"TF-IDF": "baseline tfidf_lr", "length": "baseline length"}
     flip = lambda e: type(e)(-e.value, -e.hi, -e.lo, e.n)  # paired_metrics gives ref - name: name - ref
     metrics: dict[str, Any] = {}
     diffs: dict[str, dict[str, Any]] = {}
     for short, ref in refs.items():
-        metrics, d = E.paired_metrics(joined, no_labels, np.zeros(0, dtype=str), pr_clusters, reference=ref, n_boot=args.n_boot, seed=1)
-        diffs[short] = {name: flip(v["pairwise_accuracy"]) for name, v in d.items()}
-    n_pairs = len(pr_clusters)
-    print(f"\n| scorer | pairwise ({n_pairs:,} pairs) | pairwise - TF-IDF | pairwise - length |\n|---|---|---|---|")
+        metrics, d = E.paired_metrics(joined, labels, ex_clusters, pr_clusters, reference=ref, n_boot=args.n_boot, seed=1)
+        diffs[short] = {name: flip(v[metric]) for name, v in d.items()}
+    units = f"{len(labels):,} answers" if args.thumbs_only else f"{len(pr_clusters):,} pairs"
+    print(f"\n| scorer | {metric} ({units}) | {metric} - TF-IDF | {metric} - length |\n|---|---|---|---|")
     rows = []
     for name in joined:
-        m = metrics[name]["pairwise_accuracy"]
+        m = metrics[name][metric]
         cells = [_dci(diffs[short][name]) if name in diffs[short] else "" for short in refs]
         print(f"| {name} | {_ci(m)} | {' | '.join(cells)} |")
         if name in diffs["TF-IDF"]:
-            rows.append({"metric": f"{args.folds}-fold preference-only {name} - strong TF-IDF, pairwise ({cells[0]}; - length {cells[1]}; "
+            rows.append({"metric": f"{args.folds}-fold {kind} {name} - strong TF-IDF, {metric} ({cells[0]}; - length {cells[1]}; "
                                    f"selected {picks}; {note})",
-                         "ours": m.value, "peer": metrics[refs["TF-IDF"]]["pairwise_accuracy"].value,
-                         "ratio": m.value / metrics[refs["TF-IDF"]]["pairwise_accuracy"].value, "target": "> TF-IDF, paired CI > 0"})
-    print("AUC, log loss, calibration: not measured (no pointwise labels in a preference-only stream)")
+                         "ours": m.value, "peer": metrics[refs["TF-IDF"]][metric].value,
+                         "ratio": m.value / metrics[refs["TF-IDF"]][metric].value, "target": "> TF-IDF, paired CI > 0"})
+    print("not measured: " + ("pairwise accuracy (no pairs in a thumbs-only stream)" if args.thumbs_only
+                              else "AUC, log loss, calibration (no pointwise labels in a preference-only stream)"))
     return rows
 
 
@@ -497,12 +502,18 @@ def main() -> list[dict[str, Any]]:
     parser.add_argument("--preference-only", action="store_true",
                         help="with --quality --folds K: the preference-only version of qa_feedback (its pairwise comparisons alone: "
                              "no thumbs, no corrections); pairwise accuracy with paired intervals vs the strong TF-IDF and length baselines")
+    parser.add_argument("--thumbs-only", action="store_true",
+                        help="with --quality --folds K: the thumbs-only app of qa_feedback (every answer thumbed up or down by its human "
+                             "comparisons, no pairs; feedback.qa_feedback shape 'thumbs'); AUC with paired intervals vs the baselines")
     parser.add_argument("--encoder-only-bench", action="store_true",
                         help="with --folds: the older per-fold report of the encoder alone (logit parts, row bootstrap)")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args()
-    if args.preference_only and not (args.quality and args.folds > 1 and not args.encoder_only_bench):
-        parser.error("--preference-only needs --quality --folds K (K > 1), without --encoder-only-bench")
+    for flag, on in (("--preference-only", args.preference_only), ("--thumbs-only", args.thumbs_only)):
+        if on and not (args.quality and args.folds > 1 and not args.encoder_only_bench):
+            parser.error(f"{flag} needs --quality --folds K (K > 1), without --encoder-only-bench")
+    if args.preference_only and args.thumbs_only:
+        parser.error("give one of --preference-only and --thumbs-only")
     rows: list[dict[str, Any]] = []
     if not args.skip_throughput:
         rows += bench_throughput(args.steps, args.batch, args.max_length, args.questions, args.rounds)
@@ -523,6 +534,7 @@ def main() -> list[dict[str, Any]]:
     tag += "_nosupport" if args.support_feature is False else ""
     tag += f"_{args.folds}fold" if args.folds > 1 else ""
     tag += "_prefonly" if args.preference_only else ""
+    tag += "_thumbsonly" if args.thumbs_only else ""
     out = RESULTS if not args.skip_throughput else RESULTS.with_name(f"training_quality_{args.labels}{tag}.json")
     out.write_text(json.dumps(rows, indent=2))
     for r in rows:

@@ -5,6 +5,14 @@ Per question ``i`` (500 of them), in this order:
 - one ``correction`` of prediction 1 from ``feedback.corrected-prediction`` (when it is non-empty and differs);
 - six ``preference`` events from the 6 comparisons (1v2, 1v3, 1v4, 2v3, 2v4, 3v4): 1 -> 'a', 2 -> 'b', 0 -> 'tie'.
 
+That is the ``mixed`` stream (``shape``). Two one-kind apps can be replayed too:
+- ``preferences``: the six ``preference`` events alone (an app that asks its users to compare two answers);
+- ``thumbs``: thumbs alone, one per prediction whose comparisons were not a draw, +1 for an answer that won more of
+  its decided comparisons than it lost, -1 for one that lost more (an app that shows every answer and lets its users
+  thumb them; metadata ``thumb_from=comparisons`` with the wins and losses). The annotators' error spans (the mixed
+  stream's thumb on prediction 1) judge one answer per question, and on that answer they follow its length (length
+  ranks them at AUC ~0.7); the comparisons judge all four, and carry what else the annotators saw.
+
 Everything is deterministic: ids (``qaf1-<copy>-<i>-...``), timestamps (spread over ``days`` days from
 ``start``, in the app's local UTC offset), app, user and model fields (from a hash of the question index).
 ``copies > 1`` yields larger variants for benchmarks: copy ``k`` has its own ids and conversations and is
@@ -17,7 +25,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import xxhash
 
@@ -28,6 +36,8 @@ PREFERRED = {0: "tie", 1: "a", 2: "b"}
 APPS = (("qa-web", timezone.utc), ("qa-mobile", timezone(timedelta(hours=-5))), ("qa-api", timezone(timedelta(hours=5, minutes=30))))
 MODEL_NAME = "qa-longform-t5"
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+Shape = Literal["mixed", "thumbs", "preferences"]
+SHAPES: tuple[Shape, ...] = ("mixed", "thumbs", "preferences")
 
 
 def past_start(copies: int, *, days: int = 7) -> datetime:
@@ -66,16 +76,18 @@ def prompt_of(q: dict[str, Any], *, passages: bool) -> str:
 
 
 def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
-                n_users: int = 200, limit: int | None = None, passages: bool = False) -> Iterator[dict[str, Any]]:
+                n_users: int = 200, limit: int | None = None, passages: bool = False, shape: Shape = "mixed") -> Iterator[dict[str, Any]]:
     """v1 event dicts from the qa_feedback file; see the module docstring for how each is derived. With
     ``passages`` the prompt is the question plus its grounding passages (``rag_prompt``, ~3 KB), as a RAG app
-    would log it; without, the question alone."""
+    would log it; without, the question alone. ``shape``: which app's stream (module docstring)."""
+    if shape not in SHAPES:
+        raise DataError(f"unknown qa_feedback stream shape {shape!r}", hint=f"one of: {', '.join(SHAPES)}")
     questions = read_questions(path)
     span = timedelta(days=days).total_seconds() / len(questions)
     n = 0
     for copy in range(copies):
         for i, q in enumerate(questions):
-            for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users, passages):
+            for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users, passages, shape):
                 yield event
                 n += 1
                 if limit is not None and n >= limit:
@@ -83,12 +95,24 @@ def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: date
 
 
 def load_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
-                n_users: int = 200, limit: int | None = None, passages: bool = False) -> list[dict[str, Any]]:
-    """All events of ``iter_events`` as a list (about 4,000 per copy)."""
-    return list(iter_events(path, copies=copies, days=days, start=start, n_users=n_users, limit=limit, passages=passages))
+                n_users: int = 200, limit: int | None = None, passages: bool = False, shape: Shape = "mixed") -> list[dict[str, Any]]:
+    """All events of ``iter_events`` as a list (about 4,000 per copy of the mixed stream)."""
+    return list(iter_events(path, copies=copies, days=days, start=start, n_users=n_users, limit=limit, passages=passages, shape=shape))
 
 
-def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users: int, passages: bool = False) -> Iterator[dict[str, Any]]:
+def comparison_record(q: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """Prediction k -> (wins, losses) over its three comparisons (ties count for neither)."""
+    record = {k: [0, 0] for k in (1, 2, 3, 4)}
+    for (a, b), pref in zip(PAIRS, q["preference"]):
+        if int(pref) in (1, 2):
+            winner, loser = (a, b) if int(pref) == 1 else (b, a)
+            record[winner][0] += 1
+            record[loser][1] += 1
+    return {k: (w, l) for k, (w, l) in record.items()}
+
+
+def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users: int, passages: bool = False,
+                     shape: Shape = "mixed") -> Iterator[dict[str, Any]]:
     app_id, tz = APPS[_h("app", i) % len(APPS)]
     base = {
         "app_id": app_id,
@@ -113,6 +137,14 @@ def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users
     def resp(k: int) -> tuple[str, str]:
         return f"qa-resp-{copy}-{i:03d}-p{k}", q[f"prediction {k}"]
 
+    if shape == "thumbs":
+        for k, (wins, losses) in comparison_record(q).items():
+            if wins != losses:
+                rid, text = resp(k)
+                yield event("thumbs", f"thumbs-p{k}", 30 + 20 * k, response_id=rid, response=text, value=1 if wins > losses else -1,
+                            metadata={"source": "qa_feedback", "question_index": str(i), "thumb_from": "comparisons",
+                                      "wins": str(wins), "losses": str(losses)})
+        return
     errors = q["feedback"]["errors"]
     rid, text = resp(1)
     meta = {"source": "qa_feedback", "question_index": str(i), "n_errors": str(len(errors))}
@@ -120,10 +152,11 @@ def _question_events(q: dict[str, Any], i: int, copy: int, t0: datetime, n_users
         meta["error_types"] = ",".join(sorted({e["error type"] for e in errors}))
     missing = q["feedback"].get("missing-info") or []
     comment = "missing: " + ", ".join(sorted({m["error type"] for m in missing})) if missing else None
-    yield event("thumbs", "thumbs-p1", 30, response_id=rid, response=text, value=-1 if errors else 1,
-                comment=comment, metadata=meta)
+    if shape == "mixed":
+        yield event("thumbs", "thumbs-p1", 30, response_id=rid, response=text, value=-1 if errors else 1,
+                    comment=comment, metadata=meta)
     corrected = q["feedback"].get("corrected-prediction") or ""
-    if corrected.strip() and corrected != text:
+    if shape == "mixed" and corrected.strip() and corrected != text:
         yield event("correction", "correction-p1", 95, response_id=rid, response=text, corrected_response=corrected,
                     metadata={"source": "qa_feedback", "question_index": str(i)})
     for j, ((a, b), pref) in enumerate(zip(PAIRS, q["preference"])):

@@ -16,6 +16,7 @@ from feedback.catch_up import lag
 from feedback.events import SCHEMA_PATH, json_schema, load_json_schema, validate_event
 from feedback.predictions import validate_prediction
 from feedback.qa_feedback import load_events
+from infra.errors import DataError
 from feedback.validation import Invalid, Valid
 from tests.test_feedback_corpus import CORPUS, dumps, valid_event
 
@@ -110,6 +111,27 @@ def test_qa_feedback_rag_prompts_carry_the_questions_passages(qa_feedback_path: 
         assert f"[{k}] " + " ".join(s.strip() for s in passage[1:]) in first
     validator = jsonschema.Draft202012Validator(load_json_schema())
     assert all(validator.is_valid(e) and isinstance(validate_event(e), Valid) for e in rag)
+
+
+def test_qa_feedback_one_kind_streams(qa_feedback_path: Path) -> None:
+    """The thumbs-only app thumbs every answer whose comparisons were not a draw by its human comparisons (up: won more
+    than it lost); the preference-only app sends the comparisons alone, as the mixed stream does; both validate."""
+    from feedback.qa_feedback import comparison_record
+
+    raw = json.loads(qa_feedback_path.read_text())
+    thumbs = load_events(qa_feedback_path, shape="thumbs", passages=True)
+    assert {e["event_type"] for e in thumbs} == {"thumbs"} and len(thumbs) == 1874  # of 2,000 answers, 126 drew
+    first = [e for e in thumbs if e["metadata"]["question_index"] == "0"]
+    expected = {k: 1 if w > lost else -1 for k, (w, lost) in comparison_record(raw[0]).items() if w != lost}
+    assert {int(e["response_id"].rsplit("-p", 1)[1]): e["value"] for e in first} == expected
+    assert all(e["response"] == raw[0][f"prediction {e['response_id'][-1]}"] for e in first)
+    assert sum(e["value"] == 1 for e in thumbs) == 949
+    prefs = load_events(qa_feedback_path, shape="preferences")
+    assert prefs == [e for e in load_events(qa_feedback_path) if e["event_type"] == "preference"]
+    validator = jsonschema.Draft202012Validator(load_json_schema())
+    assert all(validator.is_valid(e) and isinstance(validate_event(e), Valid) for e in thumbs[:300])
+    with pytest.raises(DataError, match="unknown qa_feedback stream shape"):
+        load_events(qa_feedback_path, shape="ratings")  # type: ignore[arg-type]
 
 
 # ---- bronze rows -------------------------------------------------------------------------------

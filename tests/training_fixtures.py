@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
 APPS = ("qa-web", "qa-mobile")
 LabelRule = Literal["error-share", "any-error"]
-Shape = Literal["mixed", "preferences", "comparisons", "thumbs"]
+Shape = Literal["mixed", "preferences", "comparisons", "thumbs", "thumbs_from_comparisons"]
 
 
 def _h(text: str) -> int:
@@ -77,6 +77,22 @@ def gold_frames(qa_path: Path, *, questions: int | None = None, eval_percent: in
     return _table(ex), _table(pr)
 
 
+def _thumbs_from_comparisons(qa_path: Path, ex: pa.Table, *, questions: int | None, offset: int) -> pa.Table:
+    """``ex`` (one thumbs row per question, on prediction 1) as the thumbs-only app's rows: one per prediction whose
+    comparisons were not a draw (``feedback.qa_feedback.comparison_record``), with the question's prompt, split and
+    cluster."""
+    from feedback.qa_feedback import comparison_record
+
+    records = json.loads(Path(qa_path).read_text())[offset : offset + questions if questions else None]
+    rows = []
+    for row, rec in zip(ex.to_pylist(), records, strict=True):
+        for k, (wins, losses) in comparison_record(rec).items():
+            if wins != losses:
+                rows.append({**row, "example_id": f"{row['example_id']}-{k}", "response_id": f"{row['response_id'][:-2]}-{k}",
+                             "response": rec[f"prediction {k}"], "label": 1.0 if wins > losses else 0.0, "model_name": f"qa-model-{k}"})
+    return _table(rows)
+
+
 def _label(rule: LabelRule, wrong_chars: int, chars: int, n_errors: int) -> float:
     if rule == "any-error":
         return 0.0 if n_errors else 1.0
@@ -101,7 +117,9 @@ def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, e
                passages: bool = False, shape: Shape = "mixed") -> tuple[int, int]:
     """Write (append) both gold tables under ``lake_root``; returns their new Delta versions. ``shape``: what the app's
     stream carries: both kinds, preferences only (comparisons and corrections, no pointwise rows), comparisons only
-    (the pairwise preferences alone: no thumbs, no corrections) or thumbs only (no pairs)."""
+    (the pairwise preferences alone: no thumbs, no corrections), thumbs only (no pairs), or the thumbs-only app of
+    ``feedback.qa_feedback`` shape ``thumbs``: every prediction whose comparisons were not a draw, thumbed up when it won
+    more of them than it lost, down when it lost more; no pairs (``thumbs_from_comparisons``)."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     ex, pr = gold_frames(qa_path, questions=questions, eval_percent=eval_percent, offset=offset, label_rule=label_rule,
@@ -112,6 +130,8 @@ def write_gold(lake_root: str, qa_path: Path, *, questions: int | None = None, e
         pr = pr.filter(pc.equal(pr["source"], "preference"))
     if shape == "thumbs":
         pr = pr.slice(0, 0)
+    if shape == "thumbs_from_comparisons":
+        ex, pr = _thumbs_from_comparisons(qa_path, ex, questions=questions, offset=offset), pr.slice(0, 0)
     out = []
     for name, table in (("gold/training_examples", ex), ("gold/preference_pairs", pr)):
         uri = f"{lake_root.rstrip('/')}/{name}"

@@ -19,6 +19,7 @@ from orchestration.commands.common import say, settings
 lake_app = typer.Typer(help="Maintenance of the Delta lake.", no_args_is_help=True)
 Stream = Literal["feedback", "predictions"]
 FlushMode = Literal["process", "thread"]
+QaShape = Literal["mixed", "thumbs", "preferences"]  # feedback.qa_feedback.SHAPES
 
 
 def produce(
@@ -27,6 +28,9 @@ def produce(
     copies: Annotated[int, typer.Option(min=1, help="With --qa-feedback: how many copies (distinct ids) to send.")] = 1,
     passages: Annotated[bool, typer.Option("--passages/--no-passages", help="With --qa-feedback: prompts carry each question's "
                                            "grounding passages, as a RAG app logs them (the demo's way); default: the question alone.")] = False,
+    shape: Annotated[QaShape, typer.Option(help="With --qa-feedback: which app's stream. mixed: thumbs on prediction 1 from its error "
+                                           "spans, corrections and comparisons; thumbs: thumbs alone, every answer thumbed up or down by "
+                                           "its human comparisons; preferences: the comparisons alone.")] = "mixed",
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     stream: Annotated[Stream, typer.Option(help="Which schema --validate checks and which default topic is used.")] = "feedback",
     validate: Annotated[bool, typer.Option("--validate", help="Check every line first; send nothing if any is invalid.")] = False,
@@ -40,9 +44,9 @@ def produce(
     if qa_feedback is not None:
         from feedback.qa_feedback import iter_events, past_start
 
-        events = iter_events(qa_feedback, copies=copies, passages=passages, start=past_start(copies))  # all in the past
+        events = iter_events(qa_feedback, copies=copies, passages=passages, start=past_start(copies), shape=shape)  # all in the past
         lines: list[bytes] = [json.dumps(e, ensure_ascii=False).encode() for e in events]
-        source = f"{qa_feedback} x{copies}"
+        source = f"{qa_feedback} x{copies}" + (f" ({shape} stream)" if shape != "mixed" else "")
     else:
         raw = sys.stdin.buffer.read() if str(file) == "-" else _read(file)
         lines = [ln for ln in raw.split(b"\n") if ln.strip()]
@@ -80,6 +84,9 @@ def _validate_or_fail(lines: list[bytes], stream: Stream, max_bytes: int) -> Non
 
 def ingest(
     stream: Annotated[Stream, typer.Option(help="feedback -> bronze/feedback_events; predictions -> bronze/predictions.")] = "feedback",
+    shape: Annotated[QaShape, typer.Option(help="With --qa-feedback: which app's stream. mixed: thumbs on prediction 1 from its error "
+                                           "spans, corrections and comparisons; thumbs: thumbs alone, every answer thumbed up or down by "
+                                           "its human comparisons; preferences: the comparisons alone.")] = "mixed",
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (env LAKELOOP_INGEST_GROUP).")] = None,
     instance_id: Annotated[str | None, typer.Option(help="Static group member id: a restarted ingestor takes its partitions back at once.")] = None,
@@ -152,6 +159,9 @@ def lake_redact_expired() -> None:
 @lake_app.command("reseed")
 def lake_reseed(
     stream: Annotated[Stream, typer.Option(help="Whose offsets: feedback (bronze/feedback_events) or predictions.")] = "feedback",
+    shape: Annotated[QaShape, typer.Option(help="With --qa-feedback: which app's stream. mixed: thumbs on prediction 1 from its error "
+                                           "spans, corrections and comparisons; thumbs: thumbs alone, every answer thumbed up or down by "
+                                           "its human comparisons; preferences: the comparisons alone.")] = "mixed",
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     start: Annotated[Literal["earliest", "latest"], typer.Option("--from", help="earliest: ingest everything the topic holds "
                                                                "now; latest: only what is produced from now on.")] = "earliest",
