@@ -437,11 +437,16 @@ def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
                        receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
-    finished = lambda: any(status in ("SUCCESS", "FAILURE") for run_id, status in _training_runs(narrator).items()
-                           if run_id not in bad.runs_before)  # a training started after the bad data was sent
+    after = lambda: [status for run_id, status in _training_runs(narrator).items() if run_id not in bad.runs_before]
+    # the training that reads the bad data starts after the bad data was sent, and may queue behind one that was already
+    # running: wait for it to be requested, then give it retrain_timeout_s of its own
+    if not narrator.wait("a training on the bad stretch", after, cfg.retrain_timeout_s, between=app.burst):
+        summary.add("9. bad candidate", f"no retraining requested within {cfg.retrain_timeout_s:.0f}s of the bad data", say)
+        return
+    finished = lambda: any(status in ("SUCCESS", "FAILURE") for status in after())
     trained = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
     if not trained:
-        summary.add("9. bad candidate", f"no retraining within {cfg.retrain_timeout_s:.0f}s", say)
+        summary.add("9. bad candidate", f"no retraining finished within {cfg.retrain_timeout_s:.0f}s of its request", say)
         return
     narrator.poll()
     summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - bad.sent_at, 1)  # bad data sent -> its model gated

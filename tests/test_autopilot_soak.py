@@ -102,7 +102,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory, qa_feedback_path: Path) -> It
         base=DemoConfig(data_path=qa_feedback_path, backlog_questions=200, train=SMALL_TRAIN, n_boot=100, reference_sample=300,
                         gate_must_beat_baselines=False),
         drift_window_minutes=0.5, canary_window_minutes=1.0, chunk_questions=6, chunk_every_s=10.0,
-        first_model_timeout_s=600, retrain_timeout_s=600, max_drift_windows=6, max_canary_windows=3,
+        first_model_timeout_s=600, retrain_timeout_s=900, max_drift_windows=6, max_canary_windows=3,
         bad_stretch_questions=400, retrain_min_new_rows=700, promote_after_labels=40, eval_fraction=0.3)
     said: list[str] = []  # the demo's output, as `lakeloop demo` prints it
 
