@@ -137,9 +137,9 @@ def test_a_thumbs_only_stream_goes_from_kafka_to_a_champion_by_autopilot(mlflow_
     shipped gate** (the baseline rule on, a first model's evidence cross-fit) -> registered -> made the first champion
     by autopilot's own step (``monitors.autopilot.start_next``, what the daemon's rollout asset runs), no operator.
 
-    Sized to prove it: out of fold over all 500 questions the recipe ranks these thumbs at AUC 0.577 against length's
-    0.528, paired +0.049 [+0.025, +0.074] (docs/design/training.md); on 80 questions the interval is about +-0.06 and
-    the rule could not tell."""
+    Sized to prove it: 5-fold over all 500 questions the selected model ranks these thumbs at AUC 0.576 against length's
+    0.529, paired +0.047 [+0.024, +0.072] (`bench_training --thumbs-only`, docs/design/training.md); on fewer questions
+    the interval widens as 1/sqrt(questions) and the rule could not tell."""
     from feedback.batch import FlushPolicy
     from feedback.ingestor import Ingestor
     from feedback.producer import FeedbackProducer

@@ -84,9 +84,6 @@ def _validate_or_fail(lines: list[bytes], stream: Stream, max_bytes: int) -> Non
 
 def ingest(
     stream: Annotated[Stream, typer.Option(help="feedback -> bronze/feedback_events; predictions -> bronze/predictions.")] = "feedback",
-    shape: Annotated[QaShape, typer.Option(help="With --qa-feedback: which app's stream. mixed: thumbs on prediction 1 from its error "
-                                           "spans, corrections and comparisons; thumbs: thumbs alone, every answer thumbed up or down by "
-                                           "its human comparisons; preferences: the comparisons alone.")] = "mixed",
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (env LAKELOOP_INGEST_GROUP).")] = None,
     instance_id: Annotated[str | None, typer.Option(help="Static group member id: a restarted ingestor takes its partitions back at once.")] = None,
@@ -159,9 +156,6 @@ def lake_redact_expired() -> None:
 @lake_app.command("reseed")
 def lake_reseed(
     stream: Annotated[Stream, typer.Option(help="Whose offsets: feedback (bronze/feedback_events) or predictions.")] = "feedback",
-    shape: Annotated[QaShape, typer.Option(help="With --qa-feedback: which app's stream. mixed: thumbs on prediction 1 from its error "
-                                           "spans, corrections and comparisons; thumbs: thumbs alone, every answer thumbed up or down by "
-                                           "its human comparisons; preferences: the comparisons alone.")] = "mixed",
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Topic (default: the stream's topic from settings).")] = None,
     start: Annotated[Literal["earliest", "latest"], typer.Option("--from", help="earliest: ingest everything the topic holds "
                                                                "now; latest: only what is produced from now on.")] = "earliest",
