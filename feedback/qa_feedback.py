@@ -76,16 +76,18 @@ def prompt_of(q: dict[str, Any], *, passages: bool) -> str:
 
 
 def iter_events(path: str | Path, *, copies: int = 1, days: int = 7, start: datetime = DEFAULT_START,
-                n_users: int = 200, limit: int | None = None, passages: bool = False, shape: Shape = "mixed") -> Iterator[dict[str, Any]]:
+                n_users: int = 200, limit: int | None = None, passages: bool = False, shape: Shape = "mixed",
+                first_copy: int = 0) -> Iterator[dict[str, Any]]:
     """v1 event dicts from the qa_feedback file; see the module docstring for how each is derived. With
     ``passages`` the prompt is the question plus its grounding passages (``rag_prompt``, ~3 KB), as a RAG app
-    would log it; without, the question alone. ``shape``: which app's stream (module docstring)."""
+    would log it; without, the question alone. ``shape``: which app's stream (module docstring). Copies
+    ``first_copy`` .. ``copies - 1`` only (a replay that wants copy N alone need not build the N before it)."""
     if shape not in SHAPES:
         raise DataError(f"unknown qa_feedback stream shape {shape!r}", hint=f"one of: {', '.join(SHAPES)}")
     questions = read_questions(path)
     span = timedelta(days=days).total_seconds() / len(questions)
     n = 0
-    for copy in range(copies):
+    for copy in range(first_copy, copies):
         for i, q in enumerate(questions):
             for event in _question_events(q, i, copy, start + timedelta(days=copy * days, seconds=i * span), n_users, passages, shape):
                 yield event

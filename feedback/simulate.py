@@ -47,6 +47,9 @@ class SimConfig:
     seed: int = 0
     run_id: int = 1  # distinguishes the ids of separate runs over the same questions
     passages: bool = False  # prompts carry the question's grounding passages (feedback.qa_feedback.rag_prompt)
+    # "two_sentences": an app release that cuts its answers to two sentences, with the real feedback on each answer
+    # carried over to its cut (drift_after's release cuts to one sentence and draws synthetic feedback)
+    answers: Literal["full", "two_sentences"] = "full"
 
 
 @dataclass
@@ -69,6 +72,22 @@ class SimStats:
 def first_sentence(text: str) -> str:
     m = re.match(r"(.+?[.!?])(\s|$)", text.strip(), flags=re.S)
     return (m.group(1) if m else text).strip()
+
+
+def two_sentences(text: str) -> str:
+    return " ".join(m.strip() for m in re.findall(r".+?[.!?](?:\s|$)", text.strip(), flags=re.S)[:2]) or text
+
+
+def two_sentence_feedback(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The two-sentence release's users: the real feedback on each answer, on its cut."""
+    out = []
+    for e in events:
+        e = {**e, "response": two_sentences(e["response"]), "app_id": "qa-web-v3",
+             "metadata": {**(e.get("metadata") or {}), "release": "v3-two-sentences"}}
+        if e["event_type"] == "preference":
+            e["response_b"] = two_sentences(e["response_b"])
+        out.append(e)
+    return out
 
 
 def malformed(event: dict[str, Any], kind: str) -> bytes:
@@ -152,8 +171,8 @@ def simulate(
     stop = min(len(questions), cfg.first + cfg.count)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     events = _by_question(
-        e for e in iter_events(data_path, copies=cfg.run_id + 1, days=1, start=now.replace(hour=0, minute=0, second=0),
-                               passages=cfg.passages)
+        e for e in iter_events(data_path, copies=cfg.run_id + 1, first_copy=cfg.run_id, days=1,
+                               start=now.replace(hour=0, minute=0, second=0), passages=cfg.passages)
         if e["event_id"].startswith(f"qaf1-{cfg.run_id}-")
     )
     order = [i for i in cfg.questions if 0 <= i < len(questions)] if cfg.questions else list(range(cfg.first, stop))
@@ -172,6 +191,8 @@ def simulate(
             response = q[f"prediction {k}"]
             if drifted:
                 response = first_sentence(response)
+            elif cfg.answers == "two_sentences":
+                response = two_sentences(response)
             rid = f"qa-resp-{cfg.run_id}-{i:03d}-p{k}"
             if scorer is not None:
                 out = scorer.score(prompt=prompt, response=response, conversation_id=conv,
@@ -190,6 +211,8 @@ def simulate(
         feedback = events.get(i, [])
         if drifted:
             feedback = _drifted_feedback(feedback, rng)
+        elif cfg.answers == "two_sentences":
+            feedback = two_sentence_feedback(feedback)
         for e in feedback:
             e = {**e, "occurred_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
             if cfg.malformed_share > 0 and rng.random() < cfg.malformed_share:

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -300,3 +300,35 @@ def score_frame(model: Any, frame: pd.DataFrame, *, batch: int = 512) -> np.ndar
     scores = np.full(len(frame), np.nan)
     scores[todo] = np.concatenate(out) if out else np.zeros(0)
     return scores
+
+
+MAX_DRIFT_WINDOWS_PER_REPORT = 4  # a report behind slow checks covers at most this many windows (the latest ones)
+
+
+def drift_cursor(since: datetime, tick: datetime) -> str:
+    """The drift sensor's cursor: where the next window starts and when the sensor last looked."""
+    return json.dumps({"since": since.isoformat(), "tick": tick.isoformat()})
+
+
+def parse_drift_cursor(cursor: str | None) -> tuple[datetime | None, datetime | None]:
+    """(window start, last tick) from a cursor; an older cursor (a bare timestamp) has no tick."""
+    if not cursor:
+        return None, None
+    if not cursor.lstrip().startswith("{"):
+        return datetime.fromisoformat(cursor), None
+    c = json.loads(cursor)
+    return (datetime.fromisoformat(c["since"]) if c.get("since") else None,
+            datetime.fromisoformat(c["tick"]) if c.get("tick") else None)
+
+
+def drift_window_start(now: datetime, since: datetime | None, last_tick: datetime | None, window: timedelta) -> datetime:
+    """Where the window to judge next starts. Windows follow each other without gaps while the sensor keeps ticking,
+    also when a drift check in flight holds the next one back (the next report then covers the traffic since the last
+    one, up to ``MAX_DRIFT_WINDOWS_PER_REPORT`` windows). After a pause (the sensor stopped, the daemon down, for
+    longer than 3 windows) only the latest window is judged: traffic from before the pause is not news any more."""
+    if since is None:
+        return now - window
+    paused = last_tick is None or now - last_tick > 3 * window
+    if paused and now - since > 3 * window:
+        return now - window
+    return max(since, now - MAX_DRIFT_WINDOWS_PER_REPORT * window)

@@ -129,6 +129,15 @@ class Narrator:
             return None
         return recs[0].storage_id, {k: getattr(v, "value", v) for k, v in recs[0].asset_materialization.metadata.items()}
 
+    def since(self, asset: str, after: int) -> list[dict[str, Any]]:
+        """Metadata of every materialization of ``asset`` after storage id ``after``, oldest first."""
+        import dagster as dg
+
+        with self.instance() as inst:
+            recs = inst.fetch_materializations(dg.AssetKey(asset), limit=100).records
+        return [{k: getattr(v, "value", v) for k, v in r.asset_materialization.metadata.items()}
+                for r in sorted(recs, key=lambda r: r.storage_id) if r.storage_id > after and r.asset_materialization is not None]
+
     def wait(self, what: str, done: Callable[[], Any], timeout: float, *, tick: float = 3.0,
              between: Callable[[], None] | None = None) -> Any:
         """Narrate the daemon until ``done()`` is truthy; ``between`` runs each tick (the app's traffic)."""
@@ -166,6 +175,7 @@ class App:
         self.pool = _question_order(cfg.base)[cfg.base.backlog_questions:] or _question_order(cfg.base)
         self.next_q, self.run_id, self.last_burst = 0, 100, 0.0
         self.drifted = False
+        self.answers = "full"  # "two_sentences": the bad release's answers, once its widget is fixed
         self.invert_thumbs = False
         self.totals = {"requests": 0, "events": 0}
 
@@ -187,7 +197,7 @@ class App:
         try:
             stats = simulate(self.cfg.base.data_path, SimConfig(questions=qs, drift_after=0.0 if self.drifted else None,
                                                                 seed=self.cfg.base.seed + self.run_id, run_id=self.run_id,
-                                                                passages=self.cfg.base.passages),
+                                                                passages=self.cfg.base.passages, answers=self.answers),
                              send=send, scorer=Scorer(self.settings.serve_url), say=self.say, progress_every=0)
             producer.flush()
         finally:
@@ -253,6 +263,7 @@ def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say
             if canary is not None:
                 bad = _send_bad_release(settings, cfg, summary, narrator, say)  # its curation and training overlap the canary
                 _watch_canary(settings, cfg, summary, narrator, app, canary, "8", say)
+                _widget_fixed(app, summary, say)
                 _phase_bad_stretch(settings, cfg, summary, narrator, receiver, app, serve, bad, say)
             summary.facts["traffic"] = dict(app.totals)
         summary.alerts = list(receiver.received)
@@ -309,40 +320,63 @@ def _phase_backlog(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSu
     return str(version)
 
 
-def _drift_reports_after(narrator: Narrator, after: int) -> list[dict[str, Any]]:
-    latest = narrator.latest("drift_report")
-    return [latest[1]] if latest and latest[0] > after else []
+def _judged(report: dict[str, Any]) -> bool:
+    """A report that judged some group of signals: one over too few rows (the window closed before the traffic landed)
+    judges nothing and says so."""
+    return (report.get("n_current") or 0) > 0 and bool(report.get("groups"))
+
+
+def _report_stall_s(cfg: AutopilotDemoConfig) -> float:
+    """How long to wait for the next drift report before saying the drift checks stalled. Not a budget for the
+    outcome: the demo counts judged windows, so a slow machine (a drift check took 90 s on 2 busy cores) only
+    makes the windows longer (the sensor's next window covers the traffic since the last report)."""
+    return 2 * cfg.drift_window_minutes * 60 + 300
 
 
 def _phase_stationary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, app: App,
                       say: Say) -> None:
     start = (narrator.latest("drift_report") or (0, {}))[0]
-    # a full window of stationary traffic, then the report of that window
+    # a full window of stationary traffic, then the first report that judged a window of it
     window_s = cfg.drift_window_minutes * 60
     narrator.wait("stationary window", lambda: False, window_s + cfg.chunk_every_s, between=app.burst)
-    # a report over 0 rows (the window closed before the first request landed) judges nothing: wait for one with rows
-    got = narrator.wait("the stationary drift report",
-                        lambda: [d for d in _drift_reports_after(narrator, start) if (d.get("n_current") or 0) > 0],
-                        2 * window_s + 90, between=app.burst)
+    got = narrator.wait("the stationary drift report", lambda: [d for d in narrator.since("drift_report", start) if _judged(d)],
+                        _report_stall_s(cfg), between=app.burst)
     d = got[0] if got else {}
     summary.add("4. stationary traffic", f"{app.totals['requests']} requests scored by the champion; drift check: "
                 f"drifted={d.get('drifted')} ({str(d.get('summary', 'no report'))[:300]})", say)
     summary.facts["stationary_drift"] = {k: d.get(k) for k in ("drifted", "streak", "alert", "n_current")}
 
 
+def _wait_drift_alert(cfg: AutopilotDemoConfig, narrator: Narrator, receiver: AlertReceiver, app: App) -> tuple[bool, int]:
+    """Drifted traffic until the drift alert, or until ``max_drift_windows`` windows with traffic were judged without
+    one, or the drift checks stall. Returns (alerted, judged windows)."""
+    start = (narrator.latest("drift_report") or (0, {}))[0]
+    judged = lambda: sum(_judged(d) for d in narrator.since("drift_report", start))
+    seen, alerted = 0, False
+    while seen < cfg.max_drift_windows and not alerted:
+        got = narrator.wait("the drift alert or the next drift report", lambda: _alerts(receiver, "drift") or judged() > seen,
+                            _report_stall_s(cfg), between=app.burst)
+        if not got:
+            break
+        alerted, seen = bool(_alerts(receiver, "drift")), judged()
+    return alerted, seen
+
+
 def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
                  receiver: AlertReceiver, app: App, serve: ServeProcess, say: Say) -> str | None:
     app.drifted = True
     t_onset = time.monotonic()
-    alerted = narrator.wait("the drift alert", lambda: _alerts(receiver, "drift"),
-                            cfg.max_drift_windows * cfg.drift_window_minutes * 60 + 120, between=app.burst)
+    alerted, judged = _wait_drift_alert(cfg, narrator, receiver, app)
     if not alerted:
-        summary.add("5. drifted traffic", f"no drift alert after {cfg.max_drift_windows} windows", say)
+        summary.add("5. drifted traffic", f"no drift alert after {judged} judged windows"
+                    + ("" if judged >= cfg.max_drift_windows else f" (no drift report for {_report_stall_s(cfg):.0f}s)"), say)
         return None
     t_alert = time.monotonic() - t_onset
     summary.facts["time_to_drift_alert_s"] = round(t_alert, 1)
+    summary.facts["drift_reports_to_alert"] = judged
     summary.add("5. drift alert", f"cut answers from a new app release: alert after {t_alert:.0f}s "
-                f"({t_alert / (cfg.drift_window_minutes * 60):.1f} windows)", say)
+                f"({t_alert / (cfg.drift_window_minutes * 60):.1f} windows of {cfg.drift_window_minutes * 60:.0f}s; "
+                f"{judged} drift reports judged since the onset)", say)
     before = _aliases(settings)
     canary = narrator.wait("a retrained candidate on canary", lambda: _aliases(settings).get("canary"), cfg.retrain_timeout_s,
                            between=app.burst)
@@ -364,7 +398,7 @@ def _watch_canary(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSum
     seen = (narrator.latest("rollout_decision") or (0, {}))[0]
     for w in range(cfg.max_canary_windows):
         got = narrator.wait("a canary analysis", lambda seen=seen: (narrator.latest("rollout_decision") or (0, {}))[0] > seen,
-                            cfg.canary_window_minutes * 60 + 120, between=app.burst)
+                            cfg.canary_window_minutes * 60 + 300, between=app.burst)
         if not got:
             break
         seen, r = narrator.latest("rollout_decision") or (seen, {})
@@ -380,32 +414,26 @@ def bad_release_events(cfg: AutopilotDemoConfig, *, now: datetime | None = None)
     """What a buggy app release logs: its answers are cut to two sentences (texts the lake has not seen, so curation's
     de-duplication keeps them: replayed feedback on known texts would be dropped as duplicates of the earlier events)
     and its feedback widget swapped the buttons: thumbs and preferences the wrong way round. Timed over the last
-    minutes (the release is live now)."""
+    minutes (the release is live now). Once the widget is fixed, the release's users give the same feedback the right
+    way round (``SimConfig(answers="two_sentences")``): that is what the canary of a model trained on this judges on."""
     from feedback.qa_feedback import load_events
+    from feedback.simulate import two_sentence_feedback
+
     now = now or datetime.now(timezone.utc)
     keep = set(_question_order(cfg.base)[: cfg.bad_stretch_questions])
-    events = [e for e in load_events(cfg.base.data_path, copies=2, passages=cfg.base.passages)
-              if e["event_id"].startswith("qaf1-1-") and int(e["conversation_id"].rsplit("-", 1)[1]) in keep
-              and e["event_type"] != "correction"]
+    events = two_sentence_feedback([e for e in load_events(cfg.base.data_path, copies=2, passages=cfg.base.passages)
+                                    if e["event_id"].startswith("qaf1-1-") and int(e["conversation_id"].rsplit("-", 1)[1]) in keep
+                                    and e["event_type"] != "correction"])
     out = []
     for n, e in enumerate(events):
-        e = {**e, "response": two_sentences(e["response"]), "app_id": "qa-web-v3",
-             "occurred_at": (now - timedelta(seconds=(len(events) - n) / 5)).isoformat().replace("+00:00", "Z"),
+        e = {**e, "occurred_at": (now - timedelta(seconds=(len(events) - n) / 5)).isoformat().replace("+00:00", "Z"),
              "metadata": {**(e.get("metadata") or {}), "release": "v3-new-feedback-widget"}}
         if e["event_type"] == "thumbs":
             e["value"] = -e["value"]
-        elif e["event_type"] == "preference":
-            e["response_b"] = two_sentences(e["response_b"])
-            if e.get("preferred") in ("a", "b"):
-                e["preferred"] = "b" if e["preferred"] == "a" else "a"
+        elif e["event_type"] == "preference" and e.get("preferred") in ("a", "b"):
+            e["preferred"] = "b" if e["preferred"] == "a" else "a"
         out.append(e)
     return out
-
-
-def two_sentences(text: str) -> str:
-    import re
-
-    return " ".join(m.strip() for m in re.findall(r".+?[.!?](?:\s|$)", text.strip(), flags=re.S)[:2]) or text
 
 
 @dataclass
@@ -433,6 +461,14 @@ def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: Dem
                 f"{cfg.bad_stretch_questions} questions with thumbs and preferences swapped by a widget bug; the daemon curates and "
                 "retrains on it", say)
     return BadRelease(t, runs_before, versions_before)
+
+
+def _widget_fixed(app: App, summary: DemoSummary, say: Say) -> None:
+    """The bad release's widget is fixed: its users (two-sentence answers) now give the right feedback, and the
+    app's traffic is theirs from here on. A canary of a model trained on the inverted stretch is judged on it."""
+    app.drifted, app.answers = False, "two_sentences"
+    summary.add("8b. widget fixed", "the bad release's feedback widget is fixed: from here on the live traffic is that release's "
+                "(answers cut to two sentences) with its users' feedback the right way round", say)
 
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,

@@ -9,7 +9,7 @@ import pytest
 
 from feedback.events import validate_event
 from feedback.qa_feedback import read_questions
-from feedback.simulate import SimConfig, first_sentence, simulate
+from feedback.simulate import SimConfig, first_sentence, simulate, two_sentences
 from feedback.validation import Invalid, Valid
 
 
@@ -41,9 +41,31 @@ def test_drifted_traffic_cuts_answers_and_keeps_events_valid(qa_feedback_path) -
     assert all(isinstance(validate_event(e), Valid) for e in sent)
 
 
+def test_a_two_sentence_release_carries_the_real_feedback_to_its_cut_answers(qa_feedback_path) -> None:
+    full, _ = _run(qa_feedback_path, SimConfig(questions=(0, 1, 2), seed=1))
+    sent, stats = _run(qa_feedback_path, SimConfig(questions=(0, 1, 2), seed=1, answers="two_sentences"))
+    assert stats.drifted_requests == 0 and stats.requests == 12
+    originals = read_questions(qa_feedback_path)
+    cut = {two_sentences(originals[i][f"prediction {k}"]) for i in (0, 1, 2) for k in range(1, 5)}
+    assert {e["response"] for e in sent} <= cut and {e.get("response_b") for e in sent if e.get("response_b")} <= cut
+    # the same feedback, the right way round: each event's value and preference as on the full answers
+    assert [(e["event_id"], e.get("value"), e.get("preferred")) for e in sent] == [(e["event_id"], e.get("value"), e.get("preferred")) for e in full]
+    assert all(isinstance(validate_event(e), Valid) for e in sent)
+
+
 def test_malformed_share_sends_payloads_the_ingestor_rejects(qa_feedback_path) -> None:
     sent, stats = _run(qa_feedback_path, SimConfig(first=0, count=20, malformed_share=0.3, seed=3))
     bad = [p for p in sent if isinstance(p, bytes)]
     assert len(bad) == sum(stats.malformed.values()) > 0
     assert all(isinstance(validate_event(p), Invalid) for p in bad)
     assert stats.events == len(sent)
+
+
+def test_a_late_copy_is_built_alone_and_equals_the_same_copy_of_a_full_replay(qa_feedback_path) -> None:
+    """simulate replays copy ``run_id`` of the file: building only that copy (not the run_id copies before it, which
+    made each burst of a long demo slower than the last) gives the same events."""
+    from feedback.qa_feedback import iter_events
+
+    full = [e for e in iter_events(qa_feedback_path, copies=4, days=1, limit=None) if e["event_id"].startswith("qaf1-3-")]
+    alone = list(iter_events(qa_feedback_path, copies=4, first_copy=3, days=1))
+    assert alone == full and len(alone) > 1000

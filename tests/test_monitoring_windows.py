@@ -138,3 +138,31 @@ def test_a_lake_window_reads_signal_names_from_their_raw_payload(settings: Setti
     preds = pd.DataFrame({"response_id": ["r1"], "prompt": ["p"], "response": ["a"], "score": [0.4], "model_version": ["1"]})
     cur = current_frame(preds, f.reset_index()).iloc[0]
     assert cur["thumbs_down"] == 1.0 and cur["signal_regenerate"] == 1.0 and cur["signal_copy"] == 0.0
+
+
+W = timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(("since", "tick", "want"), [
+    (None, None, T0 - W),  # the first window: the latest one
+    (T0 - W / 2, T0 - timedelta(seconds=5), T0 - W / 2),  # a window still open
+    # a drift check that took 100 s held the next window back while the sensor kept ticking: no traffic is lost
+    (T0 - timedelta(seconds=100), T0 - timedelta(seconds=5), T0 - timedelta(seconds=100)),
+    # ... up to 4 windows (the latest ones)
+    (T0 - timedelta(minutes=10), T0 - timedelta(seconds=5), T0 - 4 * W),
+    # the sensor was stopped (or the daemon down) for longer than 3 windows: the latest window only
+    (T0 - timedelta(hours=2), T0 - timedelta(hours=2), T0 - W),
+    (T0 - timedelta(hours=2), None, T0 - W),  # an older cursor, a bare timestamp, has no tick
+])
+def test_drift_windows_follow_each_other_behind_a_slow_check_and_restart_after_a_pause(since, tick, want) -> None:
+    from monitors.windows import drift_window_start
+
+    assert drift_window_start(T0, since, tick, W) == want
+
+
+def test_the_drift_cursor_reads_back_and_reads_the_older_bare_timestamp() -> None:
+    from monitors.windows import drift_cursor, parse_drift_cursor
+
+    assert parse_drift_cursor(drift_cursor(T0 - W, T0)) == (T0 - W, T0)
+    assert parse_drift_cursor(T0.isoformat()) == (T0, None)
+    assert parse_drift_cursor(None) == (None, None)

@@ -72,6 +72,27 @@ def test_the_pyfunc_serves_a_lexical_winner_through_the_same_predict(tmp_path: P
     np.testing.assert_allclose(local_scorer(path)(["q1"], [ex["response"][2]]), out["score"][:1])
 
 
+def test_the_pyfunc_serves_a_hybrid_encoder_from_its_own_folder(tmp_path: Path) -> None:
+    """A saved hybrid_encoder carries the encoder's files (the trust digest covers them) and scores from them alone."""
+    from trainers import embeddings
+    from trainers.pyfunc import ARTIFACT_KEY, RewardPyfunc
+    from trainers.registry import artifact_files, pickle_files
+
+    ex, pr = _toy()
+    scorer = L.fit("hybrid_encoder", ex, pr, embedder=embeddings.default_embedder(max_length=32))
+    path = L.save(scorer, tmp_path / "m")
+    assert {"embedder/model.safetensors", "embedder/config.json", "lexical_model.json"} <= set(artifact_files(path))
+    assert pickle_files(path) == []
+    embeddings.clear_cache()
+    model = RewardPyfunc()
+    model.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: str(path)}))
+    assert Path(model.lexical.embedder.folder) == path / "embedder" and model.lexical.embedder.max_length == 32
+    out = model.predict(None, pd.DataFrame({"prompt": ex["prompt"], "response": ex["response"]}))
+    np.testing.assert_allclose(out["score"], scorer(ex["prompt"].tolist(), ex["response"].tolist()), rtol=1e-5)
+    with pytest.raises(Exception, match="needs its encoder files"):
+        L.from_dict(L.to_dict(scorer))  # no folder: says where the encoder files should be
+
+
 # ---- validation split and selection -------------------------------------------------------------------
 def test_validation_is_carved_from_the_given_rows_by_cluster(qa_feedback_path: Path) -> None:
     ex, pr = _frames(qa_feedback_path)
@@ -150,6 +171,43 @@ def test_the_encoder_wins_only_by_more_than_one_standard_error() -> None:
     sel = S.compete(ex, pr, families=("encoder", "length_support"), encoder_val=partly, seed=0, n_boot=200)
     gain, se = (float(v) for v in re.search(r": ([+-][\d.]+), SE ([\d.]+)\)", sel.summary()).groups())
     assert sel.winner == "length_support" and 0 < gain <= se, sel.summary()
+
+
+class _Embedder:
+    """A stand-in for the frozen encoder's text part: ``knows`` (the better answers) get one direction, the others
+    another, as a sentence encoder that understands them would; without ``knows`` every answer gets noise."""
+
+    max_length = 16
+
+    def __init__(self, knows: set[str] | None) -> None:
+        self.knows, self.rng = knows, np.random.default_rng(7)
+        self.noise: dict[str, np.ndarray] = {}
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        if self.knows is None:
+            return np.stack([self.noise.setdefault(r, self.rng.normal(size=8)) for r in responses]) if responses else np.zeros((0, 8))
+        return np.array([[1.0, 0.0] if r in self.knows else [0.0, 1.0] for r in responses]).reshape(-1, 2)
+
+
+def test_hybrid_encoder_wins_only_by_more_than_one_standard_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's text part beside the sparse and dense ones: it wins when its embedding tells what no word or length
+    can (the better answer's mark is a word no other prompt shares), and the cheaper family wins a tie."""
+    ex, pr = _toy(60)
+    rng = np.random.default_rng(1)
+    marks = {f"q{i}": (f"w{rng.integers(10**9)}", f"w{rng.integers(10**9)}") for i in range(60)}
+    good, bad = (pr["prompt"].map(lambda q, k=k: f"answer {marks[q][k]}") for k in (0, 1))
+    pr = pr.assign(chosen=good, rejected=bad)
+    ex = pd.concat([ex.iloc[0::2].assign(response=good.to_numpy()), ex.iloc[1::2].assign(response=bad.to_numpy())]).sort_index()
+    monkeypatch.setattr(L, "_EMBEDDER", _Embedder(set(good)))
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"), seed=0, n_boot=200)
+    assert sel.winner == "hybrid_encoder" and "hybrid_encoder beat" in sel.summary(), sel.summary()
+    assert sel.best["hybrid_encoder"].pairwise_accuracy == 1.0 and sel.best["tfidf_pairwise"].pairwise_accuracy < 0.8
+    assert sel.fitted["hybrid_encoder"].params["embed_scale"] in (1.0, 3.0)
+    # the toy's own words tell every pair: hybrid ties it and is cheaper (noise in the embedding cannot help)
+    ex, pr = _toy(60)
+    monkeypatch.setattr(L, "_EMBEDDER", _Embedder(None))
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "hybrid_encoder"), seed=0, n_boot=200)
+    assert sel.winner == "tfidf_pairwise", sel.summary()
 
 
 @pytest.mark.parametrize(("keep", "unmeasured"), [("pairs", "AUC"), ("ratings", "pairwise")])

@@ -37,10 +37,12 @@ class OutOfFold:
 
 def recipe(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str], *, seed: int = 0) -> tuple[str, L.LexicalScorer]:
     """The cheap part of the selection as one recipe: every family's grid tuned on a validation part carved from these
-    rows (``selection.carve``), the best on its objective (ties to the cheaper family), refit on all these rows."""
+    rows (``selection.carve``), the best on its objective (ties to the cheaper family; hybrid_encoder only beyond one
+    standard error, ``selection.best_cheap``), refit on all these rows."""
     carved = S.carve(examples, pairs, seed=seed)
-    best = {f: S.tune(f, carved, seed=seed)[0] for f in families}  # type: ignore[arg-type]
-    winner = S.best_family(best)
+    tuned = {f: S.tune(f, carved, seed=seed) for f in families}  # type: ignore[arg-type]
+    best = {f: t[0] for f, t in tuned.items()}
+    winner, _ = S.best_cheap(best, {f: t[2] for f, t in tuned.items() if t[2] is not None}, carved, seed=seed)
     return winner, L.fit(winner, examples, pairs, seed=seed, **best[winner].params)  # type: ignore[arg-type]
 
 

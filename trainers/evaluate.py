@@ -393,6 +393,8 @@ FAMILY_TEXT = {
                       "on the two answers' difference and on the thumbs",
     "hybrid": "a logistic head over the answer's TF-IDF beside its log length and lexical support, trained as Bradley-Terry on "
               "the two answers' difference and on the thumbs",
+    "hybrid_encoder": "the hybrid's logistic head with the frozen base encoder's embedding of the prompt's end and the answer "
+                      "beside the TF-IDF, length and support, trained as Bradley-Terry on the two answers' difference and on the thumbs",
 }
 
 

@@ -4,7 +4,11 @@ trained the way feedback is scored.
 - ``tfidf_pairwise``: TF-IDF of the response (word 1-2 grams, sublinear tf);
 - ``length_support``: log characters of the response and its lexical ``support`` by the prompt (standardized);
 - ``hybrid``: both, side by side (the dense part scaled by ``dense_scale`` so the sparse part's regularization does
-  not crush it).
+  not crush it);
+- ``hybrid_encoder``: the hybrid's features and the encoder's text part beside them: the frozen base encoder's
+  embedding of (prompt end, response) (``trainers.embeddings``; scaled by ``embed_scale``). One head over all three,
+  so it never needs to be worse than TF-IDF alone; the encoder is not tuned, so it cross-fits like the others. A saved
+  one carries the encoder's files in ``embedder/``.
 
 Training rows (Bradley-Terry as a logistic regression without intercept): each non-tie pair gives
 ``f(chosen) - f(rejected)`` with target 1 and its negation with target 0 (half weight each); each pointwise label
@@ -24,8 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-Family = Literal["tfidf_pairwise", "length_support", "hybrid"]
-FAMILIES: tuple[Family, ...] = ("tfidf_pairwise", "length_support", "hybrid")
+Family = Literal["tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"]
+FAMILIES: tuple[Family, ...] = ("tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder")
+EMBEDDER_DIR = "embedder"  # in a saved hybrid_encoder folder: the frozen encoder's files
 MARKER = "lexical.json"  # in a saved folder: says it holds a lexical candidate, not an encoder
 MODEL_FILE = "lexical_model.json"  # the fitted scorer as plain JSON (vocabulary, idf, weights): nothing to unpickle
 VECTORIZER_PARAMS = ("ngram_range", "min_df", "max_features", "sublinear_tf", "lowercase", "norm", "use_idf", "smooth_idf")
@@ -55,6 +60,7 @@ class LexicalScorer:
     dense_std: np.ndarray | None = None
     coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bias: float = 0.0
+    embedder: Any = None  # trainers.embeddings.Embedder (hybrid_encoder)
 
     def features(self, prompts: list[str], responses: list[str]) -> Any:
         from scipy import sparse
@@ -65,6 +71,8 @@ class LexicalScorer:
         if self.dense_mean is not None:
             dense = (dense_features(prompts, responses) - self.dense_mean) / self.dense_std * self.params.get("dense_scale", 1.0)
             parts.append(sparse.csr_matrix(dense))
+        if self.embedder is not None:
+            parts.append(sparse.csr_matrix(self.embedder(prompts, responses) * self.params.get("embed_scale", 1.0)))
         return sparse.hstack(parts, format="csr")
 
     def logits(self, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -77,15 +85,37 @@ class LexicalScorer:
 
 
 def fit(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, *, C: float = 1.0, dense_scale: float = 1.0,
-        pointwise_weight: float = 1.0, seed: int = 0) -> LexicalScorer:
+        embed_scale: float = 1.0, pointwise_weight: float = 1.0, seed: int = 0, embedder: Any = None) -> LexicalScorer:
     """Fit one candidate on the thumbs of ``examples`` and the non-tie ``pairs`` (see the module doc)."""
-    return fit_grid(family, examples, pairs, [{"C": C, "dense_scale": dense_scale}], pointwise_weight=pointwise_weight, seed=seed)[0]
+    return fit_grid(family, examples, pairs, [{"C": C, "dense_scale": dense_scale, "embed_scale": embed_scale}],
+                    pointwise_weight=pointwise_weight, seed=seed, embedder=embedder)[0]
+
+
+_EMBEDDER: Any = None  # what hybrid_encoder embeds with when no embedder is passed (``use_embedder``)
+
+
+def use_embedder(embedder: Any) -> Any:
+    """Set the embedder ``hybrid_encoder`` fits use when none is passed (a training run sets its config's base model
+    and max_length); returns the one it replaced. None: the default base model at 128 tokens."""
+    global _EMBEDDER
+    old, _EMBEDDER = _EMBEDDER, embedder
+    return old
+
+
+def _embedder(embedder: Any) -> Any:
+    if embedder is not None:
+        return embedder
+    if _EMBEDDER is None:
+        from trainers.embeddings import default_embedder
+
+        use_embedder(default_embedder())
+    return _EMBEDDER
 
 
 def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: list[dict[str, float]], *,
-             pointwise_weight: float = 1.0, seed: int = 0) -> list[LexicalScorer]:
-    """One fitted candidate per point of ``grid`` (keys ``C``, ``dense_scale``); the vocabulary and the feature rows
-    are built once and shared by the grid."""
+             pointwise_weight: float = 1.0, seed: int = 0, embedder: Any = None) -> list[LexicalScorer]:
+    """One fitted candidate per point of ``grid`` (keys ``C``, ``dense_scale``, ``embed_scale``); the vocabulary and
+    the feature rows are built once and shared by the grid."""
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -97,15 +127,17 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
 
         raise DataError("no training rows for the lexical candidates", hint="curate feedback with thumbs or comparisons first")
     template = LexicalScorer(family, {})
-    if family in ("tfidf_pairwise", "hybrid"):
+    if family in ("tfidf_pairwise", "hybrid", "hybrid_encoder"):
         distinct = list(dict.fromkeys(texts))
         template.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(distinct) >= 50 else 1, max_features=100_000,
                                               sublinear_tf=True, dtype=np.float32).fit(distinct)
-    if family in ("length_support", "hybrid"):
+    if family in ("length_support", "hybrid", "hybrid_encoder"):
         prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
         dense = dense_features(prompts, texts)
         template.dense_mean, template.dense_std = dense.mean(0), np.where(dense.std(0) > 1e-9, dense.std(0), 1.0)
-    # feature rows at dense_scale 1; a grid point rescales the dense columns (the last ones)
+    if family == "hybrid_encoder":
+        template.embedder = _embedder(embedder)
+    # feature rows at dense_scale and embed_scale 1; a grid point rescales the dense columns and the embedding's (the last ones)
     ex_x = template.features(examples["prompt"].tolist(), examples["response"].tolist()) if len(examples) else None
     rows, ys, ws, bias_col = [], [], [], []
     if len(pairs):
@@ -122,13 +154,18 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
     base_x = sparse.vstack(rows, format="csc")
     y, w = np.concatenate(ys), np.concatenate(ws)
     n_dense = 2 if template.dense_mean is not None else 0
+    n_embed = base_x.shape[1] - (len(template.vectorizer.vocabulary_) if template.vectorizer is not None else 0) - n_dense
     out = []
     for point in grid:
         params = {"C": float(point.get("C", 1.0)), "dense_scale": float(point.get("dense_scale", 1.0))}
-        scorer = LexicalScorer(family, params, template.vectorizer, template.dense_mean, template.dense_std)
+        if template.embedder is not None:
+            params["embed_scale"] = float(point.get("embed_scale", 1.0))
+        scorer = LexicalScorer(family, params, template.vectorizer, template.dense_mean, template.dense_std, embedder=template.embedder)
         scale = np.ones(base_x.shape[1])
         if n_dense:
-            scale[-n_dense:] = params["dense_scale"]
+            scale[base_x.shape[1] - n_embed - n_dense : base_x.shape[1] - n_embed] = params["dense_scale"]
+        if n_embed:
+            scale[base_x.shape[1] - n_embed :] = params["embed_scale"]
         x = sparse.hstack([base_x @ sparse.diags(scale), sparse.csr_matrix(np.concatenate(bias_col)[:, None])], format="csr")
         if len(set(y)) < 2:  # thumbs of one class only and no pairs: nothing to rank; the bias alone
             rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
@@ -151,12 +188,14 @@ def to_dict(scorer: LexicalScorer) -> dict[str, Any]:
         vec = {"params": {k: getattr(v, k) for k in VECTORIZER_PARAMS}, "dtype": np.dtype(v.dtype).name,
                "vocabulary": {t: int(i) for t, i in v.vocabulary_.items()}, "idf": [float(x) for x in v.idf_]}
     arr = lambda a: None if a is None else [float(x) for x in np.asarray(a).ravel()]  # noqa: E731
+    emb = None if scorer.embedder is None else {"folder": EMBEDDER_DIR, "max_length": int(scorer.embedder.max_length), "pooling": "mean"}
     return {"format": 1, "family": scorer.family, "params": scorer.params, "vectorizer": vec, "dense_mean": arr(scorer.dense_mean),
-            "dense_std": arr(scorer.dense_std), "coef": arr(scorer.coef), "bias": float(scorer.bias)}
+            "dense_std": arr(scorer.dense_std), "coef": arr(scorer.coef), "bias": float(scorer.bias), "embedder": emb}
 
 
-def from_dict(data: dict[str, Any]) -> LexicalScorer:
-    """The scorer ``to_dict`` wrote, rebuilt without running any stored code."""
+def from_dict(data: dict[str, Any], *, folder: Path | None = None) -> LexicalScorer:
+    """The scorer ``to_dict`` wrote, rebuilt without running any stored code; a hybrid_encoder's encoder files are
+    read from ``folder`` (the saved model's folder)."""
     vectorizer = None
     if data["vectorizer"] is not None:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -166,13 +205,27 @@ def from_dict(data: dict[str, Any]) -> LexicalScorer:
         params["ngram_range"] = tuple(params["ngram_range"])
         vectorizer = TfidfVectorizer(**params, dtype=np.dtype(v["dtype"]).type, vocabulary=v["vocabulary"])
         vectorizer.idf_ = np.asarray(v["idf"], dtype=np.float64)
+    embedder = None
+    if data.get("embedder"):
+        from infra.errors import DataError
+        from trainers.embeddings import Embedder
+
+        where = None if folder is None else Path(folder) / data["embedder"]["folder"]
+        if where is None or not (where / "model.safetensors").exists():
+            raise DataError(f"the {data['family']} model needs its encoder files in {where or '(no folder given)'}",
+                            hint="load it from its saved folder (trainers.lexical.load), which carries them in embedder/")
+        embedder = Embedder(where, max_length=int(data["embedder"]["max_length"]))
     arr = lambda a: None if a is None else np.asarray(a, dtype=float)  # noqa: E731
     return LexicalScorer(data["family"], dict(data["params"]), vectorizer, arr(data["dense_mean"]), arr(data["dense_std"]),
-                         np.asarray(data["coef"], dtype=float), float(data["bias"]))
+                         np.asarray(data["coef"], dtype=float), float(data["bias"]), embedder=embedder)
 
 
 def save(scorer: LexicalScorer, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
+    if scorer.embedder is not None:
+        from trainers.embeddings import save_folder
+
+        save_folder(scorer.embedder, path / EMBEDDER_DIR)
     (path / MODEL_FILE).write_text(json.dumps(to_dict(scorer)))
     (path / MARKER).write_text(json.dumps({"family": scorer.family, "params": scorer.params}))
     return path
@@ -189,4 +242,4 @@ def load(path: Path) -> LexicalScorer:
     if not file.exists():
         old = " (it holds lexical.joblib: a pickle from before lakeloop stopped unpickling models)" if (Path(path) / "lexical.joblib").exists() else ""
         raise DataError(f"{path} does not hold a lexical candidate as JSON{old}", hint="re-train the model")
-    return from_dict(json.loads(file.read_text()))
+    return from_dict(json.loads(file.read_text()), folder=Path(path))

@@ -22,7 +22,7 @@ ARTIFACT_KEY = "reward_model"
 CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
 # what the pyfunc imports, as paths under the repository root; copied into the model (``stage_code``)
 SERVING_MODULES = ("trainers/__init__.py", "trainers/pyfunc.py", "trainers/model.py", "trainers/base_model.py", "trainers/lexical.py",
-                   "trainers/frozen.py", "features/__init__.py", "features/dialogue.py", "infra/__init__.py", "infra/errors.py")
+                   "trainers/embeddings.py", "trainers/frozen.py", "features/__init__.py", "features/dialogue.py", "infra/__init__.py", "infra/errors.py")
 PIP_REQUIREMENTS = ["torch", "transformers", "safetensors", "pandas", "numpy", "scikit-learn", "scipy"]
 
 

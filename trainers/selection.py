@@ -30,11 +30,15 @@ from trainers import lexical as L
 VALIDATION_SHARE = 0.2
 MIN_VALIDATION_CLUSTERS = 5
 CV_FOLDS = 5
-FAMILY_ORDER = ("length_support", "tfidf_pairwise", "hybrid", "encoder")  # cheapest first: wins a tie
+FAMILY_ORDER = ("length_support", "tfidf_pairwise", "hybrid", "hybrid_encoder", "encoder")  # cheapest first: wins a tie
+# families that run the base encoder (to score, and hybrid_encoder to fit): each must beat the best family that does not
+# by more than one standard error of the paired difference (the one-standard-error rule), else the cheaper one wins
+ENCODER_FAMILIES = ("hybrid_encoder", "encoder")
 GRIDS: dict[str, tuple[dict[str, float], ...]] = {
     "tfidf_pairwise": tuple({"C": c} for c in (0.3, 1.0, 3.0, 10.0)),
     "length_support": tuple({"C": c} for c in (0.1, 1.0, 10.0)),
     "hybrid": tuple({"C": c, "dense_scale": d} for c in (0.3, 1.0, 3.0) for d in (1.0, 3.0)),
+    "hybrid_encoder": tuple({"C": c, "dense_scale": d, "embed_scale": e} for c in (0.3, 1.0, 3.0) for d in (1.0, 3.0) for e in (1.0, 3.0)),
 }
 
 
@@ -158,6 +162,22 @@ def best_family(best: dict[str, Trial]) -> str:
     return max(best, key=lambda f: (best[f].objective, -order.get(f, 99)))
 
 
+def best_cheap(best: dict[str, Trial], scored: dict[str, E.Scored], where: Carved, *, n_boot: int = 500,
+               seed: int = 0) -> tuple[str, str]:
+    """The best cheap family (``best_family``), where hybrid_encoder wins only if it beats the best of the others by
+    more than one standard error of the paired difference on ``where``'s validation rows (``scored``: their scores);
+    and that comparison in words ("" when there was none)."""
+    top = best_family(best)
+    rivals = {f: t for f, t in best.items() if f not in ENCODER_FAMILIES}
+    if top not in ENCODER_FAMILIES or not rivals or top not in scored:
+        return top, ""
+    rival = best_family(rivals)
+    gain, se = _gain(scored, top, rival, where, n_boot=n_boot, seed=seed)
+    won = gain > se
+    return (top if won else rival), (f"{top} {'beat' if won else 'did not beat'} {rival} by more than one standard error "
+                                     f"({gain:+.3f}, SE {se:.3f})")
+
+
 @dataclass
 class Selection:
     winner: str
@@ -235,16 +255,19 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     if not carved.has_validation:
         winner = next(f for f in families if f in best)
     else:
-        top_cheap = best_family({f: best[f] for f in cheap if f in best}) if cheap else None
+        pool, where = (cv_scored, _held_out(folds)) if folds else (val, carved)
+        top_cheap, encoder_note = (best_cheap({f: best[f] for f in cheap if f in best}, pool, where, n_boot=n_boot, seed=seed)
+                                   if cheap else (None, ""))
         winner = top_cheap or "encoder"
         if "encoder" in best and top_cheap is not None:
             on_val = lambda f: _trial(f, {}, val[f], carved).objective
-            gain, se = _encoder_gain(val, top_cheap, carved, n_boot=n_boot, seed=seed)
+            gain, se = _gain(val, "encoder", top_cheap, carved, n_boot=n_boot, seed=seed)
             if gain > se:
                 winner = "encoder"
-            encoder_note = (f"the encoder {'beat' if winner == 'encoder' else 'did not beat'} {top_cheap} by more than one standard "
-                            f"error on a validation part carved from the train split ({on_val('encoder'):.3f} vs "
-                            f"{on_val(top_cheap):.3f}: {gain:+.3f}, SE {se:.3f})")
+            encoder_note = (f"{encoder_note}; " if encoder_note else "") + (
+                f"the encoder {'beat' if winner == 'encoder' else 'did not beat'} {top_cheap} by more than one standard "
+                f"error on a validation part carved from the train split ({on_val('encoder'):.3f} vs "
+                f"{on_val(top_cheap):.3f}: {gain:+.3f}, SE {se:.3f})")
     # the winner's margins over the other cheap families on the pooled out-of-fold scores and over the encoder on the
     # validation part; when the encoder won (or without folds), over every family on the validation part
     pooled = bool(folds) and winner in cv_scored
@@ -269,15 +292,16 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
                      cv_folds=len(folds), encoder=encoder_note)
 
 
-def _encoder_gain(val: dict[str, E.Scored], top_cheap: str, carved: Carved, *, n_boot: int, seed: int) -> tuple[float, float]:
-    """The encoder minus the best cheap family on the carved validation part (the objective's metric) and the standard
-    error of that difference (cluster-paired bootstrap). The encoder wins only by more than one standard error (the
-    one-standard-error rule: the simpler model unless the costlier one is better beyond noise): it costs ~100x the
-    CPU to serve, and only a cheap winner's recipe can be cross-fit for a first model's gate (``trainers.crossfit``)."""
+def _gain(scored: dict[str, E.Scored], costly: str, cheaper: str, carved: Carved, *, n_boot: int, seed: int) -> tuple[float, float]:
+    """``costly`` minus ``cheaper`` on ``carved``'s validation rows (the objective's metric) and the standard error of
+    that difference (cluster-paired bootstrap). A family that runs the encoder wins only by more than one standard
+    error (the one-standard-error rule: the simpler model unless the costlier one is better beyond noise): the
+    fine-tuned encoder costs ~100x the CPU to serve and cannot be cross-fit for a first model's gate
+    (``trainers.crossfit``); hybrid_encoder runs the base encoder on every answer it scores."""
     vp, ve = _non_tie(carved.val_pairs), carved.val_examples
-    _, diffs = E.paired_metrics({"encoder": val["encoder"], top_cheap: val[top_cheap]}, ve["label"].to_numpy(float), E._clusters(ve),
-                                E._clusters(vp), reference="encoder", n_boot=n_boot, seed=seed)
-    d = diffs[top_cheap]["pairwise_accuracy" if len(vp) else "auc"]
+    _, diffs = E.paired_metrics({costly: scored[costly], cheaper: scored[cheaper]}, ve["label"].to_numpy(float), E._clusters(ve),
+                                E._clusters(vp), reference=costly, n_boot=n_boot, seed=seed)
+    d = diffs[cheaper]["pairwise_accuracy" if len(vp) else "auc"]
     if not math.isfinite(d.value):
         return float("-inf"), 0.0
     se = (d.hi - d.lo) / 3.92 if math.isfinite(d.hi - d.lo) else float("inf")

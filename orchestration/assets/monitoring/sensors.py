@@ -19,6 +19,7 @@ from infra.errors import LakeloopError
 from monitors import model_store
 from monitors.alerts import Alert, notifier_from_settings
 from monitors.autopilot import next_rollout_action, rollout_facts
+from monitors.windows import drift_cursor, drift_window_start, parse_drift_cursor
 from orchestration.assets.curation.sensors import IN_FLIGHT
 from orchestration.automation import TRIGGER_TAG, autopilot_default, tick_seconds
 from orchestration.resources import LakeloopSettings
@@ -46,23 +47,23 @@ def drift_check_sensor(context: dg.SensorEvaluationContext, lakeloop: LakeloopSe
     settings = lakeloop.load()
     now = datetime.now(timezone.utc)
     window = timedelta(minutes=settings.drift_window_minutes)
-    last = datetime.fromisoformat(context.cursor) if context.cursor else None
+    since, last_tick = parse_drift_cursor(context.cursor)
     try:
         champion = model_store.alias_version(settings, "champion")
     except LakeloopError as exc:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"cannot read the registry: {exc.message}"))
     if champion is None:
         return dg.SensorResult(skip_reason=dg.SkipReason("no champion serves yet: nothing to monitor"),
-                               cursor=now.isoformat())  # the first window starts when one does
-    if last is None or now - last > 3 * window:
-        last = now - window if last is None else now - window  # a long pause: look at the latest window only
-    if now - last < window:
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"window ends in {(window - (now - last)).total_seconds():.0f}s"),
-                               cursor=last.isoformat())
+                               cursor=drift_cursor(now, now))  # the first window starts when one does
+    since = drift_window_start(now, since, last_tick, window)
+    if now - since < window:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"window ends in {(window - (now - since)).total_seconds():.0f}s"),
+                               cursor=drift_cursor(since, now))
     if _in_flight(context.instance, drift_check_job.name):
-        return dg.SensorResult(skip_reason=dg.SkipReason("the previous drift check is still running"), cursor=last.isoformat())
-    return dg.SensorResult(run_requests=[_window_request(drift_check_job.name, "drift_report", last, now, "drift_window")],
-                           cursor=now.isoformat())
+        # the window grows until the check in flight ends: a slow check delays the next report, it loses no traffic
+        return dg.SensorResult(skip_reason=dg.SkipReason("the previous drift check is still running"), cursor=drift_cursor(since, now))
+    return dg.SensorResult(run_requests=[_window_request(drift_check_job.name, "drift_report", since, now, "drift_window")],
+                           cursor=drift_cursor(now, now))
 
 
 @dg.sensor(job=canary_analysis_job, minimum_interval_seconds=tick_seconds(), default_status=autopilot_default(),
