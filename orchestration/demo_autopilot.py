@@ -374,9 +374,8 @@ def _phase_drift(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSumm
     t_alert = time.monotonic() - t_onset
     summary.facts["time_to_drift_alert_s"] = round(t_alert, 1)
     summary.facts["drift_reports_to_alert"] = judged
-    summary.add("5. drift alert", f"cut answers from a new app release: alert after {t_alert:.0f}s "
-                f"({t_alert / (cfg.drift_window_minutes * 60):.1f} windows of {cfg.drift_window_minutes * 60:.0f}s; "
-                f"{judged} drift reports judged since the onset)", say)
+    summary.add("5. drift alert", f"cut answers from a new app release: alert after {t_alert:.0f}s, at drift report {judged} "
+                f"judged since the onset (windows of {cfg.drift_window_minutes * 60:.0f}s, longer while a check runs)", say)
     before = _aliases(settings)
     canary = narrator.wait("a retrained candidate on canary", lambda: _aliases(settings).get("canary"), cfg.retrain_timeout_s,
                            between=app.burst)
