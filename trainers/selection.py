@@ -168,7 +168,7 @@ def best_cheap(best: dict[str, Trial], scored: dict[str, E.Scored], where: Carve
     more than one standard error of the paired difference on ``where``'s validation rows (``scored``: their scores);
     and that comparison in words ("" when there was none)."""
     top = best_family(best)
-    rivals = {f: t for f, t in best.items() if f not in ENCODER_FAMILIES}
+    rivals = {f: t for f, t in best.items() if f not in ENCODER_FAMILIES and f in scored}
     if top not in ENCODER_FAMILIES or not rivals or top not in scored:
         return top, ""
     rival = best_family(rivals)
