@@ -69,13 +69,17 @@ class SimStats:
                 f"{self.events} feedback events ({sum(self.malformed.values())} malformed) in {self.elapsed_s:.1f}s")
 
 
+def leading_sentences(text: str, n: int) -> str:
+    """The first ``n`` sentences of ``text`` (all of it when it has no sentence end)."""
+    return " ".join(m.strip() for m in re.findall(r".+?[.!?](?:\s|$)", text.strip(), flags=re.S)[:n]) or text.strip()
+
+
 def first_sentence(text: str) -> str:
-    m = re.match(r"(.+?[.!?])(\s|$)", text.strip(), flags=re.S)
-    return (m.group(1) if m else text).strip()
+    return leading_sentences(text, 1)
 
 
 def two_sentences(text: str) -> str:
-    return " ".join(m.strip() for m in re.findall(r".+?[.!?](?:\s|$)", text.strip(), flags=re.S)[:2]) or text
+    return leading_sentences(text, 2)
 
 
 def two_sentence_feedback(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

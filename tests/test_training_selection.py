@@ -189,7 +189,7 @@ class _Embedder:
         return np.array([[1.0, 0.0] if r in self.knows else [0.0, 1.0] for r in responses]).reshape(-1, 2)
 
 
-def test_hybrid_encoder_wins_only_by_more_than_one_standard_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hybrid_encoder_wins_only_by_more_than_one_standard_error() -> None:
     """The encoder's text part beside the sparse and dense ones: it wins when its embedding tells what no word or length
     can (the better answer's mark is a word no other prompt shares), and the cheaper family wins a tie."""
     ex, pr = _toy(60)
@@ -198,15 +198,19 @@ def test_hybrid_encoder_wins_only_by_more_than_one_standard_error(monkeypatch: p
     good, bad = (pr["prompt"].map(lambda q, k=k: f"answer {marks[q][k]}") for k in (0, 1))
     pr = pr.assign(chosen=good, rejected=bad)
     ex = pd.concat([ex.iloc[0::2].assign(response=good.to_numpy()), ex.iloc[1::2].assign(response=bad.to_numpy())]).sort_index()
-    monkeypatch.setattr(L, "_EMBEDDER", _Embedder(set(good)))
-    sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"), seed=0, n_boot=200)
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"), seed=0, n_boot=200,
+                    embedder=_Embedder(set(good)))
     assert sel.winner == "hybrid_encoder" and "hybrid_encoder beat" in sel.summary(), sel.summary()
     assert sel.best["hybrid_encoder"].pairwise_accuracy == 1.0 and sel.best["tfidf_pairwise"].pairwise_accuracy < 0.8
     assert sel.fitted["hybrid_encoder"].params["embed_scale"] in (1.0, 3.0)
+    # a first model's cross-fit evidence runs the same recipe with the run's embedder
+    from trainers import crossfit as X
+
+    oof = X.out_of_fold(ex, pr, ["tfidf_pairwise", "hybrid_encoder"], embedder=_Embedder(set(good)))
+    assert oof is not None and set(oof.winners) == {"hybrid_encoder"}, oof.winners
     # the toy's own words tell every pair: hybrid ties it and is cheaper (noise in the embedding cannot help)
     ex, pr = _toy(60)
-    monkeypatch.setattr(L, "_EMBEDDER", _Embedder(None))
-    sel = S.compete(ex, pr, families=("tfidf_pairwise", "hybrid_encoder"), seed=0, n_boot=200)
+    sel = S.compete(ex, pr, families=("tfidf_pairwise", "hybrid_encoder"), seed=0, n_boot=200, embedder=_Embedder(None))
     assert sel.winner == "tfidf_pairwise", sel.summary()
 
 

@@ -122,13 +122,14 @@ def cross_fit_evidence(settings: Settings, run_id: str, train: tuple[Any, Any], 
     cfg = T.train_config(T.client(settings), run_id) or {}
     if cfg.get("flip_labels"):
         return None, "not cross-fit: a flip_labels run (its recipe learns inverted labels)"
-    families = cfg.get("candidates") or [family]
-    if "hybrid_encoder" in families:  # its frozen text part: the run's base encoder, as the training read it
-        from trainers import lexical
-        from trainers.embeddings import default_embedder
+    from trainers.config import TrainConfig
+    from trainers.embeddings import embedder_for
 
-        lexical.use_embedder(default_embedder(cfg.get("base_model") or "all-MiniLM-L6-v2", int(cfg.get("max_length") or 128)))
-    oof = X.out_of_fold(*train, families, seed=int(cfg.get("seed", 13)))
+    families = cfg.get("candidates") or [family]
+    defaults = TrainConfig.model_fields
+    embedder = embedder_for(families, cfg.get("base_model") or defaults["base_model"].default,
+                            int(cfg.get("max_length") or defaults["max_length"].default))  # as the training read the texts
+    oof = X.out_of_fold(*train, families, seed=int(cfg.get("seed", 13)), embedder=embedder)
     return (oof, "") if oof is not None else (None, "not cross-fit: too few prompt clusters in the train split for the folds")
 
 

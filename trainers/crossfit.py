@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,19 +36,20 @@ class OutOfFold:
     winners: tuple[str, ...]  # the family the recipe picked in each fold
 
 
-def recipe(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str], *, seed: int = 0) -> tuple[str, L.LexicalScorer]:
+def recipe(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str], *, seed: int = 0,
+           embedder: Any = None) -> tuple[str, L.LexicalScorer]:
     """The cheap part of the selection as one recipe: every family's grid tuned on a validation part carved from these
     rows (``selection.carve``), the best on its objective (ties to the cheaper family; hybrid_encoder only beyond one
     standard error, ``selection.best_cheap``), refit on all these rows."""
     carved = S.carve(examples, pairs, seed=seed)
-    tuned = {f: S.tune(f, carved, seed=seed) for f in families}  # type: ignore[arg-type]
+    tuned = {f: S.tune(f, carved, seed=seed, embedder=embedder) for f in families}  # type: ignore[arg-type]
     best = {f: t[0] for f, t in tuned.items()}
     winner, _ = S.best_cheap(best, {f: t[2] for f, t in tuned.items() if t[2] is not None}, carved, seed=seed)
-    return winner, L.fit(winner, examples, pairs, seed=seed, **best[winner].params)  # type: ignore[arg-type]
+    return winner, L.fit(winner, examples, pairs, seed=seed, embedder=embedder, **best[winner].params)  # type: ignore[arg-type]
 
 
 def out_of_fold(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str], *, k: int = S.CV_FOLDS,
-                seed: int = 0) -> OutOfFold | None:
+                seed: int = 0, embedder: Any = None) -> OutOfFold | None:
     """The recipe's and the baselines' out-of-fold scores over the train split's prompt clusters (module doc); None
     when there are no cheap families or too few clusters for ``k`` folds."""
     cheap = [f for f in families if f != "encoder"]
@@ -57,7 +59,7 @@ def out_of_fold(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[
     parts: dict[str, list[E.Scored]] = {}
     winners = []
     for fold in folds:
-        winner, model = recipe(fold.fit_examples, fold.fit_pairs, cheap, seed=seed)
+        winner, model = recipe(fold.fit_examples, fold.fit_pairs, cheap, seed=seed, embedder=embedder)
         winners.append(winner)
         for name, scorer in {"candidate": model, **{f"baseline:{b}": s for b, s in E.fit_baselines(fold.fit_examples, fold.fit_pairs, seed=seed).items()}}.items():
             parts.setdefault(name, []).append(S.val_scored(scorer, fold))

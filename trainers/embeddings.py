@@ -126,6 +126,11 @@ def default_embedder(base_model: str = "all-MiniLM-L6-v2", max_length: int = 128
     return Embedder(resolve_base_model(base_model), max_length=max_length)
 
 
+def embedder_for(families: Sequence[str], base_model: str, max_length: int) -> Embedder | None:
+    """The embedder of a run whose ``families`` include hybrid_encoder (its config's base model and max_length), else None."""
+    return default_embedder(base_model, max_length) if "hybrid_encoder" in families else None
+
+
 def save_folder(embedder: Embedder, dest: Path) -> None:
     """Copy the encoder files the embedder reads into ``dest`` (a saved model's ``embedder/`` folder)."""
     from infra.errors import DataError

@@ -91,27 +91,6 @@ def fit(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, *, C: float
                     pointwise_weight=pointwise_weight, seed=seed, embedder=embedder)[0]
 
 
-_EMBEDDER: Any = None  # what hybrid_encoder embeds with when no embedder is passed (``use_embedder``)
-
-
-def use_embedder(embedder: Any) -> Any:
-    """Set the embedder ``hybrid_encoder`` fits use when none is passed (a training run sets its config's base model
-    and max_length); returns the one it replaced. None: the default base model at 128 tokens."""
-    global _EMBEDDER
-    old, _EMBEDDER = _EMBEDDER, embedder
-    return old
-
-
-def _embedder(embedder: Any) -> Any:
-    if embedder is not None:
-        return embedder
-    if _EMBEDDER is None:
-        from trainers.embeddings import default_embedder
-
-        use_embedder(default_embedder())
-    return _EMBEDDER
-
-
 def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: list[dict[str, float]], *,
              pointwise_weight: float = 1.0, seed: int = 0, embedder: Any = None) -> list[LexicalScorer]:
     """One fitted candidate per point of ``grid`` (keys ``C``, ``dense_scale``, ``embed_scale``); the vocabulary and
@@ -135,8 +114,10 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
         prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
         dense = dense_features(prompts, texts)
         template.dense_mean, template.dense_std = dense.mean(0), np.where(dense.std(0) > 1e-9, dense.std(0), 1.0)
-    if family == "hybrid_encoder":
-        template.embedder = _embedder(embedder)
+    if family == "hybrid_encoder":  # without an embedder: the default base model at 128 tokens
+        from trainers.embeddings import default_embedder
+
+        template.embedder = embedder if embedder is not None else default_embedder()
     # feature rows at dense_scale and embed_scale 1; a grid point rescales the dense columns and the embedding's (the last ones)
     ex_x = template.features(examples["prompt"].tolist(), examples["response"].tolist()) if len(examples) else None
     rows, ys, ws, bias_col = [], [], [], []

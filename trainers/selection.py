@@ -94,13 +94,13 @@ def _pooled(parts: Sequence[E.Scored]) -> E.Scored:
     return E.Scored(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("probs", "chosen", "rejected")))
 
 
-def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0) -> tuple[Trial, list[Trial], E.Scored]:
+def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedder: Any = None) -> tuple[Trial, list[Trial], E.Scored]:
     """Each point of ``family``'s grid fit on every fold's fit part and scored on its held-out part; the point best on
     the pooled out-of-fold scores, all trials, and that point's pooled scores (rows in ``_held_out(folds)`` order)."""
     held = _held_out(folds)
     per_point: list[list[E.Scored]] = [[] for _ in GRIDS[family]]
     for fold in folds:
-        for i, scorer in enumerate(L.fit_grid(family, fold.fit_examples, fold.fit_pairs, list(GRIDS[family]), seed=seed)):
+        for i, scorer in enumerate(L.fit_grid(family, fold.fit_examples, fold.fit_pairs, list(GRIDS[family]), seed=seed, embedder=embedder)):
             per_point[i].append(val_scored(scorer, fold))
     trials = [(_trial(family, params, _pooled(parts), held), _pooled(parts)) for params, parts in zip(GRIDS[family], per_point, strict=True)]
     best = max(trials, key=lambda t: t[0].objective)  # first of equals: the grid lists the stronger regularization first
@@ -136,14 +136,15 @@ def _trial(family: str, params: dict[str, float], s: E.Scored, carved: Carved) -
     return Trial(family, params, E.pairwise_accuracy(s.chosen, s.rejected), E.auc(y, s.probs))
 
 
-def tune(family: L.Family, carved: Carved, *, seed: int = 0) -> tuple[Trial, list[Trial], E.Scored | None, L.LexicalScorer | None]:
+def tune(family: L.Family, carved: Carved, *, seed: int = 0, embedder: Any = None) -> tuple[Trial, list[Trial], E.Scored | None, L.LexicalScorer | None]:
     """Fit ``family`` on the fit part for each point of its grid: the best on validation, all trials, its validation
     scores and the fitted scorer (None without a validation split)."""
     if not carved.has_validation:
         params = GRIDS[family][len(GRIDS[family]) // 2]
         return Trial(family, params, float("nan"), float("nan")), [], None, None
     trials: list[tuple[Trial, E.Scored, L.LexicalScorer]] = []
-    for params, scorer in zip(GRIDS[family], L.fit_grid(family, carved.fit_examples, carved.fit_pairs, list(GRIDS[family]), seed=seed), strict=True):
+    for params, scorer in zip(GRIDS[family], L.fit_grid(family, carved.fit_examples, carved.fit_pairs, list(GRIDS[family]), seed=seed,
+                                                          embedder=embedder), strict=True):
         s = val_scored(scorer, carved)
         trials.append((_trial(family, params, s, carved), s, scorer))
     best = max(trials, key=lambda t: t[0].objective)  # first of equals: the grid lists the stronger regularization first
@@ -215,7 +216,7 @@ def _value(v: float) -> str:
 
 def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[str], carved: Carved | None = None,
             encoder_val: Callable[[list[str], list[str]], np.ndarray] | None = None, seed: int = 0,
-            share: float = VALIDATION_SHARE, n_boot: int = 500, cv: int = CV_FOLDS) -> Selection:
+            share: float = VALIDATION_SHARE, n_boot: int = 500, cv: int = CV_FOLDS, embedder: Any = None) -> Selection:
     """Pick the winner among ``families`` on the train split (module doc): the cheap ones by ``cv``-fold
     cross-validation (their grids too; on ``carved``'s validation part when the train split has too few clusters for
     folds), the encoder (``encoder_val``: a scorer trained on ``carved.fit_*`` only) against the best cheap family on
@@ -229,9 +230,9 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     cv_scored: dict[str, E.Scored] = {}
     for fam in cheap:
         if folds:
-            best[fam], fam_trials, cv_scored[fam] = tune_cv(fam, folds, seed=seed)  # type: ignore[arg-type]
+            best[fam], fam_trials, cv_scored[fam] = tune_cv(fam, folds, seed=seed, embedder=embedder)  # type: ignore[arg-type]
         else:
-            best[fam], fam_trials, _, _ = tune(fam, carved, seed=seed)  # type: ignore[arg-type]
+            best[fam], fam_trials, _, _ = tune(fam, carved, seed=seed, embedder=embedder)  # type: ignore[arg-type]
         trials += fam_trials
     val: dict[str, E.Scored] = {}  # scores on the carved validation part
     if "encoder" in families and encoder_val is not None:
@@ -249,7 +250,7 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     fitted: dict[str, L.LexicalScorer] = {}
     if carved.has_validation:
         for fam in cheap:
-            fitted[fam] = L.fit(fam, carved.fit_examples, carved.fit_pairs, seed=seed, **best[fam].params)  # type: ignore[arg-type]
+            fitted[fam] = L.fit(fam, carved.fit_examples, carved.fit_pairs, seed=seed, embedder=embedder, **best[fam].params)  # type: ignore[arg-type]
             val[fam] = val_scored(fitted[fam], carved)
     encoder_note = ""
     if not carved.has_validation:
@@ -286,7 +287,7 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
                                         E._clusters(vp), reference=winner, n_boot=n_boot, seed=seed)
             margins["encoder"] = diffs["encoder"]["pairwise_accuracy" if len(vp) else "auc"]
     if winner != "encoder":
-        fitted[winner] = L.fit(winner, examples, pairs, seed=seed, **best[winner].params)  # type: ignore[arg-type]
+        fitted[winner] = L.fit(winner, examples, pairs, seed=seed, embedder=embedder, **best[winner].params)  # type: ignore[arg-type]
     n_clusters = len(set(_cluster(held.val_examples)) | set(_cluster(held.val_pairs))) if carved.has_validation else 0
     return Selection(winner, best, trials, fitted, margins, (n_clusters, len(held.val_examples), len(_non_tie(held.val_pairs))),
                      cv_folds=len(folds), encoder=encoder_note)

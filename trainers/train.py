@@ -487,12 +487,11 @@ def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_tra
 
         saved, tok, max_length = load_reward_model(encoder_dir)  # the saved model, scored as the pyfunc does
         encoder_val = lambda p, r: np.asarray(score(saved, tok, p, r, max_length=max_length), dtype=float)
-    if "hybrid_encoder" in cfg.candidates:  # its frozen text part: the run's base encoder, read as the encoder reads
-        from trainers.embeddings import default_embedder
+    from trainers.embeddings import embedder_for
 
-        lexical.use_embedder(default_embedder(cfg.base_model, cfg.max_length))
     t0 = time.perf_counter()
-    sel = selection.compete(ex_train, pr_train, families=cfg.candidates, carved=carved, encoder_val=encoder_val, seed=cfg.seed)
+    sel = selection.compete(ex_train, pr_train, families=cfg.candidates, carved=carved, encoder_val=encoder_val, seed=cfg.seed,
+                            embedder=embedder_for(cfg.candidates, cfg.base_model, cfg.max_length))
     dirs = {fam: lexical.save(scorer, out / "candidates" / fam) for fam, scorer in sel.fitted.items()}
     if encoder_dir is not None:
         dirs["encoder"] = encoder_dir
