@@ -30,7 +30,7 @@ from infra import jars, services
 from infra.errors import ServiceError
 from infra.settings import Settings
 from orchestration.demo_receiver import AlertReceiver
-from orchestration.materialize import RunOutcome, materialize
+from orchestration.materialize import RunOutcome, environment_restored, materialize
 
 Say = Callable[[str], None]
 ACTOR = "lakeloop-demo"
@@ -368,7 +368,13 @@ def _phase_bad_candidate(settings: Settings, cfg: DemoConfig, summary: DemoSumma
 
 
 def run_demo(settings: Settings, cfg: DemoConfig, *, say: Say = print) -> DemoSummary:
-    """The whole loop; see the module docstring. Leaves the services running."""
+    """The whole loop; see the module docstring. Leaves the services running; the process environment (which the
+    in-process Dagster runs read) is given back as it was."""
+    with environment_restored():
+        return _run_demo(settings, cfg, say=say)
+
+
+def _run_demo(settings: Settings, cfg: DemoConfig, *, say: Say) -> DemoSummary:
     summary = DemoSummary()
     t0 = time.monotonic()
     for name, _, fetched in jars.fetch_jars(settings):

@@ -223,6 +223,15 @@ def _platform(settings: Settings, say: Say) -> None:
 
 
 def run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say = print) -> DemoSummary:
+    """The autopilot story; see the module docstring. Leaves the services running; the process environment (which the
+    in-process Dagster runs read) is given back as it was."""
+    from orchestration.materialize import environment_restored
+
+    with environment_restored():
+        return _run_autopilot_demo(settings, cfg, say=say)
+
+
+def _run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Say) -> DemoSummary:
     summary = DemoSummary()
     t0 = time.monotonic()
     base = cfg.base

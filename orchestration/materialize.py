@@ -7,7 +7,8 @@ partitioned group runs once per requested partition, as a backfill does.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,18 @@ def use_instance(settings: Settings) -> None:
     """Point this process at the platform's DAGSTER_HOME and hand the settings to code that reads env."""
     os.environ["DAGSTER_HOME"] = str(write_dagster_home(settings))
     os.environ.update(settings.env())
+
+
+@contextmanager
+def environment_restored() -> Iterator[None]:
+    """The process environment as it was, once the block ends: for callers that run ``use_instance`` (the demos) inside
+    a longer-lived process (a test session), which must not keep one platform's ports, DAGSTER_HOME or train_config."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def materialize(

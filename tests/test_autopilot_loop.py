@@ -197,21 +197,15 @@ def _sensor_ticks(s: Settings, sensor: str) -> list[dict[str, Any]]:
 def test_a_gold_version_whose_blocking_check_failed_is_not_trained_on(loop: Platform) -> None:
     """A person curates a day by hand with a stricter row minimum: the gold versions that run judges fail their blocking
     `min_rows` check, so the retraining sensor no longer pins them and its skip reason in the UI says so."""
-    import os
-
     from features import lake
     from infra.tables import table_uri
-    from orchestration.materialize import materialize
+    from orchestration.materialize import environment_restored, materialize
 
     s = loop.settings
     day = next(r.dagster_run.tags["dagster/partition"] for r in _run_records(s) if r.dagster_run.job_name == "curation_job")
-    saved = dict(os.environ)
-    try:  # in this process, against the platform's instance, as `lakeloop curate` or the UI would
+    with environment_restored():  # in this process, against the platform's instance, as `lakeloop curate` or the UI would
         outcomes = materialize(s, "group:curation", partitions=[day],
                                run_config={"resources": {"curation": {"config": {"min_training_rows": 10**9}}}})
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     failed = {c for o in outcomes for c in o.failed_checks}
     assert {"gold_training_examples:min_rows", "gold_preference_pairs:min_rows"} <= failed, outcomes
     bad = (lake.version(table_uri(s, "gold/training_examples")), lake.version(table_uri(s, "gold/preference_pairs")))

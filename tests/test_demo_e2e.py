@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -32,12 +31,7 @@ def demo_run(platform, dagster_platform, kafka, mlflow_server, qa_feedback_path,
         n_boot=100,
         gate_must_beat_baselines=False,
     )
-    saved = dict(os.environ)
-    try:
-        summary = run_demo(settings, cfg, say=print)
-    finally:  # the demo exports its settings for in-process Dagster runs; give the session its own back
-        os.environ.clear()
-        os.environ.update(saved)
+    summary = run_demo(settings, cfg, say=print)  # gives the session's environment back (environment_restored)
     print(render_summary(settings, summary))
     return settings, summary
 
