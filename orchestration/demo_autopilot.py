@@ -39,6 +39,7 @@ from orchestration.demo import (
     _question_order,
 )
 from orchestration.demo_receiver import AlertReceiver
+from trainers.config import TrainConfig
 
 Say = Callable[[str], None]
 ACTOR = "operator:demo"
@@ -255,7 +256,7 @@ def _run_autopilot_demo(settings: Settings, cfg: AutopilotDemoConfig, *, say: Sa
         from orchestration.automation import set_autopilot
 
         states = set_autopilot(settings, True)  # an instance switched off earlier: the demo is about autopilot
-        candidates = base.train.get("candidates") or ["encoder", *CHEAP_CANDIDATES]
+        candidates = base.train.get("candidates") or list(TrainConfig.model_fields["candidates"].default)
         summary.add("0. autopilot", f"on: {sum(s.running for s in states)}/{len(states)} automations running, "
                     f"ingestors supervised by `lakeloop up`; each training's candidates: {', '.join(candidates)}"
                     + ("" if "encoder" in candidates else " (`lakeloop demo --encoder` adds the transformer)"), say)

@@ -96,18 +96,32 @@ def test_the_collector_accepts_a_request_keyed_by_its_event_id() -> None:
     assert not isinstance(scoped, Publishable)  # a key scoped to another app may not erase this app's users
 
 
-def test_every_autopilot_automation_is_defined_with_the_autopilot_default() -> None:
-    from orchestration.automation import AUTOPILOT_SCHEDULES, AUTOPILOT_SENSORS
-    from orchestration.definitions import build_definitions
+_DEFAULTS = """
+import json
+from orchestration.automation import AUTOPILOT_SCHEDULES, AUTOPILOT_SENSORS
+from orchestration.definitions import build_definitions
+repo = build_definitions().get_repository_def()
+print(json.dumps({**{n: repo.get_sensor_def(n).default_status.value for n in AUTOPILOT_SENSORS},
+                  **{n: repo.get_schedule_def(n).default_status.value for n in AUTOPILOT_SCHEDULES}}))
+"""
 
-    repo = build_definitions().get_repository_def()
-    # the settings' LAKELOOP_AUTOPILOT as read when the definitions were imported (earlier tests of the session may have
-    # changed the environment since): every automation carries the same default as the drift sensor
-    want = repo.get_sensor_def("drift_check_sensor").default_status.value
-    for name in AUTOPILOT_SENSORS:
-        assert repo.get_sensor_def(name).default_status.value == want, name
-    for name in AUTOPILOT_SCHEDULES:
-        assert repo.get_schedule_def(name).default_status.value == want, name
+
+@pytest.mark.parametrize(("autopilot", "status"), [("on", "RUNNING"), ("off", "STOPPED")])
+def test_every_autopilot_automation_is_defined_with_the_autopilot_default(autopilot: str, status: str, tmp_path: Path) -> None:
+    """The settings' LAKELOOP_AUTOPILOT, read when a code location loads the definitions, is every automation's default.
+    In a fresh process (this session's modules were imported under whatever environment earlier tests had)."""
+    import os
+    import subprocess
+    import sys
+
+    from orchestration.automation import AUTOPILOT_SCHEDULES, AUTOPILOT_SENSORS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env.update(LAKELOOP_AUTOPILOT=autopilot, LAKELOOP_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _DEFAULTS], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+                         check=True).stdout
+    defaults = json.loads(out.strip().splitlines()[-1])
+    assert defaults == {n: status for n in (*AUTOPILOT_SENSORS, *AUTOPILOT_SCHEDULES)}
     assert "erasure_requests_sensor" in AUTOPILOT_SENSORS and "erasure_purge_schedule" in AUTOPILOT_SCHEDULES
 
 

@@ -72,3 +72,25 @@ def test_no_cheap_family_or_too_few_prompts_means_no_cross_fit(qa_feedback_path:
     enough = S.CV_FOLDS * S.MIN_VALIDATION_CLUSTERS  # 5 folds of at least 5 prompts
     assert X.out_of_fold(*keep(enough - 1), CHEAP) is None
     assert X.out_of_fold(*keep(enough), CHEAP) is not None
+
+
+@pytest.mark.parametrize(("winner", "recipe", "embeds"), [
+    ("hybrid", ["tfidf_pairwise", "length_support", "hybrid"], False),
+    ("hybrid_encoder", ["tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"], True),
+])
+def test_a_first_models_cross_fit_runs_the_encoder_families_only_when_one_won(winner: str, recipe: list[str], embeds: bool,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe is the run's candidates without the families that run the base encoder, unless the winner is one:
+    hybrid_encoder's embedding pass over the whole train split is paid only when it won."""
+    from trainers import candidate as C
+    from trainers import tracking as T
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(T, "client", lambda settings: None)
+    monkeypatch.setattr(T, "train_config", lambda client, run_id: {"candidates": ["encoder", "tfidf_pairwise", "length_support", "hybrid",
+                                                                                   "hybrid_encoder"], "max_length": 64})
+    monkeypatch.setattr(X, "out_of_fold", lambda ex, pr, families, *, seed, embedder: seen.update(families=families, embedder=embedder))
+    C.cross_fit_evidence(None, "run", (pd.DataFrame(), pd.DataFrame()), family=winner)  # type: ignore[arg-type]
+    assert seen["families"] == recipe and (seen["embedder"] is not None) == embeds
+    if embeds:
+        assert seen["embedder"].max_length == 64  # type: ignore[attr-defined]

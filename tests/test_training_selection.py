@@ -202,7 +202,10 @@ def test_hybrid_encoder_wins_only_by_more_than_one_standard_error() -> None:
                     embedder=_Embedder(set(good)))
     assert sel.winner == "hybrid_encoder" and "hybrid_encoder beat" in sel.summary(), sel.summary()
     assert sel.best["hybrid_encoder"].pairwise_accuracy == 1.0 and sel.best["tfidf_pairwise"].pairwise_accuracy < 0.8
-    assert sel.fitted["hybrid_encoder"].params["embed_scale"] in (1.0, 3.0)
+    # staged: hybrid_encoder is tuned at the hybrid's chosen point, over the embedding's scale only
+    assert [t.params for t in sel.trials if t.family == "hybrid_encoder"] == [
+        {**sel.best["hybrid"].params, "embed_scale": e} for e in S.EMBED_SCALES]
+    assert sel.fitted["hybrid_encoder"].params["embed_scale"] in S.EMBED_SCALES
     # a first model's cross-fit evidence runs the same recipe with the run's embedder
     from trainers import crossfit as X
 
@@ -293,6 +296,38 @@ def test_the_encoder_trains_on_the_fit_part_and_competes(qa_feedback_path: Path,
     carved = S.carve(*(t.to_pandas().query("split == 'train'") for t in gold_frames(qa_feedback_path, questions=60, passages=True)), seed=13)
     assert any(f"training {len(carved.fit_examples)} examples + {len(carved.fit_pairs)} pairs" in m for m in lines)
     assert (Path(result.output_dir) / "candidates" / "length_support" / L.MARKER).exists()
+
+
+def test_hybrid_encoder_reads_the_encoders_frozen_cache(qa_feedback_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside the encoder, hybrid_encoder's embeddings come from the encoder's frozen bottom blocks (computed once per
+    text) finished by the base encoder's top block: the selection runs no embedding pass of its own, and the embeddings
+    are the ones a direct pass (the pyfunc's, at serving) computes."""
+    from infra.settings import load_settings
+    from trainers import embeddings
+    from trainers.config import TrainConfig
+    from trainers.train import train
+
+    embeddings.clear_cache()
+    direct: list[int] = []
+    real = embeddings.Embedder._embed
+    monkeypatch.setattr(embeddings.Embedder, "_embed", lambda self, p, r, progress: direct.append(len(p)) or real(self, p, r, progress))
+    lake = str(tmp_path / "lake")
+    write_gold(lake, qa_feedback_path, questions=60, passages=True)
+    cfg = TrainConfig(lake_root=lake, output_dir=str(tmp_path / "run"), track=False, examples_version=0, pairs_version=0, max_steps=2,
+                      max_length=32, batch_size=4, candidates=("encoder", "hybrid", "hybrid_encoder"))
+    lines: list[str] = []
+    result = train(cfg, load_settings(home=tmp_path / "home"), say=lines.append)
+    assert "hybrid_encoder" in result.selection and any("hybrid_encoder: embedded" in m and "from the frozen cache" in m for m in lines), lines
+    assert direct == [], "the selection ran an embedding pass of its own"
+    ex, pr = (t.to_pandas().query("split == 'train'") for t in gold_frames(qa_feedback_path, questions=60, passages=True))
+    prompts = [*ex["prompt"][:10], *pr["prompt"][:10]]
+    responses = [*ex["response"][:10], *pr["rejected"][:10]]
+    embedder = embeddings.default_embedder(max_length=32)
+    from_cache = embedder(prompts, responses)
+    embeddings.clear_cache()
+    fresh = embedder(prompts, responses)
+    assert direct == [len(set(zip(prompts, responses, strict=True)))] and np.allclose(from_cache, fresh, atol=1e-5), np.abs(from_cache - fresh).max()
+    embeddings.clear_cache()
 
 
 # ---- cluster-paired intervals -------------------------------------------------------------------------

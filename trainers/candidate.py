@@ -16,6 +16,7 @@ from trainers import crossfit as X
 from trainers import data as D
 from trainers import evaluate as E
 from trainers import registry as R
+from trainers import selection as S
 from trainers import tracking as T
 from trainers.gate import GateConfig, GateDecision, baseline_tags, decide_gate, gate_tag
 
@@ -125,7 +126,9 @@ def cross_fit_evidence(settings: Settings, run_id: str, train: tuple[Any, Any], 
     from trainers.config import TrainConfig
     from trainers.embeddings import embedder_for
 
-    families = cfg.get("candidates") or [family]
+    # the recipe's families that do not run the base encoder, and the winner: like the fine-tuned encoder, hybrid_encoder
+    # is cross-fit only when it won (its embedding pass over the whole train split would be paid for a family that lost)
+    families = [f for f in cfg.get("candidates") or [family] if f == family or f not in S.ENCODER_FAMILIES]
     defaults = TrainConfig.model_fields
     embedder = embedder_for(families, cfg.get("base_model") or defaults["base_model"].default,
                             int(cfg.get("max_length") or defaults["max_length"].default))  # as the training read the texts

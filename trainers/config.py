@@ -35,11 +35,14 @@ class TrainConfig(BaseModel):
     group_by_prompt: bool = Field(True, description="Batch a prompt's items together (its thumbs, correction, comparisons) so "
                                   "each answer is encoded once per step; shuffling and length grouping act on prompts.")
     # which candidates compete (trainers/selection.py): the validation split picks hyperparameters and the winner
-    candidates: tuple[CandidateFamily, ...] = Field(("encoder", "tfidf_pairwise", "length_support", "hybrid"), min_length=1,
+    candidates: tuple[CandidateFamily, ...] = Field(("encoder", "tfidf_pairwise", "length_support", "hybrid", "hybrid_encoder"),
+                                                    min_length=1,
                                                     description="Families trained on the same pinned data; the one best on the "
                                                     "validation split (pairwise accuracy) is the run's model. Without 'encoder' "
-                                                    "no transformer is trained (seconds instead of minutes). 'hybrid_encoder' (opt-in) "
-                                                    "runs the frozen base encoder once per distinct text (~6 texts/s on 2 busy cores).")
+                                                    "no transformer is trained (seconds instead of minutes). 'hybrid_encoder' reads "
+                                                    "the base encoder's embedding of each distinct text: beside 'encoder' (and "
+                                                    "cache_frozen) from the encoder's frozen cache, alone by its own pass "
+                                                    "(~6-30 texts/s on 2 CPU cores).")
     validation_share: float = Field(0.2, ge=0, lt=1, description="Share of the train split's prompt clusters held out to select "
                                     "hyperparameters and the winner (never the eval split). With several candidates the encoder "
                                     "trains on the rest; 0 = no selection (the first family in candidates is the model).")

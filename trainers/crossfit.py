@@ -42,8 +42,11 @@ def recipe(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[str],
     rows (``selection.carve``), the best on its objective (ties to the cheaper family; hybrid_encoder only beyond one
     standard error, ``selection.best_cheap``), refit on all these rows."""
     carved = S.carve(examples, pairs, seed=seed)
-    tuned = {f: S.tune(f, carved, seed=seed, embedder=embedder) for f in families}  # type: ignore[arg-type]
-    best = {f: t[0] for f, t in tuned.items()}
+    tuned: dict[str, Any] = {}
+    best: dict[str, S.Trial] = {}
+    for f in S.tuning_order(families):  # hybrid_encoder's grid starts from the hybrid's chosen point (selection.grid)
+        tuned[f] = S.tune(f, carved, seed=seed, embedder=embedder, points=S.grid(f, best))  # type: ignore[arg-type]
+        best[f] = tuned[f][0]
     winner, _ = S.best_cheap(best, {f: t[2] for f, t in tuned.items() if t[2] is not None}, carved, seed=seed)
     return winner, L.fit(winner, examples, pairs, seed=seed, embedder=embedder, **best[winner].params)  # type: ignore[arg-type]
 

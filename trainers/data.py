@@ -107,6 +107,7 @@ class Encoded:
     token_type_ids: list[list[int]] = field(default_factory=list)
     chars: list[int] = field(default_factory=list)
     support: list[float] = field(default_factory=list)  # per sequence: trainers.model.support(prompt, response)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # per sequence: its (prompt, response)
     items: list[tuple[str, tuple[int, ...], float]] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)  # per item: index of its prompt
 
@@ -141,7 +142,7 @@ def encode(tokenizer: Any, examples: pd.DataFrame, pairs: pd.DataFrame, *, max_l
             continue
         add("pair", row.prompt, (row.chosen, row.rejected), 0.5 if bool(row.is_tie) else (0.0 if flip else 1.0))
     if seq_of:
-        texts = list(seq_of)
+        texts = enc.texts = list(seq_of)
         enc.input_ids, enc.token_type_ids = encode_pairs(tokenizer, [p for p, _ in texts], [r for _, r in texts], max_length=max_length)
         enc.chars = [len(r) for _, r in texts]
         enc.support = [support(p, r) for p, r in texts]

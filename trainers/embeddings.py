@@ -84,13 +84,57 @@ class Embedder:
                     mask[r, : len(ids[i])] = 1
                     type_ids[r, : len(ids[i])] = torch.tensor(types[i])
                 hidden = encoder(input_ids=batch, attention_mask=mask, token_type_ids=type_ids).last_hidden_state
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
+                pooled = _pool(hidden, mask)
                 for r, i in enumerate(rows):
                     out[i] = pooled[r].float().numpy().copy()
                 if progress:
                     progress(min(start + self.batch_size, len(order)), len(order))
         return [v for v in out if v is not None]
+
+    def remember_states(self, prompts: Sequence[str], responses: Sequence[str], states: Sequence[Any], *, start: int,
+                        batch_size: int = 64) -> int:
+        """Embed these texts from their hidden states after the encoder's bottom ``start`` blocks (the trainer's frozen
+        cache, ``trainers.frozen.bottom_states``, token ids from the same ``encode_pairs``): only the top blocks run,
+        with this embedder's own untuned weights, pooled as ``__call__`` pools; the result goes into the cache.
+        Returns how many texts were new. The fine-tuned encoder and hybrid_encoder then pay for the bottom blocks once."""
+        import torch
+
+        from trainers import frozen
+
+        encoder, _ = _load(self.folder)
+        key = _identity(self.folder)
+        keys = [(key, self.max_length, p, r) for p, r in zip(prompts, responses, strict=True)]
+        first: dict[tuple[str, int, str, str], int] = {}  # each distinct text not cached yet -> its first row
+        with _LOCK:
+            for i, k in enumerate(keys):
+                if k not in _CACHE:
+                    first.setdefault(k, i)
+        todo = sorted(first.values(), key=lambda i: states[i].shape[0])
+        fresh: dict[tuple[str, int, str, str], np.ndarray] = {}
+        with torch.inference_mode():
+            for at in range(0, len(todo), batch_size):
+                rows = todo[at : at + batch_size]
+                width = max(states[i].shape[0] for i in rows)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    mask[r, : states[i].shape[0]] = 1
+                hidden = frozen.run_layers(encoder, frozen.pad_states(states, rows, width).to(next(encoder.parameters()).dtype),
+                                           mask, start=start)
+                for r, vec in zip(rows, _pool(hidden, mask), strict=True):
+                    fresh[keys[r]] = vec.float().numpy().copy()
+        with _LOCK:
+            if len(_CACHE) + len(fresh) > MAX_CACHED:
+                _CACHE.clear()
+            _CACHE.update(fresh)
+        return len(fresh)
+
+
+def _pool(hidden: Any, mask: Any) -> Any:
+    """Mean over the real tokens, L2-normalized (the sentence-transformers pooling the model was trained with)."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
 
 
 @functools.lru_cache(maxsize=64)

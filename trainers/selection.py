@@ -40,6 +40,24 @@ GRIDS: dict[str, tuple[dict[str, float], ...]] = {
     "hybrid": tuple({"C": c, "dense_scale": d} for c in (0.3, 1.0, 3.0) for d in (1.0, 3.0)),
     "hybrid_encoder": tuple({"C": c, "dense_scale": d, "embed_scale": e} for c in (0.3, 1.0, 3.0) for d in (1.0, 3.0) for e in (1.0, 3.0)),
 }
+# hybrid_encoder after the hybrid: the hybrid's chosen point with the embedding at each of these scales (3 fits per fold
+# instead of the 12 of its own grid; a fit with the 384 dense columns costs ~5x the hybrid's)
+EMBED_SCALES = (1.0, 3.0, 10.0)
+
+
+def grid(family: str, best: dict[str, "Trial"] | None = None) -> tuple[dict[str, float], ...]:
+    """The points ``family`` is tuned over: its ``GRIDS`` entry, or for hybrid_encoder, once the hybrid is tuned
+    (``best``), the hybrid's chosen point at each of ``EMBED_SCALES`` (staged: the lexical part's regularization is the
+    hybrid's; only the embedding's weight is new)."""
+    if family == "hybrid_encoder" and best and "hybrid" in best:
+        return tuple({**best["hybrid"].params, "embed_scale": e} for e in EMBED_SCALES)
+    return GRIDS[family]
+
+
+def tuning_order(families: Sequence[str]) -> list[str]:
+    """``families`` in ``FAMILY_ORDER`` (hybrid before hybrid_encoder, whose grid starts from the hybrid's point)."""
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return sorted(families, key=lambda f: order.get(f, len(order)))
 
 
 @dataclass(frozen=True)
@@ -94,15 +112,18 @@ def _pooled(parts: Sequence[E.Scored]) -> E.Scored:
     return E.Scored(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("probs", "chosen", "rejected")))
 
 
-def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedder: Any = None) -> tuple[Trial, list[Trial], E.Scored]:
-    """Each point of ``family``'s grid fit on every fold's fit part and scored on its held-out part; the point best on
-    the pooled out-of-fold scores, all trials, and that point's pooled scores (rows in ``_held_out(folds)`` order)."""
+def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedder: Any = None,
+            points: Sequence[dict[str, float]] | None = None) -> tuple[Trial, list[Trial], E.Scored]:
+    """Each point of ``family``'s grid (``points``, default ``GRIDS``) fit on every fold's fit part and scored on its
+    held-out part; the point best on the pooled out-of-fold scores, all trials, and that point's pooled scores (rows in
+    ``_held_out(folds)`` order)."""
+    points = list(points or GRIDS[family])
     held = _held_out(folds)
-    per_point: list[list[E.Scored]] = [[] for _ in GRIDS[family]]
+    per_point: list[list[E.Scored]] = [[] for _ in points]
     for fold in folds:
-        for i, scorer in enumerate(L.fit_grid(family, fold.fit_examples, fold.fit_pairs, list(GRIDS[family]), seed=seed, embedder=embedder)):
+        for i, scorer in enumerate(L.fit_grid(family, fold.fit_examples, fold.fit_pairs, points, seed=seed, embedder=embedder)):
             per_point[i].append(val_scored(scorer, fold))
-    trials = [(_trial(family, params, _pooled(parts), held), _pooled(parts)) for params, parts in zip(GRIDS[family], per_point, strict=True)]
+    trials = [(_trial(family, params, _pooled(parts), held), _pooled(parts)) for params, parts in zip(points, per_point, strict=True)]
     best = max(trials, key=lambda t: t[0].objective)  # first of equals: the grid lists the stronger regularization first
     return best[0], [t for t, _ in trials], best[1]
 
@@ -136,15 +157,17 @@ def _trial(family: str, params: dict[str, float], s: E.Scored, carved: Carved) -
     return Trial(family, params, E.pairwise_accuracy(s.chosen, s.rejected), E.auc(y, s.probs))
 
 
-def tune(family: L.Family, carved: Carved, *, seed: int = 0, embedder: Any = None) -> tuple[Trial, list[Trial], E.Scored | None, L.LexicalScorer | None]:
-    """Fit ``family`` on the fit part for each point of its grid: the best on validation, all trials, its validation
-    scores and the fitted scorer (None without a validation split)."""
+def tune(family: L.Family, carved: Carved, *, seed: int = 0, embedder: Any = None,
+         points: Sequence[dict[str, float]] | None = None) -> tuple[Trial, list[Trial], E.Scored | None, L.LexicalScorer | None]:
+    """Fit ``family`` on the fit part for each point of its grid (``points``, default ``GRIDS``): the best on
+    validation, all trials, its validation scores and the fitted scorer (None without a validation split)."""
+    points = list(points or GRIDS[family])
     if not carved.has_validation:
-        params = GRIDS[family][len(GRIDS[family]) // 2]
+        params = points[len(points) // 2]
         return Trial(family, params, float("nan"), float("nan")), [], None, None
     trials: list[tuple[Trial, E.Scored, L.LexicalScorer]] = []
-    for params, scorer in zip(GRIDS[family], L.fit_grid(family, carved.fit_examples, carved.fit_pairs, list(GRIDS[family]), seed=seed,
-                                                          embedder=embedder), strict=True):
+    for params, scorer in zip(points, L.fit_grid(family, carved.fit_examples, carved.fit_pairs, points, seed=seed,
+                                                 embedder=embedder), strict=True):
         s = val_scored(scorer, carved)
         trials.append((_trial(family, params, s, carved), s, scorer))
     best = max(trials, key=lambda t: t[0].objective)  # first of equals: the grid lists the stronger regularization first
@@ -224,15 +247,15 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     parameters; the other cheap families are kept as fit on ``carved``'s fit part."""
     carved = carved or carve(examples, pairs, share=share, seed=seed)
     folds = cv_folds(examples, pairs, k=cv, seed=seed) if carved.has_validation else []
-    cheap = [f for f in families if f != "encoder"]
+    cheap = tuning_order([f for f in families if f != "encoder"])
     best: dict[str, Trial] = {}
     trials: list[Trial] = []
     cv_scored: dict[str, E.Scored] = {}
     for fam in cheap:
         if folds:
-            best[fam], fam_trials, cv_scored[fam] = tune_cv(fam, folds, seed=seed, embedder=embedder)  # type: ignore[arg-type]
+            best[fam], fam_trials, cv_scored[fam] = tune_cv(fam, folds, seed=seed, embedder=embedder, points=grid(fam, best))  # type: ignore[arg-type]
         else:
-            best[fam], fam_trials, _, _ = tune(fam, carved, seed=seed, embedder=embedder)  # type: ignore[arg-type]
+            best[fam], fam_trials, _, _ = tune(fam, carved, seed=seed, embedder=embedder, points=grid(fam, best))  # type: ignore[arg-type]
         trials += fam_trials
     val: dict[str, E.Scored] = {}  # scores on the carved validation part
     if "encoder" in families and encoder_val is not None:

@@ -194,6 +194,33 @@ def _cache_progress(say: Say) -> Callable[[int, int], None]:
     return report
 
 
+def _share_frozen_cache(cfg: TrainConfig, model: RewardModel, tokenizer: Any, enc: D.Encoded, cache: list[torch.Tensor],
+                        ex_train: Any, pr_train: Any, device: torch.device, *, say: Say) -> None:
+    """hybrid_encoder's embeddings from the encoder's frozen cache: the bottom blocks are the base encoder's (frozen),
+    so only the train split's texts outside the fit part (the validation part's) run them here, and every text then
+    runs the base encoder's top blocks once (``Embedder.remember_states``). The selection finds them cached."""
+    from trainers.embeddings import embedder_for
+    from trainers.model import encode_pairs
+
+    t0 = time.perf_counter()
+    embedder = embedder_for(cfg.candidates, cfg.base_model, cfg.max_length)
+    have = {t: i for i, t in enumerate(enc.texts)}
+    texts = list(dict.fromkeys([*zip(ex_train["prompt"], ex_train["response"], strict=True),
+                                *zip(pr_train["prompt"], pr_train["chosen"], strict=True),
+                                *zip(pr_train["prompt"], pr_train["rejected"], strict=True)]))
+    extra = [t for t in texts if t not in have]
+    extra_states: list[torch.Tensor] = []
+    if extra:
+        ids, types = encode_pairs(tokenizer, [p for p, _ in extra], [r for _, r in extra], max_length=cfg.max_length)
+        extra_states = frozen.bottom_states(model.encoder, ids, types, layers=model.cached_layers, device=device,
+                                            pad_id=tokenizer.pad_token_id or 0)
+    states = [*cache, *extra_states]
+    new = embedder.remember_states([p for p, _ in [*enc.texts, *extra]], [r for _, r in [*enc.texts, *extra]], states,
+                                   start=model.cached_layers)
+    say(f"hybrid_encoder: embedded {new} distinct texts from the frozen cache in {time.perf_counter() - t0:.0f}s "
+        f"({len(extra)} outside the encoder's fit part ran the frozen blocks too)")
+
+
 def _rng_state() -> dict[str, Any]:
     """The RNG states as tensors and plain values (a checkpoint loads with ``weights_only=True``: no numpy objects)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -316,6 +343,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             f"training the top {len(model.encoder.encoder.layer) - model.cached_layers} block(s) + head on them")
         if tracker:
             tracker.log_metrics({"frozen_cache_s": cache_s, "distinct_texts": float(len(cache))}, step=step)
+        if "hybrid_encoder" in cfg.candidates and rank == 0:
+            _share_frozen_cache(cfg, model, tokenizer, enc, cache, ex_train, pr_train, device, say=say)
 
     if cfg.probe_steps and not resumed:
         t_probe = time.perf_counter()
