@@ -82,11 +82,14 @@ def two_sentences(text: str) -> str:
     return leading_sentences(text, 2)
 
 
+TWO_SENTENCE_APP = "qa-web-v3"  # the app id of the release that cuts answers to two sentences
+
+
 def two_sentence_feedback(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The two-sentence release's users: the real feedback on each answer, on its cut."""
     out = []
     for e in events:
-        e = {**e, "response": two_sentences(e["response"]), "app_id": "qa-web-v3",
+        e = {**e, "response": two_sentences(e["response"]), "app_id": TWO_SENTENCE_APP,
              "metadata": {**(e.get("metadata") or {}), "release": "v3-two-sentences"}}
         if e["event_type"] == "preference":
             e["response_b"] = two_sentences(e["response_b"])

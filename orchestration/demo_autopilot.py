@@ -130,6 +130,17 @@ class Narrator:
             return None
         return recs[0].storage_id, {k: getattr(v, "value", v) for k, v in recs[0].asset_materialization.metadata.items()}
 
+    def of_run(self, asset: str, run_id: str) -> dict[str, Any] | None:
+        """Metadata of the latest materialization of ``asset`` by the run ``run_id`` (None: it made none)."""
+        import dagster as dg
+
+        with self.instance() as inst:
+            recs = inst.fetch_materializations(dg.AssetKey(asset), limit=100).records
+        mine = [r for r in recs if r.run_id == run_id and r.asset_materialization is not None]
+        if not mine:
+            return None
+        return {k: getattr(v, "value", v) for k, v in max(mine, key=lambda r: r.storage_id).asset_materialization.metadata.items()}
+
     def since(self, asset: str, after: int) -> list[dict[str, Any]]:
         """Metadata of every materialization of ``asset`` after storage id ``after``, oldest first."""
         import dagster as dg
@@ -449,27 +460,61 @@ def bad_release_events(cfg: AutopilotDemoConfig, *, now: datetime | None = None)
 class BadRelease:
     sent_at: float
     runs_before: set[str]  # training runs that existed (any status) when the bad data was sent
-    versions_before: set[str]  # every version an alias pointed at when the bad data was sent
+    holds: dict[str, bool] = field(default_factory=dict)  # training run id -> its pinned gold holds the release's rows
 
 
-def _training_runs(narrator: Narrator) -> dict[str, str]:
-    """run id -> status of every training run in the instance."""
+def _training_runs(narrator: Narrator) -> dict[str, Any]:
+    """run id -> run (status, tags) of every training run in the instance."""
     import dagster as dg
 
     with narrator.instance() as inst:
-        return {r.run_id: r.status.value for r in inst.get_runs(dg.RunsFilter(job_name="training_job"))}
+        return {r.run_id: r for r in inst.get_runs(dg.RunsFilter(job_name="training_job"))}
+
+
+def gold_holds_app(settings: Settings, gold_versions: str, app_id: str) -> bool:
+    """Whether the gold tables at ``gold_versions`` (a training run's ``lakeloop/gold_versions`` tag: "examples,pairs")
+    hold rows of ``app_id``."""
+    from deltalake import DeltaTable
+
+    from infra.storage import storage_options
+    from infra.tables import table_uri
+
+    for name, version in zip(("gold/training_examples", "gold/preference_pairs"), gold_versions.split(","), strict=True):
+        uri = table_uri(settings, name)
+        rows = DeltaTable(uri, version=int(version), storage_options=storage_options(settings, uri=uri)).to_pyarrow_table(
+            columns=["app_id"], filters=[("app_id", "=", app_id)])
+        if rows.num_rows:
+            return True
+    return False
+
+
+def _bad_trainings(settings: Settings, narrator: Narrator, bad: BadRelease) -> dict[str, Any]:
+    """The training runs that read the bad release's data: requested after it was sent AND pinned to gold versions that
+    hold its rows. A retraining requested meanwhile for another reason (a drift alert waiting for the canary in flight,
+    new rows of other apps) pins gold without them and is not the bad candidate (the soak of 2026-12-07 evening took
+    such a drift retraining, rightly promoted, for it)."""
+    from feedback.simulate import TWO_SENTENCE_APP
+
+    out = {}
+    for run_id, run in _training_runs(narrator).items():
+        if run_id in bad.runs_before or "lakeloop/gold_versions" not in run.tags:
+            continue
+        if run_id not in bad.holds:
+            bad.holds[run_id] = gold_holds_app(settings, run.tags["lakeloop/gold_versions"], TWO_SENTENCE_APP)
+        if bad.holds[run_id]:
+            out[run_id] = run
+    return out
 
 
 def _send_bad_release(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator, say: Say) -> BadRelease:
     """Meanwhile (the canary is in flight) a buggy app release logs a stretch of inverted feedback."""
     runs_before = set(_training_runs(narrator))
-    versions_before = {str(v) for v in _aliases(settings).values()}
     t = time.monotonic()
     sent, _ = _produce(settings, bad_release_events(cfg), replace(cfg.base, malformed_share=0.0))
     summary.add("7. bad release", f"meanwhile another app release (answers cut to two sentences) logged {sent} feedback events of "
                 f"{cfg.bad_stretch_questions} questions with thumbs and preferences swapped by a widget bug; the daemon curates and "
                 "retrains on it", say)
-    return BadRelease(t, runs_before, versions_before)
+    return BadRelease(t, runs_before)
 
 
 def _widget_fixed(app: App, summary: DemoSummary, say: Say) -> None:
@@ -482,21 +527,22 @@ def _widget_fixed(app: App, summary: DemoSummary, say: Say) -> None:
 
 def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: DemoSummary, narrator: Narrator,
                        receiver: AlertReceiver, app: App, serve: ServeProcess, bad: BadRelease, say: Say) -> None:
-    after = lambda: [status for run_id, status in _training_runs(narrator).items() if run_id not in bad.runs_before]
-    # the training that reads the bad data starts after the bad data was sent, and may queue behind one that was already
-    # running: wait for it to be requested, then give it retrain_timeout_s of its own
-    if not narrator.wait("a training on the bad stretch", after, cfg.retrain_timeout_s, between=app.burst):
-        summary.add("9. bad candidate", f"no retraining requested within {cfg.retrain_timeout_s:.0f}s of the bad data", say)
+    # the training that reads the bad data is requested once curation has put it in gold, and may queue behind one that
+    # was already running: wait for it to be requested, then give it retrain_timeout_s of its own
+    if not narrator.wait("a training on the bad stretch", lambda: _bad_trainings(settings, narrator, bad), cfg.retrain_timeout_s,
+                         between=app.burst):
+        summary.add("9. bad candidate", f"no retraining on the bad release's data requested within {cfg.retrain_timeout_s:.0f}s", say)
         return
-    finished = lambda: any(status in ("SUCCESS", "FAILURE") for status in after())
-    trained = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
-    if not trained:
+    finished = lambda: next((run_id for run_id, run in _bad_trainings(settings, narrator, bad).items()
+                             if run.status.value in ("SUCCESS", "FAILURE")), None)
+    run_id = narrator.wait("a model trained on the bad stretch", finished, cfg.retrain_timeout_s, between=app.burst)
+    if not run_id:
         summary.add("9. bad candidate", f"no retraining finished within {cfg.retrain_timeout_s:.0f}s of its request", say)
         return
     narrator.poll()
     summary.facts["time_to_judge_bad_data_s"] = round(time.monotonic() - bad.sent_at, 1)  # bad data sent -> its model gated
-    ev = (narrator.latest("model_evaluation") or (0, {}))[1]
-    new = lambda: next((str(v) for a, v in _aliases(settings).items() if a in ("challenger", "canary") and str(v) not in bad.versions_before), None)
+    ev = narrator.of_run("model_evaluation", run_id) or {}
+    registered = lambda: str((narrator.of_run("registered_model", run_id) or {}).get("model_version") or "") or None
     if not ev.get("gate_passed"):
         # the people on call hear of it: the gate's alert (gate_failure_alert, one autopilot tick)
         alerted = narrator.wait("the gate's alert", lambda: _alerts(receiver, "gate_failed"), 4 * cfg.tick_seconds + 10, between=app.burst)
@@ -506,7 +552,7 @@ def _phase_bad_stretch(settings: Settings, cfg: AutopilotDemoConfig, summary: De
         summary.decisions.append(("Stopped", "the gate refused the model trained on the bad release's data"))
         summary.facts["bad_candidate"] = {"stopped_by": "gate"}
         return
-    version = narrator.wait("the bad candidate registered", new, 120, between=app.burst)
+    version = narrator.wait("the bad candidate registered", registered, 120, between=app.burst)
     if not version:
         summary.add("9. bad candidate", f"passed the gate but no new challenger or canary appeared: aliases {_aliases(settings)}", say)
         return

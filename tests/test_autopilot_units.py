@@ -172,3 +172,31 @@ def test_a_day_with_reference_feedback_is_curated_again_when_predictions_land(tm
                         partition_by=["event_date"])
         again = curate_on_arrival(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=resources))
         assert [r.partition_key for r in again.run_requests] == ["2026-01-01"]  # day 2 has no reference to join
+
+
+def test_the_bad_candidate_is_a_training_pinned_to_gold_that_holds_the_bad_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's bad candidate is the first training whose pinned gold holds the bad release's rows, not merely the
+    first one requested after the release was sent (a drift retraining queued behind a canary pins gold without them)."""
+    from types import SimpleNamespace
+
+    from deltalake import write_deltalake
+
+    from feedback.simulate import TWO_SENTENCE_APP
+    from infra.settings import load_settings
+    from infra.tables import table_uri
+    from orchestration import demo_autopilot as D
+
+    s = load_settings(home=tmp_path, lake_root=str(tmp_path / "lake"))
+    ex, pr = table_uri(s, "gold/training_examples"), table_uri(s, "gold/preference_pairs")
+    write_deltalake(ex, pa.table({"app_id": ["qa-web", "qa-mobile-v2"]}))  # v0
+    write_deltalake(pr, pa.table({"app_id": ["qa-web"]}))  # v0
+    write_deltalake(pr, pa.table({"app_id": [TWO_SENTENCE_APP]}), mode="append")  # v1: the bad release's pairs
+    assert not D.gold_holds_app(s, "0,0", TWO_SENTENCE_APP) and D.gold_holds_app(s, "0,1", TWO_SENTENCE_APP)
+
+    runs = {"before": SimpleNamespace(tags={"lakeloop/gold_versions": "0,1"}),  # requested before the release was sent
+            "drift": SimpleNamespace(tags={"lakeloop/gold_versions": "0,0"}),
+            "bad": SimpleNamespace(tags={"lakeloop/gold_versions": "0,1"}),
+            "queued": SimpleNamespace(tags={})}
+    bad = D.BadRelease(0.0, {"before"})
+    monkeypatch.setattr(D, "_training_runs", lambda narrator: runs)
+    assert list(D._bad_trainings(s, None, bad)) == ["bad"]  # type: ignore[arg-type]
