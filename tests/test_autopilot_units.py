@@ -200,3 +200,29 @@ def test_the_bad_candidate_is_a_training_pinned_to_gold_that_holds_the_bad_relea
     bad = D.BadRelease(0.0, {"before"})
     monkeypatch.setattr(D, "_training_runs", lambda narrator: runs)
     assert list(D._bad_trainings(s, None, bad)) == ["bad"]  # type: ignore[arg-type]
+
+
+def test_the_demo_waits_for_a_drift_report_while_a_check_is_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stall guard starts over while a drift check is queued or running: a slow check is waited for; with none in
+    flight the wait ends after one stall period."""
+    from types import SimpleNamespace
+
+    from orchestration import demo_autopilot as D
+
+    calls: list[float] = []
+
+    class Narrator:
+        def wait(self, what, done, timeout, *, between=None):  # noqa: ANN001, ANN201 - one stall period passes per call
+            calls.append(timeout)
+            return done()
+
+    reports = iter([None, None, {"judged": True}])  # the report lands during the third stall period
+    busy = iter([True, True])
+    monkeypatch.setattr(D, "_drift_check_busy", lambda narrator: next(busy))
+    cfg = SimpleNamespace(drift_window_minutes=0.5)
+    app = SimpleNamespace(burst=lambda: None)
+    assert D._wait_report(cfg, Narrator(), app, "report", lambda: next(reports)) == {"judged": True}  # type: ignore[arg-type]
+    assert len(calls) == 3 and calls[0] == D._report_stall_s(cfg)  # type: ignore[arg-type]
+    calls.clear()
+    monkeypatch.setattr(D, "_drift_check_busy", lambda narrator: False)
+    assert D._wait_report(cfg, Narrator(), app, "report", lambda: None) is None and len(calls) == 1  # type: ignore[arg-type]
