@@ -212,8 +212,9 @@ def _share_frozen_cache(cfg: TrainConfig, model: RewardModel, tokenizer: Any, en
     extra_states: list[torch.Tensor] = []
     if extra:
         ids, types = encode_pairs(tokenizer, [p for p, _ in extra], [r for _, r in extra], max_length=cfg.max_length)
+        say(f"hybrid_encoder: the frozen blocks for the {len(extra)} train texts outside the encoder's fit part")
         extra_states = frozen.bottom_states(model.encoder, ids, types, layers=model.cached_layers, device=device,
-                                            pad_id=tokenizer.pad_token_id or 0)
+                                            pad_id=tokenizer.pad_token_id or 0, progress=_cache_progress(say))
     states = [*cache, *extra_states]
     new = embedder.remember_states([p for p, _ in [*enc.texts, *extra]], [r for _, r in [*enc.texts, *extra]], states,
                                    start=model.cached_layers)
