@@ -204,7 +204,7 @@ def _share_frozen_cache(cfg: TrainConfig, model: RewardModel, tokenizer: Any, en
 
     t0 = time.perf_counter()
     embedder = embedder_for(cfg.candidates, cfg.base_model, cfg.max_length)
-    have = {t: i for i, t in enumerate(enc.texts)}
+    have = set(enc.texts)
     texts = list(dict.fromkeys([*zip(ex_train["prompt"], ex_train["response"], strict=True),
                                 *zip(pr_train["prompt"], pr_train["chosen"], strict=True),
                                 *zip(pr_train["prompt"], pr_train["rejected"], strict=True)]))
