@@ -4,8 +4,8 @@ The stream: qa_feedback's comparisons and corrections alone (no thumbs), each qu
 long prompts, the RAG prompt (question + ~3 KB of passages) and a three-turn dialogue that ends with it, so that
 ~4,000 distinct (prompt, answer) texts reach the encoder, as in the held-out chat stream of issue 20 (2,303
 preference events, ~4k distinct long texts). Ours: ``trainers.train.train`` with the default TrainConfig (every
-candidate: the encoder fine-tune with its frozen-layer cache, TF-IDF, length/support and hybrid by 5-fold
-cross-validation, the selection), wall time on this machine, no MLflow. The peer, in the same run on the same
+candidate: the encoder fine-tune with its frozen-layer cache, TF-IDF, length/support, hybrid and hybrid_encoder by
+5-fold cross-validation, the selection), wall time on this machine, no MLflow. The peer, in the same run on the same
 pairs: the common quick reward model, a linear probe on frozen sentence-transformers embeddings (all-MiniLM-L6-v2
 ``encode`` of every distinct text at the same 128 tokens, then a Bradley-Terry logistic regression on the two
 answers' embedding difference). Target (issue 20): <= 300 s. Writes bench/results/training_speed.json.

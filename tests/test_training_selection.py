@@ -52,6 +52,37 @@ def test_lexical_candidates_learn_pairs_and_survive_save_and_load(family: str, t
     np.testing.assert_allclose(loaded(ex["prompt"].tolist(), ex["response"].tolist()), probs)
 
 
+def test_memoized_fits_share_a_vocabulary_and_give_the_same_models_and_scores(qa_feedback_path: Path) -> None:
+    """Inside ``lexical.memoized`` families fit on the same rows share one TF-IDF vocabulary, each text is vectorized
+    once per vocabulary, and every weight and score equals a fit without the memo; the memo ends with the block."""
+    from unittest import mock
+
+    ex, pr = _frames(qa_feedback_path, questions=40)
+    folds = S.cv_folds(ex, pr, k=2, seed=0)
+    plain = [L.fit_grid(f, fold.fit_examples, fold.fit_pairs, list(S.GRIDS[f])) for fold in folds for f in ("tfidf_pairwise", "hybrid")]
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    analysed: list[int] = []
+    transform = TfidfVectorizer.transform
+    with mock.patch.object(TfidfVectorizer, "transform", lambda self, docs: analysed.append(len(docs)) or transform(self, docs)):
+        with L.memoized():
+            memo = [L.fit_grid(f, fold.fit_examples, fold.fit_pairs, list(S.GRIDS[f])) for fold in folds for f in ("tfidf_pairwise", "hybrid")]
+            assert memo[0][0].vectorizer is memo[1][0].vectorizer and memo[0][0].vectorizer is not memo[2][0].vectorizer
+            scored = [S.val_scored(m[0], fold) for m, fold in zip(memo[::2], folds, strict=True)]
+            again = [S.val_scored(m[0], fold) for m, fold in zip(memo[::2], folds, strict=True)]
+    texts = lambda ex, pr: set(ex["response"]) | set(S._non_tie(pr)["chosen"]) | set(S._non_tie(pr)["rejected"])  # noqa: E731
+    held = sum(len(texts(fold.val_examples, fold.val_pairs) - texts(fold.fit_examples, fold.fit_pairs)) for fold in folds)
+    assert sum(analysed) == held  # the fit texts came with the fit; each other held-out text was vectorized once
+    for got, want in zip(memo, plain, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a.coef, b.coef)
+            assert a.bias == b.bias
+    for s, t, m, fold in zip(scored, again, plain[::2], folds, strict=True):
+        np.testing.assert_array_equal(s.chosen, S.val_scored(m[0], fold).chosen)
+        np.testing.assert_array_equal(s.chosen, t.chosen)
+    assert L._MEMO.get() is None
+
+
 def test_pairs_alone_train_a_ranker_without_a_bias() -> None:
     _, pr = _toy()
     none = pd.DataFrame(columns=["prompt", "response", "label"])
@@ -296,6 +327,15 @@ def test_the_encoder_trains_on_the_fit_part_and_competes(qa_feedback_path: Path,
     carved = S.carve(*(t.to_pandas().query("split == 'train'") for t in gold_frames(qa_feedback_path, questions=60, passages=True)), seed=13)
     assert any(f"training {len(carved.fit_examples)} examples + {len(carved.fit_pairs)} pairs" in m for m in lines)
     assert (Path(result.output_dir) / "candidates" / "length_support" / L.MARKER).exists()
+    # the encoder was scored on the validation part from the frozen cache; its validation figure is the saved model's
+    assert any("outside the encoder's fit part" in m for m in lines) and not any("scoring the saved model whole" in m for m in lines), lines
+    from trainers.model import load_reward_model, score
+
+    saved, tok, max_length = load_reward_model(Path(result.output_dir) / "model")
+    vp = carved.val_pairs[~carved.val_pairs["is_tie"].astype(bool)]
+    chosen = score(saved, tok, vp["prompt"].tolist(), vp["chosen"].tolist(), max_length=max_length)
+    rejected = score(saved, tok, vp["prompt"].tolist(), vp["rejected"].tolist(), max_length=max_length)
+    assert f"- encoder{' (winner)' if result.winner == 'encoder' else ''}: pairwise {E.pairwise_accuracy(np.array(chosen), np.array(rejected)):.3f}" in result.selection
 
 
 def test_hybrid_encoder_reads_the_encoders_frozen_cache(qa_feedback_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -375,6 +375,35 @@ def test_cached_frozen_layers_then_top_give_the_full_encoders_logits() -> None:
     assert torch.allclose(full, top, atol=1e-5)
 
 
+def test_score_from_frozen_states_runs_the_top_block_only_and_gives_the_same_scores() -> None:
+    """The trainer scores its validation part from the frozen blocks' output it already has: the same scores as the
+    whole encoder, the embeddings never run; a batch with a text whose states are missing runs the whole encoder."""
+    from trainers import frozen
+    from trainers.base_model import load_encoder
+    from trainers.model import RewardModel, encode_pairs, score
+
+    base = resolve_base_model("all-MiniLM-L6-v2")
+    tok = load_tokenizer(base)
+    torch.manual_seed(0)
+    model = RewardModel(load_encoder(base)).eval()
+    prompts, responses = ["who wrote it?", "where is it?", "why?", "who wrote it?"], ["a long answer " * 6, "here", "because", "Ann"]
+    whole = score(model, tok, prompts, responses, max_length=48)
+    ids, types = encode_pairs(tok, prompts, responses, max_length=48)
+    states = dict(zip(zip(prompts, responses, strict=True), frozen.bottom_states(model.encoder, ids, types, layers=5, device=torch.device("cpu")),
+                      strict=True))
+    model.cached_layers = 5
+    embedded: list[int] = []
+    hook = model.encoder.embeddings.register_forward_hook(lambda m, inp, out: embedded.append(out.shape[0]))
+    try:
+        assert score(model, tok, prompts, responses, max_length=48, frozen_states=states) == pytest.approx(whole, abs=1e-6)
+        assert embedded == []
+        missing = {k: v for k, v in states.items() if k != ("why?", "because")}
+        assert score(model, tok, prompts, responses, max_length=48, frozen_states=missing) == pytest.approx(whole, abs=1e-6)
+        assert embedded == [len(states)]  # one length-sorted batch of 4 distinct texts, run whole
+    finally:
+        hook.remove()
+
+
 def test_score_encodes_each_distinct_pair_once_and_keeps_order() -> None:
     from trainers.base_model import load_encoder
     from trainers.model import RewardModel, score
@@ -528,6 +557,37 @@ def test_encode_pairs_cuts_a_long_prompt_first_and_keeps_the_response_whole() ->
     # a response longer than the room: the prompt keeps a quarter of it
     ids3, _ = encode_pairs(tok, [question + "\n\n" + passages], [long_response], max_length=64)
     assert len(ids3[0]) == 64 and ids3[0].index(tok.sep_token_id) - 1 == (64 - 3) // 4
+
+
+def test_encode_pairs_tokenizes_a_cut_piece_of_a_long_prompt_and_gets_the_same_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prompt is tokenized from a piece cut at a whitespace (its start, or a dialogue's end): the ids equal the
+    whole prompt's, also when the piece holds too few tokens (one long word) and the whole prompt is tokenized again."""
+    from trainers import model as M
+
+    tok = load_tokenizer(resolve_base_model("all-MiniLM-L6-v2"))
+    passages = " ".join(f"[{i}] The tower was finished in {1800 + i} for the fair, said source {i}." for i in range(80))
+    turns = "\n".join(f"User: question {i} about the tower?\nAssistant: answer {i} with details." for i in range(60))
+    prompts = [
+        "who built it?\n\nPassages:\n" + passages,  # a RAG prompt: its start is kept
+        turns + "\nUser: and who designed it?",  # a dialogue: its last turns are kept
+        "who built it? https://example.org/" + "a" * 3000 + " end",  # a 3 KB word: the piece holds 4 tokens, tokenized whole again
+        turns + "\nUser: " + "b" * 3000 + " ok?",  # a dialogue ending in a long word: the piece is "ok?", tokenized whole again
+        "short prompt",
+    ]
+    responses = ["Gustave Eiffel's company built it in 1889."] * len(prompts)
+    seen: list[list[int]] = []
+    real = M._offsets
+    monkeypatch.setattr(M, "_offsets", lambda t, texts, **kw: seen.append([len(x) for x in texts]) or real(t, texts, **kw))
+    for max_length in (32, 128):
+        seen.clear()
+        cut = M.encode_pairs(tok, prompts, responses, max_length=max_length)
+        # pieces of at most 8 characters per token; only the two long-word prompts are tokenized whole (again)
+        assert sorted(n for call in seen for n in call if n > 8 * max_length) == sorted([len(prompts[2]), len(prompts[3])])
+        monkeypatch.setattr(M, "PRECUT_CHARS_PER_TOKEN", 10**9)
+        whole = M.encode_pairs(tok, prompts, responses, max_length=max_length)
+        monkeypatch.setattr(M, "PRECUT_CHARS_PER_TOKEN", 8)
+        assert cut == whole and all(len(ids) <= max_length for ids in cut[0])
+    assert len(prompts[0]) > 8 * 128 and len(prompts[1]) > 8 * 128
 
 
 def test_support_feature_reaches_the_score_and_survives_save_and_load(tmp_path: Path) -> None:

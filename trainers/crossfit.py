@@ -61,11 +61,12 @@ def out_of_fold(examples: pd.DataFrame, pairs: pd.DataFrame, families: Sequence[
         return None
     parts: dict[str, list[E.Scored]] = {}
     winners = []
-    for fold in folds:
-        winner, model = recipe(fold.fit_examples, fold.fit_pairs, cheap, seed=seed, embedder=embedder)
-        winners.append(winner)
-        for name, scorer in {"candidate": model, **{f"baseline:{b}": s for b, s in E.fit_baselines(fold.fit_examples, fold.fit_pairs, seed=seed).items()}}.items():
-            parts.setdefault(name, []).append(S.val_scored(scorer, fold))
+    with L.memoized():  # a fold's families and baselines share their TF-IDF vocabulary and rows (exact)
+        for fold in folds:
+            winner, model = recipe(fold.fit_examples, fold.fit_pairs, cheap, seed=seed, embedder=embedder)
+            winners.append(winner)
+            for name, scorer in {"candidate": model, **{f"baseline:{b}": s for b, s in E.fit_baselines(fold.fit_examples, fold.fit_pairs, seed=seed).items()}}.items():
+                parts.setdefault(name, []).append(S.val_scored(scorer, fold))
     parts = {name: p for name, p in parts.items() if len(p) == len(folds)}  # e.g. no length baseline in a one-class fold
     held = S._held_out(folds)
     return OutOfFold({name: S._pooled(p) for name, p in parts.items()}, held.val_examples.reset_index(drop=True),

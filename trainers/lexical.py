@@ -19,8 +19,12 @@ probability, with the same ``(prompts, responses) -> scores`` interface as the e
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +38,69 @@ EMBEDDER_DIR = "embedder"  # in a saved hybrid_encoder folder: the frozen encode
 MARKER = "lexical.json"  # in a saved folder: says it holds a lexical candidate, not an encoder
 MODEL_FILE = "lexical_model.json"  # the fitted scorer as plain JSON (vocabulary, idf, weights): nothing to unpickle
 VECTORIZER_PARAMS = ("ngram_range", "min_df", "max_features", "sublinear_tf", "lowercase", "norm", "use_idf", "smooth_idf")
+
+
+@dataclass
+class _Memo:
+    vectorizers: dict[str, Any] = field(default_factory=dict)  # digest of the distinct texts a vocabulary was fit on -> it
+    rows: dict[int, tuple[Any, dict[str, int], Any]] = field(default_factory=dict)  # id(vectorizer) -> (it, text -> row, rows)
+
+
+_MEMO: ContextVar[_Memo | None] = ContextVar("lakeloop_lexical_memo", default=None)
+
+
+@contextlib.contextmanager
+def memoized() -> Iterator[None]:
+    """Inside this block a TF-IDF vocabulary fit on the same texts is fit once, and each text is vectorized once per
+    vocabulary: a selection over folds, grid points and families asks for the same ones again and again (sklearn's
+    analysis of each text ran ~200k times for one training of ~4k texts). Exact: a text's TF-IDF row depends on the
+    text and the vocabulary only. The memo is dropped when the block ends, so a served model never grows one."""
+    token = _MEMO.set(_Memo())
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _fit_vectorizer(distinct: list[str]) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    memo = _MEMO.get()
+    key = ""
+    if memo is not None:
+        digest = hashlib.sha256()
+        for text in distinct:
+            raw = text.encode("utf-8", "surrogatepass")
+            digest.update(len(raw).to_bytes(8, "little") + raw)
+        key = digest.hexdigest()
+    if memo is not None and key in memo.vectorizers:
+        return memo.vectorizers[key]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(distinct) >= 50 else 1, max_features=100_000,
+                                 sublinear_tf=True, dtype=np.float32)
+    if memo is None:
+        return vectorizer.fit(distinct)
+    rows = vectorizer.fit_transform(distinct).tocsr()  # the same rows transform() gives, kept for the memo
+    memo.vectorizers[key] = vectorizer
+    memo.rows[id(vectorizer)] = (vectorizer, {t: i for i, t in enumerate(distinct)}, rows)
+    return vectorizer
+
+
+def _tfidf(vectorizer: Any, texts: list[str]) -> Any:
+    """``vectorizer.transform(texts)``, from the memo inside ``memoized``."""
+    from scipy import sparse
+
+    memo = _MEMO.get()
+    if memo is None or not texts:
+        return vectorizer.transform(texts)
+    _, index, rows = memo.rows.get(id(vectorizer), (vectorizer, {}, None))
+    missing = [t for t in dict.fromkeys(texts) if t not in index]
+    if missing:
+        start = 0 if rows is None else rows.shape[0]
+        index.update((t, start + i) for i, t in enumerate(missing))
+        new = vectorizer.transform(missing).tocsr()
+        rows = new if rows is None else sparse.vstack([rows, new], format="csr")
+        memo.rows[id(vectorizer)] = (vectorizer, index, rows)
+    return rows[[index[t] for t in texts]]
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -67,7 +134,7 @@ class LexicalScorer:
 
         parts = []
         if self.vectorizer is not None:
-            parts.append(self.vectorizer.transform(responses))
+            parts.append(_tfidf(self.vectorizer, responses))
         if self.dense_mean is not None:
             dense = (dense_features(prompts, responses) - self.dense_mean) / self.dense_std * self.params.get("dense_scale", 1.0)
             parts.append(sparse.csr_matrix(dense))
@@ -96,7 +163,6 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
     """One fitted candidate per point of ``grid`` (keys ``C``, ``dense_scale``, ``embed_scale``); the vocabulary and
     the feature rows are built once and shared by the grid."""
     from scipy import sparse
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     pairs = pairs[~pairs["is_tie"].astype(bool)] if len(pairs) else pairs
@@ -107,9 +173,7 @@ def fit_grid(family: Family, examples: pd.DataFrame, pairs: pd.DataFrame, grid: 
         raise DataError("no training rows for the lexical candidates", hint="curate feedback with thumbs or comparisons first")
     template = LexicalScorer(family, {})
     if family in ("tfidf_pairwise", "hybrid", "hybrid_encoder"):
-        distinct = list(dict.fromkeys(texts))
-        template.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(distinct) >= 50 else 1, max_features=100_000,
-                                              sublinear_tf=True, dtype=np.float32).fit(distinct)
+        template.vectorizer = _fit_vectorizer(list(dict.fromkeys(texts)))
     if family in ("length_support", "hybrid", "hybrid_encoder"):
         prompts = examples["prompt"].tolist() + pairs["prompt"].tolist() * 2
         dense = dense_features(prompts, texts)

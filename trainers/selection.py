@@ -15,9 +15,12 @@ of the paired difference (the one-standard-error rule).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,13 +122,24 @@ def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedde
     ``_held_out(folds)`` order)."""
     points = list(points or GRIDS[family])
     held = _held_out(folds)
-    per_point: list[list[E.Scored]] = [[] for _ in points]
-    for fold in folds:
-        for i, scorer in enumerate(L.fit_grid(family, fold.fit_examples, fold.fit_pairs, points, seed=seed, embedder=embedder)):
-            per_point[i].append(val_scored(scorer, fold))
+
+    def one(fold: Carved) -> list[E.Scored]:
+        return [val_scored(s, fold) for s in L.fit_grid(family, fold.fit_examples, fold.fit_pairs, points, seed=seed, embedder=embedder)]
+
+    # folds in threads: liblinear, most of a fit, runs without the GIL; each task in a copy of this context (the memo)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(folds), _cores()))) as pool:
+        per_fold = list(pool.map(lambda task: task[0].run(one, task[1]), [(contextvars.copy_context(), f) for f in folds]))
+    per_point = [[scored[i] for scored in per_fold] for i in range(len(points))]
     trials = [(_trial(family, params, _pooled(parts), held), _pooled(parts)) for params, parts in zip(points, per_point, strict=True)]
     best = max(trials, key=lambda t: t[0].objective)  # first of equals: the grid lists the stronger regularization first
     return best[0], [t for t, _ in trials], best[1]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _non_tie(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -245,6 +259,14 @@ def compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[s
     folds), the encoder (``encoder_val``: a scorer trained on ``carved.fit_*`` only) against the best cheap family on
     ``carved``'s validation part. The winner, when cheap, is refit on all of ``examples``/``pairs`` with its chosen
     parameters; the other cheap families are kept as fit on ``carved``'s fit part."""
+    with L.memoized():  # the folds and families share their TF-IDF vocabularies and rows (exact, see lexical.memoized)
+        return _compete(examples, pairs, families=families, carved=carved, encoder_val=encoder_val, seed=seed, share=share,
+                        n_boot=n_boot, cv=cv, embedder=embedder)
+
+
+def _compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[str], carved: Carved | None,
+             encoder_val: Callable[[list[str], list[str]], np.ndarray] | None, seed: int, share: float, n_boot: int, cv: int,
+             embedder: Any) -> Selection:
     carved = carved or carve(examples, pairs, share=share, seed=seed)
     folds = cv_folds(examples, pairs, k=cv, seed=seed) if carved.has_validation else []
     cheap = tuning_order([f for f in families if f != "encoder"])

@@ -194,32 +194,40 @@ def _cache_progress(say: Say) -> Callable[[int, int], None]:
     return report
 
 
-def _share_frozen_cache(cfg: TrainConfig, model: RewardModel, tokenizer: Any, enc: D.Encoded, cache: list[torch.Tensor],
-                        ex_train: Any, pr_train: Any, device: torch.device, *, say: Say) -> None:
-    """hybrid_encoder's embeddings from the encoder's frozen cache: the bottom blocks are the base encoder's (frozen),
-    so only the train split's texts outside the fit part (the validation part's) run them here, and every text then
-    runs the base encoder's top blocks once (``Embedder.remember_states``). The selection finds them cached."""
-    from trainers.embeddings import embedder_for
+def _validation_states(cfg: TrainConfig, model: RewardModel, tokenizer: Any, enc: D.Encoded, ex_train: Any, pr_train: Any,
+                       device: torch.device, *, say: Say) -> dict[tuple[str, str], torch.Tensor]:
+    """The frozen blocks' output for the train split's texts outside the encoder's fit part (the validation part's),
+    run once: the trained encoder is scored on them from these (``trainers.model.score``'s ``frozen_states``), and
+    hybrid_encoder embeds them from these (``_share_frozen_cache``)."""
     from trainers.model import encode_pairs
 
-    t0 = time.perf_counter()
-    embedder = embedder_for(cfg.candidates, cfg.base_model, cfg.max_length)
     have = set(enc.texts)
     texts = list(dict.fromkeys([*zip(ex_train["prompt"], ex_train["response"], strict=True),
                                 *zip(pr_train["prompt"], pr_train["chosen"], strict=True),
                                 *zip(pr_train["prompt"], pr_train["rejected"], strict=True)]))
     extra = [t for t in texts if t not in have]
-    extra_states: list[torch.Tensor] = []
-    if extra:
-        ids, types = encode_pairs(tokenizer, [p for p, _ in extra], [r for _, r in extra], max_length=cfg.max_length)
-        say(f"hybrid_encoder: the frozen blocks for the {len(extra)} train texts outside the encoder's fit part")
-        extra_states = frozen.bottom_states(model.encoder, ids, types, layers=model.cached_layers, device=device,
-                                            pad_id=tokenizer.pad_token_id or 0, progress=_cache_progress(say))
-    states = [*cache, *extra_states]
-    new = embedder.remember_states([p for p, _ in [*enc.texts, *extra]], [r for _, r in [*enc.texts, *extra]], states,
+    if not extra:
+        return {}
+    ids, types = encode_pairs(tokenizer, [p for p, _ in extra], [r for _, r in extra], max_length=cfg.max_length)
+    say(f"the frozen blocks for the {len(extra)} train texts outside the encoder's fit part (its validation part)")
+    states = frozen.bottom_states(model.encoder, ids, types, layers=model.cached_layers, device=device,
+                                  pad_id=tokenizer.pad_token_id or 0, progress=_cache_progress(say))
+    return dict(zip(extra, states, strict=True))
+
+
+def _share_frozen_cache(cfg: TrainConfig, model: RewardModel, enc: D.Encoded, cache: list[torch.Tensor],
+                        val_states: dict[tuple[str, str], torch.Tensor], *, say: Say) -> None:
+    """hybrid_encoder's embeddings from the encoder's frozen cache: the bottom blocks are the base encoder's (frozen),
+    so every train text (the fit part's ``cache``, the validation part's ``val_states``) only runs the base encoder's
+    top blocks once (``Embedder.remember_states``). The selection finds them cached."""
+    from trainers.embeddings import embedder_for
+
+    t0 = time.perf_counter()
+    embedder = embedder_for(cfg.candidates, cfg.base_model, cfg.max_length)
+    texts = [*enc.texts, *val_states]
+    new = embedder.remember_states([p for p, _ in texts], [r for _, r in texts], [*cache, *val_states.values()],
                                    start=model.cached_layers)
-    say(f"hybrid_encoder: embedded {new} distinct texts from the frozen cache in {time.perf_counter() - t0:.0f}s "
-        f"({len(extra)} outside the encoder's fit part ran the frozen blocks too)")
+    say(f"hybrid_encoder: embedded {new} distinct texts from the frozen cache in {time.perf_counter() - t0:.0f}s")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -333,7 +341,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
     tracker = _start_tracker(cfg, settings, ex, pr, ex_train, pr_train, out, run_id=run_id, resumed=resumed, world=world) if cfg.track and rank == 0 else None
     run_id = tracker.run_id if tracker else run_id
 
-    cache = None
+    cache, val_states = None, {}
     if cfg.cache_frozen and cfg.freeze_layers > 0 and frozen.supports(model.encoder):
         t_cache = time.perf_counter()
         model.cached_layers = min(cfg.freeze_layers, len(model.encoder.encoder.layer))
@@ -344,8 +352,10 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
             f"training the top {len(model.encoder.encoder.layer) - model.cached_layers} block(s) + head on them")
         if tracker:
             tracker.log_metrics({"frozen_cache_s": cache_s, "distinct_texts": float(len(cache))}, step=step)
-        if "hybrid_encoder" in cfg.candidates and rank == 0:
-            _share_frozen_cache(cfg, model, tokenizer, enc, cache, ex_train, pr_train, device, say=say)
+        if rank == 0:
+            val_states = _validation_states(cfg, model, tokenizer, enc, ex_train, pr_train, device, say=say)
+            if "hybrid_encoder" in cfg.candidates:
+                _share_frozen_cache(cfg, model, enc, cache, val_states, say=say)
 
     if cfg.probe_steps and not resumed:
         t_probe = time.perf_counter()
@@ -453,7 +463,8 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         if tracker:
             tracker.log_metrics({"train_samples_per_s": result.samples_per_s, "train_items_per_s": result.items_per_s,
                                  "train_padding_efficiency": result.padding_efficiency, "final_loss": last_loss, **extra})
-        result = _select_and_log(cfg, result, ex_train, pr_train, carved, out, tracker, say=say, encoder_dir=final_dir)
+        result = _select_and_log(cfg, result, ex_train, pr_train, carved, out, tracker, say=say, encoder_dir=final_dir,
+                                 encoder_val=_encoder_val(model, tokenizer, final_dir, cfg.max_length, val_states, say=say))
         (out / FINAL).write_text(json.dumps(asdict(result)))
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -502,8 +513,31 @@ def _train_cheap(cfg: TrainConfig, settings: Settings, ex: D.GoldSnapshot, pr: D
     return result
 
 
+def _encoder_val(model: RewardModel, tokenizer: Any, saved: Path, max_length: int, val_states: dict[tuple[str, str], torch.Tensor], *,
+                 say: Say, spot: int = 8) -> Callable[[list[str], list[str]], np.ndarray] | None:
+    """The trained encoder as the selection scores it on the validation part: from the frozen blocks' output already
+    computed for those texts (``val_states``), after checking on ``spot`` of them that these scores are the saved
+    model's (loaded from ``saved``, run whole, as the pyfunc runs it). None (the selection then scores the saved model
+    whole) without states, or when the check finds a difference."""
+    from trainers.model import load_reward_model, score
+
+    if not val_states or not model.cached_layers:
+        return None
+    model.eval()
+    fast = lambda p, r: np.asarray(score(model, tokenizer, p, r, max_length=max_length, frozen_states=val_states), dtype=float)  # noqa: E731
+    probe = list(val_states)[:spot]
+    loaded, tok, length = load_reward_model(saved)
+    whole = np.asarray(score(loaded, tok, [p for p, _ in probe], [r for _, r in probe], max_length=length), dtype=float)
+    gap = float(np.max(np.abs(fast([p for p, _ in probe], [r for _, r in probe]) - whole)))
+    if gap > 1e-4:
+        say(f"the encoder's scores from the frozen cache differ from the saved model's by {gap:.2g}: scoring the saved model whole")
+        return None
+    return fast
+
+
 def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_train: Any, carved: selection.Carved, out: Path,
-                    tracker: Any, *, say: Say, encoder_dir: Path | None) -> TrainResult:
+                    tracker: Any, *, say: Say, encoder_dir: Path | None,
+                    encoder_val: Callable[[list[str], list[str]], np.ndarray] | None = None) -> TrainResult:
     """Let the candidates compete on validation (trainers/selection.py), save each, log the winner as the run's model
     (the pyfunc) and the others as artifacts ``candidates/<family>``; close the MLflow run."""
     from trainers import lexical
@@ -511,8 +545,7 @@ def _select_and_log(cfg: TrainConfig, result: TrainResult, ex_train: Any, pr_tra
     if cfg.flip_labels:  # the deliberately bad model of the gate tests: every candidate learns the inverted feedback
         ex_train, pr_train = _flipped(ex_train, pr_train)
         carved = selection.Carved(*_flipped(carved.fit_examples, carved.fit_pairs), *_flipped(carved.val_examples, carved.val_pairs))
-    encoder_val = None
-    if encoder_dir is not None:
+    if encoder_dir is not None and encoder_val is None:
         from trainers.model import load_reward_model, score
 
         saved, tok, max_length = load_reward_model(encoder_dir)  # the saved model, scored as the pyfunc does
