@@ -127,7 +127,7 @@ def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedde
         return [val_scored(s, fold) for s in L.fit_grid(family, fold.fit_examples, fold.fit_pairs, points, seed=seed, embedder=embedder)]
 
     # folds in threads: liblinear, most of a fit, runs without the GIL; each task in a copy of this context (the memo)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(folds), _cores()))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(folds), cores()))) as pool:
         per_fold = list(pool.map(lambda task: task[0].run(one, task[1]), [(contextvars.copy_context(), f) for f in folds]))
     per_point = [[scored[i] for scored in per_fold] for i in range(len(points))]
     trials = [(_trial(family, params, _pooled(parts), held), _pooled(parts)) for params, parts in zip(points, per_point, strict=True)]
@@ -135,11 +135,13 @@ def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedde
     return best[0], [t for t, _ in trials], best[1]
 
 
-def _cores() -> int:
+def cores() -> int:
+    """Cores this process may run on (affinity/cgroup aware where the OS tells): the selection's fold threads, and
+    torch's thread pool in training (``trainers.train``)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return max(1, os.cpu_count() or 1)
 
 
 def _non_tie(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -93,12 +93,7 @@ def _fused_adamw(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda") and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
 
 
-def _cores() -> int:
-    """Cores this process may run on (affinity/cgroup aware where the OS tells), for torch's thread pool."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+_cores = selection.cores  # torch's thread pool: the cores this process may run on
 
 
 def _freeze(model: RewardModel, layers: int) -> None:
