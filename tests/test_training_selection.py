@@ -83,6 +83,23 @@ def test_memoized_fits_share_a_vocabulary_and_give_the_same_models_and_scores(qa
     assert L._MEMO.get() is None
 
 
+def test_hybrid_encoders_fold_threads_embed_each_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cold embedding cache the selection embeds every text once before the fold threads start (they would
+    each embed their own share, mostly the same texts, at the same time)."""
+    from trainers import embeddings
+
+    embeddings.clear_cache()
+    embedded: list[int] = []
+    real = embeddings.Embedder._embed
+    monkeypatch.setattr(embeddings.Embedder, "_embed", lambda self, p, r, progress: embedded.append(len(p)) or real(self, p, r, progress))
+    ex, pr = _toy(30)
+    sel = S.compete(ex, pr, families=("hybrid", "hybrid_encoder"), seed=0, cv=3)
+    assert sel.cv_folds == 3 and "hybrid_encoder" in sel.best
+    assert embedded == [len(set(zip(ex["prompt"], ex["response"], strict=True)) | set(zip(pr["prompt"], pr["chosen"], strict=True))
+                            | set(zip(pr["prompt"], pr["rejected"], strict=True)))]
+    embeddings.clear_cache()
+
+
 def test_pairs_alone_train_a_ranker_without_a_bias() -> None:
     _, pr = _toy()
     none = pd.DataFrame(columns=["prompt", "response", "label"])

@@ -135,6 +135,19 @@ def tune_cv(family: L.Family, folds: Sequence[Carved], *, seed: int = 0, embedde
     return best[0], [t for t, _ in trials], best[1]
 
 
+def _embed_once(examples: pd.DataFrame, pairs: pd.DataFrame, embedder: Any) -> None:
+    """Every text hybrid_encoder's folds will ask for, embedded here first: the fold threads then find them cached
+    instead of each running the encoder on its own share (most of them the same texts). A no-op beside the encoder,
+    whose frozen cache already embedded them (``trainers.train._share_frozen_cache``)."""
+    from trainers.embeddings import default_embedder
+
+    pairs = _non_tie(pairs)
+    prompts = [*examples["prompt"], *pairs["prompt"], *pairs["prompt"]]
+    responses = [*examples["response"], *pairs["chosen"], *pairs["rejected"]]
+    if responses:
+        (embedder if embedder is not None else default_embedder())(prompts, responses)
+
+
 def cores() -> int:
     """Cores this process may run on (affinity/cgroup aware where the OS tells): the selection's fold threads, and
     torch's thread pool in training (``trainers.train``)."""
@@ -272,6 +285,8 @@ def _compete(examples: pd.DataFrame, pairs: pd.DataFrame, *, families: Sequence[
     carved = carved or carve(examples, pairs, share=share, seed=seed)
     folds = cv_folds(examples, pairs, k=cv, seed=seed) if carved.has_validation else []
     cheap = tuning_order([f for f in families if f != "encoder"])
+    if "hybrid_encoder" in cheap and folds:
+        _embed_once(examples, pairs, embedder)
     best: dict[str, Trial] = {}
     trials: list[Trial] = []
     cv_scored: dict[str, E.Scored] = {}
