@@ -588,6 +588,15 @@ def test_encode_pairs_tokenizes_a_cut_piece_of_a_long_prompt_and_gets_the_same_i
         monkeypatch.setattr(M, "PRECUT_CHARS_PER_TOKEN", 8)
         assert cut == whole and all(len(ids) <= max_length for ids in cut[0])
     assert len(prompts[0]) > 8 * 128 and len(prompts[1]) > 8 * 128
+    # only for tokenizers that split words at whitespace first: a byte-level BPE's is tokenized whole
+    from types import SimpleNamespace
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    assert M._words_apart(tok)
+    assert not M._words_apart(SimpleNamespace(backend_tokenizer=SimpleNamespace(pre_tokenizer=pre_tokenizers.ByteLevel(), normalizer=None)))
+    assert not M._words_apart(SimpleNamespace(backend_tokenizer=SimpleNamespace(pre_tokenizer=pre_tokenizers.Metaspace(),
+                                                                                 normalizer=normalizers.NFKC())))
 
 
 def test_support_feature_reaches_the_score_and_survives_save_and_load(tmp_path: Path) -> None:

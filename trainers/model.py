@@ -112,7 +112,11 @@ def _edge_offsets(tokenizer: Any, texts: list[str], *, max_length: int, tail: bo
     the whole text with truncation gives them, without tokenizing all of a long text: a text over
     ``PRECUT_CHARS_PER_TOKEN * max_length`` characters is tokenized from a piece cut at a whitespace (words are
     tokenized apart, so the piece's tokens are the text's), and whole again only when that piece holds fewer than
-    ``max_length`` tokens. A 3 KB RAG prompt cost ~2.7 ms to tokenize whole."""
+    ``max_length`` tokens. A 3 KB RAG prompt cost ~2.7 ms to tokenize whole. Only for tokenizers that split words at
+    whitespace before anything else (BERT's WordPiece: MiniLM, BERT); a byte-level BPE or SentencePiece tokenizer
+    reads the space before a word as part of it, so its texts are tokenized whole."""
+    if not _words_apart(tokenizer):
+        return _offsets(tokenizer, texts, max_length=max_length, tail=tail)
     budget = PRECUT_CHARS_PER_TOKEN * max_length
     starts = [0] * len(texts)
     pieces = list(texts)
@@ -133,6 +137,12 @@ def _edge_offsets(tokenizer: Any, texts: list[str], *, max_length: int, tail: bo
         for i, got in zip(redo, _offsets(tokenizer, [texts[i] for i in redo], max_length=max_length, tail=tail), strict=True):
             out[i], starts[i] = got, 0
     return [[(a + start, b + start) for a, b in got] if start else got for got, start in zip(out, starts, strict=True)]
+
+
+def _words_apart(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return (type(getattr(backend, "pre_tokenizer", None)).__name__ in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
+            and type(getattr(backend, "normalizer", None)).__name__ in ("BertNormalizer", "NoneType"))
 
 
 def _offsets(tokenizer: Any, texts: list[str], *, max_length: int, tail: bool) -> list[list[tuple[int, int]]]:
