@@ -302,10 +302,10 @@ def test_train_config_run_key_ignores_bookkeeping() -> None:
 
 
 def test_cpu_defaults_are_the_measured_ones() -> None:
-    from trainers.train import _cores
+    from trainers.selection import cores
 
     cfg = TrainConfig()
-    assert cfg.pad_buckets == 1 and cfg.num_threads is None and 1 <= _cores() <= (__import__("os").cpu_count() or 1)
+    assert cfg.pad_buckets == 1 and cfg.num_threads is None and 1 <= cores() <= (__import__("os").cpu_count() or 1)
 
 
 @pytest.mark.parametrize(("norm", "tokens", "expected"), [

@@ -93,9 +93,6 @@ def _fused_adamw(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda") and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
 
 
-_cores = selection.cores  # torch's thread pool: the cores this process may run on
-
-
 def _freeze(model: RewardModel, layers: int) -> None:
     """Freeze embeddings + the bottom ``layers`` blocks: backward stops there (cheaper steps on CPU). The encoder's
     pooler is always frozen: the model pools the hidden states itself, so the pooler never gets a gradient (AdamW
@@ -274,7 +271,7 @@ def train(cfg: TrainConfig, settings: Settings, *, say: Say = print, on_step: Ca
         return TrainResult(**json.loads((out / FINAL).read_text()))
     device, amp = _device(cfg, local_rank)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or _cores())
+        torch.set_num_threads(cfg.num_threads or selection.cores())
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
